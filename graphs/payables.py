@@ -1,0 +1,53 @@
+"""Assembly of the payables graph.
+
+``START → router → planner → executor ⇄ approval → verifier → (planner | respond) → END``,
+with router and verifier able to go straight to respond. `graph` is compiled without a
+checkpointer for `langgraph.json` (the server brings its own); the CLI and tests call
+`build_graph(checkpointer=...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
+
+from nodes.approval import make_approval
+from nodes.deps import NodeDeps
+from nodes.executor import make_executor
+from nodes.planner import make_planner
+from nodes.respond import make_respond
+from nodes.router import make_router
+from nodes.verifier import make_verifier
+from runtime.context import Context
+from state.graph_state import AgentState, InputState, OutputState
+
+GRAPH_NAME = "payables"
+
+
+def build_graph(
+    deps: NodeDeps | None = None, *, checkpointer: Checkpointer = None
+) -> CompiledStateGraph[AgentState, Context, InputState, OutputState]:
+    """Compile the payables graph with ``deps`` (default: real gate, configured models)."""
+    deps = deps or NodeDeps()
+    builder = StateGraph(AgentState, context_schema=Context, input_schema=InputState,
+                         output_schema=OutputState)
+    builder.add_node("router", make_router(deps))
+    builder.add_node("planner", make_planner(deps))
+    builder.add_node("executor", make_executor(deps))
+    builder.add_node("approval", make_approval(deps))
+    builder.add_node("verifier", make_verifier(deps))
+    builder.add_node("respond", make_respond(deps))
+    builder.add_edge(START, "router")
+    builder.add_edge("respond", END)
+    return builder.compile(checkpointer=checkpointer, name=GRAPH_NAME)
+
+
+def make_graph(config: Any = None) -> CompiledStateGraph[AgentState, Context, InputState, OutputState]:
+    """Graph factory for servers that pass the run config (kept for symmetry with `graph`)."""
+    return build_graph()
+
+
+graph = build_graph()

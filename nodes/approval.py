@@ -1,0 +1,220 @@
+"""approval: the only node that calls `interrupt()`.
+
+It gathers the consecutive plan steps, starting at the cursor, that policy says need a
+person, shows their evidence, and records each decision in `approval_decisions`, the
+table the gate reads before executing. Only idempotent writes happen before the interrupt
+(the run index), and decisions are recorded with ON CONFLICT DO NOTHING so a node that
+re-runs after a crash cannot double-count a reviewer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from langgraph.runtime import Runtime
+from langgraph.types import Command, interrupt
+
+from nodes.deps import NodeDeps, current_thread_id
+from runtime.context import Context
+from runtime.errors import ResumeError
+from state.approvals import (
+    ActionRequest,
+    ApprovalRequest,
+    ResumeIn,
+    ReviewConfig,
+    StepRequirement,
+    parse_resume,
+)
+from state.db import Database
+from state.graph_state import AgentState, Decision, Plan, PlanStep
+from state.runs import record_run
+from tools.ap import mask_account
+from tools.contract import args_hash
+from tools.gate import ToolGate
+from tools.matching import compute_three_way_match, load_match_inputs, tolerances_from
+
+ApprovalNode = Callable[
+    [AgentState, Runtime[Context]], Awaitable[Command[Literal["executor", "respond"]]]
+]
+
+
+async def build_evidence(database: Database, step: PlanStep, run: Context,
+                         request_text: str) -> dict[str, Any]:
+    """What a reviewer needs to decide on ``step``, read from the database (trusted)."""
+    evidence: dict[str, Any] = {"step_id": step["step_id"], "tool": step["tool"],
+                                "reasoning": step["why"]}
+    invoice_id = step["args"].get("invoice_id")
+    vendor_id = step["args"].get("vendor_id")
+    async with database.connection() as conn:
+        if isinstance(invoice_id, str):
+            inputs = await load_match_inputs(conn, invoice_id)
+            if inputs is not None:
+                match = compute_three_way_match(inputs, tolerances_from(run))
+                cur = await conn.execute("SELECT name FROM vendors WHERE vendor_id = %s",
+                                         (inputs.vendor.vendor_id,))
+                vendor_row = await cur.fetchone()
+                evidence.update({
+                    "invoice": {
+                        "invoice_id": invoice_id, "vendor_id": inputs.vendor.vendor_id,
+                        "vendor_name": vendor_row["name"] if vendor_row else "",
+                        "invoice_number": inputs.invoice.invoice_number,
+                        "po_number": inputs.invoice.po_number,
+                        "currency": inputs.invoice.currency,
+                        "total": str(inputs.invoice.total),
+                        "bank_account_on_invoice": mask_account(inputs.invoice.bank_account),
+                        "vendor_master_account": mask_account(inputs.vendor.remit_bank_account),
+                    },
+                    "match_table": [line.model_dump() for line in match.lines],
+                    "verdict": match.verdict,
+                    "matched_total": match.matched_total,
+                    "exceptions": [e.model_dump() for e in match.exceptions],
+                    "notices": match.notices,
+                    "flags": match.approval_flags,
+                })
+        elif isinstance(vendor_id, str):
+            cur = await conn.execute("SELECT * FROM vendors WHERE vendor_id = %s", (vendor_id,))
+            vendor = await cur.fetchone()
+            if vendor is not None:
+                evidence["vendor"] = {
+                    "vendor_id": vendor_id, "name": vendor["name"],
+                    "current_account": mask_account(vendor["remit_bank_account"]),
+                    "contact_email": vendor["contact_email"],
+                }
+            new_account = step["args"].get("new_account")
+            if isinstance(new_account, str):
+                evidence["proposed_account"] = mask_account(new_account)
+                evidence["request_text"] = f"<untrusted>{request_text[:2000]}</untrusted>"
+    return evidence
+
+
+async def pending_approval(gate: ToolGate, state: AgentState, run: Context,
+                           thread_id: str) -> tuple[ApprovalRequest, list[PlanStep]]:
+    """The approval request for the steps at the cursor that still need a person."""
+    plan = state["plan"]
+    requester = state.get("user") or "anonymous"
+    steps: list[PlanStep] = []
+    requirements: list[StepRequirement] = []
+    for step in plan["steps"][state.get("cursor", 0):]:
+        requirement = await gate.requirement_for(state["route"], step["tool"], step["args"], run)
+        if isinstance(requirement, dict) or not requirement.required:
+            break  # an invalid step is the executor's to report; a free step needs nobody
+        checked = gate.validate(state["route"], step["tool"], step["args"])
+        assert isinstance(checked, tuple)  # requirement_for validated it already
+        spec, validated = checked
+        async with gate.database.connection() as conn:
+            approvers, _ = await gate.approvers(conn, thread_id, step["step_id"], step["tool"],
+                                                validated)
+        if not requirement.unmet(approvers, requester):
+            break
+        steps.append(step)
+        requirements.append(StepRequirement(
+            step_id=step["step_id"], tool=step["tool"], tier=spec.tier.value,
+            min_approvers=requirement.min_approvers,
+            required_role=requirement.required_role,
+            reasons=list(requirement.reasons),
+            approved_by=[{"id": a.id, "role": a.role} for a in approvers],
+        ))
+    evidence = [await build_evidence(gate.database, s, run, state["request"]) for s in steps]
+    request = ApprovalRequest(
+        action_requests=[
+            ActionRequest(name=s["tool"], args=s["args"],
+                          description=f"{s['why']} Needs: " + "; ".join(r["reasons"]))
+            for s, r in zip(steps, requirements, strict=True)
+        ],
+        review_configs=[ReviewConfig(action_name=s["tool"],
+                                     allowed_decisions=["approve", "edit", "reject"])
+                        for s in steps],
+        evidence=evidence,
+        steps=requirements,
+        requester=requester,
+        request=state["request"],
+        error=None,
+    )
+    return request, steps
+
+
+def make_approval(deps: NodeDeps) -> ApprovalNode:
+    """Build the approval node."""
+
+    async def approval(
+        state: AgentState, runtime: Runtime[Context]
+    ) -> Command[Literal["executor", "respond"]]:
+        """Ask a person about the pending steps and record what they decide."""
+        gate = deps.gate
+        thread_id = current_thread_id()
+        request, steps = await pending_approval(gate, state, runtime.context, thread_id)
+        if not steps:
+            # Nothing needs a person after all (for example, approved in a race): go on.
+            return Command(goto="executor")
+        await record_run(deps.database, thread_id=thread_id, request=state["request"],
+                         requester=request["requester"], tenant=runtime.context.tenant,
+                         route=state["route"], status="interrupted",
+                         summary=f"awaiting approval: {', '.join(s['tool'] for s in steps)}")
+
+        payload = request
+        while True:
+            value = interrupt(payload)
+            try:
+                resume = parse_resume(value, request)
+                edited = _validated_edits(gate, state["route"], resume, steps)
+                break
+            except ResumeError as exc:
+                payload = ApprovalRequest(**{**request, "error": str(exc)})  # type: ignore[typeddict-item]
+
+        decisions: list[Decision] = []
+        new_steps = list(state["plan"]["steps"])
+        cursor = state.get("cursor", 0)
+        async with deps.database.connection() as conn:
+            for offset, (step, decision) in enumerate(zip(steps, resume.decisions, strict=True)):
+                args = edited.get(step["step_id"])
+                if args is None:
+                    checked = gate.validate(state["route"], step["tool"], step["args"])
+                    assert isinstance(checked, tuple)
+                    args = checked[1]
+                reason = decision.message or ""
+                await conn.execute(
+                    "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash,"
+                    " reviewer_id, reviewer_role, decision, reason, edited_args)"
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                    " ON CONFLICT (thread_id, step_id, args_hash, reviewer_id) DO NOTHING",
+                    (thread_id, step["step_id"], step["tool"], args_hash(step["tool"], args),
+                     resume.reviewer.id, resume.reviewer.role, decision.type, reason,
+                     json.dumps(args) if decision.type == "edit" else None),
+                )
+                decisions.append(Decision(step_id=step["step_id"], tool=step["tool"],
+                                          decision=decision.type,
+                                          reviewer_id=resume.reviewer.id,
+                                          reviewer_role=resume.reviewer.role,
+                                          reason=reason, args=args))
+                if decision.type == "edit":
+                    new_steps[cursor + offset] = PlanStep(**{**step, "args": args})  # type: ignore[typeddict-item]
+
+        update: dict[str, Any] = {"decisions": decisions}
+        if new_steps != state["plan"]["steps"]:
+            update["plan"] = Plan(**{**state["plan"], "steps": new_steps})  # type: ignore[typeddict-item]
+        rejected = [d for d in decisions if d["decision"] == "reject"]
+        if rejected:
+            first = rejected[0]
+            update["status"] = "completed"
+            update["reason"] = (f"Rejected by {first['reviewer_id']} ({first['reviewer_role']}): "
+                                f"{first['reason']}")
+            return Command(goto="respond", update=update)
+        return Command(goto="executor", update=update)
+
+    return approval
+
+
+def _validated_edits(gate: ToolGate, route: str, resume: ResumeIn,
+                     steps: list[PlanStep]) -> dict[str, dict[str, Any]]:
+    """Edited args go through the gate's validation like any other call."""
+    edited: dict[str, dict[str, Any]] = {}
+    for step, decision in zip(steps, resume.decisions, strict=True):
+        if decision.type != "edit" or decision.edited_action is None:
+            continue
+        checked = gate.validate(route, step["tool"], decision.edited_action.args)
+        if not isinstance(checked, tuple):
+            raise ResumeError(f"Edited {step['tool']} arguments rejected: {checked['message']}")
+        edited[step["step_id"]] = checked[1]
+    return edited

@@ -1,0 +1,51 @@
+"""executor: run the plan one step per super-step, every call through the gate.
+
+Each step is its own super-step, so a checkpoint follows every side effect. Steps that
+need approval are handed to the approval node; the gate re-checks the approval itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from langgraph.runtime import Runtime
+from langgraph.types import Command
+
+from nodes.deps import NodeDeps, current_thread_id
+from runtime.context import Context
+from state.graph_state import AgentState
+
+ExecutorNode = Callable[
+    [AgentState, Runtime[Context]], Awaitable[Command[Literal["executor", "approval", "verifier"]]]
+]
+
+
+def make_executor(deps: NodeDeps) -> ExecutorNode:
+    """Build the executor node."""
+
+    async def executor(
+        state: AgentState, runtime: Runtime[Context]
+    ) -> Command[Literal["executor", "approval", "verifier"]]:
+        """Execute the step at the cursor, or hand it to approval, or finish the phase."""
+        plan = state["plan"]
+        cursor = state.get("cursor", 0)
+        if cursor >= len(plan["steps"]):
+            return Command(goto="verifier")
+        step = plan["steps"][cursor]
+        outcome = await deps.gate.call(
+            thread_id=current_thread_id(), step_id=step["step_id"], route=state["route"],
+            requester=state.get("user") or "anonymous", tool=step["tool"], args=step["args"],
+            run=runtime.context,
+        )
+        error = outcome["error"]
+        if error is not None and error["code"] == "approval_required":
+            return Command(goto="approval")
+        update = {"outcomes": [outcome], "cursor": cursor + 1}
+        if not outcome["ok"]:
+            # A failed step ends the phase: later steps may depend on it. The verifier
+            # decides between re-planning and escalation.
+            return Command(goto="verifier", update=update)
+        return Command(goto="executor", update=update)
+
+    return executor

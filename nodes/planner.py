@@ -1,0 +1,140 @@
+"""planner: produce the next phase's typed plan; a model's plan is untrusted until checked."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langgraph.runtime import Runtime
+from langgraph.types import Command
+from pydantic import BaseModel, Field
+
+from nodes.deps import NodeDeps
+from runtime.context import Context
+from runtime.models import call_structured
+from runtime.prompts import PLANNER_REPAIR, PLANNER_SYSTEM
+from runtime.rules_model import rules_plan
+from state.graph_state import AgentState, Entities, Plan, PlanStep
+from tools.gate import ToolGate
+
+log = logging.getLogger(__name__)
+
+MAX_STEPS_PER_PHASE = 12
+
+PlannerNode = Callable[[AgentState, Runtime[Context]], Awaitable[Command[Literal["executor"]]]]
+
+
+class ProposedStep(BaseModel):
+    """One step as a model proposes it."""
+
+    tool: str = Field(description="Tool name from the list.")
+    args: dict[str, Any] = Field(description="Arguments matching the tool's JSON Schema.")
+    why: str = Field(description="One sentence: why this step.")
+
+
+class ProposedPlan(BaseModel):
+    """A model's plan for the next phase."""
+
+    steps: list[ProposedStep] = Field(description="Ordered steps.")
+    final: bool = Field(description="True if these steps complete the request.")
+
+
+def validate_plan(gate: ToolGate, route: str, proposal: ProposedPlan) -> list[str]:
+    """Every reason the proposal cannot run on ``route``; empty means valid."""
+    errors: list[str] = []
+    if len(proposal.steps) > MAX_STEPS_PER_PHASE:
+        errors.append(f"{len(proposal.steps)} steps; at most {MAX_STEPS_PER_PHASE} per phase")
+    if not proposal.steps and not proposal.final:
+        errors.append("an empty plan must be final")
+    for index, step in enumerate(proposal.steps, start=1):
+        checked = gate.validate(route, step.tool, step.args)
+        if not isinstance(checked, tuple):
+            errors.append(f"step {index} ({step.tool}): {checked['message']}")
+    return errors
+
+
+def _results_digest(state: AgentState) -> str:
+    outcomes = [
+        {"step_id": o["step_id"], "tool": o["tool"], "args": o["args"], "ok": o["ok"],
+         "result": o["result"], "error": o["error"]}
+        for o in state.get("outcomes", [])
+    ]
+    # Third-party text travels inside explicit untrusted markers.
+    return "<untrusted>\n" + json.dumps(outcomes, default=str)[:20000] + "\n</untrusted>"
+
+
+def _repair_messages(raw: Any, repair: str) -> list[Any]:
+    """Feed the rejection back; a tool call must be answered by a ToolMessage per call id."""
+    if isinstance(raw, AIMessage) and raw.tool_calls:
+        return [raw, *(ToolMessage(content=repair, tool_call_id=str(call["id"]))
+                       for call in raw.tool_calls)]
+    if isinstance(raw, AIMessage):
+        return [raw, HumanMessage(repair)]
+    return [HumanMessage(repair)]
+
+
+def make_planner(deps: NodeDeps) -> PlannerNode:
+    """Build the planner node."""
+
+    async def planner(state: AgentState, runtime: Runtime[Context]) -> Command[Literal["executor"]]:
+        """Plan the next phase with the model if configured, else (or on failure) by rules."""
+        ctx = runtime.context
+        route = state["route"]
+        entities: Entities = state["entities"]
+        outcomes = state.get("outcomes", [])
+        phase = state.get("plan", {"phase": 0})["phase"] + 1
+        notes: list[str] = []
+        steps: list[PlanStep] | None = None
+        final = True
+        source: Literal["rules", "model"] = "rules"
+        path = "rules"
+
+        chosen = deps.models.chat("planner", ctx)
+        if chosen is not None:
+            name, model = chosen
+            tools = [t.as_openai_tool()["function"] for t in deps.gate.registry.for_route(route)]
+            messages: list[Any] = [
+                SystemMessage(PLANNER_SYSTEM.format(route=route, tools=json.dumps(tools))),
+                HumanMessage(
+                    f"Request:\n<request>\n{state['request']}\n</request>\n"
+                    f"Entities: {json.dumps(entities)}\nPhase: {phase}\n"
+                    f"Results so far:\n{_results_digest(state)}"),
+            ]
+            attempts = ctx.max_plan_repairs + 1
+            for attempt in range(1, attempts + 1):
+                try:
+                    reply = await call_structured(model, ProposedPlan, messages)
+                except Exception as exc:  # provider failure: degrade to rules, and say so
+                    log.warning("planner model %s failed: %r", name, exc)
+                    notes.append(f"planner model {name} failed ({type(exc).__name__}: {exc}); "
+                                 "rules plan used")
+                    path = f"rules (fallback: model {name} failed: {type(exc).__name__})"
+                    break
+                errors = ([reply.error] if reply.error else
+                          validate_plan(deps.gate, route, reply.parsed)  # type: ignore[arg-type]
+                          if isinstance(reply.parsed, ProposedPlan) else ["no plan returned"])
+                if not errors and isinstance(reply.parsed, ProposedPlan):
+                    steps = [PlanStep(step_id=f"p{phase}s{i}", tool=s.tool, args=s.args,
+                                      why=s.why)
+                             for i, s in enumerate(reply.parsed.steps, start=1)]
+                    final, source = reply.parsed.final, "model"
+                    path = f"model:{name}" + (f" (repaired {attempt - 1}x)" if attempt > 1 else "")
+                    break
+                notes.append(f"planner model {name} plan attempt {attempt} invalid: "
+                             + "; ".join(e for e in errors if e))
+                repair = PLANNER_REPAIR.format(errors="; ".join(e for e in errors if e))
+                messages.extend(_repair_messages(reply.raw, repair))
+            else:
+                path = f"rules (fallback: model {name} plan invalid after {attempts} attempts)"
+
+        if steps is None:
+            steps, final = rules_plan(route, entities, outcomes, phase, state["request"])
+        plan = Plan(phase=phase, steps=steps, final=final, source=source)
+        return Command(goto="executor", update={
+            "plan": plan, "cursor": 0, "notes": notes, "model_path": {"planner": path},
+        })
+
+    return planner

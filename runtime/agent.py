@@ -1,0 +1,160 @@
+"""Running the graph from a process: open the database, compile with the checkpointer,
+and turn a thread's checkpoint into the view the CLI and tests print.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command
+
+from graphs.payables import build_graph
+from nodes.deps import NodeDeps
+from runtime.context import Context
+from runtime.errors import BadInput, NotFound, ResumeError
+from runtime.models import ModelProvider, OpenAIModelProvider
+from state.approvals import ApprovalRequest, parse_resume
+from state.db import Database, default_database, migrate
+from state.runs import list_runs
+from tools.gate import ToolGate
+
+
+@dataclass
+class Agent:
+    """A compiled graph bound to a Postgres checkpointer and the app database."""
+
+    graph: CompiledStateGraph[Any, Any, Any, Any]
+    database: Database
+    gate: ToolGate
+
+    @staticmethod
+    def config(thread_id: str) -> dict[str, Any]:
+        """The run config for a thread."""
+        return {"configurable": {"thread_id": thread_id}}
+
+    async def start(self, request: str, *, user: str, thread_id: str | None = None,
+                    context: Context | None = None) -> dict[str, Any]:
+        """Run a new request to completion or to its first interrupt; return the view."""
+        thread_id = thread_id or str(uuid.uuid4())
+        snapshot = await self.graph.aget_state(self.config(thread_id))
+        if snapshot.values:
+            raise BadInput(f"Thread {thread_id} already exists; start a new request without "
+                           "--thread, or answer its approval with `payables resume`.")
+        await self.graph.ainvoke({"request": request, "user": user}, self.config(thread_id),
+                                 context=context or Context(), durability="sync")
+        return await self.view(thread_id)
+
+    async def pending(self, thread_id: str) -> list[tuple[str, ApprovalRequest]]:
+        """The thread's pending approval interrupts as ``(interrupt_id, request)``."""
+        snapshot = await self.graph.aget_state(self.config(thread_id))
+        return [(i.id, i.value) for i in snapshot.interrupts]
+
+    async def resume(self, thread_id: str, value: dict[str, Any], *,
+                     interrupt_id: str | None = None,
+                     context: Context | None = None) -> dict[str, Any]:
+        """Answer the thread's pending approval with ``value``; refuse anything else."""
+        snapshot = await self.graph.aget_state(self.config(thread_id))
+        if not snapshot.values:
+            raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
+        interrupts = list(snapshot.interrupts)
+        if not interrupts:
+            status = snapshot.values.get("status") or "running"
+            raise ResumeError(f"Thread {thread_id} has no pending approval (status: {status}); "
+                              "it was already resolved. `payables show` prints its result.")
+        if interrupt_id is not None:
+            interrupts = [i for i in interrupts if i.id == interrupt_id]
+            if not interrupts:
+                raise ResumeError(f"Interrupt {interrupt_id} is not pending on {thread_id}; "
+                                  "it was already resolved or never existed.")
+        target = interrupts[0]
+        parse_resume(value, target.value)
+        await self.graph.ainvoke(Command(resume={target.id: value}), self.config(thread_id),
+                                 context=context or Context(), durability="sync")
+        return await self.view(thread_id)
+
+    async def view(self, thread_id: str) -> dict[str, Any]:
+        """The thread as the CLI's ``--json`` prints it."""
+        snapshot = await self.graph.aget_state(self.config(thread_id))
+        if not snapshot.values:
+            raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
+        values = snapshot.values
+        pending = [
+            {"interrupt_id": i.id, "action": action["name"], "args": action["args"],
+             "description": action["description"], "evidence": evidence,
+             "requirement": step, "requester": i.value["requester"],
+             "error": i.value.get("error")}
+            for i in snapshot.interrupts
+            for action, evidence, step in zip(i.value["action_requests"], i.value["evidence"],
+                                              i.value["steps"], strict=True)
+        ]
+        if snapshot.interrupts:
+            status = "interrupted"
+        elif snapshot.next:
+            status = "failed" if any(t.error for t in snapshot.tasks) else "running"
+        else:
+            status = values.get("status", "completed")
+        plan = values.get("plan")
+        return {
+            "thread_id": thread_id,
+            "status": status,
+            "route": values.get("route"),
+            "request": values.get("request"),
+            "user": values.get("user"),
+            "plan": [
+                {"step_id": s["step_id"], "tool": s["tool"], "args": s["args"], "why": s["why"]}
+                for s in (plan["steps"] if plan else [])
+            ],
+            "plan_source": plan["source"] if plan else None,
+            "model_path": values.get("model_path", {}),
+            "pending_approvals": pending,
+            "reason": values.get("reason", ""),
+            "summary": values.get("summary", ""),
+            "result": values.get("result"),
+        }
+
+    async def history(self, thread_id: str) -> list[dict[str, Any]]:
+        """Every checkpoint of a thread, oldest first."""
+        steps = []
+        async for snap in self.graph.aget_state_history(self.config(thread_id)):
+            steps.append({
+                "checkpoint_id": snap.config["configurable"].get("checkpoint_id"),
+                "step": snap.metadata.get("step") if snap.metadata else None,
+                "source": snap.metadata.get("source") if snap.metadata else None,
+                "next": list(snap.next),
+                "created_at": snap.created_at,
+                "interrupts": [i.id for i in snap.interrupts],
+            })
+        return list(reversed(steps))
+
+    async def pending_everywhere(self) -> list[dict[str, Any]]:
+        """Pending approvals across every thread that the run index says is interrupted."""
+        rows = await list_runs(self.database, status="interrupted", limit=500)
+        found = []
+        for row in rows:
+            view = await self.view(row["thread_id"])
+            for approval in view["pending_approvals"]:
+                found.append({"thread_id": row["thread_id"], "request": row["request"],
+                              "route": view["route"], **approval})
+        return found
+
+
+@asynccontextmanager
+async def open_agent(models: ModelProvider | None = None,
+                     database: Database | None = None) -> AsyncIterator[Agent]:
+    """Migrate (once per process), open the pool, and yield an `Agent`."""
+    database = database or default_database()
+    await migrate(database.uri)
+    gate = ToolGate(database)
+    saver = AsyncPostgresSaver(await database.pool())  # type: ignore[arg-type]
+    graph = build_graph(NodeDeps(gate=gate, models=models or OpenAIModelProvider()),
+                        checkpointer=saver)
+    try:
+        yield Agent(graph=graph, database=database, gate=gate)
+    finally:
+        await database.close()

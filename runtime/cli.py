@@ -1,0 +1,405 @@
+"""`payables`: the command line for clerks, reviewers and operators.
+
+Exit codes: 0 success (a run paused for approval is a success), 2 bad input (the message
+says what to fix), 1 failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from runtime.agent import Agent, open_agent
+from runtime.errors import BadInput, PayablesError
+from runtime.settings import PROJECT_ROOT
+from state.approvals import REVIEWER_ROLES
+from state.db import database_uri, default_database, migrate, redact_uri, schema_status
+from state.runs import list_runs
+from state.world import SAMPLE_WORLD_PATH, SCHEMA_PATH, load_world, read_world, world_json_schema
+
+SAMPLE_INBOX_PATH = PROJECT_ROOT / "data" / "inbox.sample.json"
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+db_app = typer.Typer(help="The database: where it is and what schema it has.",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine, mapping errors to exit codes (2 bad input, 1 failure)."""
+    try:
+        return asyncio.run(coro)
+    except BadInput as exc:
+        coro.close()
+        _fail(str(exc), 2)
+    except PayablesError as exc:
+        _fail(str(exc), 1)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _print_view(view: dict[str, Any]) -> None:
+    status_style = {"completed": "green", "interrupted": "yellow", "refused": "red",
+                    "escalated": "magenta", "failed": "red"}.get(view["status"], "white")
+    out.print(f"[bold]thread[/] {view['thread_id']}")
+    out.print(f"  route   {view['route']}   status [{status_style}]{view['status']}[/]")
+    out.print(f"  models  " + ", ".join(f"{k}={v}" for k, v in view["model_path"].items()))
+    if view["plan"]:
+        out.print("  plan    " + " → ".join(s["tool"] for s in view["plan"]))
+    if view["summary"]:
+        out.print(f"  summary {escape(view['summary'])}")
+    elif view["reason"]:
+        out.print(f"  reason  {escape(view['reason'])}")
+    for approval in view["pending_approvals"]:
+        _print_approval(approval)
+
+
+def _print_approval(approval: dict[str, Any]) -> None:
+    req = approval["requirement"]
+    out.print(f"  [yellow]awaiting approval[/] {approval['action']} "
+              f"{json.dumps(approval['args'], default=str)}")
+    out.print(f"    interrupt {approval['interrupt_id']}")
+    out.print(f"    needs {req['min_approvers']} approver(s)"
+              + (f", one with role {req['required_role']}" if req["required_role"] else "")
+              + (f"; approved so far by {', '.join(a['id'] for a in req['approved_by'])}"
+                 if req["approved_by"] else ""))
+    for reason in req["reasons"]:
+        out.print(f"    - {escape(reason)}")
+    evidence = approval["evidence"]
+    if "match_table" in evidence:
+        table = Table("line", "description", "ordered", "received", "billed", "PO price",
+                      "billed price", "variance %", box=None, padding=(0, 1))
+        for line in evidence["match_table"]:
+            table.add_row(str(line["line_no"]), escape(line["description"][:40]),
+                          line["ordered_quantity"] or "-", line["received_quantity"] or "-",
+                          line["billed_quantity"], line["po_unit_price"] or "-",
+                          line["billed_unit_price"], line["price_variance_pct"] or "-")
+        out.print(table)
+        inv = evidence["invoice"]
+        out.print(f"    {inv['invoice_id']} {inv['vendor_name']} total {inv['total']} "
+                  f"{inv['currency']}, verdict {evidence['verdict']}, pays to vendor master "
+                  f"{inv['vendor_master_account']}")
+        for exc in evidence["exceptions"]:
+            out.print(f"    ! {exc['code']}: {escape(exc['detail'])}")
+    if "vendor" in evidence:
+        v = evidence["vendor"]
+        out.print(f"    {v['vendor_id']} {v['name']}: {v['current_account']} → "
+                  f"{evidence.get('proposed_account')}")
+    if approval.get("error"):
+        out.print(f"    [red]last resume refused:[/] {escape(approval['error'])}")
+
+
+# --- db -------------------------------------------------------------------------------
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the Postgres URI in use (starting the embedded server if needed)."""
+    sys.stdout.write(redact_uri(database_uri()) + "\n")
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations and the checkpointer's setup."""
+    applied = _run(migrate(database_uri()))
+    out.print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+
+
+@db_app.command("status")
+def db_status(as_json: JsonOpt = False) -> None:
+    """Show the server version and applied / pending migrations."""
+    uri = database_uri()
+    status = _run(schema_status(uri))
+    status["uri"] = redact_uri(uri)
+    status["embedded"] = not os.environ.get("DATABASE_URI")
+    if as_json:
+        _print_json(status)
+        return
+    out.print(f"uri       {status['uri']} ({'embedded' if status['embedded'] else 'DATABASE_URI'})")
+    out.print(f"server    PostgreSQL {status['server_version']}")
+    out.print(f"applied   {', '.join(status['applied']) or '-'}")
+    out.print(f"pending   {', '.join(status['pending']) or '-'}")
+
+
+# --- world ----------------------------------------------------------------------------
+
+
+async def _seed(world_path: Path) -> dict[str, int]:
+    world = read_world(world_path)
+    database = default_database()
+    await migrate(database.uri)
+    try:
+        async with database.connection() as conn:
+            return await load_world(conn, world)
+    finally:
+        await database.close()
+
+
+@app.command()
+def seed(
+    world: Annotated[Path, typer.Option(help="World file (JSON); see state/world.schema.json.")]
+    = SAMPLE_WORLD_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace the AP world (vendors, POs, receipts, invoices, payments, policy) from a file."""
+    counts = _run(_seed(world))
+    if as_json:
+        _print_json({"world": str(world), "loaded": counts})
+    else:
+        out.print(f"loaded {world}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+@app.command("world-schema")
+def world_schema(
+    write: Annotated[bool, typer.Option(help="Rewrite state/world.schema.json.")] = False,
+) -> None:
+    """Print (or rewrite) the JSON Schema of world files."""
+    text = json.dumps(world_json_schema(), indent=2) + "\n"
+    if write:
+        SCHEMA_PATH.write_text(text)
+        out.print(f"wrote {SCHEMA_PATH}")
+    else:
+        sys.stdout.write(text)
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    request: Annotated[str, typer.Argument(help="What to do, e.g. 'Validate INV-1001'.")],
+    thread: Annotated[str | None, typer.Option(help="Thread id (default: a new UUID).")] = None,
+    user: Annotated[str, typer.Option(help="Who is asking.")] = "clerk",
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a request to completion or to its next approval."""
+
+    async def go() -> dict[str, Any]:
+        async with open_agent() as agent:
+            return await agent.start(request, user=user, thread_id=thread)
+
+    view = _run(go())
+    _print_json(view) if as_json else _print_view(view)
+    if view["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def approvals(as_json: JsonOpt = False) -> None:
+    """List every pending approval across threads."""
+
+    async def go() -> list[dict[str, Any]]:
+        async with open_agent() as agent:
+            return await agent.pending_everywhere()
+
+    pending = _run(go())
+    if as_json:
+        _print_json({"pending_approvals": pending})
+        return
+    if not pending:
+        out.print("no pending approvals")
+        return
+    for approval in pending:
+        out.print(f"[bold]{approval['thread_id']}[/]  {escape(approval['request'])}")
+        _print_approval(approval)
+
+
+def _decisions_from(approve: bool, reject: str | None, edit: str | None,
+                    actions: int) -> list[dict[str, Any]]:
+    chosen = [flag for flag in (approve, reject is not None, edit is not None) if flag]
+    if len(chosen) != 1:
+        raise BadInput("Give exactly one of --approve, --reject REASON or --edit JSON.")
+    if approve:
+        return [{"type": "approve"}] * actions
+    if reject is not None:
+        return [{"type": "reject", "message": reject}] * actions
+    assert edit is not None
+    try:
+        parsed = json.loads(edit)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"--edit must be JSON ({exc.msg} at column {exc.colno}).") from exc
+    if isinstance(parsed, list):
+        return parsed
+    if not isinstance(parsed, dict):
+        raise BadInput("--edit takes the edited args of the first pending action as a JSON "
+                       "object, or a JSON list with one decision per pending action.")
+    return [{"type": "edit", "edited_action": {"name": "", "args": parsed}}] + [
+        {"type": "approve"}] * (actions - 1)
+
+
+@app.command()
+def resume(
+    thread: Annotated[str, typer.Argument(help="Thread id with a pending approval.")],
+    reviewer: Annotated[str, typer.Option(help="Your reviewer id.")],
+    approve: Annotated[bool, typer.Option("--approve", help="Approve every pending action.")]
+    = False,
+    reject: Annotated[str | None, typer.Option("--reject", help="Reject, with the reason.")]
+    = None,
+    edit: Annotated[str | None, typer.Option(
+        "--edit", help="Edited args (JSON object) for the first pending action; the rest are "
+                       "approved. Or a JSON list of decisions, one per action.")] = None,
+    role: Annotated[str, typer.Option(help=f"Your role: {', '.join(REVIEWER_ROLES)}.")]
+    = "approver",
+    interrupt: Annotated[str | None, typer.Option(help="Answer this interrupt id only.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve, edit or reject a pending approval, then continue the run."""
+
+    async def go() -> dict[str, Any]:
+        async with open_agent() as agent:
+            pending = await agent.pending(thread)
+            actions = pending[0][1]["action_requests"] if pending else []
+            decisions = _decisions_from(approve, reject, edit, max(len(actions), 1))
+            for decision, action in zip(decisions, actions, strict=False):
+                edited = decision.get("edited_action")
+                if isinstance(edited, dict) and not edited.get("name"):
+                    edited["name"] = action["name"]
+            value = {"decisions": decisions, "reviewer": {"id": reviewer, "role": role}}
+            return await agent.resume(thread, value, interrupt_id=interrupt)
+
+    view = _run(go())
+    _print_json(view) if as_json else _print_view(view)
+
+
+@app.command()
+def threads(as_json: JsonOpt = False,
+            limit: Annotated[int, typer.Option(min=1, max=1000)] = 50) -> None:
+    """List recent threads with their status."""
+
+    async def go() -> list[dict[str, Any]]:
+        database = default_database()
+        await migrate(database.uri)
+        try:
+            return await list_runs(database, limit=limit)
+        finally:
+            await database.close()
+
+    rows = _run(go())
+    if as_json:
+        _print_json({"threads": rows})
+        return
+    table = Table("thread", "status", "route", "requester", "request", "updated")
+    for row in rows:
+        table.add_row(row["thread_id"], row["status"], row["route"] or "-", row["requester"],
+                      escape(row["request"][:60]), row["updated_at"].strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+@app.command()
+def show(
+    thread: Annotated[str, typer.Argument(help="Thread id.")],
+    history: Annotated[bool, typer.Option("--history", help="Also list checkpoints.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a thread's state, result and pending approvals."""
+
+    async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with open_agent() as agent:
+            view = await agent.view(thread)
+            return view, (await agent.history(thread) if history else [])
+
+    view, checkpoints = _run(go())
+    if history:
+        view["history"] = checkpoints
+    if as_json:
+        _print_json(view)
+        return
+    _print_view(view)
+    if view.get("result"):
+        out.print_json(json.dumps(view["result"], default=str))
+    for cp in checkpoints:
+        out.print(f"  step {cp['step']:>3} {cp['source']:<6} next={','.join(cp['next']) or '-'} "
+                  f"{cp['created_at']}")
+
+
+# --- demo -----------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    world: Annotated[Path, typer.Option(help="World file to seed.")] = SAMPLE_WORLD_PATH,
+    inbox: Annotated[Path, typer.Option(help="Requests to run (JSON list).")] = SAMPLE_INBOX_PATH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Seed the sample world, run the sample inbox, and show what needs a person."""
+    try:
+        requests = json.loads(inbox.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        _fail(f"Cannot read inbox {inbox}: {exc}", 2)
+    if not isinstance(requests, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("request"), str) for r in requests
+    ):
+        _fail(f"{inbox} must be a JSON list of {{\"request\": ..., \"user\": ...}} objects.", 2)
+
+    async def go() -> list[dict[str, Any]]:
+        counts = await _seed(world)
+        err.print(f"[bold]seeded[/] {world.name}: "
+                  + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        views = []
+        async with open_agent() as agent:
+            for index, item in enumerate(requests, start=1):
+                err.print(f"[dim]({index}/{len(requests)})[/] {escape(item['request'])}")
+                view = await agent.start(item["request"], user=item.get("user", "clerk"))
+                err.print(f"    → {view['route']}: [bold]{view['status']}[/]")
+                views.append(view)
+        return views
+
+    views = _run(go())
+    if as_json:
+        _print_json({"runs": views})
+        return
+    table = Table("#", "request", "route", "status", "outcome", title="payables demo")
+    for index, view in enumerate(views, start=1):
+        outcome = (f"awaiting {', '.join(a['action'] for a in view['pending_approvals'])}"
+                   if view["pending_approvals"] else view["summary"] or view["reason"])
+        table.add_row(str(index), escape(view["request"][:48]), view["route"], view["status"],
+                      escape(outcome[:110]))
+    out.print(table)
+    paused = [v for v in views if v["pending_approvals"]]
+    if paused:
+        out.print("\n[bold]Paused for approval[/] (the requester may not approve their own):")
+        for view in paused:
+            tid = view["thread_id"]
+            needs = view["pending_approvals"][0]["requirement"]
+            role = needs["required_role"] or "approver"
+            out.print(f"  {escape(view['request'])}")
+            out.print(f"    payables resume {tid} --approve --reviewer rev-1 --role {role}")
+            out.print(f"    payables resume {tid} --reject 'reason' --reviewer rev-1 --role {role}")
+            out.print(f"    payables show {tid}")
+        out.print("\nAll pending approvals: [bold]payables approvals[/]")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=os.environ.get("PAYABLES_LOG_LEVEL", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

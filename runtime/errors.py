@@ -1,0 +1,43 @@
+"""One error hierarchy for the whole project.
+
+Every message says what was received and what to do about it. The CLI maps
+`BadInput` subclasses to exit code 2 and everything else to exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class PayablesError(Exception):
+    """Base class for every error this project raises on purpose."""
+
+
+class BadInput(PayablesError):
+    """The caller sent something we cannot act on (CLI exit code 2)."""
+
+
+class ConfigError(BadInput):
+    """Settings or environment are inconsistent (missing variable, bad value)."""
+
+
+class WorldFileError(BadInput):
+    """A world file (``payables seed --world``) does not match its JSON Schema."""
+
+
+class ResumeError(BadInput):
+    """A resume payload is malformed, or targets an interrupt that is not pending."""
+
+
+class NotFound(BadInput):
+    """A thread, invoice or other id does not exist."""
+
+
+class ModelBehaviorError(PayablesError):
+    """A model returned something unusable after the allowed repairs."""
+
+
+class PolicyViolation(PayablesError):
+    """An action was blocked by a policy rule enforced in code."""
+
+
+class DatabaseError(PayablesError):
+    """The database could not be reached or migrated."""

@@ -1,0 +1,219 @@
+"""The rules model: deterministic routing, plan templates and extractive answers.
+
+It is the default when no chat model is configured and the floor when a model fails or
+keeps returning invalid plans. Everything here is a pure function of its inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from state.graph_state import Entities, PlanStep
+from state.routes import Route
+from tools.gate import ToolOutcome
+
+INVOICE_RE = re.compile(r"\bINV-\d{3,}\b", re.IGNORECASE)
+PO_RE = re.compile(r"\bPO-\d{3,}\b", re.IGNORECASE)
+VENDOR_RE = re.compile(r"\bV-\d{3,}\b", re.IGNORECASE)
+# IBAN-like: two letters, two digits, then 10-30 letters/digits (spaces allowed in print).
+ACCOUNT_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]){10,30}\b")
+
+_PAY = re.compile(r"\bpay(?:ing|ment)?\b|\bschedule\b", re.IGNORECASE)
+_STATUS = re.compile(r"\bstatus\b|\bwas .* paid\b|\bhas .* been paid\b|\bwhen will\b|"
+                     r"\bpaid yet\b|\bbeen paid\b", re.IGNORECASE)
+_VENDOR_CHANGE = re.compile(r"\b(bank|remittance|iban|account)\b.*\b(change|update|new|"
+                            r"replace)\b|\b(change|update|new|replace)\b.*\b(bank|remittance|"
+                            r"iban)\b", re.IGNORECASE)
+_POLICY = re.compile(r"\bpolicy\b|\bwhat is\b|\bwhat are\b|\bhow (many|much|long|do|does)\b|"
+                     r"\bwho (can|may|must)\b|\bthreshold\b|\btolerance\b|\ballowed\b|\?$",
+                     re.IGNORECASE)
+_INVOICE_WORDS = re.compile(r"\b(invoice|validate|match|stage|process|approve|pay)\w*\b",
+                            re.IGNORECASE)
+_AP_WORDS = re.compile(r"\b(invoice|vendor|payment|pay|po|purchase order|receipt|ap|"
+                       r"payable)s?\b", re.IGNORECASE)
+
+
+class RouteDecision(BaseModel):
+    """A router's answer: route, confidence and the ids it found."""
+
+    route: Route = Field(description="The route for this request.")
+    confidence: float = Field(ge=0, le=1, description="Confidence in the route, 0..1.")
+    invoice_ids: list[str] = Field(default=[], description="Invoice ids, e.g. INV-1001.")
+    po_numbers: list[str] = Field(default=[], description="PO numbers, e.g. PO-2001.")
+    vendor_ids: list[str] = Field(default=[], description="Vendor ids, e.g. V-001.")
+    bank_accounts: list[str] = Field(default=[], description="Bank accounts in the request.")
+    wants_payment: bool = Field(default=False, description="True if the clerk asks to pay.")
+    rationale: str = Field(default="", description="One sentence on why.")
+
+
+def _unique_upper(values: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for value in values:
+        seen.setdefault(value.upper().replace(" ", ""), None)
+    return list(seen)
+
+
+def extract_entities(request: str) -> Entities:
+    """Ids and accounts that literally appear in the request."""
+    return Entities(
+        invoice_ids=_unique_upper(INVOICE_RE.findall(request)),
+        po_numbers=_unique_upper(PO_RE.findall(request)),
+        vendor_ids=_unique_upper(VENDOR_RE.findall(request)),
+        bank_accounts=_unique_upper(ACCOUNT_RE.findall(request.upper())),
+        wants_payment=bool(_PAY.search(request)),
+    )
+
+
+def rules_route(request: str) -> RouteDecision:
+    """Classify a request with keyword rules; ambiguity escalates rather than guesses."""
+    e = extract_entities(request)
+    base: dict[str, Any] = {
+        "invoice_ids": e["invoice_ids"], "po_numbers": e["po_numbers"],
+        "vendor_ids": e["vendor_ids"], "bank_accounts": e["bank_accounts"],
+        "wants_payment": e["wants_payment"],
+    }
+    if _VENDOR_CHANGE.search(request) and (e["vendor_ids"] or e["bank_accounts"]):
+        if e["vendor_ids"] and e["bank_accounts"]:
+            return RouteDecision(route=Route.VENDOR_CHANGE, confidence=0.9,
+                                 rationale="bank account change for a named vendor", **base)
+        return RouteDecision(route=Route.ESCALATE, confidence=0.4,
+                             rationale="bank change without both a vendor id and an account",
+                             **base)
+    if e["invoice_ids"] and _STATUS.search(request):
+        return RouteDecision(route=Route.PAYMENT_STATUS, confidence=0.85,
+                             rationale="asks where an invoice's payment stands", **base)
+    if e["invoice_ids"] and _INVOICE_WORDS.search(request):
+        return RouteDecision(route=Route.INVOICE_PROCESSING, confidence=0.9,
+                             rationale="asks to process named invoices", **base)
+    if _POLICY.search(request) and _AP_WORDS.search(request) or re.search(
+            r"\bpolicy\b", request, re.IGNORECASE):
+        return RouteDecision(route=Route.POLICY_QUESTION, confidence=0.75,
+                             rationale="asks what AP policy says", **base)
+    if _AP_WORDS.search(request) or e["invoice_ids"] or e["vendor_ids"]:
+        return RouteDecision(route=Route.ESCALATE, confidence=0.3,
+                             rationale="about accounts payable, but no actionable ids", **base)
+    return RouteDecision(route=Route.OUT_OF_SCOPE, confidence=0.8,
+                         rationale="not an accounts-payable request", **base)
+
+
+def _step(phase: int, index: int, tool: str, args: dict[str, Any], why: str) -> PlanStep:
+    return PlanStep(step_id=f"p{phase}s{index}", tool=tool, args=args, why=why)
+
+
+def _last_ok(outcomes: list[ToolOutcome], tool: str, key: str, value: str) -> ToolOutcome | None:
+    for outcome in reversed(outcomes):
+        if outcome["tool"] == tool and outcome["args"].get(key) == value:
+            return outcome if outcome["ok"] else None
+    return None
+
+
+def _failed_action(outcomes: list[ToolOutcome], invoice_id: str) -> ToolOutcome | None:
+    for outcome in reversed(outcomes):
+        if outcome["args"].get("invoice_id") != invoice_id:
+            continue
+        if outcome["tool"] in {"stage_invoice", "schedule_payment"}:
+            return None if outcome["ok"] else outcome
+    return None
+
+
+def rules_plan(route: str, entities: Entities, outcomes: list[ToolOutcome], phase: int,
+               request: str) -> tuple[list[PlanStep], bool]:
+    """The next steps for ``route`` given what has happened so far, and whether final."""
+    steps: list[PlanStep] = []
+
+    def add(tool: str, args: dict[str, Any], why: str) -> None:
+        steps.append(_step(phase, len(steps) + 1, tool, args, why))
+
+    if route == Route.INVOICE_PROCESSING:
+        for inv in entities["invoice_ids"]:
+            match = _last_ok(outcomes, "compute_match", "invoice_id", inv)
+            if match is None:
+                if any(o["tool"] == "get_invoice" and o["args"].get("invoice_id") == inv
+                       and not o["ok"] for o in outcomes):
+                    continue  # unknown invoice: respond reports it
+                add("get_invoice", {"invoice_id": inv}, f"Read {inv} and its lines.")
+                add("compute_match", {"invoice_id": inv},
+                    f"Three-way match {inv} against its PO and goods receipts.")
+        if steps:
+            return steps, False
+        for inv in entities["invoice_ids"]:
+            match = _last_ok(outcomes, "compute_match", "invoice_id", inv)
+            if match is None or match["result"] is None:
+                continue
+            failed = _failed_action(outcomes, inv)
+            if failed is not None:
+                if not _last_ok(outcomes, "flag_exception", "invoice_id", inv):
+                    err = failed["error"] or {"code": "failed", "message": ""}
+                    add("flag_exception", {"invoice_id": inv, "codes": [err["code"]],
+                                           "detail": err["message"] or err["code"]},
+                        f"{failed['tool']} failed for {inv}; people must look at it.")
+                continue
+            if any(o["tool"] in {"stage_invoice", "flag_exception", "schedule_payment"}
+                   and o["args"].get("invoice_id") == inv for o in outcomes):
+                continue  # already acted on in an earlier phase
+            result = match["result"]
+            exceptions = result["exceptions"]
+            codes = [e["code"] for e in exceptions]
+            detail = " ".join(e["detail"] for e in exceptions)
+            if result["verdict"] == "exception":
+                add("flag_exception", {"invoice_id": inv, "codes": codes, "detail": detail},
+                    f"{inv} does not match ({', '.join(codes)}); route it to people.")
+                continue
+            if result["verdict"] == "review":
+                add("flag_exception", {"invoice_id": inv, "codes": codes, "detail": detail},
+                    f"{inv} needs a reviewer's override ({', '.join(codes)}).")
+                add("stage_invoice", {"invoice_id": inv,
+                                      "note": "Staged on reviewer override: " + ", ".join(codes)},
+                    f"Stage {inv} if a controller accepts: {detail}")
+            else:
+                add("stage_invoice", {"invoice_id": inv, "note": "Three-way match clean."},
+                    f"{inv} matches its PO and receipts; stage it for payment.")
+            if entities["wants_payment"]:
+                add("schedule_payment", {"invoice_id": inv, "amount": result["invoice_total"],
+                                         "currency": result["currency"]},
+                    f"Pay {inv} in full ({result['invoice_total']} {result['currency']}) "
+                    "to the vendor master account, as requested.")
+        return steps, True
+
+    if route == Route.VENDOR_CHANGE:
+        vendor, account = entities["vendor_ids"][0], entities["bank_accounts"][0]
+        add("get_vendor", {"vendor_id": vendor}, f"Read the vendor master of {vendor}.")
+        add("update_vendor_bank_account",
+            {"vendor_id": vendor, "new_account": account, "reason": request[:1000]},
+            f"Change {vendor}'s remittance account to one ending {account[-4:]}, as requested.")
+        add("send_vendor_email",
+            {"vendor_id": vendor, "subject": "Your remittance account was changed",
+             "body": ("We changed the bank account we pay you to one ending "
+                      f"{account[-4:]}. If you did not ask for this, call your AP contact "
+                      "at once using the number in your contract, not one from an email.")},
+            f"Tell {vendor}'s contact on file, so a fraudulent change is noticed.")
+        return steps, True
+
+    if route == Route.PAYMENT_STATUS:
+        for inv in entities["invoice_ids"]:
+            add("payment_status", {"invoice_id": inv}, f"Look up payments for {inv}.")
+        for vendor in entities["vendor_ids"]:
+            add("find_invoices", {"vendor_id": vendor}, f"List {vendor}'s invoices.")
+        return steps, True
+
+    if route == Route.POLICY_QUESTION:
+        add("search_policy", {"query": request[:500]}, "Find the policy passages that answer.")
+        return steps, True
+
+    return steps, True
+
+
+def extractive_answer(outcomes: list[ToolOutcome], max_passages: int = 2) -> dict[str, Any]:
+    """Answer a policy question with the best retrieved passages, cited by id."""
+    passages: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if outcome["tool"] == "search_policy" and outcome["ok"] and outcome["result"]:
+            passages.extend(outcome["result"]["passages"])
+    chosen = passages[:max_passages]
+    if not chosen:
+        return {"answer": "", "citations": []}
+    answer = " ".join(f"{p['body']} [{p['passage_id']}]" for p in chosen)
+    return {"answer": answer, "citations": [p["passage_id"] for p in chosen]}

@@ -1,0 +1,50 @@
+"""Process-wide settings read once from the environment.
+
+Run-scoped knobs (models per role, thresholds, tenant) live in `runtime.context.Context`
+instead; this module only holds what belongs to the process: where the database is and
+where the embedded Postgres keeps its files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Process settings; build with `Settings.from_env()`."""
+
+    database_uri: str | None
+    """An explicit Postgres URI (`DATABASE_URI`); None means use the embedded server."""
+
+    data_dir: Path
+    """Where the embedded Postgres keeps its cluster (`PAYABLES_DATA_DIR`, default `.data/`)."""
+
+    pool_max_size: int
+    """Upper bound on pooled connections per process (`PAYABLES_POOL_MAX_SIZE`)."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read settings from the environment, failing loudly on malformed values."""
+        raw_pool = os.environ.get("PAYABLES_POOL_MAX_SIZE", "10")
+        try:
+            pool_max_size = int(raw_pool)
+        except ValueError as exc:
+            raise ConfigError(
+                f"PAYABLES_POOL_MAX_SIZE must be an integer, got {raw_pool!r}; "
+                "set it to a number such as 10 or unset it."
+            ) from exc
+        if pool_max_size < 1:
+            raise ConfigError(f"PAYABLES_POOL_MAX_SIZE must be at least 1, got {pool_max_size}.")
+        data_dir = Path(os.environ.get("PAYABLES_DATA_DIR") or PROJECT_ROOT / ".data")
+        return cls(
+            database_uri=os.environ.get("DATABASE_URI") or None,
+            data_dir=data_dir.resolve(),
+            pool_max_size=pool_max_size,
+        )

@@ -1,0 +1,219 @@
+"""Where the database is, how to reach it, and how its schema gets there.
+
+`DATABASE_URI` selects any Postgres. Unset, an embedded PostgreSQL 16 (pgserver) starts on
+demand with its cluster under `.data/pg`; it stops when the last process using it exits.
+Migrations are versioned SQL files applied once under an advisory lock, together with the
+LangGraph checkpointer's own `setup()`, by `migrate()`; requests never run DDL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from runtime.errors import DatabaseError
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any constant works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK_ID = 0x7061796162  # "payab"
+
+# pgserver stops its postmaster when the owning object is collected; keep it alive for the
+# life of the process.
+_embedded_servers: dict[Path, Any] = {}
+
+CONNECTION_KWARGS: dict[str, Any] = {
+    # The checkpointer's setup() runs CREATE INDEX CONCURRENTLY, which refuses transactions.
+    "autocommit": True,
+    # Poolers (pgbouncer) break server-side prepared statements.
+    "prepare_threshold": 0,
+    "row_factory": dict_row,
+}
+
+
+def embedded_uri(data_dir: Path) -> str:
+    """Start (or join) the embedded Postgres whose cluster lives in ``data_dir / "pg"``."""
+    import pgserver  # imported lazily: only the embedded path needs its binaries
+
+    pgdata = data_dir / "pg"
+    server = _embedded_servers.get(pgdata)
+    if server is None:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        except Exception as exc:  # pgserver raises bare Exceptions on start failures
+            raise DatabaseError(
+                f"The embedded Postgres in {pgdata} did not start: {exc}. "
+                "Delete that folder to start over, or set DATABASE_URI to a running Postgres."
+            ) from exc
+        _embedded_servers[pgdata] = server
+    uri: str = server.get_uri()
+    return uri
+
+
+def database_uri(settings: Settings | None = None) -> str:
+    """The Postgres URI this process uses: `DATABASE_URI`, else the embedded server."""
+    settings = settings or Settings.from_env()
+    if settings.database_uri:
+        return settings.database_uri
+    return embedded_uri(settings.data_dir)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One versioned SQL file, ``NNNN_name.sql``."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Read the migration files in version order, refusing gaps and duplicates."""
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        number, _, name = path.stem.partition("_")
+        if not number.isdigit() or not name:
+            raise DatabaseError(f"Migration file {path.name} must be named NNNN_name.sql.")
+        migrations.append(Migration(int(number), name, path.read_text()))
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise DatabaseError(f"Migration versions must run 1..N without gaps, found {versions}.")
+    return migrations
+
+
+async def migrate(uri: str) -> list[str]:
+    """Apply pending migrations and the checkpointer's setup; return what was applied.
+
+    Safe to call from several processes at once: an advisory lock serialises them and each
+    migration runs in its own transaction with its version row.
+    """
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    applied: list[str] = []
+    try:
+        async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_ID,))
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                    " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
+                cur = await conn.execute("SELECT version FROM schema_migrations")
+                done = {row["version"] for row in await cur.fetchall()}
+                for migration in load_migrations():
+                    if migration.version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(migration.sql.encode(), prepare=False)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                            (migration.version, migration.name),
+                        )
+                    applied.append(f"{migration.version:04d}_{migration.name}")
+                await AsyncPostgresSaver(conn).setup()  # type: ignore[arg-type]
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_ID,))
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            f"Cannot reach Postgres at {redact_uri(uri)}: {exc}. "
+            "Check DATABASE_URI, or unset it to use the embedded Postgres."
+        ) from exc
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    return applied
+
+
+async def schema_status(uri: str) -> dict[str, Any]:
+    """Which migrations are applied and which are pending."""
+    async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
+        cur = await conn.execute("SELECT to_regclass('schema_migrations') AS t")
+        row = await cur.fetchone()
+        done: set[int] = set()
+        if row and row["t"]:
+            cur = await conn.execute("SELECT version FROM schema_migrations")
+            done = {r["version"] for r in await cur.fetchall()}
+        cur = await conn.execute("SHOW server_version")
+        version_row = await cur.fetchone()
+    migrations = load_migrations()
+    return {
+        "server_version": version_row["server_version"] if version_row else None,
+        "applied": [f"{m.version:04d}_{m.name}" for m in migrations if m.version in done],
+        "pending": [f"{m.version:04d}_{m.name}" for m in migrations if m.version not in done],
+    }
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced, for messages and logs."""
+    info = psycopg.conninfo.conninfo_to_dict(uri)
+    if info.get("password"):
+        info["password"] = "***"
+    return psycopg.conninfo.make_conninfo("", **info)
+
+
+class Database:
+    """A lazily opened connection pool, one per event loop.
+
+    psycopg's async pool is bound to the loop that opened it; the CLI, tests and the
+    LangGraph server each run their own loops, so the pool is keyed by loop.
+    """
+
+    def __init__(self, uri: str, *, max_size: int = 10) -> None:
+        """Remember where to connect; nothing opens until the first `connection()`."""
+        self.uri = uri
+        self.max_size = max_size
+        self._pools: dict[int, AsyncConnectionPool[Any]] = {}
+
+    async def pool(self) -> AsyncConnectionPool[Any]:
+        """The open pool for the running loop."""
+        loop_id = id(asyncio.get_running_loop())
+        pool = self._pools.get(loop_id)
+        if pool is None or pool.closed:
+            pool = AsyncConnectionPool(
+                self.uri,
+                kwargs=CONNECTION_KWARGS,
+                min_size=1,
+                max_size=self.max_size,
+                open=False,
+                name="payables",
+            )
+            await pool.open(wait=True, timeout=30)
+            self._pools[loop_id] = pool
+        return pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        """Borrow a connection (autocommit; open a transaction explicitly to group writes)."""
+        pool = await self.pool()
+        async with pool.connection() as conn:
+            yield conn
+
+    async def close(self) -> None:
+        """Close the pool of the running loop, if any."""
+        pool = self._pools.pop(id(asyncio.get_running_loop()), None)
+        if pool is not None:
+            await pool.close()
+
+
+_default_database: Database | None = None
+
+
+def default_database() -> Database:
+    """The process-wide `Database` for the configured URI (created on first use)."""
+    global _default_database
+    if _default_database is None:
+        settings = Settings.from_env()
+        _default_database = Database(database_uri(settings), max_size=settings.pool_max_size)
+    return _default_database

@@ -1,0 +1,127 @@
+"""Typed graph state: what a caller sends, what the graph keeps, what a caller gets back.
+
+State holds ids and normalized tool results, never whole conversations, so a checkpoint
+grows with the number of steps and not with their square. Values are plain JSON so that
+checkpoints deserialize under LangGraph's strict msgpack mode and over the server API.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
+
+from tools.gate import ToolOutcome
+
+
+def merge_dicts(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
+    """Reducer: later keys win."""
+    return {**left, **right}
+
+
+class PlanStep(TypedDict):
+    """One intended tool call."""
+
+    step_id: str
+    """Unique within the thread (phase and position, e.g. ``p2s1``); part of the idempotency key."""
+    tool: str
+    """Tool name from the registry."""
+    args: dict[str, Any]
+    """Arguments, validated by the gate before the call."""
+    why: str
+    """The planner's reason, shown to reviewers as evidence."""
+
+
+class Plan(TypedDict):
+    """The steps of one planning phase."""
+
+    phase: int
+    """1 for the first plan, +1 for every re-plan."""
+    steps: list[PlanStep]
+    """Steps, executed in order."""
+    final: bool
+    """True when these steps complete the request; otherwise the planner runs again."""
+    source: Literal["rules", "model"]
+    """Which planner produced the steps."""
+
+
+class Decision(TypedDict):
+    """One reviewer's decision on one step."""
+
+    step_id: str
+    tool: str
+    decision: Literal["approve", "edit", "reject"]
+    reviewer_id: str
+    reviewer_role: str
+    reason: str
+    args: dict[str, Any]
+    """The args decided on (the edited args for an edit)."""
+
+
+class Entities(TypedDict):
+    """Ids and values the router found in the request."""
+
+    invoice_ids: list[str]
+    po_numbers: list[str]
+    vendor_ids: list[str]
+    bank_accounts: list[str]
+    wants_payment: bool
+
+
+class InputState(TypedDict):
+    """What a caller sends to start a run."""
+
+    request: str
+    """The clerk's request in plain words."""
+    user: NotRequired[str]
+    """Who asked; never allowed to approve their own request."""
+
+
+class OutputState(TypedDict, total=False):
+    """What a caller gets back."""
+
+    route: str
+    """The route the router chose."""
+    status: str
+    """completed | interrupted | refused | escalated | failed (interrupted is derived)."""
+    reason: str
+    """Why the run ended as it did, in words a clerk understands."""
+    result: dict[str, Any]
+    """Structured outcome (per invoice, per answer)."""
+    summary: str
+    """Short human summary."""
+    model_path: dict[str, str]
+    """Which model served each role (``rules`` or ``model:<name>``, with fallbacks noted)."""
+
+
+class AgentState(InputState, total=False):
+    """Everything the graph keeps between nodes (a superset of `OutputState`)."""
+
+    route: str
+    """The route the router chose."""
+    status: str
+    """Final status, set by respond."""
+    reason: str
+    """Why the run ended as it did."""
+    result: dict[str, Any]
+    """Structured outcome, set by respond."""
+    summary: str
+    """Short human summary, set by respond."""
+
+    route_confidence: float
+    """Router confidence in [0, 1]."""
+    entities: Entities
+    """What the router extracted."""
+    plan: Plan
+    """The current phase's plan."""
+    cursor: int
+    """Index of the next step of `plan` to execute."""
+    outcomes: Annotated[list[ToolOutcome], operator.add]
+    """Every gated call's normalized outcome, in order."""
+    decisions: Annotated[list[Decision], operator.add]
+    """Every reviewer decision, in order."""
+    replans: int
+    """Re-plans caused by failures (bounded by Context.max_replans)."""
+    notes: Annotated[list[str], operator.add]
+    """Things a reviewer or engineer should know (plan repairs, model fallbacks)."""
+    model_path: Annotated[dict[str, str], merge_dicts]
+    """Which model served each role."""

@@ -1,0 +1,37 @@
+"""The run index: one row per thread, so listings never scan checkpoints.
+
+The checkpoint is the source of truth for a thread's state and interrupts; this table
+only says which threads exist, who asked, and their last known status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from state.db import Database
+
+
+async def record_run(database: Database, *, thread_id: str, request: str, requester: str,
+                     tenant: str, route: str | None, status: str, summary: str = "") -> None:
+    """Insert or update a thread's row (idempotent: safe before an `interrupt()`)."""
+    async with database.connection() as conn:
+        await conn.execute(
+            "INSERT INTO runs (thread_id, request, requester, tenant, route, status, summary)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s)"
+            " ON CONFLICT (thread_id) DO UPDATE SET route = COALESCE(EXCLUDED.route, runs.route),"
+            " status = EXCLUDED.status, summary = EXCLUDED.summary, updated_at = now()",
+            (thread_id, request, requester, tenant, route, status, summary),
+        )
+
+
+async def list_runs(database: Database, *, status: str | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+    """Most recently updated runs first, optionally only those in ``status``."""
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT thread_id, request, requester, tenant, route, status, summary,"
+            " created_at, updated_at FROM runs WHERE (%s::text IS NULL OR status = %s)"
+            " ORDER BY updated_at DESC LIMIT %s",
+            (status, status, limit),
+        )
+        return list(await cur.fetchall())

@@ -1,0 +1,326 @@
+"""The AP world as data: the format of `payables seed --world FILE` and of eval scenarios.
+
+The pydantic models here are the source of truth; `state/world.schema.json` is generated
+from them (`payables world-schema`) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.errors import WorldFileError
+from runtime.settings import PROJECT_ROOT
+
+SCHEMA_PATH = Path(__file__).parent / "world.schema.json"
+SAMPLE_WORLD_PATH = PROJECT_ROOT / "data" / "world.sample.json"
+
+Money = Annotated[Decimal, Field(max_digits=14, decimal_places=2)]
+Quantity = Annotated[Decimal, Field(max_digits=14, decimal_places=3)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD.")]
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Vendor(_Strict):
+    """A supplier we pay, with the remittance account on file (the vendor master)."""
+
+    vendor_id: Ident = Field(description="Stable vendor id, e.g. V-001.")
+    name: str = Field(min_length=1, description="Legal name.")
+    remit_bank_account: str = Field(min_length=4, description="IBAN or account number on file.")
+    remit_bank_name: str = Field(default="", description="Bank name on file.")
+    contact_email: str = Field(
+        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", description="AP contact on file."
+    )
+    currency: Currency
+    status: Literal["active", "blocked"] = "active"
+
+
+class PurchaseOrderLine(_Strict):
+    """One ordered item."""
+
+    line_no: int = Field(gt=0)
+    sku: str = Field(min_length=1)
+    description: str
+    quantity: Quantity = Field(gt=0)
+    unit_price: Money = Field(ge=0)
+
+
+class PurchaseOrder(_Strict):
+    """A purchase order; the first leg of the three-way match."""
+
+    po_number: Ident
+    vendor_id: Ident
+    currency: Currency
+    status: Literal["open", "closed", "cancelled"] = "open"
+    issued_on: date
+    lines: list[PurchaseOrderLine] = Field(min_length=1)
+
+
+class ReceiptLine(_Strict):
+    """Quantity received against one PO line."""
+
+    po_line_no: int = Field(gt=0)
+    quantity_received: Quantity = Field(ge=0)
+
+
+class GoodsReceipt(_Strict):
+    """Goods received against a PO; the second leg of the three-way match."""
+
+    receipt_id: Ident
+    po_number: Ident
+    received_on: date
+    lines: list[ReceiptLine] = Field(min_length=1)
+
+
+class InvoiceLine(_Strict):
+    """One billed item; ``po_line_no`` links it to the PO line it bills."""
+
+    line_no: int = Field(gt=0)
+    po_line_no: int | None = None
+    description: str
+    quantity: Quantity
+    unit_price: Money
+    amount: Money
+
+
+class Invoice(_Strict):
+    """A vendor invoice; the third leg. Free text here was written by a third party."""
+
+    invoice_id: Ident = Field(description="Our id for the document, e.g. INV-1001.")
+    vendor_id: Ident
+    invoice_number: str = Field(min_length=1, description="The vendor's own invoice number.")
+    po_number: str | None = Field(default=None, description="PO the vendor cites, if any.")
+    invoice_date: date
+    due_date: date | None = None
+    currency: Currency
+    subtotal: Money
+    tax: Money = Decimal("0")
+    total: Money
+    bank_account: str | None = Field(default=None, description="Account printed on the invoice.")
+    notes: str = ""
+    document_text: str = ""
+    status: Literal["received", "staged", "flagged", "scheduled", "paid", "rejected"] = "received"
+    lines: list[InvoiceLine] = Field(min_length=1)
+
+
+class Payment(_Strict):
+    """A payment that already exists in the world (for example, an invoice already paid)."""
+
+    payment_id: Ident
+    invoice_id: Ident
+    amount: Money = Field(gt=0)
+    currency: Currency
+    pay_on: date
+    status: Literal["scheduled", "paid", "void"] = "paid"
+
+
+class PolicyPassage(_Strict):
+    """One citable passage of a policy document."""
+
+    passage_id: Ident
+    heading: str = Field(min_length=1)
+    body: str = Field(min_length=1)
+
+
+class PolicyDocument(_Strict):
+    """An AP policy document, split into passages for search and citation."""
+
+    doc_id: Ident
+    title: str = Field(min_length=1)
+    passages: list[PolicyPassage] = Field(min_length=1)
+
+
+class World(_Strict):
+    """Everything `payables seed` loads. Ids must be unique and references must resolve."""
+
+    description: str = ""
+    vendors: list[Vendor] = Field(min_length=1)
+    purchase_orders: list[PurchaseOrder] = []
+    goods_receipts: list[GoodsReceipt] = []
+    invoices: list[Invoice] = []
+    payments: list[Payment] = []
+    policy_documents: list[PolicyDocument] = []
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> World:
+        problems: list[str] = []
+
+        def unique(kind: str, ids: list[str]) -> set[str]:
+            seen: set[str] = set()
+            for ident in ids:
+                if ident in seen:
+                    problems.append(f"duplicate {kind} id {ident!r}")
+                seen.add(ident)
+            return seen
+
+        vendors = unique("vendor", [v.vendor_id for v in self.vendors])
+        pos = unique("purchase order", [p.po_number for p in self.purchase_orders])
+        unique("goods receipt", [r.receipt_id for r in self.goods_receipts])
+        invoices = unique("invoice", [i.invoice_id for i in self.invoices])
+        unique("payment", [p.payment_id for p in self.payments])
+        unique("policy document", [d.doc_id for d in self.policy_documents])
+        unique(
+            "policy passage",
+            [p.passage_id for d in self.policy_documents for p in d.passages],
+        )
+        po_lines = {(p.po_number, line.line_no) for p in self.purchase_orders for line in p.lines}
+        for po in self.purchase_orders:
+            if po.vendor_id not in vendors:
+                problems.append(f"purchase order {po.po_number} names unknown vendor {po.vendor_id}")
+        for receipt in self.goods_receipts:
+            if receipt.po_number not in pos:
+                problems.append(
+                    f"goods receipt {receipt.receipt_id} names unknown PO {receipt.po_number}"
+                )
+            for rline in receipt.lines:
+                if (receipt.po_number, rline.po_line_no) not in po_lines:
+                    problems.append(
+                        f"goods receipt {receipt.receipt_id} receives PO line "
+                        f"{rline.po_line_no} that {receipt.po_number} does not have"
+                    )
+        for invoice in self.invoices:
+            if invoice.vendor_id not in vendors:
+                problems.append(f"invoice {invoice.invoice_id} names unknown vendor {invoice.vendor_id}")
+        for payment in self.payments:
+            if payment.invoice_id not in invoices:
+                problems.append(f"payment {payment.payment_id} pays unknown invoice {payment.invoice_id}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def world_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a world file, as committed in `state/world.schema.json`."""
+    schema = World.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://payables-agent.dev/schemas/world.schema.json"
+    return schema
+
+
+def parse_world(data: Any, *, source: str = "world") -> World:
+    """Validate raw JSON data as a `World`, with every problem named."""
+    try:
+        return World.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  - {where}: {err['msg']}")
+        raise WorldFileError(
+            f"{source} is not a valid world ({len(lines)} problem(s)):\n"
+            + "\n".join(lines)
+            + f"\nThe format is documented in {SCHEMA_PATH.relative_to(PROJECT_ROOT)}."
+        ) from exc
+
+
+def read_world(path: Path) -> World:
+    """Read and validate a world file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorldFileError(f"Cannot read world file {path}: {exc}.") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorldFileError(
+            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
+        ) from exc
+    return parse_world(data, source=str(path))
+
+
+# Replacing a world clears everything that refers to the old one, in one transaction.
+_WORLD_TABLES = (
+    "approval_decisions, tool_calls, vendor_bank_changes, email_outbox, invoice_exceptions, "
+    "payments, invoice_lines, invoices, receipt_lines, goods_receipts, po_lines, "
+    "purchase_orders, policy_passages, policy_documents, vendors"
+)
+
+
+async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[str, int]:
+    """Replace the AP world with ``world`` atomically; return row counts per kind."""
+    async with conn.transaction():
+        await conn.execute(f"TRUNCATE {_WORLD_TABLES} RESTART IDENTITY")
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO vendors (vendor_id, name, remit_bank_account, remit_bank_name,"
+                " contact_email, currency, status) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                [
+                    (v.vendor_id, v.name, v.remit_bank_account, v.remit_bank_name,
+                     v.contact_email, v.currency, v.status)
+                    for v in world.vendors
+                ],
+            )
+            await cur.executemany(
+                "INSERT INTO purchase_orders (po_number, vendor_id, currency, status, issued_on)"
+                " VALUES (%s,%s,%s,%s,%s)",
+                [(p.po_number, p.vendor_id, p.currency, p.status, p.issued_on)
+                 for p in world.purchase_orders],
+            )
+            await cur.executemany(
+                "INSERT INTO po_lines (po_number, line_no, sku, description, quantity, unit_price)"
+                " VALUES (%s,%s,%s,%s,%s,%s)",
+                [(p.po_number, ln.line_no, ln.sku, ln.description, ln.quantity, ln.unit_price)
+                 for p in world.purchase_orders for ln in p.lines],
+            )
+            await cur.executemany(
+                "INSERT INTO goods_receipts (receipt_id, po_number, received_on) VALUES (%s,%s,%s)",
+                [(r.receipt_id, r.po_number, r.received_on) for r in world.goods_receipts],
+            )
+            await cur.executemany(
+                "INSERT INTO receipt_lines (receipt_id, po_line_no, quantity_received)"
+                " VALUES (%s,%s,%s)",
+                [(r.receipt_id, ln.po_line_no, ln.quantity_received)
+                 for r in world.goods_receipts for ln in r.lines],
+            )
+            await cur.executemany(
+                "INSERT INTO invoices (invoice_id, vendor_id, invoice_number, po_number,"
+                " invoice_date, due_date, currency, subtotal, tax, total, bank_account, notes,"
+                " document_text, status) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                [(i.invoice_id, i.vendor_id, i.invoice_number, i.po_number, i.invoice_date,
+                  i.due_date, i.currency, i.subtotal, i.tax, i.total, i.bank_account, i.notes,
+                  i.document_text, i.status) for i in world.invoices],
+            )
+            await cur.executemany(
+                "INSERT INTO invoice_lines (invoice_id, line_no, po_line_no, description,"
+                " quantity, unit_price, amount) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                [(i.invoice_id, ln.line_no, ln.po_line_no, ln.description, ln.quantity,
+                  ln.unit_price, ln.amount) for i in world.invoices for ln in i.lines],
+            )
+            invoices = {i.invoice_id: i for i in world.invoices}
+            vendors = {v.vendor_id: v for v in world.vendors}
+            await cur.executemany(
+                "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency,"
+                " payee_account, pay_on, status, idempotency_key)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                [(p.payment_id, p.invoice_id, invoices[p.invoice_id].vendor_id, p.amount,
+                  p.currency, vendors[invoices[p.invoice_id].vendor_id].remit_bank_account,
+                  p.pay_on, p.status, f"seed:{p.payment_id}") for p in world.payments],
+            )
+            await cur.executemany(
+                "INSERT INTO policy_documents (doc_id, title) VALUES (%s,%s)",
+                [(d.doc_id, d.title) for d in world.policy_documents],
+            )
+            await cur.executemany(
+                "INSERT INTO policy_passages (passage_id, doc_id, heading, body)"
+                " VALUES (%s,%s,%s,%s)",
+                [(p.passage_id, d.doc_id, p.heading, p.body)
+                 for d in world.policy_documents for p in d.passages],
+            )
+    return {
+        "vendors": len(world.vendors),
+        "purchase_orders": len(world.purchase_orders),
+        "goods_receipts": len(world.goods_receipts),
+        "invoices": len(world.invoices),
+        "payments": len(world.payments),
+        "policy_passages": sum(len(d.passages) for d in world.policy_documents),
+    }

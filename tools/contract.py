@@ -1,0 +1,138 @@
+"""What every tool declares: arguments, result, side-effect tier, scopes, idempotency.
+
+A tool is data (`ToolSpec`) plus an async handler. The handler never runs on its own:
+`tools.gate.ToolGate` validates, scopes, approves, keys and times every call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from pydantic import BaseModel, ConfigDict
+
+from runtime.context import Context
+from runtime.errors import PayablesError
+
+
+class Tier(StrEnum):
+    """How much damage a call can do, which decides the policy the gate applies."""
+
+    READ = "read"
+    REVERSIBLE = "reversible"
+    IRREVERSIBLE = "irreversible"
+    DESTRUCTIVE = "destructive"
+
+    @property
+    def needs_approval(self) -> bool:
+        """Irreversible and destructive calls always wait for a human decision."""
+        return self in (Tier.IRREVERSIBLE, Tier.DESTRUCTIVE)
+
+    @property
+    def needs_idempotency_key(self) -> bool:
+        """Every call that writes is keyed, so a re-run cannot write twice."""
+        return self is not Tier.READ
+
+
+class ToolArgs(BaseModel):
+    """Base for argument models: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class ToolResult(BaseModel):
+    """Base for result models."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolFailure(PayablesError):
+    """A handler's expected, actionable failure (unknown id, business rule).
+
+    The gate turns it into a structured error result for the planner; anything else a
+    handler raises is a bug and propagates.
+    """
+
+    def __init__(self, code: str, message: str, *, hint: str = "", retryable: bool = False):
+        """Record a machine-readable code, a message for people and what to do next."""
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    """A person who decided on an approval request."""
+
+    id: str
+    role: str
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a handler may use: the gate's connection (inside its transaction) and ids."""
+
+    conn: psycopg.AsyncConnection[dict[str, Any]]
+    thread_id: str
+    step_id: str
+    requester: str
+    run: Context
+    idempotency_key: str | None = None
+    approvers: tuple[Reviewer, ...] = ()
+
+
+ArgsT = TypeVar("ArgsT", bound=ToolArgs)
+ResultT = TypeVar("ResultT", bound=ToolResult)
+Handler = Callable[[CallContext, ArgsT], Awaitable[ResultT]]
+
+
+@dataclass(frozen=True)
+class ToolSpec(Generic[ArgsT, ResultT]):
+    """A tool's contract. ``description`` and field descriptions are the model's prompt."""
+
+    name: str
+    description: str
+    args_model: type[ArgsT]
+    result_model: type[ResultT]
+    tier: Tier
+    scopes: frozenset[str]
+    handler: Handler[ArgsT, ResultT] = field(repr=False)
+    timeout_s: float | None = None
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """JSON Schema of the arguments, as sent to a model that plans tool calls."""
+        return self.args_model.model_json_schema()
+
+    def as_openai_tool(self) -> dict[str, Any]:
+        """The OpenAI function-tool shape of this contract."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters_schema(),
+            },
+        }
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, non-JSON values as strings."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def args_hash(tool: str, args: dict[str, Any]) -> str:
+    """Identity of a call's content (tool + canonical args), used to bind approvals."""
+    return hashlib.sha256(canonical_json({"tool": tool, "args": args}).encode()).hexdigest()
+
+
+def idempotency_key(thread_id: str, step_id: str, tool: str, args: dict[str, Any]) -> str:
+    """Key of one intended side effect: same thread, step, tool and args -> same key."""
+    material = canonical_json({"thread": thread_id, "step": step_id, "tool": tool, "args": args})
+    return "idem-" + hashlib.sha256(material.encode()).hexdigest()

@@ -1,0 +1,350 @@
+"""Deterministic three-way match: purchase order vs goods received vs invoice.
+
+`compute_three_way_match` is a pure function over plain records, so it is exhaustively
+unit-testable; `load_match_inputs` reads those records from Postgres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+import psycopg
+from pydantic import BaseModel, ConfigDict
+
+# Exceptions that stop an invoice from being staged or paid at all.
+BLOCKING = frozenset(
+    {
+        "invoice_not_found",
+        "no_po_reference",
+        "po_not_found",
+        "vendor_mismatch",
+        "currency_mismatch",
+        "quantity_over_received",
+        "quantity_over_ordered",
+        "unmatched_line",
+        "total_mismatch",
+        "duplicate_invoice",
+        "already_paid",
+        "vendor_blocked",
+    }
+)
+# Exceptions a reviewer may override with an explicit approval.
+REVIEWABLE = frozenset({"price_variance_over_tolerance", "bank_account_mismatch"})
+
+
+@dataclass(frozen=True)
+class InvoiceLineRec:
+    """An invoice line as stored."""
+
+    line_no: int
+    po_line_no: int | None
+    description: str
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class InvoiceRec:
+    """An invoice header and lines as stored."""
+
+    invoice_id: str
+    vendor_id: str
+    invoice_number: str
+    po_number: str | None
+    invoice_date: date
+    currency: str
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
+    bank_account: str | None
+    status: str
+    lines: tuple[InvoiceLineRec, ...]
+
+
+@dataclass(frozen=True)
+class PoLineRec:
+    """A purchase-order line with what has been received against it."""
+
+    line_no: int
+    description: str
+    quantity: Decimal
+    unit_price: Decimal
+    received: Decimal
+
+
+@dataclass(frozen=True)
+class PurchaseOrderRec:
+    """A purchase order with received quantities summed per line."""
+
+    po_number: str
+    vendor_id: str
+    currency: str
+    status: str
+    lines: tuple[PoLineRec, ...]
+
+
+@dataclass(frozen=True)
+class VendorRec:
+    """The vendor master fields the match needs."""
+
+    vendor_id: str
+    currency: str
+    remit_bank_account: str
+    status: str
+
+
+@dataclass(frozen=True)
+class MatchInputs:
+    """Everything the match looks at, read in one transaction."""
+
+    invoice: InvoiceRec
+    vendor: VendorRec
+    purchase_order: PurchaseOrderRec | None
+    duplicates: tuple[str, ...]
+    live_payments: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Limits from the run context."""
+
+    price_pct: Decimal
+    amount_abs: Decimal
+    approval_threshold: Decimal
+    dual_control_threshold: Decimal
+
+
+class MatchException(BaseModel):
+    """One reason the invoice does not simply match."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    code: str
+    detail: str
+    blocking: bool
+    line_no: int | None = None
+
+
+class LineComparison(BaseModel):
+    """One invoice line against its PO line and receipts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    line_no: int
+    po_line_no: int | None
+    description: str
+    billed_quantity: str
+    ordered_quantity: str | None
+    received_quantity: str | None
+    billed_unit_price: str
+    po_unit_price: str | None
+    price_variance_pct: str | None
+
+
+class MatchResult(BaseModel):
+    """Outcome of the three-way match.
+
+    ``verdict`` is ``match`` (pay-able), ``review`` (pay-able only with a reviewer's
+    override) or ``exception`` (not pay-able; route to people).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    invoice_id: str
+    vendor_id: str
+    po_number: str | None
+    currency: str
+    invoice_total: str
+    matched_total: str
+    verdict: Literal["match", "review", "exception"]
+    exceptions: list[MatchException]
+    notices: list[str]
+    lines: list[LineComparison]
+    approval_flags: list[str]
+
+
+def _pct(numerator: Decimal, denominator: Decimal) -> Decimal:
+    return (numerator / denominator * 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult:
+    """Compare invoice, PO and receipts; every finding is named, none is dropped."""
+    inv = inputs.invoice
+    po = inputs.purchase_order
+    found: list[MatchException] = []
+    notices: list[str] = []
+
+    def add(code: str, detail: str, line_no: int | None = None) -> None:
+        found.append(MatchException(code=code, detail=detail, blocking=code in BLOCKING,
+                                    line_no=line_no))
+
+    if inputs.vendor.status != "active":
+        add("vendor_blocked", f"Vendor {inputs.vendor.vendor_id} is {inputs.vendor.status}.")
+    if inv.po_number is None:
+        add("no_po_reference", "The invoice cites no purchase order.")
+    elif po is None:
+        add("po_not_found", f"The invoice cites {inv.po_number}, which does not exist.")
+    if po is not None:
+        if po.vendor_id != inv.vendor_id:
+            add("vendor_mismatch",
+                f"{po.po_number} belongs to {po.vendor_id}, the invoice to {inv.vendor_id}.")
+        if po.currency != inv.currency:
+            add("currency_mismatch",
+                f"The invoice is in {inv.currency}, {po.po_number} in {po.currency}.")
+    if inputs.duplicates:
+        add("duplicate_invoice",
+            f"Vendor invoice number {inv.invoice_number} was already received as "
+            f"{', '.join(inputs.duplicates)}.")
+    if inputs.live_payments or inv.status == "paid":
+        paid = ", ".join(inputs.live_payments) or "a payment recorded on the invoice"
+        add("already_paid", f"The invoice is already paid or scheduled ({paid}).")
+    if inv.bank_account and inv.bank_account != inputs.vendor.remit_bank_account:
+        add("bank_account_mismatch",
+            f"The invoice asks for payment to account ending {inv.bank_account[-4:]}, the "
+            f"vendor master has account ending {inputs.vendor.remit_bank_account[-4:]}. "
+            "Payment, if any, goes to the vendor master account only.")
+
+    po_lines = {line.line_no: line for line in po.lines} if po else {}
+    comparisons: list[LineComparison] = []
+    matched_total = Decimal("0")
+    for line in inv.lines:
+        po_line = po_lines.get(line.po_line_no) if line.po_line_no is not None else None
+        variance: Decimal | None = None
+        if po is not None and po_line is None:
+            add("unmatched_line",
+                f"Invoice line {line.line_no} ({line.description}) has no matching PO line.",
+                line.line_no)
+        if po_line is not None:
+            if po_line.unit_price > 0:
+                variance = _pct(line.unit_price - po_line.unit_price, po_line.unit_price)
+                if abs(variance) > tol.price_pct * 100:
+                    add("price_variance_over_tolerance",
+                        f"Line {line.line_no}: billed {line.unit_price} vs PO {po_line.unit_price}"
+                        f" ({variance:+}%), tolerance {tol.price_pct * 100:.2f}%.", line.line_no)
+                elif variance != 0:
+                    notices.append(
+                        f"Line {line.line_no}: price variance {variance:+}% within tolerance.")
+            if line.quantity > po_line.quantity:
+                add("quantity_over_ordered",
+                    f"Line {line.line_no}: billed {line.quantity}, ordered {po_line.quantity}.",
+                    line.line_no)
+            elif line.quantity > po_line.received:
+                add("quantity_over_received",
+                    f"Line {line.line_no}: billed {line.quantity}, received {po_line.received}.",
+                    line.line_no)
+            matched_total += (min(line.quantity, po_line.received) * po_line.unit_price).quantize(
+                Decimal("0.01"), rounding=ROUND_HALF_UP)
+        comparisons.append(LineComparison(
+            line_no=line.line_no,
+            po_line_no=line.po_line_no,
+            description=line.description,
+            billed_quantity=str(line.quantity),
+            ordered_quantity=str(po_line.quantity) if po_line else None,
+            received_quantity=str(po_line.received) if po_line else None,
+            billed_unit_price=str(line.unit_price),
+            po_unit_price=str(po_line.unit_price) if po_line else None,
+            price_variance_pct=str(variance) if variance is not None else None,
+        ))
+
+    lines_sum = sum((line.amount for line in inv.lines), Decimal("0"))
+    if abs(lines_sum + inv.tax - inv.total) > tol.amount_abs:
+        add("total_mismatch",
+            f"Lines {lines_sum} + tax {inv.tax} = {lines_sum + inv.tax}, invoice total {inv.total}.")
+
+    flags = []
+    if inv.total > tol.dual_control_threshold:
+        flags.append("over_dual_control_threshold")
+    if inv.total > tol.approval_threshold:
+        flags.append("over_approval_threshold")
+
+    if any(e.blocking for e in found):
+        verdict: Literal["match", "review", "exception"] = "exception"
+    elif found:
+        verdict = "review"
+    else:
+        verdict = "match"
+    return MatchResult(
+        invoice_id=inv.invoice_id,
+        vendor_id=inv.vendor_id,
+        po_number=inv.po_number,
+        currency=inv.currency,
+        invoice_total=str(inv.total),
+        matched_total=str(matched_total + inv.tax),
+        verdict=verdict,
+        exceptions=found,
+        notices=notices,
+        lines=comparisons,
+        approval_flags=flags,
+    )
+
+
+async def load_match_inputs(
+    conn: psycopg.AsyncConnection[dict[str, Any]], invoice_id: str
+) -> MatchInputs | None:
+    """Read the invoice, its vendor, PO, receipts, duplicates and payments; None if unknown."""
+    cur = await conn.execute("SELECT * FROM invoices WHERE invoice_id = %s", (invoice_id,))
+    head = await cur.fetchone()
+    if head is None:
+        return None
+    cur = await conn.execute(
+        "SELECT * FROM invoice_lines WHERE invoice_id = %s ORDER BY line_no", (invoice_id,))
+    inv_lines = tuple(
+        InvoiceLineRec(r["line_no"], r["po_line_no"], r["description"], r["quantity"],
+                       r["unit_price"], r["amount"])
+        for r in await cur.fetchall()
+    )
+    invoice = InvoiceRec(
+        head["invoice_id"], head["vendor_id"], head["invoice_number"], head["po_number"],
+        head["invoice_date"], head["currency"].strip(), head["subtotal"], head["tax"],
+        head["total"], head["bank_account"], head["status"], inv_lines,
+    )
+    cur = await conn.execute("SELECT * FROM vendors WHERE vendor_id = %s", (invoice.vendor_id,))
+    v = await cur.fetchone()
+    assert v is not None  # invoices.vendor_id is a foreign key
+    vendor = VendorRec(v["vendor_id"], v["currency"].strip(), v["remit_bank_account"], v["status"])
+
+    purchase_order = None
+    if invoice.po_number:
+        cur = await conn.execute(
+            "SELECT * FROM purchase_orders WHERE po_number = %s", (invoice.po_number,))
+        p = await cur.fetchone()
+        if p is not None:
+            cur = await conn.execute(
+                "SELECT l.line_no, l.description, l.quantity, l.unit_price,"
+                " COALESCE(SUM(rl.quantity_received), 0) AS received"
+                " FROM po_lines l"
+                " LEFT JOIN goods_receipts g ON g.po_number = l.po_number"
+                " LEFT JOIN receipt_lines rl"
+                "   ON rl.receipt_id = g.receipt_id AND rl.po_line_no = l.line_no"
+                " WHERE l.po_number = %s GROUP BY l.line_no, l.description, l.quantity,"
+                " l.unit_price ORDER BY l.line_no",
+                (invoice.po_number,),
+            )
+            purchase_order = PurchaseOrderRec(
+                p["po_number"], p["vendor_id"], p["currency"].strip(), p["status"],
+                tuple(PoLineRec(r["line_no"], r["description"], r["quantity"], r["unit_price"],
+                                r["received"]) for r in await cur.fetchall()),
+            )
+    # Only earlier invoices count as originals, so the first of a pair stays payable.
+    cur = await conn.execute(
+        "SELECT invoice_id FROM invoices WHERE vendor_id = %s AND invoice_number = %s"
+        " AND invoice_id <> %s AND (invoice_date, invoice_id) < (%s, %s) ORDER BY invoice_id",
+        (invoice.vendor_id, invoice.invoice_number, invoice_id, invoice.invoice_date, invoice_id),
+    )
+    duplicates = tuple(r["invoice_id"] for r in await cur.fetchall())
+    cur = await conn.execute(
+        "SELECT payment_id FROM payments WHERE invoice_id = %s AND status <> 'void'"
+        " ORDER BY payment_id", (invoice_id,))
+    live = tuple(r["payment_id"] for r in await cur.fetchall())
+    return MatchInputs(invoice, vendor, purchase_order, duplicates, live)
+
+
+def tolerances_from(ctx: Any) -> Tolerances:
+    """Tolerances from a `runtime.context.Context`."""
+    return Tolerances(
+        price_pct=ctx.price_tolerance,
+        amount_abs=ctx.amount_tolerance_abs,
+        approval_threshold=ctx.approval_limit,
+        dual_control_threshold=ctx.dual_threshold,
+    )

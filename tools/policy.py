@@ -1,0 +1,99 @@
+"""When a call needs human approval, and whose. One function decides, two places ask.
+
+The approval node asks to know what to request; the gate asks again, from the database,
+before it executes, so a plan, a state edit or a model cannot talk its way past it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from runtime.context import Context
+from tools.contract import Reviewer, Tier
+from tools.matching import MatchResult
+
+CONTROLLER = "controller"
+REVIEWER_ROLES = frozenset({"clerk", "approver", CONTROLLER})
+
+
+@dataclass(frozen=True)
+class ApprovalRequirement:
+    """What must be true of the approvals before a call may run."""
+
+    required: bool
+    reasons: tuple[str, ...] = ()
+    min_approvers: int = 0
+    required_role: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def unmet(self, approvers: tuple[Reviewer, ...], requester: str) -> list[str]:
+        """What the given approvers still lack; an empty list means satisfied."""
+        if not self.required:
+            return []
+        problems = []
+        eligible = {r.id for r in approvers if r.id != requester}
+        if len(eligible) < self.min_approvers:
+            problems.append(
+                f"needs {self.min_approvers} distinct approver(s) other than the requester "
+                f"{requester!r}, has {len(eligible)}"
+            )
+        if self.required_role and not any(
+            r.role == self.required_role and r.id != requester for r in approvers
+        ):
+            problems.append(f"needs an approver with role {self.required_role!r}")
+        return problems
+
+
+def approval_requirement(
+    tool: str,
+    tier: Tier,
+    args: dict[str, Any],
+    run: Context,
+    match: MatchResult | None = None,
+) -> ApprovalRequirement:
+    """Decide whether ``tool(args)`` needs approval, how many approvers and which role.
+
+    ``match`` is the three-way match of the invoice the call touches, computed from the
+    database by the caller; the requirement never depends on what a model claims.
+    """
+    reasons: list[str] = []
+    min_approvers = 0
+    role: str | None = None
+    facts: dict[str, Any] = {}
+
+    if tier.needs_approval:
+        reasons.append(f"{tool} is {tier.value}: a person approves it first")
+        min_approvers = 1
+    if tier is Tier.DESTRUCTIVE:
+        reasons.append("destructive changes need dual control")
+        min_approvers, role = 2, CONTROLLER
+
+    if match is not None:
+        overrides = [e for e in match.exceptions if not e.blocking]
+        if overrides and tool in {"stage_invoice", "schedule_payment"}:
+            reasons.extend(f"policy override: {e.detail}" for e in overrides)
+            min_approvers = max(min_approvers, 1)
+            role = CONTROLLER
+        facts["match_verdict"] = match.verdict
+
+    if tool == "schedule_payment":
+        amount = Decimal(str(args.get("amount", "0")))
+        facts["amount"] = str(amount)
+        if amount > run.approval_limit:
+            reasons.append(f"amount {amount} is over the approval threshold {run.approval_limit}")
+            role = CONTROLLER
+        if amount > run.dual_threshold:
+            reasons.append(
+                f"amount {amount} is over the dual-control threshold {run.dual_threshold}"
+            )
+            min_approvers, role = 2, CONTROLLER
+
+    return ApprovalRequirement(
+        required=min_approvers > 0,
+        reasons=tuple(reasons),
+        min_approvers=min_approvers,
+        required_role=role,
+        facts=facts,
+    )
