@@ -1,0 +1,1 @@
+"""Evaluation: scenario datasets, runner, metrics and release gates (see issue #5)."""

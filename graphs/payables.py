@@ -32,8 +32,9 @@ def build_graph(
 ) -> CompiledStateGraph[AgentState, Context, InputState, OutputState]:
     """Compile the payables graph with ``deps`` (default: real gate, configured models)."""
     deps = deps or NodeDeps()
-    builder = StateGraph(AgentState, context_schema=Context, input_schema=InputState,
-                         output_schema=OutputState)
+    builder = StateGraph(
+        AgentState, context_schema=Context, input_schema=InputState, output_schema=OutputState
+    )
     builder.add_node("router", make_router(deps))
     builder.add_node("planner", make_planner(deps))
     builder.add_node("executor", make_executor(deps))
@@ -45,7 +46,9 @@ def build_graph(
     return builder.compile(checkpointer=checkpointer, name=GRAPH_NAME)
 
 
-def make_graph(config: Any = None) -> CompiledStateGraph[AgentState, Context, InputState, OutputState]:
+def make_graph(
+    config: Any = None,
+) -> CompiledStateGraph[AgentState, Context, InputState, OutputState]:
     """Graph factory for servers that pass the run config (kept for symmetry with `graph`)."""
     return build_graph()
 

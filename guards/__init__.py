@@ -1,0 +1,1 @@
+"""The safety plane: checks on what comes in (requests, third-party text) and goes out."""

@@ -1,0 +1,1 @@
+"""One module per graph node: router, planner, executor, approval, verifier, respond."""

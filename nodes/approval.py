@@ -10,13 +10,12 @@ re-runs after a crash cannot double-count a reviewer.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 
-from nodes.deps import NodeDeps, current_thread_id
+from nodes.deps import Node, NodeDeps, current_thread_id
 from runtime.context import Context
 from runtime.errors import ResumeError
 from state.approvals import (
@@ -35,16 +34,16 @@ from tools.contract import args_hash
 from tools.gate import ToolGate
 from tools.matching import compute_three_way_match, load_match_inputs, tolerances_from
 
-ApprovalNode = Callable[
-    [AgentState, Runtime[Context]], Awaitable[Command[Literal["executor", "respond"]]]
-]
 
-
-async def build_evidence(database: Database, step: PlanStep, run: Context,
-                         request_text: str) -> dict[str, Any]:
+async def build_evidence(
+    database: Database, step: PlanStep, run: Context, request_text: str
+) -> dict[str, Any]:
     """What a reviewer needs to decide on ``step``, read from the database (trusted)."""
-    evidence: dict[str, Any] = {"step_id": step["step_id"], "tool": step["tool"],
-                                "reasoning": step["why"]}
+    evidence: dict[str, Any] = {
+        "step_id": step["step_id"],
+        "tool": step["tool"],
+        "reasoning": step["why"],
+    }
     invoice_id = step["args"].get("invoice_id")
     vendor_id = step["args"].get("vendor_id")
     async with database.connection() as conn:
@@ -52,33 +51,38 @@ async def build_evidence(database: Database, step: PlanStep, run: Context,
             inputs = await load_match_inputs(conn, invoice_id)
             if inputs is not None:
                 match = compute_three_way_match(inputs, tolerances_from(run))
-                cur = await conn.execute("SELECT name FROM vendors WHERE vendor_id = %s",
-                                         (inputs.vendor.vendor_id,))
+                cur = await conn.execute(
+                    "SELECT name FROM vendors WHERE vendor_id = %s", (inputs.vendor.vendor_id,)
+                )
                 vendor_row = await cur.fetchone()
-                evidence.update({
-                    "invoice": {
-                        "invoice_id": invoice_id, "vendor_id": inputs.vendor.vendor_id,
-                        "vendor_name": vendor_row["name"] if vendor_row else "",
-                        "invoice_number": inputs.invoice.invoice_number,
-                        "po_number": inputs.invoice.po_number,
-                        "currency": inputs.invoice.currency,
-                        "total": str(inputs.invoice.total),
-                        "bank_account_on_invoice": mask_account(inputs.invoice.bank_account),
-                        "vendor_master_account": mask_account(inputs.vendor.remit_bank_account),
-                    },
-                    "match_table": [line.model_dump() for line in match.lines],
-                    "verdict": match.verdict,
-                    "matched_total": match.matched_total,
-                    "exceptions": [e.model_dump() for e in match.exceptions],
-                    "notices": match.notices,
-                    "flags": match.approval_flags,
-                })
+                evidence.update(
+                    {
+                        "invoice": {
+                            "invoice_id": invoice_id,
+                            "vendor_id": inputs.vendor.vendor_id,
+                            "vendor_name": vendor_row["name"] if vendor_row else "",
+                            "invoice_number": inputs.invoice.invoice_number,
+                            "po_number": inputs.invoice.po_number,
+                            "currency": inputs.invoice.currency,
+                            "total": str(inputs.invoice.total),
+                            "bank_account_on_invoice": mask_account(inputs.invoice.bank_account),
+                            "vendor_master_account": mask_account(inputs.vendor.remit_bank_account),
+                        },
+                        "match_table": [line.model_dump() for line in match.lines],
+                        "verdict": match.verdict,
+                        "matched_total": match.matched_total,
+                        "exceptions": [e.model_dump() for e in match.exceptions],
+                        "notices": match.notices,
+                        "flags": match.approval_flags,
+                    }
+                )
         elif isinstance(vendor_id, str):
             cur = await conn.execute("SELECT * FROM vendors WHERE vendor_id = %s", (vendor_id,))
             vendor = await cur.fetchone()
             if vendor is not None:
                 evidence["vendor"] = {
-                    "vendor_id": vendor_id, "name": vendor["name"],
+                    "vendor_id": vendor_id,
+                    "name": vendor["name"],
                     "current_account": mask_account(vendor["remit_bank_account"]),
                     "contact_email": vendor["contact_email"],
                 }
@@ -89,14 +93,15 @@ async def build_evidence(database: Database, step: PlanStep, run: Context,
     return evidence
 
 
-async def pending_approval(gate: ToolGate, state: AgentState, run: Context,
-                           thread_id: str) -> tuple[ApprovalRequest, list[PlanStep]]:
+async def pending_approval(
+    gate: ToolGate, state: AgentState, run: Context, thread_id: str
+) -> tuple[ApprovalRequest, list[PlanStep]]:
     """The approval request for the steps at the cursor that still need a person."""
     plan = state["plan"]
     requester = state.get("user") or "anonymous"
     steps: list[PlanStep] = []
     requirements: list[StepRequirement] = []
-    for step in plan["steps"][state.get("cursor", 0):]:
+    for step in plan["steps"][state.get("cursor", 0) :]:
         requirement = await gate.requirement_for(state["route"], step["tool"], step["args"], run)
         if isinstance(requirement, dict) or not requirement.required:
             break  # an invalid step is the executor's to report; a free step needs nobody
@@ -104,28 +109,37 @@ async def pending_approval(gate: ToolGate, state: AgentState, run: Context,
         assert isinstance(checked, tuple)  # requirement_for validated it already
         spec, validated = checked
         async with gate.database.connection() as conn:
-            approvers, _ = await gate.approvers(conn, thread_id, step["step_id"], step["tool"],
-                                                validated)
+            approvers, _ = await gate.approvers(
+                conn, thread_id, step["step_id"], step["tool"], validated
+            )
         if not requirement.unmet(approvers, requester):
             break
         steps.append(step)
-        requirements.append(StepRequirement(
-            step_id=step["step_id"], tool=step["tool"], tier=spec.tier.value,
-            min_approvers=requirement.min_approvers,
-            required_role=requirement.required_role,
-            reasons=list(requirement.reasons),
-            approved_by=[{"id": a.id, "role": a.role} for a in approvers],
-        ))
+        requirements.append(
+            StepRequirement(
+                step_id=step["step_id"],
+                tool=step["tool"],
+                tier=spec.tier.value,
+                min_approvers=requirement.min_approvers,
+                required_role=requirement.required_role,
+                reasons=list(requirement.reasons),
+                approved_by=[{"id": a.id, "role": a.role} for a in approvers],
+            )
+        )
     evidence = [await build_evidence(gate.database, s, run, state["request"]) for s in steps]
     request = ApprovalRequest(
         action_requests=[
-            ActionRequest(name=s["tool"], args=s["args"],
-                          description=f"{s['why']} Needs: " + "; ".join(r["reasons"]))
+            ActionRequest(
+                name=s["tool"],
+                args=s["args"],
+                description=f"{s['why']} Needs: " + "; ".join(r["reasons"]),
+            )
             for s, r in zip(steps, requirements, strict=True)
         ],
-        review_configs=[ReviewConfig(action_name=s["tool"],
-                                     allowed_decisions=["approve", "edit", "reject"])
-                        for s in steps],
+        review_configs=[
+            ReviewConfig(action_name=s["tool"], allowed_decisions=["approve", "edit", "reject"])
+            for s in steps
+        ],
         evidence=evidence,
         steps=requirements,
         requester=requester,
@@ -135,11 +149,11 @@ async def pending_approval(gate: ToolGate, state: AgentState, run: Context,
     return request, steps
 
 
-def make_approval(deps: NodeDeps) -> ApprovalNode:
+def make_approval(deps: NodeDeps) -> Node:
     """Build the approval node."""
 
     async def approval(
-        state: AgentState, runtime: Runtime[Context]
+        state: AgentState, *, runtime: Runtime[Context]
     ) -> Command[Literal["executor", "respond"]]:
         """Ask a person about the pending steps and record what they decide."""
         gate = deps.gate
@@ -148,10 +162,16 @@ def make_approval(deps: NodeDeps) -> ApprovalNode:
         if not steps:
             # Nothing needs a person after all (for example, approved in a race): go on.
             return Command(goto="executor")
-        await record_run(deps.database, thread_id=thread_id, request=state["request"],
-                         requester=request["requester"], tenant=runtime.context.tenant,
-                         route=state["route"], status="interrupted",
-                         summary=f"awaiting approval: {', '.join(s['tool'] for s in steps)}")
+        await record_run(
+            deps.database,
+            thread_id=thread_id,
+            request=state["request"],
+            requester=request["requester"],
+            tenant=runtime.context.tenant,
+            route=state["route"],
+            status="interrupted",
+            summary=f"awaiting approval: {', '.join(s['tool'] for s in steps)}",
+        )
 
         payload = request
         while True:
@@ -161,7 +181,7 @@ def make_approval(deps: NodeDeps) -> ApprovalNode:
                 edited = _validated_edits(gate, state["route"], resume, steps)
                 break
             except ResumeError as exc:
-                payload = ApprovalRequest(**{**request, "error": str(exc)})  # type: ignore[typeddict-item]
+                payload = ApprovalRequest(**{**request, "error": str(exc)})
 
         decisions: list[Decision] = []
         new_steps = list(state["plan"]["steps"])
@@ -179,35 +199,51 @@ def make_approval(deps: NodeDeps) -> ApprovalNode:
                     " reviewer_id, reviewer_role, decision, reason, edited_args)"
                     " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                     " ON CONFLICT (thread_id, step_id, args_hash, reviewer_id) DO NOTHING",
-                    (thread_id, step["step_id"], step["tool"], args_hash(step["tool"], args),
-                     resume.reviewer.id, resume.reviewer.role, decision.type, reason,
-                     json.dumps(args) if decision.type == "edit" else None),
+                    (
+                        thread_id,
+                        step["step_id"],
+                        step["tool"],
+                        args_hash(step["tool"], args),
+                        resume.reviewer.id,
+                        resume.reviewer.role,
+                        decision.type,
+                        reason,
+                        json.dumps(args) if decision.type == "edit" else None,
+                    ),
                 )
-                decisions.append(Decision(step_id=step["step_id"], tool=step["tool"],
-                                          decision=decision.type,
-                                          reviewer_id=resume.reviewer.id,
-                                          reviewer_role=resume.reviewer.role,
-                                          reason=reason, args=args))
+                decisions.append(
+                    Decision(
+                        step_id=step["step_id"],
+                        tool=step["tool"],
+                        decision=decision.type,
+                        reviewer_id=resume.reviewer.id,
+                        reviewer_role=resume.reviewer.role,
+                        reason=reason,
+                        args=args,
+                    )
+                )
                 if decision.type == "edit":
-                    new_steps[cursor + offset] = PlanStep(**{**step, "args": args})  # type: ignore[typeddict-item]
+                    new_steps[cursor + offset] = PlanStep(**{**step, "args": args})
 
         update: dict[str, Any] = {"decisions": decisions}
         if new_steps != state["plan"]["steps"]:
-            update["plan"] = Plan(**{**state["plan"], "steps": new_steps})  # type: ignore[typeddict-item]
+            update["plan"] = Plan(**{**state["plan"], "steps": new_steps})
         rejected = [d for d in decisions if d["decision"] == "reject"]
         if rejected:
             first = rejected[0]
             update["status"] = "completed"
-            update["reason"] = (f"Rejected by {first['reviewer_id']} ({first['reviewer_role']}): "
-                                f"{first['reason']}")
+            update["reason"] = (
+                f"Rejected by {first['reviewer_id']} ({first['reviewer_role']}): {first['reason']}"
+            )
             return Command(goto="respond", update=update)
         return Command(goto="executor", update=update)
 
     return approval
 
 
-def _validated_edits(gate: ToolGate, route: str, resume: ResumeIn,
-                     steps: list[PlanStep]) -> dict[str, dict[str, Any]]:
+def _validated_edits(
+    gate: ToolGate, route: str, resume: ResumeIn, steps: list[PlanStep]
+) -> dict[str, dict[str, Any]]:
     """Edited args go through the gate's validation like any other call."""
     edited: dict[str, dict[str, Any]] = {}
     for step, decision in zip(steps, resume.decisions, strict=True):

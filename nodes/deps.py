@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from langgraph.config import get_config
+from langgraph.runtime import Runtime
 
+from runtime.context import Context
 from runtime.models import ModelProvider, OpenAIModelProvider
 from state.db import Database, default_database
+from state.graph_state import AgentState
 from tools.gate import ToolGate
+
+
+class Node(Protocol):
+    """A graph node as LangGraph calls it: state, and the run's `Runtime` by keyword."""
+
+    def __call__(self, state: AgentState, *, runtime: Runtime[Context]) -> Awaitable[Any]:
+        """Run the node."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -6,26 +6,21 @@ need approval are handed to the approval node; the gate re-checks the approval i
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from nodes.deps import NodeDeps, current_thread_id
+from nodes.deps import Node, NodeDeps, current_thread_id
 from runtime.context import Context
 from state.graph_state import AgentState
 
-ExecutorNode = Callable[
-    [AgentState, Runtime[Context]], Awaitable[Command[Literal["executor", "approval", "verifier"]]]
-]
 
-
-def make_executor(deps: NodeDeps) -> ExecutorNode:
+def make_executor(deps: NodeDeps) -> Node:
     """Build the executor node."""
 
     async def executor(
-        state: AgentState, runtime: Runtime[Context]
+        state: AgentState, *, runtime: Runtime[Context]
     ) -> Command[Literal["executor", "approval", "verifier"]]:
         """Execute the step at the cursor, or hand it to approval, or finish the phase."""
         plan = state["plan"]
@@ -34,8 +29,12 @@ def make_executor(deps: NodeDeps) -> ExecutorNode:
             return Command(goto="verifier")
         step = plan["steps"][cursor]
         outcome = await deps.gate.call(
-            thread_id=current_thread_id(), step_id=step["step_id"], route=state["route"],
-            requester=state.get("user") or "anonymous", tool=step["tool"], args=step["args"],
+            thread_id=current_thread_id(),
+            step_id=step["step_id"],
+            route=state["route"],
+            requester=state.get("user") or "anonymous",
+            tool=step["tool"],
+            args=step["args"],
             run=runtime.context,
         )
         error = outcome["error"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -12,7 +11,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import BaseModel, Field
 
-from nodes.deps import NodeDeps
+from nodes.deps import Node, NodeDeps
 from runtime.context import Context
 from runtime.models import call_structured
 from runtime.prompts import PLANNER_REPAIR, PLANNER_SYSTEM
@@ -23,8 +22,6 @@ from tools.gate import ToolGate
 log = logging.getLogger(__name__)
 
 MAX_STEPS_PER_PHASE = 12
-
-PlannerNode = Callable[[AgentState, Runtime[Context]], Awaitable[Command[Literal["executor"]]]]
 
 
 class ProposedStep(BaseModel):
@@ -58,8 +55,14 @@ def validate_plan(gate: ToolGate, route: str, proposal: ProposedPlan) -> list[st
 
 def _results_digest(state: AgentState) -> str:
     outcomes = [
-        {"step_id": o["step_id"], "tool": o["tool"], "args": o["args"], "ok": o["ok"],
-         "result": o["result"], "error": o["error"]}
+        {
+            "step_id": o["step_id"],
+            "tool": o["tool"],
+            "args": o["args"],
+            "ok": o["ok"],
+            "result": o["result"],
+            "error": o["error"],
+        }
         for o in state.get("outcomes", [])
     ]
     # Third-party text travels inside explicit untrusted markers.
@@ -69,17 +72,21 @@ def _results_digest(state: AgentState) -> str:
 def _repair_messages(raw: Any, repair: str) -> list[Any]:
     """Feed the rejection back; a tool call must be answered by a ToolMessage per call id."""
     if isinstance(raw, AIMessage) and raw.tool_calls:
-        return [raw, *(ToolMessage(content=repair, tool_call_id=str(call["id"]))
-                       for call in raw.tool_calls)]
+        return [
+            raw,
+            *(ToolMessage(content=repair, tool_call_id=str(call["id"])) for call in raw.tool_calls),
+        ]
     if isinstance(raw, AIMessage):
         return [raw, HumanMessage(repair)]
     return [HumanMessage(repair)]
 
 
-def make_planner(deps: NodeDeps) -> PlannerNode:
+def make_planner(deps: NodeDeps) -> Node:
     """Build the planner node."""
 
-    async def planner(state: AgentState, runtime: Runtime[Context]) -> Command[Literal["executor"]]:
+    async def planner(
+        state: AgentState, *, runtime: Runtime[Context]
+    ) -> Command[Literal["executor"]]:
         """Plan the next phase with the model if configured, else (or on failure) by rules."""
         ctx = runtime.context
         route = state["route"]
@@ -101,7 +108,8 @@ def make_planner(deps: NodeDeps) -> PlannerNode:
                 HumanMessage(
                     f"Request:\n<request>\n{state['request']}\n</request>\n"
                     f"Entities: {json.dumps(entities)}\nPhase: {phase}\n"
-                    f"Results so far:\n{_results_digest(state)}"),
+                    f"Results so far:\n{_results_digest(state)}"
+                ),
             ]
             attempts = ctx.max_plan_repairs + 1
             for attempt in range(1, attempts + 1):
@@ -109,22 +117,31 @@ def make_planner(deps: NodeDeps) -> PlannerNode:
                     reply = await call_structured(model, ProposedPlan, messages)
                 except Exception as exc:  # provider failure: degrade to rules, and say so
                     log.warning("planner model %s failed: %r", name, exc)
-                    notes.append(f"planner model {name} failed ({type(exc).__name__}: {exc}); "
-                                 "rules plan used")
+                    notes.append(
+                        f"planner model {name} failed ({type(exc).__name__}: {exc}); "
+                        "rules plan used"
+                    )
                     path = f"rules (fallback: model {name} failed: {type(exc).__name__})"
                     break
-                errors = ([reply.error] if reply.error else
-                          validate_plan(deps.gate, route, reply.parsed)  # type: ignore[arg-type]
-                          if isinstance(reply.parsed, ProposedPlan) else ["no plan returned"])
+                errors = (
+                    [reply.error]
+                    if reply.error
+                    else validate_plan(deps.gate, route, reply.parsed)
+                    if isinstance(reply.parsed, ProposedPlan)
+                    else ["no plan returned"]
+                )
                 if not errors and isinstance(reply.parsed, ProposedPlan):
-                    steps = [PlanStep(step_id=f"p{phase}s{i}", tool=s.tool, args=s.args,
-                                      why=s.why)
-                             for i, s in enumerate(reply.parsed.steps, start=1)]
+                    steps = [
+                        PlanStep(step_id=f"p{phase}s{i}", tool=s.tool, args=s.args, why=s.why)
+                        for i, s in enumerate(reply.parsed.steps, start=1)
+                    ]
                     final, source = reply.parsed.final, "model"
                     path = f"model:{name}" + (f" (repaired {attempt - 1}x)" if attempt > 1 else "")
                     break
-                notes.append(f"planner model {name} plan attempt {attempt} invalid: "
-                             + "; ".join(e for e in errors if e))
+                notes.append(
+                    f"planner model {name} plan attempt {attempt} invalid: "
+                    + "; ".join(e for e in errors if e)
+                )
                 repair = PLANNER_REPAIR.format(errors="; ".join(e for e in errors if e))
                 messages.extend(_repair_messages(reply.raw, repair))
             else:
@@ -133,8 +150,14 @@ def make_planner(deps: NodeDeps) -> PlannerNode:
         if steps is None:
             steps, final = rules_plan(route, entities, outcomes, phase, state["request"])
         plan = Plan(phase=phase, steps=steps, final=final, source=source)
-        return Command(goto="executor", update={
-            "plan": plan, "cursor": 0, "notes": notes, "model_path": {"planner": path},
-        })
+        return Command(
+            goto="executor",
+            update={
+                "plan": plan,
+                "cursor": 0,
+                "notes": notes,
+                "model_path": {"planner": path},
+            },
+        )
 
     return planner

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
-from nodes.deps import NodeDeps, current_thread_id
+from nodes.deps import Node, NodeDeps, current_thread_id
 from runtime.context import Context
 from runtime.models import call_structured
 from runtime.prompts import RESPOND_SYSTEM
@@ -22,8 +21,6 @@ from state.runs import record_run
 from tools.gate import ToolOutcome
 
 log = logging.getLogger(__name__)
-
-RespondNode = Callable[[AgentState, Runtime[Context]], Awaitable[dict[str, Any]]]
 
 
 class Summary(BaseModel):
@@ -38,8 +35,9 @@ def _invoice_results(outcomes: list[ToolOutcome]) -> dict[str, dict[str, Any]]:
         invoice_id = o["args"].get("invoice_id")
         if not isinstance(invoice_id, str):
             continue
-        entry = invoices.setdefault(invoice_id, {"verdict": None, "exceptions": [],
-                                                 "actions": [], "errors": []})
+        entry = invoices.setdefault(
+            invoice_id, {"verdict": None, "exceptions": [], "actions": [], "errors": []}
+        )
         if not o["ok"]:
             entry["errors"].append({"tool": o["tool"], **(o["error"] or {})})
             continue
@@ -55,9 +53,10 @@ def _invoice_results(outcomes: list[ToolOutcome]) -> dict[str, dict[str, Any]]:
             entry["exception_id"] = result.get("exception_id")
         elif o["tool"] == "schedule_payment":
             entry["actions"].append("payment_scheduled")
-            entry["payment"] = {k: result.get(k) for k in
-                                ("payment_id", "amount", "currency", "pay_on",
-                                 "payee_account_masked")}
+            entry["payment"] = {
+                k: result.get(k)
+                for k in ("payment_id", "amount", "currency", "pay_on", "payee_account_masked")
+            }
         elif o["tool"] == "payment_status":
             entry["payment_status"] = result
     return invoices
@@ -73,8 +72,12 @@ def build_result(state: AgentState) -> tuple[str, str, dict[str, Any]]:
     if route in (Route.INVOICE_PROCESSING, Route.PAYMENT_STATUS):
         invoices = _invoice_results(outcomes)
         result["invoices"] = invoices
-        unresolved = [f"{inv}: {err['message']}" for inv, entry in invoices.items()
-                      for err in entry["errors"] if "flagged" not in entry["actions"]]
+        unresolved = [
+            f"{inv}: {err['message']}"
+            for inv, entry in invoices.items()
+            for err in entry["errors"]
+            if "flagged" not in entry["actions"]
+        ]
         if unresolved and status == "completed" and not reason:
             status, reason = "escalated", "Could not finish: " + "; ".join(unresolved)
     if route == Route.POLICY_QUESTION:
@@ -82,20 +85,26 @@ def build_result(state: AgentState) -> tuple[str, str, dict[str, Any]]:
     if route == Route.VENDOR_CHANGE:
         result["vendor_change"] = [
             {"tool": o["tool"], "ok": o["ok"], "result": o["result"], "error": o["error"]}
-            for o in outcomes if o["tool"] in {"update_vendor_bank_account", "send_vendor_email"}
+            for o in outcomes
+            if o["tool"] in {"update_vendor_bank_account", "send_vendor_email"}
         ]
-        if route == Route.PAYMENT_STATUS:
-            pass
     if route == Route.PAYMENT_STATUS:
-        result["vendor_invoices"] = [o["result"] for o in outcomes
-                                     if o["tool"] == "find_invoices" and o["ok"]]
+        result["vendor_invoices"] = [
+            o["result"] for o in outcomes if o["tool"] == "find_invoices" and o["ok"]
+        ]
     decisions = state.get("decisions", [])
     if any(d["decision"] == "reject" for d in decisions):
         result["outcome"] = "rejected_by_reviewer"
     result["decisions"] = decisions
     result["tool_calls"] = [
-        {"step_id": o["step_id"], "tool": o["tool"], "tier": o["tier"], "ok": o["ok"],
-         "replayed": o["replayed"], "error": (o["error"] or {}).get("code")}
+        {
+            "step_id": o["step_id"],
+            "tool": o["tool"],
+            "tier": o["tier"],
+            "ok": o["ok"],
+            "replayed": o["replayed"],
+            "error": o["error"]["code"] if o["error"] else None,
+        }
         for o in outcomes
     ]
     return status, reason, result
@@ -112,8 +121,14 @@ def rules_summary(status: str, reason: str, result: dict[str, Any]) -> str:
             text += f"; {', '.join(entry['actions'])}"
         if "payment_status" in entry:
             ps = entry["payment_status"]
-            pays = ", ".join(f"{p['payment_id']} {p['status']} {p['amount']} {p['currency']}"
-                             f" on {p['pay_on']}" for p in ps["payments"]) or "no payments"
+            pays = (
+                ", ".join(
+                    f"{p['payment_id']} {p['status']} {p['amount']} {p['currency']}"
+                    f" on {p['pay_on']}"
+                    for p in ps["payments"]
+                )
+                or "no payments"
+            )
             text += f"; invoice {ps['invoice_status']}, {pays}"
         parts.append(text)
     answer = result.get("answer")
@@ -122,17 +137,19 @@ def rules_summary(status: str, reason: str, result: dict[str, Any]) -> str:
     for change in result.get("vendor_change", []):
         if change["ok"] and change["tool"] == "update_vendor_bank_account":
             r = change["result"]
-            parts.append(f"{r['vendor_id']} account changed from {r['old_account_masked']} to "
-                         f"{r['new_account_masked']}")
+            parts.append(
+                f"{r['vendor_id']} account changed from {r['old_account_masked']} to "
+                f"{r['new_account_masked']}"
+            )
     if reason:
         parts.append(reason)
     return f"[{status}] " + (". ".join(parts) if parts else "nothing to do")
 
 
-def make_respond(deps: NodeDeps) -> RespondNode:
+def make_respond(deps: NodeDeps) -> Node:
     """Build the respond node."""
 
-    async def respond(state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+    async def respond(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
         """Write the final result and summary, and record the run's final status."""
         ctx = runtime.context
         status, reason, result = build_result(state)
@@ -143,11 +160,18 @@ def make_respond(deps: NodeDeps) -> RespondNode:
         if chosen is not None:
             name, model = chosen
             try:
-                reply = await call_structured(model, Summary, [
-                    SystemMessage(RESPOND_SYSTEM),
-                    HumanMessage(json.dumps({"status": status, "reason": reason,
-                                             "result": result}, default=str)[:20000]),
-                ])
+                reply = await call_structured(
+                    model,
+                    Summary,
+                    [
+                        SystemMessage(RESPOND_SYSTEM),
+                        HumanMessage(
+                            json.dumps(
+                                {"status": status, "reason": reason, "result": result}, default=str
+                            )[:20000]
+                        ),
+                    ],
+                )
             except Exception as exc:  # provider failure: keep the rules summary, and say so
                 log.warning("respond model %s failed: %r", name, exc)
                 path = f"rules (fallback: model {name} failed: {type(exc).__name__})"
@@ -162,10 +186,23 @@ def make_respond(deps: NodeDeps) -> RespondNode:
         result["model_path"] = model_path
         result["prompt_version"] = ctx.prompt_version
         result["notes"] = [*state.get("notes", []), *notes]
-        await record_run(deps.database, thread_id=current_thread_id(), request=state["request"],
-                         requester=state.get("user") or "anonymous", tenant=ctx.tenant,
-                         route=state.get("route"), status=status, summary=summary[:2000])
-        return {"status": status, "reason": reason, "result": result, "summary": summary,
-                "model_path": {"respond": path}, "notes": notes}
+        await record_run(
+            deps.database,
+            thread_id=current_thread_id(),
+            request=state["request"],
+            requester=state.get("user") or "anonymous",
+            tenant=ctx.tenant,
+            route=state.get("route"),
+            status=status,
+            summary=summary[:2000],
+        )
+        return {
+            "status": status,
+            "reason": reason,
+            "result": result,
+            "summary": summary,
+            "model_path": {"respond": path},
+            "notes": notes,
+        }
 
     return respond

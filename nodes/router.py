@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from nodes.deps import NodeDeps, current_thread_id
+from guards.input_checks import check_request
+from nodes.deps import Node, NodeDeps, current_thread_id
 from runtime.context import Context
 from runtime.models import call_structured
 from runtime.prompts import ROUTER_SYSTEM
@@ -21,11 +21,7 @@ from state.runs import record_run
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_CHARS = 8000
 MIN_CONFIDENCE = 0.5
-
-RouterNode = Callable[[AgentState, Runtime[Context]], Awaitable[Command[Literal["planner",
-                                                                                "respond"]]]]
 
 
 def _grounded(decision: RouteDecision, request: str) -> Entities:
@@ -43,11 +39,11 @@ def _grounded(decision: RouteDecision, request: str) -> Entities:
     )
 
 
-def make_router(deps: NodeDeps) -> RouterNode:
+def make_router(deps: NodeDeps) -> Node:
     """Build the router node."""
 
     async def router(
-        state: AgentState, runtime: Runtime[Context]
+        state: AgentState, *, runtime: Runtime[Context]
     ) -> Command[Literal["planner", "respond"]]:
         """Route the request; ambiguous or oversized requests go straight to respond."""
         ctx = runtime.context
@@ -55,18 +51,29 @@ def make_router(deps: NodeDeps) -> RouterNode:
         thread_id = current_thread_id()
         requester = state.get("user") or "anonymous"
         notes: list[str] = []
-        update: dict[str, Any]
-        if not request.strip() or len(request) > MAX_REQUEST_CHARS:
-            reason = ("The request is empty." if not request.strip() else
-                      f"The request is {len(request)} characters; the limit is "
-                      f"{MAX_REQUEST_CHARS}. Send one request per invoice or question.")
-            await record_run(deps.database, thread_id=thread_id, request=request[:2000],
-                             requester=requester, tenant=ctx.tenant, route=Route.OUT_OF_SCOPE,
-                             status="running")
-            return Command(goto="respond", update={
-                "route": Route.OUT_OF_SCOPE.value, "route_confidence": 1.0, "status": "refused",
-                "reason": reason, "model_path": {"router": "rules"}, "cursor": 0, "replans": 0,
-            })
+        verdict = check_request(request)
+        if not verdict.ok:
+            await record_run(
+                deps.database,
+                thread_id=thread_id,
+                request=request[:2000],
+                requester=requester,
+                tenant=ctx.tenant,
+                route=Route.OUT_OF_SCOPE,
+                status="refused",
+            )
+            return Command(
+                goto="respond",
+                update={
+                    "route": Route.OUT_OF_SCOPE.value,
+                    "route_confidence": 1.0,
+                    "status": "refused",
+                    "reason": verdict.reason,
+                    "model_path": {"router": "rules"},
+                    "cursor": 0,
+                    "replans": 0,
+                },
+            )
 
         decision: RouteDecision | None = None
         path = "rules"
@@ -74,15 +81,20 @@ def make_router(deps: NodeDeps) -> RouterNode:
         if chosen is not None:
             name, model = chosen
             try:
-                reply = await call_structured(model, RouteDecision, [
-                    SystemMessage(ROUTER_SYSTEM),
-                    HumanMessage(f"<request>\n{request}\n</request>"),
-                ])
+                reply = await call_structured(
+                    model,
+                    RouteDecision,
+                    [
+                        SystemMessage(ROUTER_SYSTEM),
+                        HumanMessage(f"<request>\n{request}\n</request>"),
+                    ],
+                )
             except Exception as exc:  # provider failure: degrade to rules, and say so
                 log.warning("router model %s failed: %r", name, exc)
                 path = f"rules (fallback: model {name} failed: {type(exc).__name__})"
-                notes.append(f"router model {name} failed ({type(exc).__name__}: {exc}); "
-                             "rules routing used")
+                notes.append(
+                    f"router model {name} failed ({type(exc).__name__}: {exc}); rules routing used"
+                )
             else:
                 if isinstance(reply.parsed, RouteDecision):
                     decision, path = reply.parsed, f"model:{name}"
@@ -96,33 +108,54 @@ def make_router(deps: NodeDeps) -> RouterNode:
         route = decision.route
         reason = decision.rationale
         if route in TOOL_ROUTES and decision.confidence < MIN_CONFIDENCE:
-            route, reason = Route.ESCALATE, (
-                f"Not confident enough to act (confidence {decision.confidence:.2f}): "
-                f"{decision.rationale}")
+            route, reason = (
+                Route.ESCALATE,
+                (
+                    f"Not confident enough to act (confidence {decision.confidence:.2f}): "
+                    f"{decision.rationale}"
+                ),
+            )
         if route == Route.INVOICE_PROCESSING and not entities["invoice_ids"]:
             route, reason = Route.ESCALATE, "Which invoice? Name it by id, e.g. INV-1001."
-        if route == Route.PAYMENT_STATUS and not (entities["invoice_ids"] or
-                                                  entities["vendor_ids"]):
+        if route == Route.PAYMENT_STATUS and not (
+            entities["invoice_ids"] or entities["vendor_ids"]
+        ):
             route, reason = Route.ESCALATE, "Name the invoice (INV-…) or vendor (V-…) to look up."
-        if route == Route.VENDOR_CHANGE and not (entities["vendor_ids"] and
-                                                 entities["bank_accounts"]):
-            route, reason = Route.ESCALATE, (
-                "A bank change needs the vendor id (V-…) and the new account in the request.")
+        if route == Route.VENDOR_CHANGE and not (
+            entities["vendor_ids"] and entities["bank_accounts"]
+        ):
+            route, reason = (
+                Route.ESCALATE,
+                ("A bank change needs the vendor id (V-…) and the new account in the request."),
+            )
 
-        await record_run(deps.database, thread_id=thread_id, request=request,
-                         requester=requester, tenant=ctx.tenant, route=route.value,
-                         status="running")
-        update = {
-            "route": route.value, "route_confidence": decision.confidence,
-            "entities": entities, "model_path": {"router": path}, "notes": notes,
-            "cursor": 0, "replans": 0,
+        await record_run(
+            deps.database,
+            thread_id=thread_id,
+            request=request,
+            requester=requester,
+            tenant=ctx.tenant,
+            route=route.value,
+            status="running",
+        )
+        update: dict[str, Any] = {
+            "route": route.value,
+            "route_confidence": decision.confidence,
+            "entities": entities,
+            "model_path": {"router": path},
+            "notes": notes,
+            "cursor": 0,
+            "replans": 0,
         }
         if route in TOOL_ROUTES:
             return Command(goto="planner", update=update)
         update["status"] = "refused" if route == Route.OUT_OF_SCOPE else "escalated"
         update["reason"] = (
             "I only handle accounts payable: invoices, payments, vendor bank details and AP "
-            "policy questions." if route == Route.OUT_OF_SCOPE else reason)
+            "policy questions."
+            if route == Route.OUT_OF_SCOPE
+            else reason
+        )
         return Command(goto="respond", update=update)
 
     return router

@@ -7,14 +7,13 @@ invoice total; a staged invoice is staged; a policy answer has passages to cite.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from nodes.deps import NodeDeps
+from nodes.deps import Node, NodeDeps
 from runtime.context import Context
 from state.db import Database
 from state.graph_state import AgentState
@@ -22,10 +21,6 @@ from state.routes import Route
 from tools.gate import ToolOutcome
 
 MAX_PHASES = 6
-
-VerifierNode = Callable[
-    [AgentState, Runtime[Context]], Awaitable[Command[Literal["planner", "respond"]]]
-]
 
 
 async def check_outcomes(database: Database, outcomes: list[ToolOutcome]) -> list[str]:
@@ -41,7 +36,9 @@ async def check_outcomes(database: Database, outcomes: list[ToolOutcome]) -> lis
                     "SELECT p.payee_account, p.amount, i.total, v.remit_bank_account"
                     " FROM payments p JOIN invoices i USING (invoice_id)"
                     " JOIN vendors v ON v.vendor_id = i.vendor_id"
-                    " WHERE p.invoice_id = %s AND p.status <> 'void'", (invoice_id,))
+                    " WHERE p.invoice_id = %s AND p.status <> 'void'",
+                    (invoice_id,),
+                )
                 rows: list[dict[str, Any]] = list(await cur.fetchall())
                 if len(rows) != 1:
                     problems.append(f"{invoice_id} has {len(rows)} live payments, expected 1")
@@ -52,56 +49,76 @@ async def check_outcomes(database: Database, outcomes: list[ToolOutcome]) -> lis
                 if Decimal(row["amount"]) > Decimal(row["total"]):
                     problems.append(f"payment for {invoice_id} exceeds the invoice total")
             elif outcome["tool"] == "stage_invoice":
-                cur = await conn.execute("SELECT status FROM invoices WHERE invoice_id = %s",
-                                         (invoice_id,))
+                cur = await conn.execute(
+                    "SELECT status FROM invoices WHERE invoice_id = %s", (invoice_id,)
+                )
                 status_row = await cur.fetchone()
-                if status_row is None or status_row["status"] not in {"staged", "scheduled",
-                                                                      "paid"}:
+                if status_row is None or status_row["status"] not in {
+                    "staged",
+                    "scheduled",
+                    "paid",
+                }:
                     problems.append(f"{invoice_id} was staged but is not in a staged state")
     return problems
 
 
-def make_verifier(deps: NodeDeps) -> VerifierNode:
+def make_verifier(deps: NodeDeps) -> Node:
     """Build the verifier node."""
 
     async def verifier(
-        state: AgentState, runtime: Runtime[Context]
+        state: AgentState, *, runtime: Runtime[Context]
     ) -> Command[Literal["planner", "respond"]]:
         """Check this phase, then re-plan, continue to the next phase, or respond."""
         plan = state["plan"]
         prefix = f"p{plan['phase']}s"
-        phase_outcomes = [o for o in state.get("outcomes", [])
-                          if o["step_id"].startswith(prefix)]
+        phase_outcomes = [o for o in state.get("outcomes", []) if o["step_id"].startswith(prefix)]
         problems = await check_outcomes(deps.database, phase_outcomes)
         if problems:
-            return Command(goto="respond", update={
-                "status": "escalated",
-                "reason": "Verification failed: " + "; ".join(problems)})
+            return Command(
+                goto="respond",
+                update={
+                    "status": "escalated",
+                    "reason": "Verification failed: " + "; ".join(problems),
+                },
+            )
 
         failed = [o for o in phase_outcomes if not o["ok"]]
         replans = state.get("replans", 0)
         if failed and state["route"] == Route.INVOICE_PROCESSING:
             if replans >= runtime.context.max_replans:
-                errors = "; ".join(f"{o['tool']}: {o['error']['message']}" for o in failed
-                                   if o["error"])
-                return Command(goto="respond", update={
-                    "status": "escalated",
-                    "reason": f"Gave up after {replans} re-plans: {errors}"})
+                errors = "; ".join(
+                    f"{o['tool']}: {o['error']['message']}" for o in failed if o["error"]
+                )
+                return Command(
+                    goto="respond",
+                    update={
+                        "status": "escalated",
+                        "reason": f"Gave up after {replans} re-plans: {errors}",
+                    },
+                )
             return Command(goto="planner", update={"replans": replans + 1})
 
         if state["route"] == Route.POLICY_QUESTION and not any(
-            o["tool"] == "search_policy" and o["ok"] and o["result"]
-            and o["result"]["passages"] for o in state.get("outcomes", [])
+            o["tool"] == "search_policy" and o["ok"] and o["result"] and o["result"]["passages"]
+            for o in state.get("outcomes", [])
         ):
-            return Command(goto="respond", update={
-                "status": "escalated",
-                "reason": "No policy passage answers this; a person from AP will reply."})
+            return Command(
+                goto="respond",
+                update={
+                    "status": "escalated",
+                    "reason": "No policy passage answers this; a person from AP will reply.",
+                },
+            )
 
         if not plan["final"]:
             if plan["phase"] >= MAX_PHASES:
-                return Command(goto="respond", update={
-                    "status": "escalated",
-                    "reason": f"The plan did not finish within {MAX_PHASES} phases."})
+                return Command(
+                    goto="respond",
+                    update={
+                        "status": "escalated",
+                        "reason": f"The plan did not finish within {MAX_PHASES} phases.",
+                    },
+                )
             return Command(goto="planner")
         return Command(goto="respond")
 

@@ -1,0 +1,1 @@
+"""Settings, run context, models (including the offline rules model), prompts and the CLI."""

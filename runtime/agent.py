@@ -1,5 +1,7 @@
-"""Running the graph from a process: open the database, compile with the checkpointer,
-and turn a thread's checkpoint into the view the CLI and tests print.
+"""Running the graph from a process.
+
+Open the database, compile with the Postgres checkpointer, and turn a thread's checkpoint
+into the view the CLI and tests print.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
@@ -34,20 +37,32 @@ class Agent:
     gate: ToolGate
 
     @staticmethod
-    def config(thread_id: str) -> dict[str, Any]:
+    def config(thread_id: str) -> RunnableConfig:
         """The run config for a thread."""
         return {"configurable": {"thread_id": thread_id}}
 
-    async def start(self, request: str, *, user: str, thread_id: str | None = None,
-                    context: Context | None = None) -> dict[str, Any]:
+    async def start(
+        self,
+        request: str,
+        *,
+        user: str,
+        thread_id: str | None = None,
+        context: Context | None = None,
+    ) -> dict[str, Any]:
         """Run a new request to completion or to its first interrupt; return the view."""
         thread_id = thread_id or str(uuid.uuid4())
         snapshot = await self.graph.aget_state(self.config(thread_id))
         if snapshot.values:
-            raise BadInput(f"Thread {thread_id} already exists; start a new request without "
-                           "--thread, or answer its approval with `payables resume`.")
-        await self.graph.ainvoke({"request": request, "user": user}, self.config(thread_id),
-                                 context=context or Context(), durability="sync")
+            raise BadInput(
+                f"Thread {thread_id} already exists; start a new request without "
+                "--thread, or answer its approval with `payables resume`."
+            )
+        await self.graph.ainvoke(
+            {"request": request, "user": user},
+            self.config(thread_id),
+            context=context or Context(),
+            durability="sync",
+        )
         return await self.view(thread_id)
 
     async def pending(self, thread_id: str) -> list[tuple[str, ApprovalRequest]]:
@@ -55,9 +70,14 @@ class Agent:
         snapshot = await self.graph.aget_state(self.config(thread_id))
         return [(i.id, i.value) for i in snapshot.interrupts]
 
-    async def resume(self, thread_id: str, value: dict[str, Any], *,
-                     interrupt_id: str | None = None,
-                     context: Context | None = None) -> dict[str, Any]:
+    async def resume(
+        self,
+        thread_id: str,
+        value: dict[str, Any],
+        *,
+        interrupt_id: str | None = None,
+        context: Context | None = None,
+    ) -> dict[str, Any]:
         """Answer the thread's pending approval with ``value``; refuse anything else."""
         snapshot = await self.graph.aget_state(self.config(thread_id))
         if not snapshot.values:
@@ -65,17 +85,25 @@ class Agent:
         interrupts = list(snapshot.interrupts)
         if not interrupts:
             status = snapshot.values.get("status") or "running"
-            raise ResumeError(f"Thread {thread_id} has no pending approval (status: {status}); "
-                              "it was already resolved. `payables show` prints its result.")
+            raise ResumeError(
+                f"Thread {thread_id} has no pending approval (status: {status}); "
+                "it was already resolved. `payables show` prints its result."
+            )
         if interrupt_id is not None:
             interrupts = [i for i in interrupts if i.id == interrupt_id]
             if not interrupts:
-                raise ResumeError(f"Interrupt {interrupt_id} is not pending on {thread_id}; "
-                                  "it was already resolved or never existed.")
+                raise ResumeError(
+                    f"Interrupt {interrupt_id} is not pending on {thread_id}; "
+                    "it was already resolved or never existed."
+                )
         target = interrupts[0]
         parse_resume(value, target.value)
-        await self.graph.ainvoke(Command(resume={target.id: value}), self.config(thread_id),
-                                 context=context or Context(), durability="sync")
+        await self.graph.ainvoke(
+            Command(resume={target.id: value}),
+            self.config(thread_id),
+            context=context or Context(),
+            durability="sync",
+        )
         return await self.view(thread_id)
 
     async def view(self, thread_id: str) -> dict[str, Any]:
@@ -85,13 +113,20 @@ class Agent:
             raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
         values = snapshot.values
         pending = [
-            {"interrupt_id": i.id, "action": action["name"], "args": action["args"],
-             "description": action["description"], "evidence": evidence,
-             "requirement": step, "requester": i.value["requester"],
-             "error": i.value.get("error")}
+            {
+                "interrupt_id": i.id,
+                "action": action["name"],
+                "args": action["args"],
+                "description": action["description"],
+                "evidence": evidence,
+                "requirement": step,
+                "requester": i.value["requester"],
+                "error": i.value.get("error"),
+            }
             for i in snapshot.interrupts
-            for action, evidence, step in zip(i.value["action_requests"], i.value["evidence"],
-                                              i.value["steps"], strict=True)
+            for action, evidence, step in zip(
+                i.value["action_requests"], i.value["evidence"], i.value["steps"], strict=True
+            )
         ]
         if snapshot.interrupts:
             status = "interrupted"
@@ -122,14 +157,16 @@ class Agent:
         """Every checkpoint of a thread, oldest first."""
         steps = []
         async for snap in self.graph.aget_state_history(self.config(thread_id)):
-            steps.append({
-                "checkpoint_id": snap.config["configurable"].get("checkpoint_id"),
-                "step": snap.metadata.get("step") if snap.metadata else None,
-                "source": snap.metadata.get("source") if snap.metadata else None,
-                "next": list(snap.next),
-                "created_at": snap.created_at,
-                "interrupts": [i.id for i in snap.interrupts],
-            })
+            steps.append(
+                {
+                    "checkpoint_id": snap.config["configurable"].get("checkpoint_id"),
+                    "step": snap.metadata.get("step") if snap.metadata else None,
+                    "source": snap.metadata.get("source") if snap.metadata else None,
+                    "next": list(snap.next),
+                    "created_at": snap.created_at,
+                    "interrupts": [i.id for i in snap.interrupts],
+                }
+            )
         return list(reversed(steps))
 
     async def pending_everywhere(self) -> list[dict[str, Any]]:
@@ -139,21 +176,29 @@ class Agent:
         for row in rows:
             view = await self.view(row["thread_id"])
             for approval in view["pending_approvals"]:
-                found.append({"thread_id": row["thread_id"], "request": row["request"],
-                              "route": view["route"], **approval})
+                found.append(
+                    {
+                        "thread_id": row["thread_id"],
+                        "request": row["request"],
+                        "route": view["route"],
+                        **approval,
+                    }
+                )
         return found
 
 
 @asynccontextmanager
-async def open_agent(models: ModelProvider | None = None,
-                     database: Database | None = None) -> AsyncIterator[Agent]:
+async def open_agent(
+    models: ModelProvider | None = None, database: Database | None = None
+) -> AsyncIterator[Agent]:
     """Migrate (once per process), open the pool, and yield an `Agent`."""
     database = database or default_database()
     await migrate(database.uri)
     gate = ToolGate(database)
-    saver = AsyncPostgresSaver(await database.pool())  # type: ignore[arg-type]
-    graph = build_graph(NodeDeps(gate=gate, models=models or OpenAIModelProvider()),
-                        checkpointer=saver)
+    saver = AsyncPostgresSaver(await database.pool())
+    graph = build_graph(
+        NodeDeps(gate=gate, models=models or OpenAIModelProvider()), checkpointer=saver
+    )
     try:
         yield Agent(graph=graph, database=database, gate=gate)
     finally:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runtime.agent import Agent, open_agent
+from runtime.agent import open_agent
 from runtime.errors import BadInput, PayablesError
 from runtime.settings import PROJECT_ROOT
 from state.approvals import REVIEWER_ROLES
@@ -30,10 +30,10 @@ from state.world import SAMPLE_WORLD_PATH, SCHEMA_PATH, load_world, read_world, 
 
 SAMPLE_INBOX_PATH = PROJECT_ROOT / "data" / "inbox.sample.json"
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
-db_app = typer.Typer(help="The database: where it is and what schema it has.",
-                     no_args_is_help=True)
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+)
+db_app = typer.Typer(help="The database: where it is and what schema it has.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 out = Console(soft_wrap=True)
@@ -63,11 +63,16 @@ def _print_json(value: Any) -> None:
 
 
 def _print_view(view: dict[str, Any]) -> None:
-    status_style = {"completed": "green", "interrupted": "yellow", "refused": "red",
-                    "escalated": "magenta", "failed": "red"}.get(view["status"], "white")
+    status_style = {
+        "completed": "green",
+        "interrupted": "yellow",
+        "refused": "red",
+        "escalated": "magenta",
+        "failed": "red",
+    }.get(view["status"], "white")
     out.print(f"[bold]thread[/] {view['thread_id']}")
     out.print(f"  route   {view['route']}   status [{status_style}]{view['status']}[/]")
-    out.print(f"  models  " + ", ".join(f"{k}={v}" for k, v in view["model_path"].items()))
+    out.print("  models  " + ", ".join(f"{k}={v}" for k, v in view["model_path"].items()))
     if view["plan"]:
         out.print("  plan    " + " → ".join(s["tool"] for s in view["plan"]))
     if view["summary"]:
@@ -80,35 +85,62 @@ def _print_view(view: dict[str, Any]) -> None:
 
 def _print_approval(approval: dict[str, Any]) -> None:
     req = approval["requirement"]
-    out.print(f"  [yellow]awaiting approval[/] {approval['action']} "
-              f"{json.dumps(approval['args'], default=str)}")
+    out.print(
+        f"  [yellow]awaiting approval[/] {approval['action']} "
+        f"{json.dumps(approval['args'], default=str)}"
+    )
     out.print(f"    interrupt {approval['interrupt_id']}")
-    out.print(f"    needs {req['min_approvers']} approver(s)"
-              + (f", one with role {req['required_role']}" if req["required_role"] else "")
-              + (f"; approved so far by {', '.join(a['id'] for a in req['approved_by'])}"
-                 if req["approved_by"] else ""))
+    out.print(
+        f"    needs {req['min_approvers']} approver(s)"
+        + (f", one with role {req['required_role']}" if req["required_role"] else "")
+        + (
+            f"; approved so far by {', '.join(a['id'] for a in req['approved_by'])}"
+            if req["approved_by"]
+            else ""
+        )
+    )
     for reason in req["reasons"]:
         out.print(f"    - {escape(reason)}")
     evidence = approval["evidence"]
     if "match_table" in evidence:
-        table = Table("line", "description", "ordered", "received", "billed", "PO price",
-                      "billed price", "variance %", box=None, padding=(0, 1))
+        table = Table(
+            "line",
+            "description",
+            "ordered",
+            "received",
+            "billed",
+            "PO price",
+            "billed price",
+            "variance %",
+            box=None,
+            padding=(0, 1),
+        )
         for line in evidence["match_table"]:
-            table.add_row(str(line["line_no"]), escape(line["description"][:40]),
-                          line["ordered_quantity"] or "-", line["received_quantity"] or "-",
-                          line["billed_quantity"], line["po_unit_price"] or "-",
-                          line["billed_unit_price"], line["price_variance_pct"] or "-")
+            table.add_row(
+                str(line["line_no"]),
+                escape(line["description"][:40]),
+                line["ordered_quantity"] or "-",
+                line["received_quantity"] or "-",
+                line["billed_quantity"],
+                line["po_unit_price"] or "-",
+                line["billed_unit_price"],
+                line["price_variance_pct"] or "-",
+            )
         out.print(table)
         inv = evidence["invoice"]
-        out.print(f"    {inv['invoice_id']} {inv['vendor_name']} total {inv['total']} "
-                  f"{inv['currency']}, verdict {evidence['verdict']}, pays to vendor master "
-                  f"{inv['vendor_master_account']}")
+        out.print(
+            f"    {inv['invoice_id']} {inv['vendor_name']} total {inv['total']} "
+            f"{inv['currency']}, verdict {evidence['verdict']}, pays to vendor master "
+            f"{inv['vendor_master_account']}"
+        )
         for exc in evidence["exceptions"]:
             out.print(f"    ! {exc['code']}: {escape(exc['detail'])}")
     if "vendor" in evidence:
         v = evidence["vendor"]
-        out.print(f"    {v['vendor_id']} {v['name']}: {v['current_account']} → "
-                  f"{evidence.get('proposed_account')}")
+        out.print(
+            f"    {v['vendor_id']} {v['name']}: {v['current_account']} → "
+            f"{evidence.get('proposed_account')}"
+        )
     if approval.get("error"):
         out.print(f"    [red]last resume refused:[/] {escape(approval['error'])}")
 
@@ -161,8 +193,9 @@ async def _seed(world_path: Path) -> dict[str, int]:
 
 @app.command()
 def seed(
-    world: Annotated[Path, typer.Option(help="World file (JSON); see state/world.schema.json.")]
-    = SAMPLE_WORLD_PATH,
+    world: Annotated[
+        Path, typer.Option(help="World file (JSON); see state/world.schema.json.")
+    ] = SAMPLE_WORLD_PATH,
     as_json: JsonOpt = False,
 ) -> None:
     """Replace the AP world (vendors, POs, receipts, invoices, payments, policy) from a file."""
@@ -228,8 +261,9 @@ def approvals(as_json: JsonOpt = False) -> None:
         _print_approval(approval)
 
 
-def _decisions_from(approve: bool, reject: str | None, edit: str | None,
-                    actions: int) -> list[dict[str, Any]]:
+def _decisions_from(
+    approve: bool, reject: str | None, edit: str | None, actions: int
+) -> list[dict[str, Any]]:
     chosen = [flag for flag in (approve, reject is not None, edit is not None) if flag]
     if len(chosen) != 1:
         raise BadInput("Give exactly one of --approve, --reject REASON or --edit JSON.")
@@ -245,27 +279,35 @@ def _decisions_from(approve: bool, reject: str | None, edit: str | None,
     if isinstance(parsed, list):
         return parsed
     if not isinstance(parsed, dict):
-        raise BadInput("--edit takes the edited args of the first pending action as a JSON "
-                       "object, or a JSON list with one decision per pending action.")
+        raise BadInput(
+            "--edit takes the edited args of the first pending action as a JSON "
+            "object, or a JSON list with one decision per pending action."
+        )
     return [{"type": "edit", "edited_action": {"name": "", "args": parsed}}] + [
-        {"type": "approve"}] * (actions - 1)
+        {"type": "approve"}
+    ] * (actions - 1)
 
 
 @app.command()
 def resume(
     thread: Annotated[str, typer.Argument(help="Thread id with a pending approval.")],
     reviewer: Annotated[str, typer.Option(help="Your reviewer id.")],
-    approve: Annotated[bool, typer.Option("--approve", help="Approve every pending action.")]
-    = False,
-    reject: Annotated[str | None, typer.Option("--reject", help="Reject, with the reason.")]
-    = None,
-    edit: Annotated[str | None, typer.Option(
-        "--edit", help="Edited args (JSON object) for the first pending action; the rest are "
-                       "approved. Or a JSON list of decisions, one per action.")] = None,
-    role: Annotated[str, typer.Option(help=f"Your role: {', '.join(REVIEWER_ROLES)}.")]
-    = "approver",
-    interrupt: Annotated[str | None, typer.Option(help="Answer this interrupt id only.")]
-    = None,
+    approve: Annotated[
+        bool, typer.Option("--approve", help="Approve every pending action.")
+    ] = False,
+    reject: Annotated[str | None, typer.Option("--reject", help="Reject, with the reason.")] = None,
+    edit: Annotated[
+        str | None,
+        typer.Option(
+            "--edit",
+            help="Edited args (JSON object) for the first pending action; the rest are "
+            "approved. Or a JSON list of decisions, one per action.",
+        ),
+    ] = None,
+    role: Annotated[
+        str, typer.Option(help=f"Your role: {', '.join(REVIEWER_ROLES)}.")
+    ] = "approver",
+    interrupt: Annotated[str | None, typer.Option(help="Answer this interrupt id only.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Approve, edit or reject a pending approval, then continue the run."""
@@ -287,8 +329,9 @@ def resume(
 
 
 @app.command()
-def threads(as_json: JsonOpt = False,
-            limit: Annotated[int, typer.Option(min=1, max=1000)] = 50) -> None:
+def threads(
+    as_json: JsonOpt = False, limit: Annotated[int, typer.Option(min=1, max=1000)] = 50
+) -> None:
     """List recent threads with their status."""
 
     async def go() -> list[dict[str, Any]]:
@@ -305,8 +348,14 @@ def threads(as_json: JsonOpt = False,
         return
     table = Table("thread", "status", "route", "requester", "request", "updated")
     for row in rows:
-        table.add_row(row["thread_id"], row["status"], row["route"] or "-", row["requester"],
-                      escape(row["request"][:60]), row["updated_at"].strftime("%Y-%m-%d %H:%M"))
+        table.add_row(
+            row["thread_id"],
+            row["status"],
+            row["route"] or "-",
+            row["requester"],
+            escape(row["request"][:60]),
+            row["updated_at"].strftime("%Y-%m-%d %H:%M"),
+        )
     out.print(table)
 
 
@@ -333,8 +382,10 @@ def show(
     if view.get("result"):
         out.print_json(json.dumps(view["result"], default=str))
     for cp in checkpoints:
-        out.print(f"  step {cp['step']:>3} {cp['source']:<6} next={','.join(cp['next']) or '-'} "
-                  f"{cp['created_at']}")
+        out.print(
+            f"  step {cp['step']:>3} {cp['source']:<6} next={','.join(cp['next']) or '-'} "
+            f"{cp['created_at']}"
+        )
 
 
 # --- demo -----------------------------------------------------------------------------
@@ -354,12 +405,13 @@ def demo(
     if not isinstance(requests, list) or not all(
         isinstance(r, dict) and isinstance(r.get("request"), str) for r in requests
     ):
-        _fail(f"{inbox} must be a JSON list of {{\"request\": ..., \"user\": ...}} objects.", 2)
+        _fail(f'{inbox} must be a JSON list of {{"request": ..., "user": ...}} objects.', 2)
 
     async def go() -> list[dict[str, Any]]:
         counts = await _seed(world)
-        err.print(f"[bold]seeded[/] {world.name}: "
-                  + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        err.print(
+            f"[bold]seeded[/] {world.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+        )
         views = []
         async with open_agent() as agent:
             for index, item in enumerate(requests, start=1):
@@ -375,10 +427,18 @@ def demo(
         return
     table = Table("#", "request", "route", "status", "outcome", title="payables demo")
     for index, view in enumerate(views, start=1):
-        outcome = (f"awaiting {', '.join(a['action'] for a in view['pending_approvals'])}"
-                   if view["pending_approvals"] else view["summary"] or view["reason"])
-        table.add_row(str(index), escape(view["request"][:48]), view["route"], view["status"],
-                      escape(outcome[:110]))
+        outcome = (
+            f"awaiting {', '.join(a['action'] for a in view['pending_approvals'])}"
+            if view["pending_approvals"]
+            else view["summary"] or view["reason"]
+        )
+        table.add_row(
+            str(index),
+            escape(view["request"][:48]),
+            view["route"],
+            view["status"],
+            escape(outcome[:110]),
+        )
     out.print(table)
     paused = [v for v in views if v["pending_approvals"]]
     if paused:
@@ -396,8 +456,10 @@ def demo(
 
 def main() -> None:
     """Console-script entry point."""
-    logging.basicConfig(level=os.environ.get("PAYABLES_LOG_LEVEL", "WARNING"),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("PAYABLES_LOG_LEVEL", "WARNING"),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     app()
 
 

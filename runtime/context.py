@@ -23,8 +23,11 @@ def _env(name: str, default: str) -> str:
 
 
 def _model_default(role: str) -> str:
-    """`PAYABLES_<ROLE>_MODEL`, else `PAYABLES_MODEL`, else a small OpenAI model when a key
-    is configured, else the offline rules model."""
+    """Default model name for a role.
+
+    `PAYABLES_<ROLE>_MODEL`, else `PAYABLES_MODEL`, else a small OpenAI model when a key is
+    configured, else the offline rules model.
+    """
     fallback = "gpt-4o-mini" if os.environ.get("OPENAI_API_KEY") else RULES_MODEL
     return os.environ.get(f"PAYABLES_{role.upper()}_MODEL") or os.environ.get(
         "PAYABLES_MODEL", fallback
@@ -72,9 +75,7 @@ class Context:
     )
     """Allowed unit-price variance between invoice and PO, in percent."""
 
-    amount_tolerance: str = field(
-        default_factory=lambda: _env("PAYABLES_AMOUNT_TOLERANCE", "1.00")
-    )
+    amount_tolerance: str = field(default_factory=lambda: _env("PAYABLES_AMOUNT_TOLERANCE", "1.00"))
     """Allowed absolute difference between invoice total and the matched total."""
 
     max_plan_repairs: int = 2

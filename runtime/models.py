@@ -94,8 +94,9 @@ async def call_structured(
     reply: dict[str, Any] = await runnable.ainvoke(messages)  # type: ignore[assignment]
     raw = reply.get("raw")
     if reply.get("parsing_error") is not None:
-        return StructuredReply(None, f"output did not match the schema: {reply['parsing_error']}",
-                               raw)
+        return StructuredReply(
+            None, f"output did not match the schema: {reply['parsing_error']}", raw
+        )
     parsed = reply.get("parsed")
     if parsed is None:
         return StructuredReply(None, "the model returned no structured output", raw)

@@ -22,18 +22,30 @@ VENDOR_RE = re.compile(r"\bV-\d{3,}\b", re.IGNORECASE)
 ACCOUNT_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]){10,30}\b")
 
 _PAY = re.compile(r"\bpay(?:ing|ment)?\b|\bschedule\b", re.IGNORECASE)
-_STATUS = re.compile(r"\bstatus\b|\bwas .* paid\b|\bhas .* been paid\b|\bwhen will\b|"
-                     r"\bpaid yet\b|\bbeen paid\b", re.IGNORECASE)
-_VENDOR_CHANGE = re.compile(r"\b(bank|remittance|iban|account)\b.*\b(change|update|new|"
-                            r"replace)\b|\b(change|update|new|replace)\b.*\b(bank|remittance|"
-                            r"iban)\b", re.IGNORECASE)
-_POLICY = re.compile(r"\bpolicy\b|\bwhat is\b|\bwhat are\b|\bhow (many|much|long|do|does)\b|"
-                     r"\bwho (can|may|must)\b|\bthreshold\b|\btolerance\b|\ballowed\b|\?$",
-                     re.IGNORECASE)
-_INVOICE_WORDS = re.compile(r"\b(invoice|validate|match|stage|process|approve|pay)\w*\b",
-                            re.IGNORECASE)
-_AP_WORDS = re.compile(r"\b(invoice|vendor|payment|pay|po|purchase order|receipt|ap|"
-                       r"payable)s?\b", re.IGNORECASE)
+_STATUS = re.compile(
+    r"\bstatus\b|\bwas .* paid\b|\bhas .* been paid\b|\bwhen will\b|"
+    r"\bpaid yet\b|\bbeen paid\b",
+    re.IGNORECASE,
+)
+_VENDOR_CHANGE = re.compile(
+    r"\b(bank|remittance|iban|account)\b.*\b(change|update|new|"
+    r"replace)\b|\b(change|update|new|replace)\b.*\b(bank|remittance|"
+    r"iban)\b",
+    re.IGNORECASE,
+)
+_POLICY = re.compile(
+    r"\bpolicy\b|\bwhat is\b|\bwhat are\b|\bhow (many|much|long|do|does)\b|"
+    r"\bwho (can|may|must)\b|\bthreshold\b|\btolerance\b|\ballowed\b|\?$",
+    re.IGNORECASE,
+)
+_INVOICE_WORDS = re.compile(
+    r"\b(invoice|validate|match|stage|process|approve|pay)\w*\b", re.IGNORECASE
+)
+_AP_WORDS = re.compile(
+    r"\b(invoice|vendor|payment|pay|po|purchase order|receipt|ap|"
+    r"payable)s?\b",
+    re.IGNORECASE,
+)
 
 
 class RouteDecision(BaseModel):
@@ -71,32 +83,62 @@ def rules_route(request: str) -> RouteDecision:
     """Classify a request with keyword rules; ambiguity escalates rather than guesses."""
     e = extract_entities(request)
     base: dict[str, Any] = {
-        "invoice_ids": e["invoice_ids"], "po_numbers": e["po_numbers"],
-        "vendor_ids": e["vendor_ids"], "bank_accounts": e["bank_accounts"],
+        "invoice_ids": e["invoice_ids"],
+        "po_numbers": e["po_numbers"],
+        "vendor_ids": e["vendor_ids"],
+        "bank_accounts": e["bank_accounts"],
         "wants_payment": e["wants_payment"],
     }
     if _VENDOR_CHANGE.search(request) and (e["vendor_ids"] or e["bank_accounts"]):
         if e["vendor_ids"] and e["bank_accounts"]:
-            return RouteDecision(route=Route.VENDOR_CHANGE, confidence=0.9,
-                                 rationale="bank account change for a named vendor", **base)
-        return RouteDecision(route=Route.ESCALATE, confidence=0.4,
-                             rationale="bank change without both a vendor id and an account",
-                             **base)
+            return RouteDecision(
+                route=Route.VENDOR_CHANGE,
+                confidence=0.9,
+                rationale="bank account change for a named vendor",
+                **base,
+            )
+        return RouteDecision(
+            route=Route.ESCALATE,
+            confidence=0.4,
+            rationale="bank change without both a vendor id and an account",
+            **base,
+        )
     if e["invoice_ids"] and _STATUS.search(request):
-        return RouteDecision(route=Route.PAYMENT_STATUS, confidence=0.85,
-                             rationale="asks where an invoice's payment stands", **base)
+        return RouteDecision(
+            route=Route.PAYMENT_STATUS,
+            confidence=0.85,
+            rationale="asks where an invoice's payment stands",
+            **base,
+        )
     if e["invoice_ids"] and _INVOICE_WORDS.search(request):
-        return RouteDecision(route=Route.INVOICE_PROCESSING, confidence=0.9,
-                             rationale="asks to process named invoices", **base)
-    if _POLICY.search(request) and _AP_WORDS.search(request) or re.search(
-            r"\bpolicy\b", request, re.IGNORECASE):
-        return RouteDecision(route=Route.POLICY_QUESTION, confidence=0.75,
-                             rationale="asks what AP policy says", **base)
+        return RouteDecision(
+            route=Route.INVOICE_PROCESSING,
+            confidence=0.9,
+            rationale="asks to process named invoices",
+            **base,
+        )
+    if (_POLICY.search(request) and _AP_WORDS.search(request)) or re.search(
+        r"\bpolicy\b", request, re.IGNORECASE
+    ):
+        return RouteDecision(
+            route=Route.POLICY_QUESTION,
+            confidence=0.75,
+            rationale="asks what AP policy says",
+            **base,
+        )
     if _AP_WORDS.search(request) or e["invoice_ids"] or e["vendor_ids"]:
-        return RouteDecision(route=Route.ESCALATE, confidence=0.3,
-                             rationale="about accounts payable, but no actionable ids", **base)
-    return RouteDecision(route=Route.OUT_OF_SCOPE, confidence=0.8,
-                         rationale="not an accounts-payable request", **base)
+        return RouteDecision(
+            route=Route.ESCALATE,
+            confidence=0.3,
+            rationale="about accounts payable, but no actionable ids",
+            **base,
+        )
+    return RouteDecision(
+        route=Route.OUT_OF_SCOPE,
+        confidence=0.8,
+        rationale="not an accounts-payable request",
+        **base,
+    )
 
 
 def _step(phase: int, index: int, tool: str, args: dict[str, Any], why: str) -> PlanStep:
@@ -119,8 +161,9 @@ def _failed_action(outcomes: list[ToolOutcome], invoice_id: str) -> ToolOutcome 
     return None
 
 
-def rules_plan(route: str, entities: Entities, outcomes: list[ToolOutcome], phase: int,
-               request: str) -> tuple[list[PlanStep], bool]:
+def rules_plan(
+    route: str, entities: Entities, outcomes: list[ToolOutcome], phase: int, request: str
+) -> tuple[list[PlanStep], bool]:
     """The next steps for ``route`` given what has happened so far, and whether final."""
     steps: list[PlanStep] = []
 
@@ -131,12 +174,19 @@ def rules_plan(route: str, entities: Entities, outcomes: list[ToolOutcome], phas
         for inv in entities["invoice_ids"]:
             match = _last_ok(outcomes, "compute_match", "invoice_id", inv)
             if match is None:
-                if any(o["tool"] == "get_invoice" and o["args"].get("invoice_id") == inv
-                       and not o["ok"] for o in outcomes):
+                if any(
+                    o["tool"] == "get_invoice"
+                    and o["args"].get("invoice_id") == inv
+                    and not o["ok"]
+                    for o in outcomes
+                ):
                     continue  # unknown invoice: respond reports it
                 add("get_invoice", {"invoice_id": inv}, f"Read {inv} and its lines.")
-                add("compute_match", {"invoice_id": inv},
-                    f"Three-way match {inv} against its PO and goods receipts.")
+                add(
+                    "compute_match",
+                    {"invoice_id": inv},
+                    f"Three-way match {inv} against its PO and goods receipts.",
+                )
         if steps:
             return steps, False
         for inv in entities["invoice_ids"]:
@@ -147,49 +197,84 @@ def rules_plan(route: str, entities: Entities, outcomes: list[ToolOutcome], phas
             if failed is not None:
                 if not _last_ok(outcomes, "flag_exception", "invoice_id", inv):
                     err = failed["error"] or {"code": "failed", "message": ""}
-                    add("flag_exception", {"invoice_id": inv, "codes": [err["code"]],
-                                           "detail": err["message"] or err["code"]},
-                        f"{failed['tool']} failed for {inv}; people must look at it.")
+                    add(
+                        "flag_exception",
+                        {
+                            "invoice_id": inv,
+                            "codes": [err["code"]],
+                            "detail": err["message"] or err["code"],
+                        },
+                        f"{failed['tool']} failed for {inv}; people must look at it.",
+                    )
                 continue
-            if any(o["tool"] in {"stage_invoice", "flag_exception", "schedule_payment"}
-                   and o["args"].get("invoice_id") == inv for o in outcomes):
+            if any(
+                o["tool"] in {"stage_invoice", "flag_exception", "schedule_payment"}
+                and o["args"].get("invoice_id") == inv
+                for o in outcomes
+            ):
                 continue  # already acted on in an earlier phase
             result = match["result"]
             exceptions = result["exceptions"]
             codes = [e["code"] for e in exceptions]
             detail = " ".join(e["detail"] for e in exceptions)
             if result["verdict"] == "exception":
-                add("flag_exception", {"invoice_id": inv, "codes": codes, "detail": detail},
-                    f"{inv} does not match ({', '.join(codes)}); route it to people.")
+                add(
+                    "flag_exception",
+                    {"invoice_id": inv, "codes": codes, "detail": detail},
+                    f"{inv} does not match ({', '.join(codes)}); route it to people.",
+                )
                 continue
             if result["verdict"] == "review":
-                add("flag_exception", {"invoice_id": inv, "codes": codes, "detail": detail},
-                    f"{inv} needs a reviewer's override ({', '.join(codes)}).")
-                add("stage_invoice", {"invoice_id": inv,
-                                      "note": "Staged on reviewer override: " + ", ".join(codes)},
-                    f"Stage {inv} if a controller accepts: {detail}")
+                add(
+                    "flag_exception",
+                    {"invoice_id": inv, "codes": codes, "detail": detail},
+                    f"{inv} needs a reviewer's override ({', '.join(codes)}).",
+                )
+                add(
+                    "stage_invoice",
+                    {"invoice_id": inv, "note": "Staged on reviewer override: " + ", ".join(codes)},
+                    f"Stage {inv} if a controller accepts: {detail}",
+                )
             else:
-                add("stage_invoice", {"invoice_id": inv, "note": "Three-way match clean."},
-                    f"{inv} matches its PO and receipts; stage it for payment.")
+                add(
+                    "stage_invoice",
+                    {"invoice_id": inv, "note": "Three-way match clean."},
+                    f"{inv} matches its PO and receipts; stage it for payment.",
+                )
             if entities["wants_payment"]:
-                add("schedule_payment", {"invoice_id": inv, "amount": result["invoice_total"],
-                                         "currency": result["currency"]},
+                add(
+                    "schedule_payment",
+                    {
+                        "invoice_id": inv,
+                        "amount": result["invoice_total"],
+                        "currency": result["currency"],
+                    },
                     f"Pay {inv} in full ({result['invoice_total']} {result['currency']}) "
-                    "to the vendor master account, as requested.")
+                    "to the vendor master account, as requested.",
+                )
         return steps, True
 
     if route == Route.VENDOR_CHANGE:
         vendor, account = entities["vendor_ids"][0], entities["bank_accounts"][0]
         add("get_vendor", {"vendor_id": vendor}, f"Read the vendor master of {vendor}.")
-        add("update_vendor_bank_account",
+        add(
+            "update_vendor_bank_account",
             {"vendor_id": vendor, "new_account": account, "reason": request[:1000]},
-            f"Change {vendor}'s remittance account to one ending {account[-4:]}, as requested.")
-        add("send_vendor_email",
-            {"vendor_id": vendor, "subject": "Your remittance account was changed",
-             "body": ("We changed the bank account we pay you to one ending "
-                      f"{account[-4:]}. If you did not ask for this, call your AP contact "
-                      "at once using the number in your contract, not one from an email.")},
-            f"Tell {vendor}'s contact on file, so a fraudulent change is noticed.")
+            f"Change {vendor}'s remittance account to one ending {account[-4:]}, as requested.",
+        )
+        add(
+            "send_vendor_email",
+            {
+                "vendor_id": vendor,
+                "subject": "Your remittance account was changed",
+                "body": (
+                    "We changed the bank account we pay you to one ending "
+                    f"{account[-4:]}. If you did not ask for this, call your AP contact "
+                    "at once using the number in your contract, not one from an email."
+                ),
+            },
+            f"Tell {vendor}'s contact on file, so a fraudulent change is noticed.",
+        )
         return steps, True
 
     if route == Route.PAYMENT_STATUS:

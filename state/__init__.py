@@ -1,0 +1,1 @@
+"""Typed graph state, routes, the AP world format, and persistence (Postgres, migrations)."""

@@ -103,8 +103,8 @@ def parse_resume(value: Any, request: ApprovalRequest) -> ResumeIn:
             for e in exc.errors(include_url=False)
         )
         raise ResumeError(
-            f"Malformed resume: {problems}. Expected {{\"decisions\": [{{\"type\": "
-            "\"approve\"}}], \"reviewer\": {\"id\": \"...\", \"role\": \"controller\"}}."
+            f'Malformed resume: {problems}. Expected {{"decisions": [{{"type": '
+            '"approve"}}], "reviewer": {"id": "...", "role": "controller"}}.'
         ) from exc
     actions = request["action_requests"]
     if len(resume.decisions) != len(actions):
@@ -123,15 +123,21 @@ def parse_resume(value: Any, request: ApprovalRequest) -> ResumeIn:
         start=1,
     ):
         if decision.type not in config["allowed_decisions"]:
-            raise ResumeError(f"Decision {index}: {decision.type!r} is not allowed for "
-                              f"{action['name']}; allowed: {config['allowed_decisions']}.")
+            raise ResumeError(
+                f"Decision {index}: {decision.type!r} is not allowed for "
+                f"{action['name']}; allowed: {config['allowed_decisions']}."
+            )
         if decision.type == "edit":
             if decision.edited_action is None:
-                raise ResumeError(f"Decision {index}: an edit needs edited_action "
-                                  "{\"name\": ..., \"args\": {...}}.")
+                raise ResumeError(
+                    f"Decision {index}: an edit needs edited_action "
+                    '{"name": ..., "args": {...}}.'
+                )
             if decision.edited_action.name != action["name"]:
-                raise ResumeError(f"Decision {index}: edited_action.name must stay "
-                                  f"{action['name']!r}, got {decision.edited_action.name!r}.")
+                raise ResumeError(
+                    f"Decision {index}: edited_action.name must stay "
+                    f"{action['name']!r}, got {decision.edited_action.name!r}."
+                )
         if decision.type == "reject" and not (decision.message or "").strip():
             raise ResumeError(f"Decision {index}: a rejection needs a message saying why.")
         if decision.type in ("approve", "edit") and any(

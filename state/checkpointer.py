@@ -16,7 +16,7 @@ async def postgres_checkpointer(uri: str | None = None) -> AsyncIterator[AsyncPo
     database = default_database()
     await migrate(uri or database.uri)
     pool = await database.pool()
-    yield AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+    yield AsyncPostgresSaver(pool)
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,14 +45,17 @@ CONNECTION_KWARGS: dict[str, Any] = {
 
 def embedded_uri(data_dir: Path) -> str:
     """Start (or join) the embedded Postgres whose cluster lives in ``data_dir / "pg"``."""
-    import pgserver  # imported lazily: only the embedded path needs its binaries
-
     pgdata = data_dir / "pg"
     server = _embedded_servers.get(pgdata)
     if server is None:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
-            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+            with warnings.catch_warnings():
+                # platformdirs warns that root has no XDG_RUNTIME_DIR; harmless here.
+                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+                from pgserver import get_server  # type: ignore[attr-defined]  # lazy import
+
+                server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # pgserver raises bare Exceptions on start failures
             raise DatabaseError(
                 f"The embedded Postgres in {pgdata} did not start: {exc}. "
@@ -123,7 +127,7 @@ async def migrate(uri: str) -> list[str]:
                             (migration.version, migration.name),
                         )
                     applied.append(f"{migration.version:04d}_{migration.name}")
-                await AsyncPostgresSaver(conn).setup()  # type: ignore[arg-type]
+                await AsyncPostgresSaver(conn).setup()
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_ID,))
     except psycopg.OperationalError as exc:

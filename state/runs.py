@@ -11,8 +11,17 @@ from typing import Any
 from state.db import Database
 
 
-async def record_run(database: Database, *, thread_id: str, request: str, requester: str,
-                     tenant: str, route: str | None, status: str, summary: str = "") -> None:
+async def record_run(
+    database: Database,
+    *,
+    thread_id: str,
+    request: str,
+    requester: str,
+    tenant: str,
+    route: str | None,
+    status: str,
+    summary: str = "",
+) -> None:
     """Insert or update a thread's row (idempotent: safe before an `interrupt()`)."""
     async with database.connection() as conn:
         await conn.execute(
@@ -24,8 +33,9 @@ async def record_run(database: Database, *, thread_id: str, request: str, reques
         )
 
 
-async def list_runs(database: Database, *, status: str | None = None,
-                    limit: int = 100) -> list[dict[str, Any]]:
+async def list_runs(
+    database: Database, *, status: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     """Most recently updated runs first, optionally only those in ``status``."""
     async with database.connection() as conn:
         cur = await conn.execute(

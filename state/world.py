@@ -176,7 +176,9 @@ class World(_Strict):
         po_lines = {(p.po_number, line.line_no) for p in self.purchase_orders for line in p.lines}
         for po in self.purchase_orders:
             if po.vendor_id not in vendors:
-                problems.append(f"purchase order {po.po_number} names unknown vendor {po.vendor_id}")
+                problems.append(
+                    f"purchase order {po.po_number} names unknown vendor {po.vendor_id}"
+                )
         for receipt in self.goods_receipts:
             if receipt.po_number not in pos:
                 problems.append(
@@ -190,10 +192,14 @@ class World(_Strict):
                     )
         for invoice in self.invoices:
             if invoice.vendor_id not in vendors:
-                problems.append(f"invoice {invoice.invoice_id} names unknown vendor {invoice.vendor_id}")
+                problems.append(
+                    f"invoice {invoice.invoice_id} names unknown vendor {invoice.vendor_id}"
+                )
         for payment in self.payments:
             if payment.invoice_id not in invoices:
-                problems.append(f"payment {payment.payment_id} pays unknown invoice {payment.invoice_id}")
+                problems.append(
+                    f"payment {payment.payment_id} pays unknown invoice {payment.invoice_id}"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -255,22 +261,34 @@ async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[s
                 "INSERT INTO vendors (vendor_id, name, remit_bank_account, remit_bank_name,"
                 " contact_email, currency, status) VALUES (%s,%s,%s,%s,%s,%s,%s)",
                 [
-                    (v.vendor_id, v.name, v.remit_bank_account, v.remit_bank_name,
-                     v.contact_email, v.currency, v.status)
+                    (
+                        v.vendor_id,
+                        v.name,
+                        v.remit_bank_account,
+                        v.remit_bank_name,
+                        v.contact_email,
+                        v.currency,
+                        v.status,
+                    )
                     for v in world.vendors
                 ],
             )
             await cur.executemany(
                 "INSERT INTO purchase_orders (po_number, vendor_id, currency, status, issued_on)"
                 " VALUES (%s,%s,%s,%s,%s)",
-                [(p.po_number, p.vendor_id, p.currency, p.status, p.issued_on)
-                 for p in world.purchase_orders],
+                [
+                    (p.po_number, p.vendor_id, p.currency, p.status, p.issued_on)
+                    for p in world.purchase_orders
+                ],
             )
             await cur.executemany(
                 "INSERT INTO po_lines (po_number, line_no, sku, description, quantity, unit_price)"
                 " VALUES (%s,%s,%s,%s,%s,%s)",
-                [(p.po_number, ln.line_no, ln.sku, ln.description, ln.quantity, ln.unit_price)
-                 for p in world.purchase_orders for ln in p.lines],
+                [
+                    (p.po_number, ln.line_no, ln.sku, ln.description, ln.quantity, ln.unit_price)
+                    for p in world.purchase_orders
+                    for ln in p.lines
+                ],
             )
             await cur.executemany(
                 "INSERT INTO goods_receipts (receipt_id, po_number, received_on) VALUES (%s,%s,%s)",
@@ -279,22 +297,52 @@ async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[s
             await cur.executemany(
                 "INSERT INTO receipt_lines (receipt_id, po_line_no, quantity_received)"
                 " VALUES (%s,%s,%s)",
-                [(r.receipt_id, ln.po_line_no, ln.quantity_received)
-                 for r in world.goods_receipts for ln in r.lines],
+                [
+                    (r.receipt_id, ln.po_line_no, ln.quantity_received)
+                    for r in world.goods_receipts
+                    for ln in r.lines
+                ],
             )
             await cur.executemany(
                 "INSERT INTO invoices (invoice_id, vendor_id, invoice_number, po_number,"
                 " invoice_date, due_date, currency, subtotal, tax, total, bank_account, notes,"
                 " document_text, status) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                [(i.invoice_id, i.vendor_id, i.invoice_number, i.po_number, i.invoice_date,
-                  i.due_date, i.currency, i.subtotal, i.tax, i.total, i.bank_account, i.notes,
-                  i.document_text, i.status) for i in world.invoices],
+                [
+                    (
+                        i.invoice_id,
+                        i.vendor_id,
+                        i.invoice_number,
+                        i.po_number,
+                        i.invoice_date,
+                        i.due_date,
+                        i.currency,
+                        i.subtotal,
+                        i.tax,
+                        i.total,
+                        i.bank_account,
+                        i.notes,
+                        i.document_text,
+                        i.status,
+                    )
+                    for i in world.invoices
+                ],
             )
             await cur.executemany(
                 "INSERT INTO invoice_lines (invoice_id, line_no, po_line_no, description,"
                 " quantity, unit_price, amount) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                [(i.invoice_id, ln.line_no, ln.po_line_no, ln.description, ln.quantity,
-                  ln.unit_price, ln.amount) for i in world.invoices for ln in i.lines],
+                [
+                    (
+                        i.invoice_id,
+                        ln.line_no,
+                        ln.po_line_no,
+                        ln.description,
+                        ln.quantity,
+                        ln.unit_price,
+                        ln.amount,
+                    )
+                    for i in world.invoices
+                    for ln in i.lines
+                ],
             )
             invoices = {i.invoice_id: i for i in world.invoices}
             vendors = {v.vendor_id: v for v in world.vendors}
@@ -302,9 +350,20 @@ async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[s
                 "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency,"
                 " payee_account, pay_on, status, idempotency_key)"
                 " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                [(p.payment_id, p.invoice_id, invoices[p.invoice_id].vendor_id, p.amount,
-                  p.currency, vendors[invoices[p.invoice_id].vendor_id].remit_bank_account,
-                  p.pay_on, p.status, f"seed:{p.payment_id}") for p in world.payments],
+                [
+                    (
+                        p.payment_id,
+                        p.invoice_id,
+                        invoices[p.invoice_id].vendor_id,
+                        p.amount,
+                        p.currency,
+                        vendors[invoices[p.invoice_id].vendor_id].remit_bank_account,
+                        p.pay_on,
+                        p.status,
+                        f"seed:{p.payment_id}",
+                    )
+                    for p in world.payments
+                ],
             )
             await cur.executemany(
                 "INSERT INTO policy_documents (doc_id, title) VALUES (%s,%s)",
@@ -313,8 +372,11 @@ async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[s
             await cur.executemany(
                 "INSERT INTO policy_passages (passage_id, doc_id, heading, body)"
                 " VALUES (%s,%s,%s,%s)",
-                [(p.passage_id, d.doc_id, p.heading, p.body)
-                 for d in world.policy_documents for p in d.passages],
+                [
+                    (p.passage_id, d.doc_id, p.heading, p.body)
+                    for d in world.policy_documents
+                    for p in d.passages
+                ],
             )
     return {
         "vendors": len(world.vendors),

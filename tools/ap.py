@@ -152,9 +152,9 @@ class FindInvoicesArgs(ToolArgs):
     vendor_id: str | None = Field(default=None, description="Only this vendor's invoices.")
     invoice_number: str | None = Field(default=None, description="The vendor's invoice number.")
     po_number: str | None = Field(default=None, description="Only invoices citing this PO.")
-    status: (
-        Literal["received", "staged", "flagged", "scheduled", "paid", "rejected"] | None
-    ) = Field(default=None, description="Only invoices in this status.")
+    status: Literal["received", "staged", "flagged", "scheduled", "paid", "rejected"] | None = (
+        Field(default=None, description="Only invoices in this status.")
+    )
     limit: int = Field(default=20, ge=1, le=100, description="Maximum rows to return.")
 
 
@@ -305,7 +305,9 @@ class UpdateBankAccountArgs(ToolArgs):
 
     vendor_id: str = VendorId
     new_account: str = Field(
-        min_length=8, max_length=34, pattern=r"^[A-Z0-9]+$",
+        min_length=8,
+        max_length=34,
+        pattern=r"^[A-Z0-9]+$",
         description="New IBAN or account number, capital letters and digits only.",
     )
     reason: str = Field(min_length=1, max_length=1000, description="Why, and the evidence.")
@@ -323,8 +325,9 @@ class BankAccountChanged(ToolResult):
 # --- handlers --------------------------------------------------------------------------
 
 
-async def _one(conn: psycopg.AsyncConnection[dict[str, Any]], sql: str,
-               params: tuple[Any, ...]) -> dict[str, Any] | None:
+async def _one(
+    conn: psycopg.AsyncConnection[dict[str, Any]], sql: str, params: tuple[Any, ...]
+) -> dict[str, Any] | None:
     cur = await conn.execute(sql, params)
     return await cur.fetchone()
 
@@ -333,8 +336,11 @@ async def _invoice_row(ctx: CallContext, invoice_id: str, *, lock: bool = False)
     sql = "SELECT * FROM invoices WHERE invoice_id = %s" + (" FOR UPDATE" if lock else "")
     row = await _one(ctx.conn, sql, (invoice_id,))
     if row is None:
-        raise ToolFailure("invoice_not_found", f"No invoice {invoice_id!r} exists.",
-                          hint="Check the id with find_invoices.")
+        raise ToolFailure(
+            "invoice_not_found",
+            f"No invoice {invoice_id!r} exists.",
+            hint="Check the id with find_invoices.",
+        )
     return row
 
 
@@ -342,41 +348,68 @@ async def get_invoice(ctx: CallContext, args: InvoiceArgs) -> InvoiceView:
     """Fetch an invoice with its lines."""
     row = await _invoice_row(ctx, args.invoice_id)
     cur = await ctx.conn.execute(
-        "SELECT * FROM invoice_lines WHERE invoice_id = %s ORDER BY line_no", (args.invoice_id,))
+        "SELECT * FROM invoice_lines WHERE invoice_id = %s ORDER BY line_no", (args.invoice_id,)
+    )
     lines = [
-        InvoiceLineView(line_no=r["line_no"], po_line_no=r["po_line_no"],
-                        description=r["description"], quantity=_s(r["quantity"]),
-                        unit_price=_s(r["unit_price"]), amount=_s(r["amount"]))
+        InvoiceLineView(
+            line_no=r["line_no"],
+            po_line_no=r["po_line_no"],
+            description=r["description"],
+            quantity=_s(r["quantity"]),
+            unit_price=_s(r["unit_price"]),
+            amount=_s(r["amount"]),
+        )
         for r in await cur.fetchall()
     ]
     return InvoiceView(
-        invoice_id=row["invoice_id"], vendor_id=row["vendor_id"],
-        invoice_number=row["invoice_number"], po_number=row["po_number"],
+        invoice_id=row["invoice_id"],
+        vendor_id=row["vendor_id"],
+        invoice_number=row["invoice_number"],
+        po_number=row["po_number"],
         invoice_date=_s(row["invoice_date"]),
         due_date=_s(row["due_date"]) if row["due_date"] else None,
-        currency=row["currency"].strip(), subtotal=_s(row["subtotal"]), tax=_s(row["tax"]),
-        total=_s(row["total"]), bank_account_masked=mask_account(row["bank_account"]),
-        status=row["status"], notes=row["notes"], document_text=row["document_text"],
+        currency=row["currency"].strip(),
+        subtotal=_s(row["subtotal"]),
+        tax=_s(row["tax"]),
+        total=_s(row["total"]),
+        bank_account_masked=mask_account(row["bank_account"]),
+        status=row["status"],
+        notes=row["notes"],
+        document_text=row["document_text"],
         lines=lines,
     )
 
 
 async def get_purchase_order(ctx: CallContext, args: PurchaseOrderArgs) -> PurchaseOrderView:
     """Fetch a purchase order with its lines."""
-    row = await _one(ctx.conn, "SELECT * FROM purchase_orders WHERE po_number = %s",
-                     (args.po_number,))
+    row = await _one(
+        ctx.conn, "SELECT * FROM purchase_orders WHERE po_number = %s", (args.po_number,)
+    )
     if row is None:
-        raise ToolFailure("po_not_found", f"No purchase order {args.po_number!r} exists.",
-                          hint="An invoice citing it is an exception: flag it.")
+        raise ToolFailure(
+            "po_not_found",
+            f"No purchase order {args.po_number!r} exists.",
+            hint="An invoice citing it is an exception: flag it.",
+        )
     cur = await ctx.conn.execute(
-        "SELECT * FROM po_lines WHERE po_number = %s ORDER BY line_no", (args.po_number,))
+        "SELECT * FROM po_lines WHERE po_number = %s ORDER BY line_no", (args.po_number,)
+    )
     return PurchaseOrderView(
-        po_number=row["po_number"], vendor_id=row["vendor_id"], currency=row["currency"].strip(),
-        status=row["status"], issued_on=_s(row["issued_on"]),
-        lines=[PurchaseOrderLineView(line_no=r["line_no"], sku=r["sku"],
-                                     description=r["description"], quantity=_s(r["quantity"]),
-                                     unit_price=_s(r["unit_price"]))
-               for r in await cur.fetchall()],
+        po_number=row["po_number"],
+        vendor_id=row["vendor_id"],
+        currency=row["currency"].strip(),
+        status=row["status"],
+        issued_on=_s(row["issued_on"]),
+        lines=[
+            PurchaseOrderLineView(
+                line_no=r["line_no"],
+                sku=r["sku"],
+                description=r["description"],
+                quantity=_s(r["quantity"]),
+                unit_price=_s(r["unit_price"]),
+            )
+            for r in await cur.fetchall()
+        ],
     )
 
 
@@ -391,12 +424,17 @@ async def get_goods_receipts(ctx: CallContext, args: PurchaseOrderArgs) -> Goods
     receipts: dict[str, tuple[str, list[ReceiptLineView]]] = {}
     for r in await cur.fetchall():
         entry = receipts.setdefault(r["receipt_id"], (_s(r["received_on"]), []))
-        entry[1].append(ReceiptLineView(po_line_no=r["po_line_no"],
-                                        quantity_received=_s(r["quantity_received"])))
+        entry[1].append(
+            ReceiptLineView(
+                po_line_no=r["po_line_no"], quantity_received=_s(r["quantity_received"])
+            )
+        )
     return GoodsReceiptsView(
         po_number=args.po_number,
-        receipts=[GoodsReceiptView(receipt_id=k, received_on=v[0], lines=v[1])
-                  for k, v in receipts.items()],
+        receipts=[
+            GoodsReceiptView(receipt_id=k, received_on=v[0], lines=v[1])
+            for k, v in receipts.items()
+        ],
     )
 
 
@@ -404,13 +442,19 @@ async def get_vendor(ctx: CallContext, args: VendorArgs) -> VendorView:
     """Fetch a vendor master record (bank account masked)."""
     row = await _one(ctx.conn, "SELECT * FROM vendors WHERE vendor_id = %s", (args.vendor_id,))
     if row is None:
-        raise ToolFailure("vendor_not_found", f"No vendor {args.vendor_id!r} exists.",
-                          hint="Vendor ids look like V-001.")
+        raise ToolFailure(
+            "vendor_not_found",
+            f"No vendor {args.vendor_id!r} exists.",
+            hint="Vendor ids look like V-001.",
+        )
     return VendorView(
-        vendor_id=row["vendor_id"], name=row["name"],
+        vendor_id=row["vendor_id"],
+        name=row["name"],
         remit_bank_account_masked=mask_account(row["remit_bank_account"]) or "",
-        remit_bank_name=row["remit_bank_name"], contact_email=row["contact_email"],
-        currency=row["currency"].strip(), status=row["status"],
+        remit_bank_name=row["remit_bank_name"],
+        contact_email=row["contact_email"],
+        currency=row["currency"].strip(),
+        status=row["status"],
     )
 
 
@@ -418,27 +462,41 @@ async def find_invoices(ctx: CallContext, args: FindInvoicesArgs) -> InvoiceList
     """Search invoices by vendor, vendor invoice number, PO or status."""
     filters = {k: v for k, v in args.model_dump().items() if k != "limit" and v is not None}
     if not filters:
-        raise ToolFailure("missing_filter", "find_invoices needs at least one filter.",
-                          hint="Pass vendor_id, invoice_number, po_number or status.")
+        raise ToolFailure(
+            "missing_filter",
+            "find_invoices needs at least one filter.",
+            hint="Pass vendor_id, invoice_number, po_number or status.",
+        )
     where = " AND ".join(f"{column} = %s" for column in filters)
     cur = await ctx.conn.execute(
         f"SELECT * FROM invoices WHERE {where} ORDER BY invoice_date DESC, invoice_id LIMIT %s",
         (*filters.values(), args.limit),
     )
-    return InvoiceList(invoices=[
-        InvoiceSummary(invoice_id=r["invoice_id"], vendor_id=r["vendor_id"],
-                       invoice_number=r["invoice_number"], po_number=r["po_number"],
-                       total=_s(r["total"]), currency=r["currency"].strip(), status=r["status"])
-        for r in await cur.fetchall()
-    ])
+    return InvoiceList(
+        invoices=[
+            InvoiceSummary(
+                invoice_id=r["invoice_id"],
+                vendor_id=r["vendor_id"],
+                invoice_number=r["invoice_number"],
+                po_number=r["po_number"],
+                total=_s(r["total"]),
+                currency=r["currency"].strip(),
+                status=r["status"],
+            )
+            for r in await cur.fetchall()
+        ]
+    )
 
 
 async def compute_match(ctx: CallContext, args: InvoiceArgs) -> MatchResult:
     """Three-way match of an invoice against its PO and goods receipts."""
     inputs = await load_match_inputs(ctx.conn, args.invoice_id)
     if inputs is None:
-        raise ToolFailure("invoice_not_found", f"No invoice {args.invoice_id!r} exists.",
-                          hint="Check the id with find_invoices.")
+        raise ToolFailure(
+            "invoice_not_found",
+            f"No invoice {args.invoice_id!r} exists.",
+            hint="Check the id with find_invoices.",
+        )
     return compute_three_way_match(inputs, tolerances_from(ctx.run))
 
 
@@ -453,26 +511,44 @@ async def search_policy(ctx: CallContext, args: SearchPolicyArgs) -> PolicyPassa
         " WHERE p.search @@ q.q ORDER BY rank DESC, p.passage_id LIMIT %s",
         (args.query, args.limit),
     )
-    return PolicyPassages(query=args.query, passages=[
-        PolicyPassageView(passage_id=r["passage_id"], doc_id=r["doc_id"], title=r["title"],
-                          heading=r["heading"], body=r["body"], rank=float(r["rank"]))
-        for r in await cur.fetchall()
-    ])
+    return PolicyPassages(
+        query=args.query,
+        passages=[
+            PolicyPassageView(
+                passage_id=r["passage_id"],
+                doc_id=r["doc_id"],
+                title=r["title"],
+                heading=r["heading"],
+                body=r["body"],
+                rank=float(r["rank"]),
+            )
+            for r in await cur.fetchall()
+        ],
+    )
 
 
 async def payment_status(ctx: CallContext, args: InvoiceArgs) -> PaymentStatusView:
     """Where an invoice stands: its status and any payments."""
     row = await _invoice_row(ctx, args.invoice_id)
     cur = await ctx.conn.execute(
-        "SELECT * FROM payments WHERE invoice_id = %s ORDER BY created_at", (args.invoice_id,))
+        "SELECT * FROM payments WHERE invoice_id = %s ORDER BY created_at", (args.invoice_id,)
+    )
     return PaymentStatusView(
-        invoice_id=row["invoice_id"], invoice_status=row["status"], total=_s(row["total"]),
+        invoice_id=row["invoice_id"],
+        invoice_status=row["status"],
+        total=_s(row["total"]),
         currency=row["currency"].strip(),
-        payments=[PaymentView(payment_id=p["payment_id"], amount=_s(p["amount"]),
-                              currency=p["currency"].strip(), status=p["status"],
-                              pay_on=_s(p["pay_on"]),
-                              payee_account_masked=mask_account(p["payee_account"]) or "")
-                  for p in await cur.fetchall()],
+        payments=[
+            PaymentView(
+                payment_id=p["payment_id"],
+                amount=_s(p["amount"]),
+                currency=p["currency"].strip(),
+                status=p["status"],
+                pay_on=_s(p["pay_on"]),
+                payee_account_masked=mask_account(p["payee_account"]) or "",
+            )
+            for p in await cur.fetchall()
+        ],
     )
 
 
@@ -487,21 +563,29 @@ async def stage_invoice(ctx: CallContext, args: StageInvoiceArgs) -> InvoiceStat
     """Mark a matched invoice as staged for payment (reversible)."""
     row = await _invoice_row(ctx, args.invoice_id, lock=True)
     if row["status"] == "staged":
-        return InvoiceStatusChange(invoice_id=args.invoice_id, previous_status="staged",
-                                   status="staged")
+        return InvoiceStatusChange(
+            invoice_id=args.invoice_id, previous_status="staged", status="staged"
+        )
     if row["status"] not in {"received", "flagged"}:
-        raise ToolFailure("invalid_status", f"{args.invoice_id} is {row['status']}; only "
-                          "received or flagged invoices can be staged.")
+        raise ToolFailure(
+            "invalid_status",
+            f"{args.invoice_id} is {row['status']}; only "
+            "received or flagged invoices can be staged.",
+        )
     match = await _match_for(ctx, args.invoice_id)
     blocking = [e.code for e in match.exceptions if e.blocking]
     if blocking:
-        raise ToolFailure("match_exceptions",
-                          f"{args.invoice_id} has blocking exceptions: {', '.join(blocking)}.",
-                          hint="Use flag_exception to route it to people.")
+        raise ToolFailure(
+            "match_exceptions",
+            f"{args.invoice_id} has blocking exceptions: {', '.join(blocking)}.",
+            hint="Use flag_exception to route it to people.",
+        )
     await ctx.conn.execute(
-        "UPDATE invoices SET status = 'staged' WHERE invoice_id = %s", (args.invoice_id,))
-    return InvoiceStatusChange(invoice_id=args.invoice_id, previous_status=row["status"],
-                               status="staged")
+        "UPDATE invoices SET status = 'staged' WHERE invoice_id = %s", (args.invoice_id,)
+    )
+    return InvoiceStatusChange(
+        invoice_id=args.invoice_id, previous_status=row["status"], status="staged"
+    )
 
 
 async def flag_exception(ctx: CallContext, args: FlagExceptionArgs) -> ExceptionRecorded:
@@ -512,7 +596,8 @@ async def flag_exception(ctx: CallContext, args: FlagExceptionArgs) -> Exception
     else:
         status = "flagged"
         await ctx.conn.execute(
-            "UPDATE invoices SET status = 'flagged' WHERE invoice_id = %s", (args.invoice_id,))
+            "UPDATE invoices SET status = 'flagged' WHERE invoice_id = %s", (args.invoice_id,)
+        )
     cur = await ctx.conn.execute(
         "INSERT INTO invoice_exceptions (invoice_id, codes, detail, thread_id, idempotency_key)"
         " VALUES (%s, %s, %s, %s, %s) RETURNING exception_id",
@@ -520,8 +605,12 @@ async def flag_exception(ctx: CallContext, args: FlagExceptionArgs) -> Exception
     )
     new = await cur.fetchone()
     assert new is not None
-    return ExceptionRecorded(exception_id=new["exception_id"], invoice_id=args.invoice_id,
-                             codes=list(args.codes), status=status)
+    return ExceptionRecorded(
+        exception_id=new["exception_id"],
+        invoice_id=args.invoice_id,
+        codes=list(args.codes),
+        status=status,
+    )
 
 
 async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> PaymentScheduled:
@@ -529,23 +618,31 @@ async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> Payme
     row = await _invoice_row(ctx, args.invoice_id, lock=True)
     if row["status"] != "staged":
         code = "already_paid" if row["status"] in {"scheduled", "paid"} else "not_staged"
-        raise ToolFailure(code, f"{args.invoice_id} is {row['status']}; only staged invoices "
-                          "can be scheduled for payment.",
-                          hint="Stage it first." if code == "not_staged" else "")
+        raise ToolFailure(
+            code,
+            f"{args.invoice_id} is {row['status']}; only staged invoices "
+            "can be scheduled for payment.",
+            hint="Stage it first." if code == "not_staged" else "",
+        )
     match = await _match_for(ctx, args.invoice_id)
     blocking = [e.code for e in match.exceptions if e.blocking]
     if blocking:
-        raise ToolFailure("match_exceptions",
-                          f"{args.invoice_id} cannot be paid: {', '.join(blocking)}.")
+        raise ToolFailure(
+            "match_exceptions", f"{args.invoice_id} cannot be paid: {', '.join(blocking)}."
+        )
     if args.currency != row["currency"].strip():
-        raise ToolFailure("currency_mismatch",
-                          f"Payment currency {args.currency} differs from invoice "
-                          f"currency {row['currency'].strip()}.")
+        raise ToolFailure(
+            "currency_mismatch",
+            f"Payment currency {args.currency} differs from invoice "
+            f"currency {row['currency'].strip()}.",
+        )
     if args.amount > row["total"]:
-        raise ToolFailure("amount_over_invoice",
-                          f"Amount {args.amount} exceeds the invoice total {row['total']}.")
-    vendor = await _one(ctx.conn, "SELECT remit_bank_account FROM vendors WHERE vendor_id = %s",
-                        (row["vendor_id"],))
+        raise ToolFailure(
+            "amount_over_invoice", f"Amount {args.amount} exceeds the invoice total {row['total']}."
+        )
+    vendor = await _one(
+        ctx.conn, "SELECT remit_bank_account FROM vendors WHERE vendor_id = %s", (row["vendor_id"],)
+    )
     assert vendor is not None and ctx.idempotency_key is not None
     pay_on = args.pay_on or row["due_date"] or (date.today() + timedelta(days=30))
     payment_id = "PAY-" + ctx.idempotency_key[-12:].upper()
@@ -556,18 +653,31 @@ async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> Payme
                 "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency,"
                 " payee_account, pay_on, status, idempotency_key, thread_id, approved_by)"
                 " VALUES (%s,%s,%s,%s,%s,%s,%s,'scheduled',%s,%s,%s)",
-                (payment_id, args.invoice_id, row["vendor_id"], args.amount, args.currency,
-                 vendor["remit_bank_account"], pay_on, ctx.idempotency_key, ctx.thread_id,
-                 approved_by),
+                (
+                    payment_id,
+                    args.invoice_id,
+                    row["vendor_id"],
+                    args.amount,
+                    args.currency,
+                    vendor["remit_bank_account"],
+                    pay_on,
+                    ctx.idempotency_key,
+                    ctx.thread_id,
+                    approved_by,
+                ),
             )
     except psycopg.errors.UniqueViolation as exc:
-        raise ToolFailure("already_paid",
-                          f"{args.invoice_id} already has a live payment.") from exc
+        raise ToolFailure("already_paid", f"{args.invoice_id} already has a live payment.") from exc
     await ctx.conn.execute(
-        "UPDATE invoices SET status = 'scheduled' WHERE invoice_id = %s", (args.invoice_id,))
+        "UPDATE invoices SET status = 'scheduled' WHERE invoice_id = %s", (args.invoice_id,)
+    )
     return PaymentScheduled(
-        payment_id=payment_id, invoice_id=args.invoice_id, vendor_id=row["vendor_id"],
-        amount=str(args.amount), currency=args.currency, pay_on=str(pay_on),
+        payment_id=payment_id,
+        invoice_id=args.invoice_id,
+        vendor_id=row["vendor_id"],
+        amount=str(args.amount),
+        currency=args.currency,
+        pay_on=str(pay_on),
         payee_account_masked=mask_account(vendor["remit_bank_account"]) or "",
         status="scheduled",
     )
@@ -575,28 +685,41 @@ async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> Payme
 
 async def send_vendor_email(ctx: CallContext, args: SendVendorEmailArgs) -> EmailQueued:
     """Queue an email to the vendor's contact on file; no other recipient is possible."""
-    vendor = await _one(ctx.conn, "SELECT contact_email FROM vendors WHERE vendor_id = %s",
-                        (args.vendor_id,))
+    vendor = await _one(
+        ctx.conn, "SELECT contact_email FROM vendors WHERE vendor_id = %s", (args.vendor_id,)
+    )
     if vendor is None:
         raise ToolFailure("vendor_not_found", f"No vendor {args.vendor_id!r} exists.")
     cur = await ctx.conn.execute(
         "INSERT INTO email_outbox (vendor_id, to_address, subject, body, thread_id,"
         " idempotency_key) VALUES (%s,%s,%s,%s,%s,%s) RETURNING outbox_id",
-        (args.vendor_id, vendor["contact_email"], args.subject, args.body, ctx.thread_id,
-         ctx.idempotency_key),
+        (
+            args.vendor_id,
+            vendor["contact_email"],
+            args.subject,
+            args.body,
+            ctx.thread_id,
+            ctx.idempotency_key,
+        ),
     )
     new = await cur.fetchone()
     assert new is not None
-    return EmailQueued(outbox_id=new["outbox_id"], vendor_id=args.vendor_id,
-                       to_address=vendor["contact_email"], subject=args.subject, status="queued")
+    return EmailQueued(
+        outbox_id=new["outbox_id"],
+        vendor_id=args.vendor_id,
+        to_address=vendor["contact_email"],
+        subject=args.subject,
+        status="queued",
+    )
 
 
 async def update_vendor_bank_account(
     ctx: CallContext, args: UpdateBankAccountArgs
 ) -> BankAccountChanged:
     """Replace the vendor master's remittance account, keeping the old one on record."""
-    vendor = await _one(ctx.conn, "SELECT * FROM vendors WHERE vendor_id = %s FOR UPDATE",
-                        (args.vendor_id,))
+    vendor = await _one(
+        ctx.conn, "SELECT * FROM vendors WHERE vendor_id = %s FOR UPDATE", (args.vendor_id,)
+    )
     if vendor is None:
         raise ToolFailure("vendor_not_found", f"No vendor {args.vendor_id!r} exists.")
     if vendor["remit_bank_account"] == args.new_account:
@@ -606,16 +729,28 @@ async def update_vendor_bank_account(
         "INSERT INTO vendor_bank_changes (vendor_id, old_account, new_account, reason,"
         " approved_by, thread_id, idempotency_key) VALUES (%s,%s,%s,%s,%s,%s,%s)"
         " RETURNING change_id",
-        (args.vendor_id, vendor["remit_bank_account"], args.new_account, args.reason,
-         approved_by, ctx.thread_id, ctx.idempotency_key),
+        (
+            args.vendor_id,
+            vendor["remit_bank_account"],
+            args.new_account,
+            args.reason,
+            approved_by,
+            ctx.thread_id,
+            ctx.idempotency_key,
+        ),
     )
     new = await cur.fetchone()
     assert new is not None
-    await ctx.conn.execute("UPDATE vendors SET remit_bank_account = %s WHERE vendor_id = %s",
-                           (args.new_account, args.vendor_id))
-    return BankAccountChanged(change_id=new["change_id"], vendor_id=args.vendor_id,
-                              old_account_masked=mask_account(vendor["remit_bank_account"]) or "",
-                              new_account_masked=mask_account(args.new_account) or "")
+    await ctx.conn.execute(
+        "UPDATE vendors SET remit_bank_account = %s WHERE vendor_id = %s",
+        (args.new_account, args.vendor_id),
+    )
+    return BankAccountChanged(
+        change_id=new["change_id"],
+        vendor_id=args.vendor_id,
+        old_account_masked=mask_account(vendor["remit_bank_account"]) or "",
+        new_account_masked=mask_account(args.new_account) or "",
+    )
 
 
 # --- the registry ----------------------------------------------------------------------
@@ -626,35 +761,95 @@ _PAY = Route.PAYMENT_STATUS.value
 _POL = Route.POLICY_QUESTION.value
 
 
-def _spec(name: str, handler: Any, args: type[ToolArgs], result: type[Any], tier: Tier,
-          scopes: set[str], timeout_s: float | None = None) -> ToolSpec[Any, Any]:
+def _spec(
+    name: str,
+    handler: Any,
+    args: type[ToolArgs],
+    result: type[Any],
+    tier: Tier,
+    scopes: set[str],
+    timeout_s: float | None = None,
+) -> ToolSpec[Any, Any]:
     description = (handler.__doc__ or "").strip()
-    return ToolSpec(name=name, description=description, args_model=args, result_model=result,
-                    tier=tier, scopes=frozenset(scopes), handler=handler, timeout_s=timeout_s)
+    return ToolSpec(
+        name=name,
+        description=description,
+        args_model=args,
+        result_model=result,
+        tier=tier,
+        scopes=frozenset(scopes),
+        handler=handler,
+        timeout_s=timeout_s,
+    )
 
 
 AP_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
     _spec("get_invoice", get_invoice, InvoiceArgs, InvoiceView, Tier.READ, {_INV, _PAY}),
-    _spec("get_purchase_order", get_purchase_order, PurchaseOrderArgs, PurchaseOrderView,
-          Tier.READ, {_INV}),
-    _spec("get_goods_receipts", get_goods_receipts, PurchaseOrderArgs, GoodsReceiptsView,
-          Tier.READ, {_INV}),
+    _spec(
+        "get_purchase_order",
+        get_purchase_order,
+        PurchaseOrderArgs,
+        PurchaseOrderView,
+        Tier.READ,
+        {_INV},
+    ),
+    _spec(
+        "get_goods_receipts",
+        get_goods_receipts,
+        PurchaseOrderArgs,
+        GoodsReceiptsView,
+        Tier.READ,
+        {_INV},
+    ),
     _spec("get_vendor", get_vendor, VendorArgs, VendorView, Tier.READ, {_INV, _VEN, _PAY}),
-    _spec("find_invoices", find_invoices, FindInvoicesArgs, InvoiceList, Tier.READ,
-          {_INV, _VEN, _PAY}),
+    _spec(
+        "find_invoices", find_invoices, FindInvoicesArgs, InvoiceList, Tier.READ, {_INV, _VEN, _PAY}
+    ),
     _spec("compute_match", compute_match, InvoiceArgs, MatchResult, Tier.READ, {_INV}),
-    _spec("search_policy", search_policy, SearchPolicyArgs, PolicyPassages, Tier.READ,
-          {_INV, _POL}),
-    _spec("payment_status", payment_status, InvoiceArgs, PaymentStatusView, Tier.READ,
-          {_INV, _PAY}),
-    _spec("stage_invoice", stage_invoice, StageInvoiceArgs, InvoiceStatusChange,
-          Tier.REVERSIBLE, {_INV}),
-    _spec("flag_exception", flag_exception, FlagExceptionArgs, ExceptionRecorded,
-          Tier.REVERSIBLE, {_INV}),
-    _spec("schedule_payment", schedule_payment, SchedulePaymentArgs, PaymentScheduled,
-          Tier.IRREVERSIBLE, {_INV}),
-    _spec("send_vendor_email", send_vendor_email, SendVendorEmailArgs, EmailQueued,
-          Tier.IRREVERSIBLE, {_INV, _VEN}),
-    _spec("update_vendor_bank_account", update_vendor_bank_account, UpdateBankAccountArgs,
-          BankAccountChanged, Tier.DESTRUCTIVE, {_VEN}),
+    _spec(
+        "search_policy", search_policy, SearchPolicyArgs, PolicyPassages, Tier.READ, {_INV, _POL}
+    ),
+    _spec(
+        "payment_status", payment_status, InvoiceArgs, PaymentStatusView, Tier.READ, {_INV, _PAY}
+    ),
+    _spec(
+        "stage_invoice",
+        stage_invoice,
+        StageInvoiceArgs,
+        InvoiceStatusChange,
+        Tier.REVERSIBLE,
+        {_INV},
+    ),
+    _spec(
+        "flag_exception",
+        flag_exception,
+        FlagExceptionArgs,
+        ExceptionRecorded,
+        Tier.REVERSIBLE,
+        {_INV},
+    ),
+    _spec(
+        "schedule_payment",
+        schedule_payment,
+        SchedulePaymentArgs,
+        PaymentScheduled,
+        Tier.IRREVERSIBLE,
+        {_INV},
+    ),
+    _spec(
+        "send_vendor_email",
+        send_vendor_email,
+        SendVendorEmailArgs,
+        EmailQueued,
+        Tier.IRREVERSIBLE,
+        {_INV, _VEN},
+    ),
+    _spec(
+        "update_vendor_bank_account",
+        update_vendor_bank_account,
+        UpdateBankAccountArgs,
+        BankAccountChanged,
+        Tier.DESTRUCTIVE,
+        {_VEN},
+    ),
 )

@@ -55,12 +55,27 @@ class ToolOutcome(TypedDict):
     replayed: bool
 
 
-def _failure(step_id: str, tool: str, tier: str, args: dict[str, Any], code: str, message: str,
-             hint: str = "", retryable: bool = False) -> ToolOutcome:
-    return ToolOutcome(step_id=step_id, tool=tool, tier=tier, ok=False, args=args, result=None,
-                       error=ToolError(code=code, message=message, hint=hint,
-                                       retryable=retryable),
-                       idempotency_key=None, replayed=False)
+def _failure(
+    step_id: str,
+    tool: str,
+    tier: str,
+    args: dict[str, Any],
+    code: str,
+    message: str,
+    hint: str = "",
+    retryable: bool = False,
+) -> ToolOutcome:
+    return ToolOutcome(
+        step_id=step_id,
+        tool=tool,
+        tier=tier,
+        ok=False,
+        args=args,
+        result=None,
+        error=ToolError(code=code, message=message, hint=hint, retryable=retryable),
+        idempotency_key=None,
+        replayed=False,
+    )
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -98,32 +113,43 @@ class ToolGate:
         spec = self.registry.get(tool)
         allowed = [t.name for t in self.registry.for_route(route)]
         if spec is None:
-            return ToolError(code="unknown_tool", message=f"There is no tool named {tool!r}.",
-                             hint=f"Tools for route {route}: {', '.join(allowed) or 'none'}.",
-                             retryable=False)
+            return ToolError(
+                code="unknown_tool",
+                message=f"There is no tool named {tool!r}.",
+                hint=f"Tools for route {route}: {', '.join(allowed) or 'none'}.",
+                retryable=False,
+            )
         if route not in spec.scopes:
-            return ToolError(code="out_of_scope",
-                             message=f"{tool} is not allowed on route {route}.",
-                             hint=f"Tools for route {route}: {', '.join(allowed) or 'none'}.",
-                             retryable=False)
+            return ToolError(
+                code="out_of_scope",
+                message=f"{tool} is not allowed on route {route}.",
+                hint=f"Tools for route {route}: {', '.join(allowed) or 'none'}.",
+                retryable=False,
+            )
         if not isinstance(args, dict):
-            return ToolError(code="invalid_arguments",
-                             message=f"{tool} arguments must be a JSON object, got "
-                                     f"{type(args).__name__}.",
-                             hint="Pass named arguments.", retryable=False)
+            return ToolError(
+                code="invalid_arguments",
+                message=f"{tool} arguments must be a JSON object, got {type(args).__name__}.",
+                hint="Pass named arguments.",
+                retryable=False,
+            )
         try:
             validated = spec.args_model.model_validate(args)
         except ValidationError as exc:
-            return ToolError(code="invalid_arguments",
-                             message=f"{tool} arguments are invalid: "
-                                     f"{describe_validation_error(exc)}.",
-                             hint="Fix the named fields; unknown fields are not accepted.",
-                             retryable=False)
+            return ToolError(
+                code="invalid_arguments",
+                message=f"{tool} arguments are invalid: {describe_validation_error(exc)}.",
+                hint="Fix the named fields; unknown fields are not accepted.",
+                retryable=False,
+            )
         return spec, validated.model_dump(mode="json")
 
     async def requirement(
-        self, conn: psycopg.AsyncConnection[dict[str, Any]], spec: ToolSpec[Any, Any],
-        args: dict[str, Any], run: Context,
+        self,
+        conn: psycopg.AsyncConnection[dict[str, Any]],
+        spec: ToolSpec[Any, Any],
+        args: dict[str, Any],
+        run: Context,
     ) -> ApprovalRequirement:
         """The approval requirement for a validated call, from database facts."""
         match: MatchResult | None = None
@@ -147,8 +173,11 @@ class ToolGate:
 
     @staticmethod
     async def approvers(
-        conn: psycopg.AsyncConnection[dict[str, Any]], thread_id: str, step_id: str,
-        tool: str, validated_args: dict[str, Any],
+        conn: psycopg.AsyncConnection[dict[str, Any]],
+        thread_id: str,
+        step_id: str,
+        tool: str,
+        validated_args: dict[str, Any],
     ) -> tuple[tuple[Reviewer, ...], list[str]]:
         """Reviewers who approved exactly these args, and any rejection reasons."""
         cur = await conn.execute(
@@ -168,74 +197,151 @@ class ToolGate:
         return tuple(approvers), rejections
 
     async def call(
-        self, *, thread_id: str, step_id: str, route: str, requester: str, tool: str,
-        args: Any, run: Context,
+        self,
+        *,
+        thread_id: str,
+        step_id: str,
+        route: str,
+        requester: str,
+        tool: str,
+        args: Any,
+        run: Context,
     ) -> ToolOutcome:
         """Run one call through every check; see the module docstring for the order."""
         raw_args = args if isinstance(args, dict) else {"_raw": args}
         checked = self.validate(route, tool, args)
         if not isinstance(checked, tuple):
             spec_tier = spec.tier.value if (spec := self.registry.get(tool)) else "unknown"
-            return ToolOutcome(step_id=step_id, tool=tool, tier=spec_tier, ok=False,
-                               args=raw_args, result=None, error=checked,
-                               idempotency_key=None, replayed=False)
+            return ToolOutcome(
+                step_id=step_id,
+                tool=tool,
+                tier=spec_tier,
+                ok=False,
+                args=raw_args,
+                result=None,
+                error=checked,
+                idempotency_key=None,
+                replayed=False,
+            )
         spec, validated = checked
         tier = spec.tier
-        key = (idempotency_key(thread_id, step_id, tool, validated)
-               if tier.needs_idempotency_key else None)
+        key = (
+            idempotency_key(thread_id, step_id, tool, validated)
+            if tier.needs_idempotency_key
+            else None
+        )
         timeout = spec.timeout_s or run.tool_timeout_s
         try:
             async with asyncio.timeout(timeout), self.database.connection() as conn:
                 async with conn.transaction():
                     if key is not None:
                         # Racing callers with the same key queue here until the first commits.
-                        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                                           (key,))
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,)
+                        )
                         cur = await conn.execute(
-                            "SELECT result FROM tool_calls WHERE idempotency_key = %s", (key,))
+                            "SELECT result FROM tool_calls WHERE idempotency_key = %s", (key,)
+                        )
                         done = await cur.fetchone()
                         if done is not None:
-                            return ToolOutcome(step_id=step_id, tool=tool, tier=tier.value,
-                                               ok=True, args=validated, result=done["result"],
-                                               error=None, idempotency_key=key, replayed=True)
+                            return ToolOutcome(
+                                step_id=step_id,
+                                tool=tool,
+                                tier=tier.value,
+                                ok=True,
+                                args=validated,
+                                result=done["result"],
+                                error=None,
+                                idempotency_key=key,
+                                replayed=True,
+                            )
                     approvers: tuple[Reviewer, ...] = ()
                     if tier.value != "read":
                         requirement = await self.requirement(conn, spec, validated, run)
                         if requirement.required:
                             approvers, rejections = await self.approvers(
-                                conn, thread_id, step_id, tool, validated)
+                                conn, thread_id, step_id, tool, validated
+                            )
                             if rejections:
-                                return _failure(step_id, tool, tier.value, validated, "rejected",
-                                                "A reviewer rejected this call: "
-                                                + "; ".join(rejections) + ".")
+                                return _failure(
+                                    step_id,
+                                    tool,
+                                    tier.value,
+                                    validated,
+                                    "rejected",
+                                    "A reviewer rejected this call: " + "; ".join(rejections) + ".",
+                                )
                             unmet = requirement.unmet(approvers, requester)
                             if unmet:
                                 return _failure(
-                                    step_id, tool, tier.value, validated, "approval_required",
+                                    step_id,
+                                    tool,
+                                    tier.value,
+                                    validated,
+                                    "approval_required",
                                     f"{tool} needs approval: {'; '.join(unmet)}.",
                                     hint="Only the approval step can grant this; "
-                                         "reasons: " + "; ".join(requirement.reasons))
-                    ctx = CallContext(conn=conn, thread_id=thread_id, step_id=step_id,
-                                      requester=requester, run=run, idempotency_key=key,
-                                      approvers=approvers)
+                                    "reasons: " + "; ".join(requirement.reasons),
+                                )
+                    ctx = CallContext(
+                        conn=conn,
+                        thread_id=thread_id,
+                        step_id=step_id,
+                        requester=requester,
+                        run=run,
+                        idempotency_key=key,
+                        approvers=approvers,
+                    )
                     try:
                         async with conn.transaction():
-                            result = await spec.handler(ctx, spec.args_model.model_validate(
-                                validated))
+                            result = await spec.handler(
+                                ctx, spec.args_model.model_validate(validated)
+                            )
                     except ToolFailure as failure:
-                        return _failure(step_id, tool, tier.value, validated, failure.code,
-                                        failure.message, failure.hint, failure.retryable)
+                        return _failure(
+                            step_id,
+                            tool,
+                            tier.value,
+                            validated,
+                            failure.code,
+                            failure.message,
+                            failure.hint,
+                            failure.retryable,
+                        )
                     payload = spec.result_model.model_validate(result).model_dump(mode="json")
                     if key is not None:
                         await conn.execute(
                             "INSERT INTO tool_calls (idempotency_key, thread_id, step_id, tool,"
                             " args, tier, result) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                            (key, thread_id, step_id, tool, canonical_json(validated),
-                             tier.value, canonical_json(payload)),
+                            (
+                                key,
+                                thread_id,
+                                step_id,
+                                tool,
+                                canonical_json(validated),
+                                tier.value,
+                                canonical_json(payload),
+                            ),
                         )
         except TimeoutError:
-            return _failure(step_id, tool, tier.value, validated, "timeout",
-                            f"{tool} did not finish within {timeout:g}s; nothing was changed.",
-                            hint="Retry later.", retryable=True)
-        return ToolOutcome(step_id=step_id, tool=tool, tier=tier.value, ok=True, args=validated,
-                           result=payload, error=None, idempotency_key=key, replayed=False)
+            return _failure(
+                step_id,
+                tool,
+                tier.value,
+                validated,
+                "timeout",
+                f"{tool} did not finish within {timeout:g}s; nothing was changed.",
+                hint="Retry later.",
+                retryable=True,
+            )
+        return ToolOutcome(
+            step_id=step_id,
+            tool=tool,
+            tier=tier.value,
+            ok=True,
+            args=validated,
+            result=payload,
+            error=None,
+            idempotency_key=key,
+            replayed=False,
+        )

@@ -176,8 +176,9 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
     notices: list[str] = []
 
     def add(code: str, detail: str, line_no: int | None = None) -> None:
-        found.append(MatchException(code=code, detail=detail, blocking=code in BLOCKING,
-                                    line_no=line_no))
+        found.append(
+            MatchException(code=code, detail=detail, blocking=code in BLOCKING, line_no=line_no)
+        )
 
     if inputs.vendor.status != "active":
         add("vendor_blocked", f"Vendor {inputs.vendor.vendor_id} is {inputs.vendor.status}.")
@@ -187,23 +188,31 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
         add("po_not_found", f"The invoice cites {inv.po_number}, which does not exist.")
     if po is not None:
         if po.vendor_id != inv.vendor_id:
-            add("vendor_mismatch",
-                f"{po.po_number} belongs to {po.vendor_id}, the invoice to {inv.vendor_id}.")
+            add(
+                "vendor_mismatch",
+                f"{po.po_number} belongs to {po.vendor_id}, the invoice to {inv.vendor_id}.",
+            )
         if po.currency != inv.currency:
-            add("currency_mismatch",
-                f"The invoice is in {inv.currency}, {po.po_number} in {po.currency}.")
+            add(
+                "currency_mismatch",
+                f"The invoice is in {inv.currency}, {po.po_number} in {po.currency}.",
+            )
     if inputs.duplicates:
-        add("duplicate_invoice",
+        add(
+            "duplicate_invoice",
             f"Vendor invoice number {inv.invoice_number} was already received as "
-            f"{', '.join(inputs.duplicates)}.")
+            f"{', '.join(inputs.duplicates)}.",
+        )
     if inputs.live_payments or inv.status == "paid":
         paid = ", ".join(inputs.live_payments) or "a payment recorded on the invoice"
         add("already_paid", f"The invoice is already paid or scheduled ({paid}).")
     if inv.bank_account and inv.bank_account != inputs.vendor.remit_bank_account:
-        add("bank_account_mismatch",
+        add(
+            "bank_account_mismatch",
             f"The invoice asks for payment to account ending {inv.bank_account[-4:]}, the "
             f"vendor master has account ending {inputs.vendor.remit_bank_account[-4:]}. "
-            "Payment, if any, goes to the vendor master account only.")
+            "Payment, if any, goes to the vendor master account only.",
+        )
 
     po_lines = {line.line_no: line for line in po.lines} if po else {}
     comparisons: list[LineComparison] = []
@@ -212,45 +221,61 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
         po_line = po_lines.get(line.po_line_no) if line.po_line_no is not None else None
         variance: Decimal | None = None
         if po is not None and po_line is None:
-            add("unmatched_line",
+            add(
+                "unmatched_line",
                 f"Invoice line {line.line_no} ({line.description}) has no matching PO line.",
-                line.line_no)
+                line.line_no,
+            )
         if po_line is not None:
             if po_line.unit_price > 0:
                 variance = _pct(line.unit_price - po_line.unit_price, po_line.unit_price)
                 if abs(variance) > tol.price_pct * 100:
-                    add("price_variance_over_tolerance",
+                    add(
+                        "price_variance_over_tolerance",
                         f"Line {line.line_no}: billed {line.unit_price} vs PO {po_line.unit_price}"
-                        f" ({variance:+}%), tolerance {tol.price_pct * 100:.2f}%.", line.line_no)
+                        f" ({variance:+}%), tolerance {tol.price_pct * 100:.2f}%.",
+                        line.line_no,
+                    )
                 elif variance != 0:
                     notices.append(
-                        f"Line {line.line_no}: price variance {variance:+}% within tolerance.")
+                        f"Line {line.line_no}: price variance {variance:+}% within tolerance."
+                    )
             if line.quantity > po_line.quantity:
-                add("quantity_over_ordered",
+                add(
+                    "quantity_over_ordered",
                     f"Line {line.line_no}: billed {line.quantity}, ordered {po_line.quantity}.",
-                    line.line_no)
+                    line.line_no,
+                )
             elif line.quantity > po_line.received:
-                add("quantity_over_received",
+                add(
+                    "quantity_over_received",
                     f"Line {line.line_no}: billed {line.quantity}, received {po_line.received}.",
-                    line.line_no)
+                    line.line_no,
+                )
             matched_total += (min(line.quantity, po_line.received) * po_line.unit_price).quantize(
-                Decimal("0.01"), rounding=ROUND_HALF_UP)
-        comparisons.append(LineComparison(
-            line_no=line.line_no,
-            po_line_no=line.po_line_no,
-            description=line.description,
-            billed_quantity=str(line.quantity),
-            ordered_quantity=str(po_line.quantity) if po_line else None,
-            received_quantity=str(po_line.received) if po_line else None,
-            billed_unit_price=str(line.unit_price),
-            po_unit_price=str(po_line.unit_price) if po_line else None,
-            price_variance_pct=str(variance) if variance is not None else None,
-        ))
+                Decimal("0.01"), rounding=ROUND_HALF_UP
+            )
+        comparisons.append(
+            LineComparison(
+                line_no=line.line_no,
+                po_line_no=line.po_line_no,
+                description=line.description,
+                billed_quantity=str(line.quantity),
+                ordered_quantity=str(po_line.quantity) if po_line else None,
+                received_quantity=str(po_line.received) if po_line else None,
+                billed_unit_price=str(line.unit_price),
+                po_unit_price=str(po_line.unit_price) if po_line else None,
+                price_variance_pct=str(variance) if variance is not None else None,
+            )
+        )
 
     lines_sum = sum((line.amount for line in inv.lines), Decimal("0"))
     if abs(lines_sum + inv.tax - inv.total) > tol.amount_abs:
-        add("total_mismatch",
-            f"Lines {lines_sum} + tax {inv.tax} = {lines_sum + inv.tax}, invoice total {inv.total}.")
+        add(
+            "total_mismatch",
+            f"Lines {lines_sum} + tax {inv.tax} = {lines_sum + inv.tax}, "
+            f"invoice total {inv.total}.",
+        )
 
     flags = []
     if inv.total > tol.dual_control_threshold:
@@ -288,16 +313,32 @@ async def load_match_inputs(
     if head is None:
         return None
     cur = await conn.execute(
-        "SELECT * FROM invoice_lines WHERE invoice_id = %s ORDER BY line_no", (invoice_id,))
+        "SELECT * FROM invoice_lines WHERE invoice_id = %s ORDER BY line_no", (invoice_id,)
+    )
     inv_lines = tuple(
-        InvoiceLineRec(r["line_no"], r["po_line_no"], r["description"], r["quantity"],
-                       r["unit_price"], r["amount"])
+        InvoiceLineRec(
+            r["line_no"],
+            r["po_line_no"],
+            r["description"],
+            r["quantity"],
+            r["unit_price"],
+            r["amount"],
+        )
         for r in await cur.fetchall()
     )
     invoice = InvoiceRec(
-        head["invoice_id"], head["vendor_id"], head["invoice_number"], head["po_number"],
-        head["invoice_date"], head["currency"].strip(), head["subtotal"], head["tax"],
-        head["total"], head["bank_account"], head["status"], inv_lines,
+        head["invoice_id"],
+        head["vendor_id"],
+        head["invoice_number"],
+        head["po_number"],
+        head["invoice_date"],
+        head["currency"].strip(),
+        head["subtotal"],
+        head["tax"],
+        head["total"],
+        head["bank_account"],
+        head["status"],
+        inv_lines,
     )
     cur = await conn.execute("SELECT * FROM vendors WHERE vendor_id = %s", (invoice.vendor_id,))
     v = await cur.fetchone()
@@ -307,7 +348,8 @@ async def load_match_inputs(
     purchase_order = None
     if invoice.po_number:
         cur = await conn.execute(
-            "SELECT * FROM purchase_orders WHERE po_number = %s", (invoice.po_number,))
+            "SELECT * FROM purchase_orders WHERE po_number = %s", (invoice.po_number,)
+        )
         p = await cur.fetchone()
         if p is not None:
             cur = await conn.execute(
@@ -322,9 +364,20 @@ async def load_match_inputs(
                 (invoice.po_number,),
             )
             purchase_order = PurchaseOrderRec(
-                p["po_number"], p["vendor_id"], p["currency"].strip(), p["status"],
-                tuple(PoLineRec(r["line_no"], r["description"], r["quantity"], r["unit_price"],
-                                r["received"]) for r in await cur.fetchall()),
+                p["po_number"],
+                p["vendor_id"],
+                p["currency"].strip(),
+                p["status"],
+                tuple(
+                    PoLineRec(
+                        r["line_no"],
+                        r["description"],
+                        r["quantity"],
+                        r["unit_price"],
+                        r["received"],
+                    )
+                    for r in await cur.fetchall()
+                ),
             )
     # Only earlier invoices count as originals, so the first of a pair stays payable.
     cur = await conn.execute(
@@ -335,7 +388,9 @@ async def load_match_inputs(
     duplicates = tuple(r["invoice_id"] for r in await cur.fetchall())
     cur = await conn.execute(
         "SELECT payment_id FROM payments WHERE invoice_id = %s AND status <> 'void'"
-        " ORDER BY payment_id", (invoice_id,))
+        " ORDER BY payment_id",
+        (invoice_id,),
+    )
     live = tuple(r["payment_id"] for r in await cur.fetchall())
     return MatchInputs(invoice, vendor, purchase_order, duplicates, live)
 

@@ -1,0 +1,63 @@
+# payables-agent: `make demo` and `make test` do all set-up on a fresh machine with Python 3.11.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+DEV_PORT ?= 2024
+
+# Offline by default: no tracing or telemetry unless the caller's environment turns it on.
+export LANGSMITH_TRACING ?= false
+export RAGAS_DO_NOT_TRACK ?= true
+export LANGGRAPH_CLI_NO_ANALYTICS ?= 1
+
+.PHONY: help install demo dev test check format format-check lint typecheck eval bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv with the locked dependencies (installs uv if missing)
+
+demo: install ## Start the embedded Postgres, seed the sample world, run the sample inbox
+	$(BIN)/payables demo
+
+dev: install ## Serve the graph with `langgraph dev` (Postgres checkpointer) on 127.0.0.1:$(DEV_PORT)
+	$(BIN)/langgraph dev --host 127.0.0.1 --port $(DEV_PORT) --no-browser
+
+test: install ## Run the test suite (unit, integration on real Postgres, e2e)
+	$(BIN)/pytest
+
+format: install ## Format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+format-check: install ## Check formatting
+	$(BIN)/ruff format --check .
+
+lint: install ## Lint
+	$(BIN)/ruff check .
+
+typecheck: install ## Type-check (mypy --strict on the packages)
+	$(BIN)/mypy
+
+check: format-check lint typecheck test ## Everything CI runs
+
+eval: install ## Evaluation suites (arrive with the evals issue)
+	@echo "make eval: the scenario runner and ragas metrics arrive with the evals issue (#5)."
+
+bench: install ## Benchmarks (arrive with the performance issue)
+	@echo "make bench: the benchmark harness arrives with the performance issue (#7)."
+
+clean: ## Remove the virtualenv, caches and the embedded database
+	rm -rf $(VENV) .tools .data .mypy_cache .ruff_cache .pytest_cache
