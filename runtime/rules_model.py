@@ -42,8 +42,8 @@ _INVOICE_WORDS = re.compile(
     r"\b(invoice|validate|match|stage|process|approve|pay)\w*\b", re.IGNORECASE
 )
 _AP_WORDS = re.compile(
-    r"\b(invoice|vendor|payment|pay|po|purchase order|receipt|ap|"
-    r"payable)s?\b",
+    r"\b(invoice|vendor|supplier|payment|pay|po|purchase order|receipt|ap|bank detail|"
+    r"bank account|remittance|payable)s?\b",
     re.IGNORECASE,
 )
 

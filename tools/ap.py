@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import psycopg
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from state.routes import Route
 from tools.contract import CallContext, Tier, ToolArgs, ToolFailure, ToolResult, ToolSpec
@@ -33,6 +33,11 @@ def mask_account(account: str | None) -> str | None:
     if account is None:
         return None
     return "****" + account[-4:]
+
+
+def _cents(value: Decimal) -> Decimal:
+    """One spelling per amount (12.5 -> 12.50), so equal payments get equal keys."""
+    return value.quantize(Decimal("0.01"))
 
 
 def _s(value: Any) -> str:
@@ -262,7 +267,9 @@ class SchedulePaymentArgs(ToolArgs):
     """Schedule payment of a staged invoice to the vendor master account."""
 
     invoice_id: str = InvoiceId
-    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, description="Amount to pay.")
+    amount: Annotated[Decimal, AfterValidator(_cents)] = Field(
+        gt=0, max_digits=14, decimal_places=2, description="Amount to pay."
+    )
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 currency of the invoice.")
     pay_on: date | None = Field(
         default=None, description="Payment date; default: the due date, or 30 days from today."

@@ -1,0 +1,159 @@
+"""The whole graph on Postgres with scripted models in every role.
+
+A model may choose routes and plans, but it cannot get past the gate: a plan that tries
+to pay first still stops at the approval interrupt, and provider failures degrade to the
+rules model with the fallback recorded in the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from runtime.agent import open_agent
+from state.db import Database
+from tests.fakes import ScriptedChatModel, ScriptedModels, tool_reply
+
+pytestmark = pytest.mark.integration
+
+ROUTE_PAY_1001 = tool_reply(
+    "RouteDecision",
+    {
+        "route": "invoice_processing",
+        "confidence": 0.95,
+        "invoice_ids": ["INV-1001"],
+        "wants_payment": True,
+        "rationale": "pay request",
+    },
+)
+
+
+def plan(final: bool, *steps: tuple[str, dict[str, Any]]) -> Any:
+    return tool_reply(
+        "ProposedPlan",
+        {
+            "final": final,
+            "steps": [{"tool": tool, "args": args, "why": f"{tool} step"} for tool, args in steps],
+        },
+    )
+
+
+def payments(db_uri: str, invoice_id: str) -> int:
+    with psycopg.connect(db_uri) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM payments WHERE invoice_id = %s", (invoice_id,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_model_paths_serve_every_role(database: Database, db_uri: str) -> None:
+    models = ScriptedModels(
+        router=ScriptedChatModel([ROUTE_PAY_1001]),
+        planner=ScriptedChatModel(
+            [
+                plan(
+                    False,
+                    ("get_invoice", {"invoice_id": "INV-1001"}),
+                    ("compute_match", {"invoice_id": "INV-1001"}),
+                ),
+                plan(
+                    True,
+                    ("stage_invoice", {"invoice_id": "INV-1001"}),
+                    (
+                        "schedule_payment",
+                        {"invoice_id": "INV-1001", "amount": "2340.00", "currency": "USD"},
+                    ),
+                ),
+            ]
+        ),
+    )
+    async with open_agent(models=models, database=database) as agent:
+        view = await agent.start("Pay INV-1001 please", user="clerk-ana")
+    assert view["status"] == "interrupted"
+    assert view["model_path"] == {
+        "router": "model:scripted-router",
+        "planner": "model:scripted-planner",
+    }
+    assert view["plan_source"] == "model"
+    assert [a["action"] for a in view["pending_approvals"]] == ["schedule_payment"]
+    assert payments(db_uri, "INV-1001") == 0
+
+
+async def test_a_plan_that_pays_first_still_stops_for_approval(
+    database: Database, db_uri: str
+) -> None:
+    models = ScriptedModels(
+        planner=ScriptedChatModel(
+            [
+                plan(
+                    True,
+                    (
+                        "schedule_payment",
+                        {"invoice_id": "INV-1001", "amount": "2340.00", "currency": "USD"},
+                    ),
+                ),
+            ]
+        )
+    )
+    async with open_agent(models=models, database=database) as agent:
+        view = await agent.start("Pay INV-1001 now, no questions", user="clerk-ana")
+    assert view["status"] == "interrupted"
+    approval = view["pending_approvals"][0]
+    assert approval["action"] == "schedule_payment"
+    assert approval["evidence"]["invoice"]["invoice_id"] == "INV-1001"
+    assert approval["evidence"]["match_table"]
+    assert payments(db_uri, "INV-1001") == 0
+
+
+async def test_router_failure_degrades_to_rules(database: Database) -> None:
+    models = ScriptedModels(router=ScriptedChatModel([ConnectionError("connection reset")]))
+    async with open_agent(models=models, database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana")
+    assert view["status"] == "completed"
+    assert view["route"] == "invoice_processing"
+    assert "ConnectionError" in view["model_path"]["router"]
+    assert any("connection reset" in note for note in view["result"]["notes"])
+
+
+async def test_router_cannot_invent_ids(database: Database) -> None:
+    invented = tool_reply(
+        "RouteDecision",
+        {
+            "route": "invoice_processing",
+            "confidence": 0.9,
+            "invoice_ids": ["INV-1020"],
+            "wants_payment": False,
+        },
+    )
+    models = ScriptedModels(router=ScriptedChatModel([invented]))
+    async with open_agent(models=models, database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana")
+    assert list(view["result"]["invoices"]) == ["INV-1002"]
+
+
+async def test_respond_model_writes_the_summary(database: Database) -> None:
+    models = ScriptedModels(
+        respond=ScriptedChatModel(
+            [tool_reply("Summary", {"summary": "INV-1002 matched and is staged."})]
+        )
+    )
+    async with open_agent(models=models, database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana")
+    assert view["summary"] == "INV-1002 matched and is staged."
+    assert view["model_path"]["respond"] == "model:scripted-respond"
+
+
+async def test_low_confidence_route_escalates(database: Database) -> None:
+    unsure = tool_reply(
+        "RouteDecision",
+        {"route": "invoice_processing", "confidence": 0.2, "invoice_ids": ["INV-1002"]},
+    )
+    async with open_agent(
+        models=ScriptedModels(router=ScriptedChatModel([unsure])), database=database
+    ) as agent:
+        view = await agent.start("INV-1002 something", user="clerk-ana")
+    assert view["status"] == "escalated"
+    assert "confidence" in view["reason"]

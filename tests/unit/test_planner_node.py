@@ -1,0 +1,115 @@
+"""The planner node with scripted models: valid, repaired, replaced, and failing models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import ToolMessage
+from langgraph.runtime import Runtime
+
+from nodes.deps import NodeDeps
+from nodes.planner import make_planner
+from runtime.context import Context
+from tests.fakes import ScriptedChatModel, ScriptedModels, invalid_tool_reply, tool_reply
+from tools.gate import ToolGate
+
+
+def _no_database() -> Any:
+    raise AssertionError("the planner must not touch the database")
+
+
+STATE: Any = {
+    "request": "What is our price variance tolerance?",
+    "user": "clerk",
+    "route": "policy_question",
+    "entities": {
+        "invoice_ids": [],
+        "po_numbers": [],
+        "vendor_ids": [],
+        "bank_accounts": [],
+        "wants_payment": False,
+    },
+    "outcomes": [],
+}
+GOOD = {
+    "steps": [
+        {"tool": "search_policy", "args": {"query": "price tolerance"}, "why": "find the rule"}
+    ],
+    "final": True,
+}
+
+
+async def plan_with(*script: Any, state: Any = STATE) -> tuple[Any, ScriptedChatModel]:
+    model = ScriptedChatModel(list(script))
+    deps = NodeDeps(gate=ToolGate(_no_database), models=ScriptedModels(planner=model))
+    command = await make_planner(deps)(state, runtime=Runtime(context=Context(max_plan_repairs=2)))
+    return command.update, model
+
+
+async def test_valid_model_plan_is_used() -> None:
+    update, model = await plan_with(tool_reply("ProposedPlan", GOOD))
+    assert update["plan"]["source"] == "model"
+    assert update["plan"]["steps"][0]["tool"] == "search_policy"
+    assert update["plan"]["steps"][0]["step_id"] == "p1s1"
+    assert update["model_path"] == {"planner": "model:scripted-planner"}
+    assert model.script == []
+
+
+async def test_tool_outside_scope_is_sent_back_and_repaired() -> None:
+    bad = {
+        "steps": [
+            {
+                "tool": "schedule_payment",
+                "why": "pay",
+                "args": {"invoice_id": "INV-1001", "amount": "1", "currency": "USD"},
+            }
+        ],
+        "final": True,
+    }
+    update, model = await plan_with(
+        tool_reply("ProposedPlan", bad), tool_reply("ProposedPlan", GOOD)
+    )
+    assert update["plan"]["source"] == "model"
+    assert update["model_path"]["planner"] == "model:scripted-planner (repaired 1x)"
+    assert "not allowed on route policy_question" in update["notes"][0]
+    feedback = [m for m in model.received[1] if isinstance(m, ToolMessage)]
+    assert feedback and "not allowed on route policy_question" in str(feedback[0].content)
+
+
+async def test_malformed_arguments_every_time_fall_back_to_the_rules_plan() -> None:
+    bad = {
+        "steps": [{"tool": "search_policy", "args": {"q": "x", "limit": 99}, "why": "?"}],
+        "final": True,
+    }
+    update, model = await plan_with(*[tool_reply("ProposedPlan", bad) for _ in range(3)])
+    assert model.script == []  # exactly 1 + max_plan_repairs attempts
+    assert update["plan"]["source"] == "rules"
+    assert update["plan"]["steps"][0]["tool"] == "search_policy"
+    assert update["model_path"]["planner"].startswith("rules (fallback:")
+    assert len(update["notes"]) == 3 and "limit" in update["notes"][0]
+
+
+async def test_invalid_json_and_unknown_tool_count_as_attempts() -> None:
+    unknown = {"steps": [{"tool": "wire_money", "args": {}, "why": "x"}], "final": True}
+    update, _ = await plan_with(
+        invalid_tool_reply("ProposedPlan", "{not json"),
+        tool_reply("ProposedPlan", unknown),
+        tool_reply("ProposedPlan", GOOD),
+    )
+    assert update["plan"]["source"] == "model"
+    assert "schema" in update["notes"][0] or "no structured output" in update["notes"][0]
+    assert "no tool named 'wire_money'" in update["notes"][1]
+
+
+async def test_provider_failure_degrades_to_rules_and_says_so() -> None:
+    update, _ = await plan_with(TimeoutError("upstream timed out"))
+    assert update["plan"]["source"] == "rules"
+    assert "TimeoutError" in update["model_path"]["planner"]
+    assert "upstream timed out" in update["notes"][0]
+
+
+async def test_without_a_model_the_rules_plan_serves() -> None:
+    deps = NodeDeps(gate=ToolGate(_no_database), models=ScriptedModels())
+    command = await make_planner(deps)(STATE, runtime=Runtime(context=Context()))
+    assert command.update["model_path"] == {"planner": "rules"}
+    assert command.goto == "executor"

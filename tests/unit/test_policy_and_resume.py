@@ -1,0 +1,146 @@
+"""Who must approve what, and what a valid resume looks like."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from runtime.context import Context
+from runtime.errors import ConfigError, ResumeError
+from state.approvals import ApprovalRequest, parse_resume
+from tools.contract import Reviewer, Tier
+from tools.policy import approval_requirement
+
+CTX = Context(approval_threshold="10000", dual_control_threshold="50000")
+
+
+def pay(amount: str) -> Any:
+    return approval_requirement(
+        "schedule_payment", Tier.IRREVERSIBLE, {"invoice_id": "INV-1", "amount": amount}, CTX
+    )
+
+
+def test_reads_and_reversible_steps_need_nobody() -> None:
+    assert not approval_requirement("get_invoice", Tier.READ, {}, CTX).required
+    assert not approval_requirement("stage_invoice", Tier.REVERSIBLE, {}, CTX).required
+
+
+def test_every_payment_needs_one_approver() -> None:
+    req = pay("100.00")
+    assert req.required and req.min_approvers == 1 and req.required_role is None
+    assert req.unmet((), "clerk") != []
+    assert req.unmet((Reviewer("rev", "approver"),), "clerk") == []
+
+
+def test_requester_never_counts() -> None:
+    assert pay("100.00").unmet((Reviewer("clerk", "controller"),), "clerk") != []
+
+
+def test_over_approval_threshold_needs_a_controller() -> None:
+    req = pay("10000.01")
+    assert req.required_role == "controller"
+    assert req.unmet((Reviewer("rev", "approver"),), "clerk") == [
+        "needs an approver with role 'controller'"
+    ]
+    assert req.unmet((Reviewer("boss", "controller"),), "clerk") == []
+
+
+def test_over_dual_threshold_needs_two_distinct_one_controller() -> None:
+    req = pay("50000.01")
+    assert req.min_approvers == 2
+    assert req.unmet((Reviewer("boss", "controller"),), "clerk")
+    assert req.unmet((Reviewer("a", "approver"), Reviewer("b", "approver")), "clerk")
+    assert req.unmet((Reviewer("boss", "controller"), Reviewer("a", "approver")), "clerk") == []
+
+
+def test_destructive_needs_dual_control() -> None:
+    req = approval_requirement("update_vendor_bank_account", Tier.DESTRUCTIVE, {}, CTX)
+    assert req.min_approvers == 2 and req.required_role == "controller"
+
+
+def test_context_rejects_inconsistent_thresholds() -> None:
+    with pytest.raises(ConfigError, match="dual_control_threshold"):
+        Context(approval_threshold="100", dual_control_threshold="50")
+    with pytest.raises(ConfigError, match="approval_threshold"):
+        Context(approval_threshold="lots")
+
+
+def request(actions: int = 1, approved_by: list[dict[str, str]] | None = None) -> ApprovalRequest:
+    return ApprovalRequest(
+        action_requests=[{"name": "schedule_payment", "args": {}, "description": ""}] * actions,
+        review_configs=[
+            {"action_name": "schedule_payment", "allowed_decisions": ["approve", "edit", "reject"]}
+        ]
+        * actions,
+        evidence=[{}] * actions,
+        steps=[
+            {
+                "step_id": f"p2s{i}",
+                "tool": "schedule_payment",
+                "tier": "irreversible",
+                "min_approvers": 1,
+                "required_role": None,
+                "reasons": [],
+                "approved_by": approved_by or [],
+            }
+            for i in range(actions)
+        ],
+        requester="clerk",
+        request="pay",
+        error=None,
+    )
+
+
+REVIEWER = {"id": "rev-1", "role": "approver"}
+
+
+def test_valid_resume_parses() -> None:
+    resume = parse_resume({"decisions": [{"type": "approve"}], "reviewer": REVIEWER}, request())
+    assert resume.reviewer.id == "rev-1"
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("yes", "Malformed resume"),
+        ({"decisions": [{"type": "approve"}]}, "reviewer"),
+        ({"decisions": [{"type": "maybe"}], "reviewer": REVIEWER}, "decisions.0.type"),
+        ({"decisions": [], "reviewer": REVIEWER}, "decisions"),
+        (
+            {"decisions": [{"type": "approve"}], "reviewer": {"id": "x", "role": "ceo"}},
+            "reviewer.role",
+        ),
+        ({"decisions": [{"type": "approve"}], "reviewer": REVIEWER, "extra": 1}, "extra"),
+        (
+            {"decisions": [{"type": "approve"}, {"type": "approve"}], "reviewer": REVIEWER},
+            "one decision per action",
+        ),
+        (
+            {"decisions": [{"type": "approve"}], "reviewer": {"id": "clerk", "role": "controller"}},
+            "cannot also approve",
+        ),
+        ({"decisions": [{"type": "reject"}], "reviewer": REVIEWER}, "needs a message"),
+        ({"decisions": [{"type": "edit"}], "reviewer": REVIEWER}, "edited_action"),
+        (
+            {
+                "decisions": [
+                    {"type": "edit", "edited_action": {"name": "send_vendor_email", "args": {}}}
+                ],
+                "reviewer": REVIEWER,
+            },
+            "must stay 'schedule_payment'",
+        ),
+    ],
+)
+def test_bad_resume_is_refused_with_a_reason(value: Any, message: str) -> None:
+    with pytest.raises(ResumeError, match=message):
+        parse_resume(value, request())
+
+
+def test_same_reviewer_cannot_approve_twice() -> None:
+    with pytest.raises(ResumeError, match="different reviewer"):
+        parse_resume(
+            {"decisions": [{"type": "approve"}], "reviewer": REVIEWER},
+            request(approved_by=[REVIEWER]),
+        )
