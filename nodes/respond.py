@@ -92,6 +92,10 @@ def build_result(state: AgentState) -> tuple[str, str, dict[str, Any]]:
         result["vendor_invoices"] = [
             o["result"] for o in outcomes if o["tool"] == "find_invoices" and o["ok"]
         ]
+    if route in (Route.VENDOR_CHANGE, Route.POLICY_QUESTION):
+        failures = [f"{o['tool']}: {o['error']['message']}" for o in outcomes if o["error"]]
+        if failures and status == "completed" and not reason:
+            status, reason = "escalated", "Could not finish: " + "; ".join(failures)
     decisions = state.get("decisions", [])
     if any(d["decision"] == "reject" for d in decisions):
         result["outcome"] = "rejected_by_reviewer"

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -40,6 +41,18 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _command_name() -> str:
+    """How the user can invoke this CLI again: bare `payables` only if it is on PATH."""
+    on_path = shutil.which("payables")
+    if on_path and Path(on_path).resolve() == Path(sys.argv[0]).resolve():
+        return "payables"
+    script = Path(sys.prefix) / "bin" / "payables"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -442,16 +455,25 @@ def demo(
     out.print(table)
     paused = [v for v in views if v["pending_approvals"]]
     if paused:
+        cmd = _command_name()
         out.print("\n[bold]Paused for approval[/] (the requester may not approve their own):")
         for view in paused:
             tid = view["thread_id"]
-            needs = view["pending_approvals"][0]["requirement"]
+            needs = max(
+                (a["requirement"] for a in view["pending_approvals"]),
+                key=lambda r: r["min_approvers"],
+            )
             role = needs["required_role"] or "approver"
             out.print(f"  {escape(view['request'])}")
-            out.print(f"    payables resume {tid} --approve --reviewer rev-1 --role {role}")
-            out.print(f"    payables resume {tid} --reject 'reason' --reviewer rev-1 --role {role}")
-            out.print(f"    payables show {tid}")
-        out.print("\nAll pending approvals: [bold]payables approvals[/]")
+            out.print(f"    {cmd} resume {tid} --approve --reviewer rev-1 --role {role}")
+            if needs["min_approvers"] > 1:
+                out.print(
+                    f"    {cmd} resume {tid} --approve --reviewer rev-2 --role approver"
+                    "   # dual control: a second, different reviewer"
+                )
+            out.print(f"    {cmd} resume {tid} --reject 'reason' --reviewer rev-1 --role {role}")
+            out.print(f"    {cmd} show {tid}")
+        out.print(f"\nAll pending approvals: [bold]{cmd} approvals[/]")
 
 
 def main() -> None:

@@ -24,3 +24,51 @@ async def test_out_of_scope_is_refused(database: Database) -> None:
         view = await agent.start("Book me a flight to Denver", user="clerk-ana")
     assert view["status"] == "refused"
     assert view["route"] == "out_of_scope"
+
+
+async def test_unknown_invoice_escalates_with_the_reason(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Validate INV-9999", user="clerk-ana")
+    assert view["status"] == "escalated"
+    assert "INV-9999" in view["reason"]
+
+
+async def test_bank_change_to_the_current_account_escalates(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        async with database.connection() as conn:
+            cur = await conn.execute(
+                "SELECT remit_bank_account FROM vendors WHERE vendor_id = 'V-006'"
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        current = row["remit_bank_account"]
+        view = await agent.start(
+            f"Change the bank account of vendor V-006 to {current}", user="clerk-ana"
+        )
+        assert view["status"] == "interrupted"
+        thread = view["thread_id"]
+        for reviewer in ("ctl-1", "ctl-2"):
+            pending = await agent.pending(thread)
+            actions = len(pending[0][1]["action_requests"])
+            view = await agent.resume(
+                thread,
+                {
+                    "decisions": [{"type": "approve"}] * actions,
+                    "reviewer": {"id": reviewer, "role": "controller"},
+                },
+            )
+    assert view["status"] == "escalated"
+    assert "already the vendor master account" in view["reason"]
+
+
+async def test_policy_question_cites_passages(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start(
+            "What is our price variance tolerance for invoice matching?", user="clerk-ana"
+        )
+    assert view["status"] == "completed"
+    answer = view["result"]["answer"]
+    assert answer["citations"]
+    for passage_id in answer["citations"]:
+        assert f"[{passage_id}]" in answer["answer"]
+    assert "2%" in answer["answer"]
