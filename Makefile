@@ -13,6 +13,7 @@ DEV_PORT ?= 2024
 export LANGSMITH_TRACING ?= false
 export RAGAS_DO_NOT_TRACK ?= true
 export LANGGRAPH_CLI_NO_ANALYTICS ?= 1
+export LANGGRAPH_NO_VERSION_CHECK ?= true
 
 .PHONY: help install demo dev test check format format-check lint typecheck eval bench clean
 
@@ -33,7 +34,8 @@ demo: install ## Start the embedded Postgres, seed the sample world, run the sam
 	$(BIN)/payables demo
 
 dev: install ## Serve the graph with `langgraph dev` (Postgres checkpointer) on 127.0.0.1:$(DEV_PORT)
-	$(BIN)/langgraph dev --host 127.0.0.1 --port $(DEV_PORT) --no-browser
+	PAYABLES_DATABASE_URI="$${PAYABLES_DATABASE_URI:-$${DATABASE_URI:-}}" \
+		$(BIN)/langgraph dev --host 127.0.0.1 --port $(DEV_PORT) --no-browser
 
 test: install ## Run the test suite (unit, integration on real Postgres, e2e)
 	$(BIN)/pytest

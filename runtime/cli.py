@@ -23,7 +23,7 @@ from rich.table import Table
 
 from runtime.agent import open_agent
 from runtime.errors import BadInput, PayablesError
-from runtime.settings import PROJECT_ROOT
+from runtime.settings import PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES
 from state.db import database_uri, default_database, migrate, redact_uri, schema_status
 from state.runs import list_runs
@@ -180,7 +180,7 @@ def db_status(as_json: JsonOpt = False) -> None:
     uri = database_uri()
     status = _run(schema_status(uri))
     status["uri"] = redact_uri(uri)
-    status["embedded"] = not os.environ.get("DATABASE_URI")
+    status["embedded"] = Settings.from_env().database_uri is None
     if as_json:
         _print_json(status)
         return

@@ -14,6 +14,8 @@ from pathlib import Path
 from runtime.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LANGGRAPH_DEV_PLACEHOLDER = ":memory:"
+"""What `langgraph dev` sets `DATABASE_URI` to inside its own process."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,7 +23,12 @@ class Settings:
     """Process settings; build with `Settings.from_env()`."""
 
     database_uri: str | None
-    """An explicit Postgres URI (`DATABASE_URI`); None means use the embedded server."""
+    """An explicit Postgres URI; None means use the embedded server.
+
+    `DATABASE_URI` wins, except that `langgraph dev` sets it to ``:memory:`` in its own
+    process (for its in-memory runtime) before importing the graph; then
+    `PAYABLES_DATABASE_URI` names our Postgres.
+    """
 
     data_dir: Path
     """Where the embedded Postgres keeps its cluster (`PAYABLES_DATA_DIR`, default `.data/`)."""
@@ -43,8 +50,11 @@ class Settings:
         if pool_max_size < 1:
             raise ConfigError(f"PAYABLES_POOL_MAX_SIZE must be at least 1, got {pool_max_size}.")
         data_dir = Path(os.environ.get("PAYABLES_DATA_DIR") or PROJECT_ROOT / ".data")
+        uri = os.environ.get("DATABASE_URI") or None
+        if uri == LANGGRAPH_DEV_PLACEHOLDER:
+            uri = os.environ.get("PAYABLES_DATABASE_URI") or None
         return cls(
-            database_uri=os.environ.get("DATABASE_URI") or None,
+            database_uri=uri,
             data_dir=data_dir.resolve(),
             pool_max_size=pool_max_size,
         )

@@ -2,6 +2,8 @@
 
 `DATABASE_URI` selects any Postgres. Unset, an embedded PostgreSQL 16 (pgserver) starts on
 demand with its cluster under `.data/pg`; it stops when the last process using it exits.
+Under `langgraph dev`, which claims `DATABASE_URI` for itself, `PAYABLES_DATABASE_URI`
+names the Postgres (see `runtime.settings.Settings`).
 Migrations are versioned SQL files applied once under an advisory lock, together with the
 LangGraph checkpointer's own `setup()`, by `migrate()`; requests never run DDL.
 """
@@ -67,7 +69,7 @@ def embedded_uri(data_dir: Path) -> str:
 
 
 def database_uri(settings: Settings | None = None) -> str:
-    """The Postgres URI this process uses: `DATABASE_URI`, else the embedded server."""
+    """The Postgres URI this process uses: the configured one, else the embedded server."""
     settings = settings or Settings.from_env()
     if settings.database_uri:
         return settings.database_uri
@@ -133,7 +135,8 @@ async def migrate(uri: str) -> list[str]:
     except psycopg.OperationalError as exc:
         raise DatabaseError(
             f"Cannot reach Postgres at {redact_uri(uri)}: {exc}. "
-            "Check DATABASE_URI, or unset it to use the embedded Postgres."
+            "Check DATABASE_URI (PAYABLES_DATABASE_URI under langgraph dev), or unset it to "
+            "use the embedded Postgres."
         ) from exc
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
