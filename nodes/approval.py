@@ -178,7 +178,7 @@ def make_approval(deps: NodeDeps) -> Node:
             value = interrupt(payload)
             try:
                 resume = parse_resume(value, request)
-                edited = _validated_edits(gate, state["route"], resume, steps)
+                edited = validated_edits(gate, state["route"], request, resume)
                 break
             except ResumeError as exc:
                 payload = ApprovalRequest(**{**request, "error": str(exc)})
@@ -188,7 +188,7 @@ def make_approval(deps: NodeDeps) -> Node:
         cursor = state.get("cursor", 0)
         async with deps.database.connection() as conn:
             for offset, (step, decision) in enumerate(zip(steps, resume.decisions, strict=True)):
-                args = edited.get(step["step_id"])
+                args = edited.get(offset)
                 if args is None:
                     checked = gate.validate(state["route"], step["tool"], step["args"])
                     assert isinstance(checked, tuple)
@@ -241,16 +241,35 @@ def make_approval(deps: NodeDeps) -> Node:
     return approval
 
 
-def _validated_edits(
-    gate: ToolGate, route: str, resume: ResumeIn, steps: list[PlanStep]
-) -> dict[str, dict[str, Any]]:
-    """Edited args go through the gate's validation like any other call."""
-    edited: dict[str, dict[str, Any]] = {}
-    for step, decision in zip(steps, resume.decisions, strict=True):
+# An edit may change how much and when, never what the approval is about: evidence was
+# shown for these, and a different invoice or vendor needs its own request.
+IDENTITY_ARGS = ("invoice_id", "vendor_id")
+
+
+def validated_edits(
+    gate: ToolGate, route: str, request: ApprovalRequest, resume: ResumeIn
+) -> dict[int, dict[str, Any]]:
+    """Edited args by action index, validated by the gate's contract checks.
+
+    Raises `ResumeError` when an edit fails its tool's schema or changes an identity field.
+    """
+    edited: dict[int, dict[str, Any]] = {}
+    for index, (action, decision) in enumerate(
+        zip(request["action_requests"], resume.decisions, strict=True)
+    ):
         if decision.type != "edit" or decision.edited_action is None:
             continue
-        checked = gate.validate(route, step["tool"], decision.edited_action.args)
+        checked = gate.validate(route, action["name"], decision.edited_action.args)
         if not isinstance(checked, tuple):
-            raise ResumeError(f"Edited {step['tool']} arguments rejected: {checked['message']}")
-        edited[step["step_id"]] = checked[1]
+            raise ResumeError(
+                f"Edited {action['name']} arguments rejected: {checked['message']} "
+                f"{checked['hint']}"
+            )
+        for key in IDENTITY_ARGS:
+            if key in action["args"] and checked[1].get(key) != action["args"][key]:
+                raise ResumeError(
+                    f"An edit may not change {key} (from {action['args'][key]!r} to "
+                    f"{checked[1].get(key)!r}); reject this request and start a new one."
+                )
+        edited[index] = checked[1]
     return edited

@@ -18,6 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
 from graphs.payables import build_graph
+from nodes.approval import validated_edits
 from nodes.deps import NodeDeps
 from runtime.context import Context
 from runtime.errors import BadInput, NotFound, ResumeError
@@ -97,7 +98,10 @@ class Agent:
                     "it was already resolved or never existed."
                 )
         target = interrupts[0]
-        parse_resume(value, target.value)
+        resume = parse_resume(value, target.value)
+        # Refuse here what the approval node would refuse, so the caller gets an error
+        # (exit 2) instead of a run that pauses again with an error in its payload.
+        validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
         await self.graph.ainvoke(
             Command(resume={target.id: value}),
             self.config(thread_id),

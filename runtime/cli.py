@@ -211,7 +211,11 @@ def seed(
     ] = SAMPLE_WORLD_PATH,
     as_json: JsonOpt = False,
 ) -> None:
-    """Replace the AP world (vendors, POs, receipts, invoices, payments, policy) from a file."""
+    """Replace the AP world (vendors, POs, receipts, invoices, payments, policy) from a file.
+
+    The old world goes, and every thread with it, in one transaction; a bad file changes
+    nothing.
+    """
     counts = _run(_seed(world))
     if as_json:
         _print_json({"world": str(world), "loaded": counts})

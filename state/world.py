@@ -244,16 +244,21 @@ def read_world(path: Path) -> World:
     return parse_world(data, source=str(path))
 
 
-# Replacing a world clears everything that refers to the old one, in one transaction.
+# Replacing a world clears everything that refers to the old one, in one transaction:
+# threads too, since a paused approval about the old world must not resume in the new one.
 _WORLD_TABLES = (
-    "approval_decisions, tool_calls, vendor_bank_changes, email_outbox, invoice_exceptions, "
+    "checkpoints, checkpoint_blobs, checkpoint_writes, runs, approval_decisions, tool_calls, "
+    "vendor_bank_changes, email_outbox, invoice_exceptions, "
     "payments, invoice_lines, invoices, receipt_lines, goods_receipts, po_lines, "
     "purchase_orders, policy_passages, policy_documents, vendors"
 )
 
 
 async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[str, int]:
-    """Replace the AP world with ``world`` atomically; return row counts per kind."""
+    """Replace the AP world with ``world`` atomically; return row counts per kind.
+
+    Every thread (checkpoints and the run index) is forgotten with the old world.
+    """
     async with conn.transaction():
         await conn.execute(f"TRUNCATE {_WORLD_TABLES} RESTART IDENTITY")
         async with conn.cursor() as cur:

@@ -1,0 +1,55 @@
+"""An edit cannot change what an approval is about; a new world forgets old threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.agent import open_agent
+from runtime.errors import NotFound, ResumeError
+from state.db import Database
+from state.runs import list_runs
+from state.world import SAMPLE_WORLD_PATH, load_world, read_world
+
+pytestmark = pytest.mark.integration
+
+REVIEWER = {"id": "rev-1", "role": "approver"}
+
+
+async def test_edit_cannot_move_a_payment_to_another_invoice(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Validate INV-1001 and pay it if it matches", user="clerk-ana")
+        args = dict(view["pending_approvals"][0]["args"], invoice_id="INV-1002")
+        edit = {"type": "edit", "edited_action": {"name": "schedule_payment", "args": args}}
+        with pytest.raises(ResumeError, match="may not change invoice_id"):
+            await agent.resume(view["thread_id"], {"decisions": [edit], "reviewer": REVIEWER})
+        after = await agent.view(view["thread_id"])
+    assert after["status"] == "interrupted"
+    assert (
+        after["pending_approvals"][0]["interrupt_id"]
+        == (view["pending_approvals"][0]["interrupt_id"])
+    )
+
+
+async def test_edit_of_amount_is_paid_as_edited(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Validate INV-1001 and pay it if it matches", user="clerk-ana")
+        args = dict(view["pending_approvals"][0]["args"], amount="100.5")
+        edit = {"type": "edit", "edited_action": {"name": "schedule_payment", "args": args}}
+        done = await agent.resume(view["thread_id"], {"decisions": [edit], "reviewer": REVIEWER})
+    assert done["status"] == "completed"
+    assert done["result"]["invoices"]["INV-1001"]["payment"]["amount"] == "100.50"
+    assert done["result"]["decisions"][0]["decision"] == "edit"
+
+
+async def test_loading_a_world_forgets_old_threads(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Pay INV-1001", user="clerk-ana")
+        assert view["status"] == "interrupted"
+        async with database.connection() as conn:
+            await load_world(conn, read_world(SAMPLE_WORLD_PATH))
+        assert await agent.pending_everywhere() == []
+        assert await list_runs(database) == []
+        with pytest.raises(NotFound, match="No thread"):
+            await agent.resume(
+                view["thread_id"], {"decisions": [{"type": "approve"}], "reviewer": REVIEWER}
+            )
