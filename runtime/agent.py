@@ -42,6 +42,23 @@ class Agent:
         """The run config for a thread."""
         return {"configurable": {"thread_id": thread_id}}
 
+    @staticmethod
+    def traced_config(
+        thread_id: str, context: Context, *, actor: str, action: str
+    ) -> RunnableConfig:
+        """Run config whose name, tags and metadata join LangSmith traces to the thread."""
+        return {
+            "configurable": {"thread_id": thread_id},
+            "run_name": f"payables:{action}",
+            "tags": ["payables", action],
+            "metadata": {
+                "thread_id": thread_id,
+                "actor": actor,
+                "tenant": context.tenant,
+                "prompt_version": context.prompt_version,
+            },
+        }
+
     async def start(
         self,
         request: str,
@@ -58,10 +75,11 @@ class Agent:
                 f"Thread {thread_id} already exists; start a new request without "
                 "--thread, or answer its approval with `payables resume`."
             )
+        context = context or Context()
         await self.graph.ainvoke(
             {"request": request, "user": user},
-            self.config(thread_id),
-            context=context or Context(),
+            self.traced_config(thread_id, context, actor=user, action="start"),
+            context=context,
             durability="sync",
         )
         return await self.view(thread_id)
@@ -99,13 +117,14 @@ class Agent:
                 )
         target = interrupts[0]
         resume = parse_resume(value, target.value)
+        context = context or Context()
         # Refuse here what the approval node would refuse, so the caller gets an error
         # (exit 2) instead of a run that pauses again with an error in its payload.
         validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
         await self.graph.ainvoke(
             Command(resume={target.id: value}),
-            self.config(thread_id),
-            context=context or Context(),
+            self.traced_config(thread_id, context, actor=resume.reviewer.id, action="resume"),
+            context=context,
             durability="sync",
         )
         return await self.view(thread_id)
