@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from nodes.deps import Node, NodeDeps
 from runtime.context import Context
-from runtime.models import call_structured
+from runtime.models import ask_model
 from runtime.prompts import PLANNER_REPAIR, PLANNER_SYSTEM
 from runtime.rules_model import rules_plan
 from state.graph_state import AgentState, Entities, Plan, PlanStep
@@ -99,9 +99,7 @@ def make_planner(deps: NodeDeps) -> Node:
         source: Literal["rules", "model"] = "rules"
         path = "rules"
 
-        chosen = deps.models.chat("planner", ctx)
-        if chosen is not None:
-            name, model = chosen
+        if deps.models.chat("planner", ctx) is not None:
             tools = [t.as_openai_tool()["function"] for t in deps.gate.registry.for_route(route)]
             messages: list[Any] = [
                 SystemMessage(PLANNER_SYSTEM.format(route=route, tools=json.dumps(tools))),
@@ -113,39 +111,30 @@ def make_planner(deps: NodeDeps) -> Node:
             ]
             attempts = ctx.max_plan_repairs + 1
             for attempt in range(1, attempts + 1):
-                try:
-                    reply = await call_structured(model, ProposedPlan, messages)
-                except Exception as exc:  # provider failure: degrade to rules, and say so
-                    log.warning("planner model %s failed: %r", name, exc)
-                    notes.append(
-                        f"planner model {name} failed ({type(exc).__name__}: {exc}); "
-                        "rules plan used"
-                    )
-                    path = f"rules (fallback: model {name} failed: {type(exc).__name__})"
+                answer = await ask_model(deps.models, "planner", ctx, ProposedPlan, messages)
+                if answer.provider_failed:
+                    notes.append(f"{answer.note}; rules plan used")
+                    path = answer.path
                     break
+                proposal = answer.parsed if isinstance(answer.parsed, ProposedPlan) else None
                 errors = (
-                    [reply.error]
-                    if reply.error
-                    else validate_plan(deps.gate, route, reply.parsed)
-                    if isinstance(reply.parsed, ProposedPlan)
-                    else ["no plan returned"]
+                    validate_plan(deps.gate, route, proposal)
+                    if proposal is not None
+                    else [answer.note or "no plan returned"]
                 )
-                if not errors and isinstance(reply.parsed, ProposedPlan):
+                if proposal is not None and not errors:
                     steps = [
                         PlanStep(step_id=f"p{phase}s{i}", tool=s.tool, args=s.args, why=s.why)
-                        for i, s in enumerate(reply.parsed.steps, start=1)
+                        for i, s in enumerate(proposal.steps, start=1)
                     ]
-                    final, source = reply.parsed.final, "model"
-                    path = f"model:{name}" + (f" (repaired {attempt - 1}x)" if attempt > 1 else "")
+                    final, source = proposal.final, "model"
+                    path = answer.path + (f" (repaired {attempt - 1}x)" if attempt > 1 else "")
                     break
-                notes.append(
-                    f"planner model {name} plan attempt {attempt} invalid: "
-                    + "; ".join(e for e in errors if e)
-                )
-                repair = PLANNER_REPAIR.format(errors="; ".join(e for e in errors if e))
-                messages.extend(_repair_messages(reply.raw, repair))
+                notes.append(f"planner plan attempt {attempt} invalid: " + "; ".join(errors))
+                repair = PLANNER_REPAIR.format(errors="; ".join(errors))
+                messages.extend(_repair_messages(answer.raw, repair))
             else:
-                path = f"rules (fallback: model {name} plan invalid after {attempts} attempts)"
+                path = f"rules (fallback: model plan invalid after {attempts} attempts)"
 
         if steps is None:
             steps, final = rules_plan(route, entities, outcomes, phase, state["request"])

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from nodes.deps import Node, NodeDeps, current_thread_id
 from runtime.context import Context
-from runtime.models import call_structured
+from runtime.models import ask_model
 from runtime.prompts import RESPOND_SYSTEM
 from runtime.rules_model import extractive_answer
 from state.graph_state import AgentState
@@ -158,34 +158,24 @@ def make_respond(deps: NodeDeps) -> Node:
         ctx = runtime.context
         status, reason, result = build_result(state)
         summary = rules_summary(status, reason, result)
-        path = "rules"
-        notes: list[str] = []
-        chosen = deps.models.chat("respond", ctx)
-        if chosen is not None:
-            name, model = chosen
-            try:
-                reply = await call_structured(
-                    model,
-                    Summary,
-                    [
-                        SystemMessage(RESPOND_SYSTEM),
-                        HumanMessage(
-                            json.dumps(
-                                {"status": status, "reason": reason, "result": result}, default=str
-                            )[:20000]
-                        ),
-                    ],
-                )
-            except Exception as exc:  # provider failure: keep the rules summary, and say so
-                log.warning("respond model %s failed: %r", name, exc)
-                path = f"rules (fallback: model {name} failed: {type(exc).__name__})"
-                notes.append(f"respond model {name} failed ({type(exc).__name__}: {exc})")
-            else:
-                if isinstance(reply.parsed, Summary):
-                    summary, path = reply.parsed.summary, f"model:{name}"
-                else:
-                    path = f"rules (fallback: model {name} output invalid)"
-                    notes.append(f"respond model {name}: {reply.error}")
+        answer = await ask_model(
+            deps.models,
+            "respond",
+            ctx,
+            Summary,
+            [
+                SystemMessage(RESPOND_SYSTEM),
+                HumanMessage(
+                    json.dumps({"status": status, "reason": reason, "result": result}, default=str)[
+                        :20000
+                    ]
+                ),
+            ],
+        )
+        if isinstance(answer.parsed, Summary):
+            summary = answer.parsed.summary
+        path = answer.path
+        notes = [answer.note] if answer.note else []
         model_path = {**state.get("model_path", {}), "respond": path}
         result["model_path"] = model_path
         result["prompt_version"] = ctx.prompt_version

@@ -12,7 +12,7 @@ from langgraph.types import Command
 from guards.input_checks import check_request
 from nodes.deps import Node, NodeDeps, current_thread_id
 from runtime.context import Context
-from runtime.models import call_structured
+from runtime.models import ask_model
 from runtime.prompts import ROUTER_SYSTEM
 from runtime.rules_model import RouteDecision, extract_entities, rules_route
 from state.graph_state import AgentState, Entities
@@ -50,7 +50,6 @@ def make_router(deps: NodeDeps) -> Node:
         request = state.get("request", "")
         thread_id = current_thread_id()
         requester = state.get("user") or "anonymous"
-        notes: list[str] = []
         verdict = check_request(request)
         if not verdict.ok:
             await record_run(
@@ -75,34 +74,18 @@ def make_router(deps: NodeDeps) -> Node:
                 },
             )
 
-        decision: RouteDecision | None = None
-        path = "rules"
-        chosen = deps.models.chat("router", ctx)
-        if chosen is not None:
-            name, model = chosen
-            try:
-                reply = await call_structured(
-                    model,
-                    RouteDecision,
-                    [
-                        SystemMessage(ROUTER_SYSTEM),
-                        HumanMessage(f"<request>\n{request}\n</request>"),
-                    ],
-                )
-            except Exception as exc:  # provider failure: degrade to rules, and say so
-                log.warning("router model %s failed: %r", name, exc)
-                path = f"rules (fallback: model {name} failed: {type(exc).__name__})"
-                notes.append(
-                    f"router model {name} failed ({type(exc).__name__}: {exc}); rules routing used"
-                )
-            else:
-                if isinstance(reply.parsed, RouteDecision):
-                    decision, path = reply.parsed, f"model:{name}"
-                else:
-                    path = f"rules (fallback: model {name} output invalid)"
-                    notes.append(f"router model {name}: {reply.error}; rules routing used")
-        if decision is None:
-            decision = rules_route(request)
+        answer = await ask_model(
+            deps.models,
+            "router",
+            ctx,
+            RouteDecision,
+            [SystemMessage(ROUTER_SYSTEM), HumanMessage(f"<request>\n{request}\n</request>")],
+        )
+        notes = [answer.note] if answer.note else []
+        decision = (
+            answer.parsed if isinstance(answer.parsed, RouteDecision) else rules_route(request)
+        )
+        path = answer.path
 
         entities = _grounded(decision, request)
         route = decision.route

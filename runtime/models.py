@@ -106,3 +106,50 @@ async def call_structured(
         except ValueError as exc:
             return StructuredReply(None, f"output did not match the schema: {exc}", raw)
     return StructuredReply(parsed, None, raw)
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """A role's structured answer, or why the rules model serves instead.
+
+    ``path`` is what the run records in ``model_path`` (``rules``, ``model:<name>`` or
+    ``rules (fallback: ...)``); ``note`` says what went wrong, for the run's notes.
+    """
+
+    parsed: BaseModel | None
+    path: str
+    note: str | None = None
+    raw: BaseMessage | None = None
+    provider_failed: bool = False
+
+
+async def ask_model(
+    provider: ModelProvider,
+    role: Role,
+    context: Context,
+    schema: type[SchemaT],
+    messages: list[Any],
+) -> ModelAnswer:
+    """Ask the role's model for ``schema``; provider failures degrade to rules, and say so."""
+    chosen = provider.chat(role, context)
+    if chosen is None:
+        return ModelAnswer(None, RULES_MODEL)
+    name, model = chosen
+    try:
+        reply = await call_structured(model, schema, messages)
+    except Exception as exc:  # any provider failure: the rules model is the floor
+        log.warning("%s model %s failed: %r", role, name, exc)
+        return ModelAnswer(
+            None,
+            f"rules (fallback: model {name} failed: {type(exc).__name__})",
+            f"{role} model {name} failed ({type(exc).__name__}: {exc})",
+            provider_failed=True,
+        )
+    if reply.parsed is not None:
+        return ModelAnswer(reply.parsed, f"model:{name}", raw=reply.raw)
+    return ModelAnswer(
+        None,
+        f"rules (fallback: model {name} output invalid)",
+        f"{role} model {name}: {reply.error}",
+        raw=reply.raw,
+    )

@@ -21,6 +21,7 @@ from state.db import Database
 from tools.contract import (
     CallContext,
     Reviewer,
+    Tier,
     ToolFailure,
     ToolSpec,
     args_hash,
@@ -55,6 +56,30 @@ class ToolOutcome(TypedDict):
     replayed: bool
 
 
+def _outcome(
+    step_id: str,
+    tool: str,
+    tier: str,
+    args: dict[str, Any],
+    *,
+    result: dict[str, Any] | None = None,
+    error: ToolError | None = None,
+    key: str | None = None,
+    replayed: bool = False,
+) -> ToolOutcome:
+    return ToolOutcome(
+        step_id=step_id,
+        tool=tool,
+        tier=tier,
+        ok=error is None,
+        args=args,
+        result=result,
+        error=error,
+        idempotency_key=key,
+        replayed=replayed,
+    )
+
+
 def _failure(
     step_id: str,
     tool: str,
@@ -65,17 +90,8 @@ def _failure(
     hint: str = "",
     retryable: bool = False,
 ) -> ToolOutcome:
-    return ToolOutcome(
-        step_id=step_id,
-        tool=tool,
-        tier=tier,
-        ok=False,
-        args=args,
-        result=None,
-        error=ToolError(code=code, message=message, hint=hint, retryable=retryable),
-        idempotency_key=None,
-        replayed=False,
-    )
+    error = ToolError(code=code, message=message, hint=hint, retryable=retryable)
+    return _outcome(step_id, tool, tier, args, error=error)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -154,7 +170,7 @@ class ToolGate:
         """The approval requirement for a validated call, from database facts."""
         match: MatchResult | None = None
         invoice_id = args.get("invoice_id")
-        if isinstance(invoice_id, str) and not spec.tier.value == "read":
+        if isinstance(invoice_id, str) and spec.tier is not Tier.READ:
             inputs = await load_match_inputs(conn, invoice_id)
             if inputs is not None:
                 match = compute_three_way_match(inputs, tolerances_from(run))
@@ -212,17 +228,7 @@ class ToolGate:
         checked = self.validate(route, tool, args)
         if not isinstance(checked, tuple):
             spec_tier = spec.tier.value if (spec := self.registry.get(tool)) else "unknown"
-            return ToolOutcome(
-                step_id=step_id,
-                tool=tool,
-                tier=spec_tier,
-                ok=False,
-                args=raw_args,
-                result=None,
-                error=checked,
-                idempotency_key=None,
-                replayed=False,
-            )
+            return _outcome(step_id, tool, spec_tier, raw_args, error=checked)
         spec, validated = checked
         tier = spec.tier
         key = (
@@ -244,19 +250,17 @@ class ToolGate:
                         )
                         done = await cur.fetchone()
                         if done is not None:
-                            return ToolOutcome(
-                                step_id=step_id,
-                                tool=tool,
-                                tier=tier.value,
-                                ok=True,
-                                args=validated,
+                            return _outcome(
+                                step_id,
+                                tool,
+                                tier.value,
+                                validated,
                                 result=done["result"],
-                                error=None,
-                                idempotency_key=key,
+                                key=key,
                                 replayed=True,
                             )
                     approvers: tuple[Reviewer, ...] = ()
-                    if tier.value != "read":
+                    if tier is not Tier.READ:
                         requirement = await self.requirement(conn, spec, validated, run)
                         if requirement.required:
                             approvers, rejections = await self.approvers(
@@ -334,14 +338,4 @@ class ToolGate:
                 hint="Retry later.",
                 retryable=True,
             )
-        return ToolOutcome(
-            step_id=step_id,
-            tool=tool,
-            tier=tier.value,
-            ok=True,
-            args=validated,
-            result=payload,
-            error=None,
-            idempotency_key=key,
-            replayed=False,
-        )
+        return _outcome(step_id, tool, tier.value, validated, result=payload, key=key)
