@@ -150,9 +150,10 @@ def _print_approval(approval: dict[str, Any]) -> None:
             out.print(f"    ! {exc['code']}: {escape(exc['detail'])}")
     if "vendor" in evidence:
         v = evidence["vendor"]
+        change = f" → {evidence['proposed_account']}" if evidence.get("proposed_account") else ""
         out.print(
-            f"    {v['vendor_id']} {v['name']}: {v['current_account']} → "
-            f"{evidence.get('proposed_account')}"
+            f"    {v['vendor_id']} {v['name']} <{v['contact_email']}>: "
+            f"account {v['current_account']}{change}"
         )
     if approval.get("error"):
         out.print(f"    [red]last resume refused:[/] {escape(approval['error'])}")
