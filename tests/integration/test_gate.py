@@ -1,0 +1,204 @@
+"""The gate on a real Postgres: keys, replays, races, timeouts and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import Field
+
+from runtime.context import Context
+from state.db import Database
+from tools.ap import AP_TOOLS
+from tools.contract import CallContext, Tier, ToolArgs, ToolResult, ToolSpec, args_hash
+from tools.gate import ToolGate
+from tools.registry import ToolRegistry
+
+pytestmark = pytest.mark.integration
+
+RUN = Context()
+
+
+class NoteArgs(ToolArgs):
+    """Write a note."""
+
+    text: str = Field(description="The note.")
+
+
+class NoteResult(ToolResult):
+    """How many notes exist after the call."""
+
+    count: int
+
+
+async def slow_note(ctx: CallContext, args: NoteArgs) -> NoteResult:
+    """Write an exception row, then take too long."""
+    await ctx.conn.execute(
+        "INSERT INTO invoice_exceptions (invoice_id, codes, detail, idempotency_key)"
+        " VALUES ('INV-1001', ARRAY['note'], %s, %s)",
+        (args.text, ctx.idempotency_key),
+    )
+    await asyncio.sleep(5)
+    return NoteResult(count=1)
+
+
+def gate_with(database: Database, *extra: ToolSpec[Any, Any]) -> ToolGate:
+    return ToolGate(database, ToolRegistry([*AP_TOOLS, *extra]))
+
+
+async def count(database: Database, sql: str) -> int:
+    async with database.connection() as conn:
+        cur = await conn.execute(sql)
+        row = await cur.fetchone()
+    assert row is not None
+    return int(next(iter(row.values())))
+
+
+async def test_timeout_rolls_back_and_says_retry(database: Database) -> None:
+    slow = ToolSpec(
+        name="slow_note",
+        description="Write a note slowly (test tool).",
+        args_model=NoteArgs,
+        result_model=NoteResult,
+        tier=Tier.REVERSIBLE,
+        scopes=frozenset({"invoice_processing"}),
+        handler=slow_note,
+        timeout_s=0.3,
+    )
+    outcome = await gate_with(database, slow).call(
+        thread_id="t",
+        step_id="s1",
+        route="invoice_processing",
+        requester="clerk",
+        tool="slow_note",
+        args={"text": "x"},
+        run=RUN,
+    )
+    assert outcome["ok"] is False and outcome["error"] is not None
+    assert outcome["error"]["code"] == "timeout" and outcome["error"]["retryable"]
+    assert await count(database, "SELECT count(*) FROM invoice_exceptions") == 0
+    assert await count(database, "SELECT count(*) FROM tool_calls") == 0
+
+
+async def test_same_key_replays_instead_of_writing_again(database: Database) -> None:
+    gate = ToolGate(database)
+    call = {
+        "thread_id": "t",
+        "step_id": "p2s1",
+        "route": "invoice_processing",
+        "requester": "clerk",
+        "tool": "flag_exception",
+        "run": RUN,
+        "args": {"invoice_id": "INV-1019", "codes": ["duplicate_invoice"], "detail": "dup"},
+    }
+    first = await gate.call(**call)
+    second = await gate.call(**call)
+    assert first["ok"] and not first["replayed"]
+    assert second["ok"] and second["replayed"]
+    assert second["result"] == first["result"]
+    assert first["idempotency_key"] == second["idempotency_key"]
+    assert await count(database, "SELECT count(*) FROM invoice_exceptions") == 1
+
+
+async def test_racing_calls_with_one_key_write_once(database: Database) -> None:
+    gate = ToolGate(database)
+    call = {
+        "thread_id": "t",
+        "step_id": "p2s1",
+        "route": "invoice_processing",
+        "requester": "clerk",
+        "tool": "stage_invoice",
+        "run": RUN,
+        "args": {"invoice_id": "INV-1001"},
+    }
+    outcomes = await asyncio.gather(*(gate.call(**call) for _ in range(5)))
+    assert all(o["ok"] for o in outcomes)
+    assert sum(not o["replayed"] for o in outcomes) == 1
+    assert await count(database, "SELECT count(*) FROM tool_calls") == 1
+
+
+async def test_irreversible_call_without_approval_is_refused(database: Database) -> None:
+    outcome = await ToolGate(database).call(
+        thread_id="t",
+        step_id="p2s2",
+        route="invoice_processing",
+        requester="clerk",
+        tool="schedule_payment",
+        args={"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD"},
+        run=RUN,
+    )
+    assert outcome["error"] is not None and outcome["error"]["code"] == "approval_required"
+    assert await count(database, "SELECT count(*) FROM payments WHERE thread_id = 't'") == 0
+
+
+async def test_approval_is_bound_to_the_exact_args(database: Database) -> None:
+    gate = ToolGate(database)
+    approved = {"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD", "pay_on": None}
+    async with database.connection() as conn:
+        await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
+        await conn.execute(
+            "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash, reviewer_id,"
+            " reviewer_role, decision) VALUES ('t', 'p2s2', 'schedule_payment', %s, 'rev',"
+            " 'approver', 'approve')",
+            (args_hash("schedule_payment", approved),),
+        )
+    other = await gate.call(
+        thread_id="t",
+        step_id="p2s2",
+        route="invoice_processing",
+        requester="clerk",
+        tool="schedule_payment",
+        args={**approved, "amount": "2.00"},
+        run=RUN,
+    )
+    assert other["error"] is not None and other["error"]["code"] == "approval_required"
+    same = await gate.call(
+        thread_id="t",
+        step_id="p2s2",
+        route="invoice_processing",
+        requester="clerk",
+        tool="schedule_payment",
+        args=approved,
+        run=RUN,
+    )
+    assert same["ok"], same["error"]
+    assert await count(database, "SELECT count(*) FROM payments WHERE thread_id = 't'") == 1
+
+
+async def test_requester_approval_does_not_count(database: Database) -> None:
+    args = {"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD", "pay_on": None}
+    async with database.connection() as conn:
+        await conn.execute(
+            "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash, reviewer_id,"
+            " reviewer_role, decision) VALUES ('t', 'p2s2', 'schedule_payment', %s, 'clerk',"
+            " 'controller', 'approve')",
+            (args_hash("schedule_payment", args),),
+        )
+    outcome = await ToolGate(database).call(
+        thread_id="t",
+        step_id="p2s2",
+        route="invoice_processing",
+        requester="clerk",
+        tool="schedule_payment",
+        args=args,
+        run=RUN,
+    )
+    assert outcome["error"] is not None and outcome["error"]["code"] == "approval_required"
+
+
+async def test_business_failure_is_structured_and_changes_nothing(database: Database) -> None:
+    outcome = await ToolGate(database).call(
+        thread_id="t",
+        step_id="p2s1",
+        route="invoice_processing",
+        requester="clerk",
+        tool="stage_invoice",
+        args={"invoice_id": "INV-1019"},
+        run=RUN,
+    )
+    assert outcome["error"] is not None
+    assert outcome["error"]["code"] == "match_exceptions"
+    assert "flag_exception" in outcome["error"]["hint"]
+    assert await count(database, "SELECT count(*) FROM tool_calls") == 0
+    assert await count(database, "SELECT count(*) FROM invoices WHERE status = 'staged'") == 0
