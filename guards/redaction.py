@@ -1,0 +1,70 @@
+"""Masking for everything that leaves the agent: results, CLI output, logs, audit rows.
+
+Bank accounts keep their last four characters; secrets (API keys, bearer tokens, database
+passwords) are replaced whole. Card numbers are found with LangChain's PII detector, which
+checks the Luhn sum, so ordinary long numbers are left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+from langchain.agents.middleware.pii import detect_credit_card
+
+T = TypeVar("T")
+
+# IBAN-like: country code, check digits, 10-30 alphanumerics, optionally printed in groups.
+ACCOUNT_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){10,30}\b")
+# Bare account numbers: 10+ digits not part of an amount or an id with a dash.
+DIGITS_RE = re.compile(r"(?<![\d.,\-])\d{10,}(?![\d.,])")
+MASKED_ACCOUNT_RE = re.compile(r"\*{4}[A-Z0-9]{4}\b")
+SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{12,}"), "[secret]"),
+    (re.compile(r"\blsv2_[A-Za-z0-9_]{8,}"), "[secret]"),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "[secret]"),
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._\-]{8,}"), "Bearer [secret]"),
+    (re.compile(r"(?i)\b(api[_-]?key|token|secret|password)(\s*[:=]\s*)\S+"), r"\1\2[secret]"),
+    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/\s@]+:)[^@\s]+@"), r"\1***@"),
+)
+
+
+def mask_account(account: str | None) -> str | None:
+    """Show only the last four characters of a bank account."""
+    if account is None:
+        return None
+    compact = account.replace(" ", "")
+    return "****" + compact[-4:]
+
+
+def redact_text(text: str) -> str:
+    """Mask accounts, card numbers and secrets in free text."""
+    for pattern, replacement in SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    for match in sorted(detect_credit_card(text), key=lambda m: m["start"], reverse=True):
+        text = (
+            text[: match["start"]] + "[card ****" + match["value"][-4:] + "]" + text[match["end"] :]
+        )
+    text = ACCOUNT_RE.sub(lambda m: mask_account(m.group(0)) or "", text)
+    return DIGITS_RE.sub(lambda m: "****" + m.group(0)[-4:], text)
+
+
+def redact(value: T) -> T:
+    """`redact_text` applied to every string inside nested dicts, lists and tuples."""
+    if isinstance(value, str):
+        return redact_text(value)  # type: ignore[return-value]
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}  # type: ignore[return-value]
+    if isinstance(value, list):
+        return [redact(v) for v in value]  # type: ignore[return-value]
+    if isinstance(value, tuple):
+        return tuple(redact(v) for v in value)  # type: ignore[return-value]
+    return value
+
+
+def find_unmasked(text: str) -> list[str]:
+    """Full account numbers, card numbers or secrets still present in ``text`` (for tests)."""
+    found = [m.group(0) for m in ACCOUNT_RE.finditer(text)]
+    found += [m["value"] for m in detect_credit_card(text)]
+    found += [m.group(0) for pattern, _ in SECRET_PATTERNS[:4] for m in pattern.finditer(text)]
+    return found

@@ -1,0 +1,69 @@
+"""Third-party text reaches a model only inside explicit untrusted wrappers.
+
+Invoice notes and document text, line descriptions, attachments (vendor emails) and policy
+text fetched for answers were written by someone other than the clerk. They are data: the
+prompts say so, and the wrappers make it visible where such text starts and ends. A
+closing tag inside the text cannot end the wrapper early.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from typing import Any
+
+_TAG_RE = re.compile(r"<\s*(/?)\s*untrusted", re.IGNORECASE)
+
+# For each tool, where its result carries third-party text.
+UNTRUSTED_FIELDS: dict[str, tuple[str, ...]] = {
+    "get_invoice": ("notes", "document_text", "lines[].description"),
+    "search_policy": ("passages[].body",),
+}
+
+
+def wrap(text: str, source: str) -> str:
+    """``text`` inside ``<untrusted source=...>`` tags, with look-alike tags defused."""
+    safe = _TAG_RE.sub(lambda m: f"&lt;{m.group(1)}untrusted", text)
+    safe_source = re.sub(r"[^A-Za-z0-9 ._:\-\[\]]", "", source)[:80]
+    return f'<untrusted source="{safe_source}">{safe}</untrusted>'
+
+
+def _paths(value: Any, path: str) -> Iterator[tuple[list[Any] | dict[str, Any], Any, str]]:
+    head, _, rest = path.partition(".")
+    if head.endswith("[]"):
+        items = value.get(head[:-2]) if isinstance(value, dict) else None
+        for index, item in enumerate(items or []):
+            yield from (
+                (container, key, f"{head[:-2]}[{index}].{label}")
+                for container, key, label in _paths(item, rest)
+            )
+    elif isinstance(value, dict) and head in value:
+        if rest:
+            yield from _paths(value[head], rest)
+        elif isinstance(value[head], str):
+            yield value, head, head
+
+
+def untrusted_texts(tool: str, result: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """``(field, text)`` for every third-party string in a tool result."""
+    if not result:
+        return []
+    found = []
+    for path in UNTRUSTED_FIELDS.get(tool, ()):
+        for container, key, label in _paths(result, path):
+            text = container[key]  # type: ignore[index]
+            if text:
+                found.append((label, text))
+    return found
+
+
+def wrap_result(tool: str, result: dict[str, Any] | None, source: str) -> dict[str, Any] | None:
+    """A copy of ``result`` whose third-party strings are wrapped as untrusted."""
+    if not result:
+        return result
+    wrapped = copy.deepcopy(result)
+    for path in UNTRUSTED_FIELDS.get(tool, ()):
+        for container, key, label in _paths(wrapped, path):
+            container[key] = wrap(container[key], f"{source} {label}")  # type: ignore[index]
+    return wrapped
