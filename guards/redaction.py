@@ -8,7 +8,7 @@ checks the Luhn sum, so ordinary long numbers are left alone.
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from langchain.agents.middleware.pii import detect_credit_card
 

@@ -52,7 +52,7 @@ def untrusted_texts(tool: str, result: dict[str, Any] | None) -> list[tuple[str,
     found = []
     for path in UNTRUSTED_FIELDS.get(tool, ()):
         for container, key, label in _paths(result, path):
-            text = container[key]  # type: ignore[index]
+            text = container[key]
             if text:
                 found.append((label, text))
     return found
@@ -65,5 +65,5 @@ def wrap_result(tool: str, result: dict[str, Any] | None, source: str) -> dict[s
     wrapped = copy.deepcopy(result)
     for path in UNTRUSTED_FIELDS.get(tool, ()):
         for container, key, label in _paths(wrapped, path):
-            container[key] = wrap(container[key], f"{source} {label}")  # type: ignore[index]
+            container[key] = wrap(container[key], f"{source} {label}")
     return wrapped
