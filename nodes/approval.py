@@ -15,7 +15,9 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 
+from guards.redaction import mask_account, redact
 from nodes.deps import Node, NodeDeps, current_thread_id
+from nodes.safety import step_taint
 from runtime.context import Context
 from runtime.errors import ResumeError
 from state.approvals import (
@@ -29,7 +31,6 @@ from state.approvals import (
 from state.db import Database
 from state.graph_state import AgentState, Decision, Plan, PlanStep
 from state.runs import record_run
-from tools.ap import mask_account
 from tools.contract import args_hash
 from tools.gate import ToolGate
 from tools.matching import compute_three_way_match, load_match_inputs, tolerances_from
@@ -89,7 +90,7 @@ async def build_evidence(
             new_account = step["args"].get("new_account")
             if isinstance(new_account, str):
                 evidence["proposed_account"] = mask_account(new_account)
-                evidence["request_text"] = f"<untrusted>{request_text[:2000]}</untrusted>"
+                evidence["request"] = request_text[:2000]
     return evidence
 
 
@@ -126,12 +127,17 @@ async def pending_approval(
                 approved_by=[{"id": a.id, "role": a.role} for a in approvers],
             )
         )
-    evidence = [await build_evidence(gate.database, s, run, state["request"]) for s in steps]
+    evidence = []
+    for step in steps:
+        found = await build_evidence(gate.database, step, run, state["request"])
+        found["taint"] = [f.as_dict() for f in step_taint(state, step)]
+        found["guard_flags"] = state.get("flags", [])
+        evidence.append(redact(found))
     request = ApprovalRequest(
         action_requests=[
             ActionRequest(
                 name=s["tool"],
-                args=s["args"],
+                args=redact(s["args"]),
                 description=f"{s['why']} Needs: " + "; ".join(r["reasons"]),
             )
             for s, r in zip(steps, requirements, strict=True)

@@ -12,8 +12,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from nodes.deps import Node, NodeDeps, current_thread_id
+from nodes.safety import outcome_flags, step_taint, taint_block_reason
 from runtime.context import Context
 from state.graph_state import AgentState
+from tools.gate import refusal
 
 
 def make_executor(deps: NodeDeps) -> Node:
@@ -28,6 +30,23 @@ def make_executor(deps: NodeDeps) -> Node:
         if cursor >= len(plan["steps"]):
             return Command(goto="verifier")
         step = plan["steps"][cursor]
+        spec = deps.gate.registry.get(step["tool"])
+        if spec is not None and spec.tier.needs_approval:
+            # Policy blocks some values outright when only third-party text supplied them;
+            # no approval can make such a call acceptable.
+            blocked = taint_block_reason(step, step_taint(state, step))
+            if blocked is not None:
+                refused = refusal(
+                    step["step_id"],
+                    step["tool"],
+                    spec.tier.value,
+                    step["args"],
+                    "blocked_by_policy",
+                    blocked,
+                )
+                return Command(
+                    goto="verifier", update={"outcomes": [refused], "cursor": cursor + 1}
+                )
         outcome = await deps.gate.call(
             thread_id=current_thread_id(),
             step_id=step["step_id"],
@@ -40,7 +59,7 @@ def make_executor(deps: NodeDeps) -> Node:
         error = outcome["error"]
         if error is not None and error["code"] == "approval_required":
             return Command(goto="approval")
-        update = {"outcomes": [outcome], "cursor": cursor + 1}
+        update = {"outcomes": [outcome], "cursor": cursor + 1, "flags": outcome_flags(outcome)}
         if not outcome["ok"]:
             # A failed step ends the phase: later steps may depend on it. The verifier
             # decides between re-planning and escalation.

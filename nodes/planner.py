@@ -12,6 +12,7 @@ from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from nodes.deps import Node, NodeDeps
+from nodes.safety import planner_view, wrapped_attachments
 from runtime.context import Context
 from runtime.models import ask_model
 from runtime.prompts import PLANNER_REPAIR, PLANNER_SYSTEM
@@ -54,19 +55,8 @@ def validate_plan(gate: ToolGate, route: str, proposal: ProposedPlan) -> list[st
 
 
 def _results_digest(state: AgentState) -> str:
-    outcomes = [
-        {
-            "step_id": o["step_id"],
-            "tool": o["tool"],
-            "args": o["args"],
-            "ok": o["ok"],
-            "result": o["result"],
-            "error": o["error"],
-        }
-        for o in state.get("outcomes", [])
-    ]
-    # Third-party text travels inside explicit untrusted markers.
-    return "<untrusted>\n" + json.dumps(outcomes, default=str)[:20000] + "\n</untrusted>"
+    """Earlier results with every piece of third-party text wrapped as untrusted."""
+    return json.dumps(planner_view(state), default=str)[:20000]
 
 
 def _repair_messages(raw: Any, repair: str) -> list[Any]:
@@ -106,7 +96,9 @@ def make_planner(deps: NodeDeps) -> Node:
                 HumanMessage(
                     f"Request:\n<request>\n{state['request']}\n</request>\n"
                     f"Entities: {json.dumps(entities)}\nPhase: {phase}\n"
-                    f"Results so far:\n{_results_digest(state)}"
+                    f"Results so far:\n{_results_digest(state)}\n"
+                    + "Attachments:\n"
+                    + "\n".join(wrapped_attachments(state))
                 ),
             ]
             attempts = ctx.max_plan_repairs + 1

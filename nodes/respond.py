@@ -10,6 +10,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
+from guards.redaction import redact, redact_text
 from nodes.deps import Node, NodeDeps, current_thread_id
 from runtime.context import Context
 from runtime.models import ask_model
@@ -177,9 +178,13 @@ def make_respond(deps: NodeDeps) -> Node:
         path = answer.path
         notes = [answer.note] if answer.note else []
         model_path = {**state.get("model_path", {}), "respond": path}
+        result["flags"] = state.get("flags", [])
         result["model_path"] = model_path
         result["prompt_version"] = ctx.prompt_version
         result["notes"] = [*state.get("notes", []), *notes]
+        # The output guard: whatever a model or a tool put here, no full account number,
+        # card number or secret leaves the run.
+        summary, reason, result = redact_text(summary), redact_text(reason), redact(result)
         await record_run(
             deps.database,
             thread_id=current_thread_id(),

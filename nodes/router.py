@@ -11,6 +11,7 @@ from langgraph.types import Command
 
 from guards.input_checks import check_request
 from nodes.deps import Node, NodeDeps, current_thread_id
+from nodes.safety import request_flags, wrapped_attachments
 from runtime.context import Context
 from runtime.models import ask_model
 from runtime.prompts import ROUTER_SYSTEM
@@ -79,7 +80,12 @@ def make_router(deps: NodeDeps) -> Node:
             "router",
             ctx,
             RouteDecision,
-            [SystemMessage(ROUTER_SYSTEM), HumanMessage(f"<request>\n{request}\n</request>")],
+            [
+                SystemMessage(ROUTER_SYSTEM),
+                HumanMessage(
+                    f"<request>\n{request}\n</request>\n" + "\n".join(wrapped_attachments(state))
+                ),
+            ],
         )
         notes = [answer.note] if answer.note else []
         decision = (
@@ -127,6 +133,7 @@ def make_router(deps: NodeDeps) -> Node:
             "entities": entities,
             "model_path": {"router": path},
             "notes": notes,
+            "flags": request_flags(request, state.get("attachments", [])),
             "cursor": 0,
             "replans": 0,
         }

@@ -18,6 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
 from graphs.payables import build_graph
+from guards.redaction import redact, redact_text
 from nodes.approval import validated_edits
 from nodes.deps import NodeDeps
 from runtime.context import Context
@@ -25,6 +26,7 @@ from runtime.errors import BadInput, NotFound, ResumeError
 from runtime.models import ModelProvider, OpenAIModelProvider
 from state.approvals import ApprovalRequest, parse_resume
 from state.db import Database, default_database, migrate
+from state.graph_state import Attachment
 from state.runs import list_runs
 from tools.gate import ToolGate
 
@@ -65,6 +67,7 @@ class Agent:
         *,
         user: str,
         thread_id: str | None = None,
+        attachments: list[Attachment] | None = None,
         context: Context | None = None,
     ) -> dict[str, Any]:
         """Run a new request to completion or to its first interrupt; return the view."""
@@ -77,7 +80,7 @@ class Agent:
             )
         context = context or Context()
         await self.graph.ainvoke(
-            {"request": request, "user": user},
+            {"request": request, "user": user, "attachments": attachments or []},
             self.traced_config(thread_id, context, actor=user, action="start"),
             context=context,
             durability="sync",
@@ -162,10 +165,15 @@ class Agent:
             "thread_id": thread_id,
             "status": status,
             "route": values.get("route"),
-            "request": values.get("request"),
+            "request": redact_text(values.get("request", "")),
             "user": values.get("user"),
             "plan": [
-                {"step_id": s["step_id"], "tool": s["tool"], "args": s["args"], "why": s["why"]}
+                {
+                    "step_id": s["step_id"],
+                    "tool": s["tool"],
+                    "args": redact(s["args"]),
+                    "why": redact_text(s["why"]),
+                }
                 for s in (plan["steps"] if plan else [])
             ],
             "plan_source": plan["source"] if plan else None,
@@ -174,6 +182,7 @@ class Agent:
             "reason": values.get("reason", ""),
             "summary": values.get("summary", ""),
             "result": values.get("result"),
+            "flags": values.get("flags", []),
         }
 
     async def history(self, thread_id: str) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from runtime.errors import BadInput, PayablesError
 from runtime.settings import PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES
 from state.db import database_uri, default_database, migrate, redact_uri, schema_status
+from state.graph_state import Attachment
 from state.runs import list_runs
 from state.world import SAMPLE_WORLD_PATH, SCHEMA_PATH, load_world, read_world, world_json_schema
 
@@ -245,18 +246,46 @@ def run(
     request: Annotated[str, typer.Argument(help="What to do, e.g. 'Validate INV-1001'.")],
     thread: Annotated[str | None, typer.Option(help="Thread id (default: a new UUID).")] = None,
     user: Annotated[str, typer.Option(help="Who is asking.")] = "clerk",
+    attach: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A vendor document (text) to forward with the request; repeatable. "
+            "Treated as data, never as instructions."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a request to completion or to its next approval."""
+    attachments = [_read_attachment(path) for path in attach or []]
+    if len(attachments) > MAX_ATTACHMENTS:
+        _fail(f"At most {MAX_ATTACHMENTS} attachments per request, got {len(attachments)}.", 2)
 
     async def go() -> dict[str, Any]:
         async with open_agent() as agent:
-            return await agent.start(request, user=user, thread_id=thread)
+            return await agent.start(request, user=user, thread_id=thread, attachments=attachments)
 
     view = _run(go())
     _print_json(view) if as_json else _print_view(view)
     if view["status"] == "failed":
         raise typer.Exit(1)
+
+
+MAX_ATTACHMENTS = 5
+MAX_ATTACHMENT_BYTES = 100_000
+
+
+def _read_attachment(path: Path) -> Attachment:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        _fail(f"Cannot read attachment {path}: {exc.strerror}.", 2)
+    if len(data) > MAX_ATTACHMENT_BYTES:
+        _fail(f"Attachment {path} is {len(data)} bytes; the limit is {MAX_ATTACHMENT_BYTES}.", 2)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        _fail(f"Attachment {path} is not UTF-8 text; paste its text into a .txt file.", 2)
+    return Attachment(name=path.name, text=text)
 
 
 @app.command()

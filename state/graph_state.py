@@ -67,13 +67,24 @@ class Entities(TypedDict):
     wants_payment: bool
 
 
+class Attachment(TypedDict):
+    """A document the clerk forwards with a request (a vendor email, a letter): untrusted."""
+
+    name: str
+    """What it is, e.g. ``vendor-email.txt``."""
+    text: str
+    """Its text, written by a third party."""
+
+
 class InputState(TypedDict):
     """What a caller sends to start a run."""
 
     request: str
-    """The clerk's request in plain words."""
+    """The clerk's request in plain words (the clerk's own instructions)."""
     user: NotRequired[str]
     """Who asked; never allowed to approve their own request."""
+    attachments: NotRequired[list[Attachment]]
+    """Third-party documents forwarded with the request; data, never instructions."""
 
 
 class OutputState(TypedDict, total=False):
@@ -91,6 +102,8 @@ class OutputState(TypedDict, total=False):
     """Short human summary."""
     model_path: dict[str, str]
     """Which model served each role (``rules`` or ``model:<name>``, with fallbacks noted)."""
+    flags: list[dict[str, Any]]
+    """Guard flags raised during the run (suspected injection, PII), with evidence."""
 
 
 class AgentState(InputState, total=False):
@@ -121,6 +134,8 @@ class AgentState(InputState, total=False):
     """Every reviewer decision, in order."""
     replans: int
     """Re-plans caused by failures (bounded by Context.max_replans)."""
+    flags: Annotated[list[dict[str, Any]], operator.add]
+    """Guard flags: suspected injection or PII, each with source, score and evidence."""
     notes: Annotated[list[str], operator.add]
     """Things a reviewer or engineer should know (plan repairs, model fallbacks)."""
     model_path: Annotated[dict[str, str], merge_dicts]

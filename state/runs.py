@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from guards.redaction import redact_text
 from state.db import Database
 
 
@@ -44,4 +45,7 @@ async def list_runs(
             " ORDER BY updated_at DESC LIMIT %s",
             (status, status, limit),
         )
-        return list(await cur.fetchall())
+        return [
+            {**row, "request": redact_text(row["request"]), "summary": redact_text(row["summary"])}
+            for row in await cur.fetchall()
+        ]

@@ -80,7 +80,7 @@ def _outcome(
     )
 
 
-def _failure(
+def refusal(
     step_id: str,
     tool: str,
     tier: str,
@@ -90,6 +90,7 @@ def _failure(
     hint: str = "",
     retryable: bool = False,
 ) -> ToolOutcome:
+    """The outcome of a call that was refused before (or instead of) running."""
     error = ToolError(code=code, message=message, hint=hint, retryable=retryable)
     return _outcome(step_id, tool, tier, args, error=error)
 
@@ -267,7 +268,7 @@ class ToolGate:
                                 conn, thread_id, step_id, tool, validated
                             )
                             if rejections:
-                                return _failure(
+                                return refusal(
                                     step_id,
                                     tool,
                                     tier.value,
@@ -277,7 +278,7 @@ class ToolGate:
                                 )
                             unmet = requirement.unmet(approvers, requester)
                             if unmet:
-                                return _failure(
+                                return refusal(
                                     step_id,
                                     tool,
                                     tier.value,
@@ -302,7 +303,7 @@ class ToolGate:
                                 ctx, spec.args_model.model_validate(validated)
                             )
                     except ToolFailure as failure:
-                        return _failure(
+                        return refusal(
                             step_id,
                             tool,
                             tier.value,
@@ -328,7 +329,7 @@ class ToolGate:
                             ),
                         )
         except TimeoutError:
-            return _failure(
+            return refusal(
                 step_id,
                 tool,
                 tier.value,

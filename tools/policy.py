@@ -79,7 +79,11 @@ def approval_requirement(
         facts["match_verdict"] = match.verdict
 
     if tool == "schedule_payment":
+        # Thresholds apply to the invoice, not the payment: paying part of an invoice (and
+        # the rest later) must not slip under them.
         amount = Decimal(str(args.get("amount", "0")))
+        if match is not None:
+            amount = max(amount, Decimal(match.invoice_total))
         facts["amount"] = str(amount)
         if amount > run.approval_limit:
             reasons.append(f"amount {amount} is over the approval threshold {run.approval_limit}")

@@ -1,0 +1,126 @@
+"""The safety plane as the nodes apply it: what is trusted, what is flagged, what is tainted."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from langchain.agents.middleware.pii import detect_credit_card
+from stdnum import iban
+
+from guards.injection import REQUEST_INTENT_RULES, scan
+from guards.redaction import ACCOUNT_RE, mask_account
+from guards.taint import TaintFinding, find_taint
+from guards.untrusted import untrusted_texts, wrap, wrap_result
+from state.graph_state import AgentState, Attachment, PlanStep
+from tools.gate import ToolOutcome
+
+
+def request_flags(request: str, attachments: list[Attachment]) -> list[dict[str, Any]]:
+    """Injection and PII flags for the clerk's request and forwarded attachments."""
+    flags: list[dict[str, Any]] = []
+    found = scan(request, "request", ignore=REQUEST_INTENT_RULES)
+    if found:
+        flags.append(found.as_dict())
+    cards = detect_credit_card(request)
+    accounts = [
+        m.group(0) for m in ACCOUNT_RE.finditer(request.upper()) if iban.is_valid(m.group(0))
+    ]
+    if cards or accounts:
+        flags.append(
+            {
+                "kind": "pii",
+                "source": "request",
+                "score": 1.0,
+                "rules": ["card_number"] * bool(cards) + ["bank_account"] * bool(accounts),
+                "evidence": [f"card ****{c['value'][-4:]}" for c in cards]
+                + [f"account {mask_account(a)}" for a in accounts],
+            }
+        )
+    for attachment in attachments:
+        found = scan(attachment["text"], f"attachment {attachment['name']}")
+        if found:
+            flags.append(found.as_dict())
+    return flags
+
+
+def outcome_flags(outcome: ToolOutcome) -> list[dict[str, Any]]:
+    """Injection flags for the third-party text inside one tool result."""
+    subject = outcome["args"].get("invoice_id") or outcome["tool"]
+    flags = []
+    for field, text in untrusted_texts(outcome["tool"], outcome["result"]):
+        found = scan(text, f"{subject} {field}")
+        if found:
+            flags.append({**found.as_dict(), "step_id": outcome["step_id"]})
+    return flags
+
+
+def provenance(state: AgentState) -> tuple[list[str], list[tuple[str, str]]]:
+    """Trusted texts (request, our own structured records) and untrusted ones, by source."""
+    trusted = [state.get("request", "")]
+    untrusted = [(f"attachment {a['name']}", a["text"]) for a in state.get("attachments", [])]
+    for outcome in state.get("outcomes", []):
+        if not outcome["ok"]:
+            continue
+        subject = outcome["args"].get("invoice_id") or outcome["tool"]
+        untrusted += [
+            (f"{subject} {field}", text)
+            for field, text in untrusted_texts(outcome["tool"], outcome["result"])
+        ]
+        if outcome["result"] is not None:
+            trusted.append(
+                json.dumps(_strip_fields(outcome["tool"], outcome["result"]), default=str)
+            )
+    return trusted, untrusted
+
+
+def _strip_fields(tool: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The result with its third-party fields emptied."""
+    stripped: dict[str, Any] = json.loads(json.dumps(result, default=str))
+    for field, _ in untrusted_texts(tool, result):
+        target: Any = stripped
+        parts = field.replace("]", "").replace("[", ".").split(".")
+        for part in parts[:-1]:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[parts[-1]] = ""
+    return stripped
+
+
+def step_taint(state: AgentState, step: PlanStep) -> list[TaintFinding]:
+    """Values in the step's arguments that only third-party text supplied."""
+    trusted, untrusted = provenance(state)
+    return find_taint(step["args"], trusted=trusted, untrusted=untrusted)
+
+
+def taint_block_reason(step: PlanStep, findings: list[TaintFinding]) -> str | None:
+    """Why policy blocks this step outright, or None when approval (with evidence) suffices."""
+    tainted = {f.arg for f in findings}
+    if step["tool"] == "update_vendor_bank_account" and "new_account" in tainted:
+        return (
+            "The new bank account comes from a document or message, not from the clerk's "
+            "request. Bank details are changed only on the clerk's own instruction after a "
+            "call-back to the vendor; the change was not made."
+        )
+    return None
+
+
+def planner_view(state: AgentState) -> list[dict[str, Any]]:
+    """Outcomes as the planner model sees them: third-party text wrapped as untrusted."""
+    return [
+        {
+            "step_id": o["step_id"],
+            "tool": o["tool"],
+            "args": o["args"],
+            "ok": o["ok"],
+            "result": wrap_result(
+                o["tool"], o["result"], str(o["args"].get("invoice_id") or o["tool"])
+            ),
+            "error": o["error"],
+        }
+        for o in state.get("outcomes", [])
+    ]
+
+
+def wrapped_attachments(state: AgentState) -> list[str]:
+    """Attachments as the models see them."""
+    return [wrap(a["text"], f"attachment {a['name']}") for a in state.get("attachments", [])]
