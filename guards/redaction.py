@@ -7,6 +7,7 @@ checks the Luhn sum, so ordinary long numbers are left alone.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TypeVar
 
@@ -68,3 +69,13 @@ def find_unmasked(text: str) -> list[str]:
     found += [m["value"] for m in detect_credit_card(text)]
     found += [m.group(0) for pattern, _ in SECRET_PATTERNS[:4] for m in pattern.finditer(text)]
     return found
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks accounts, cards and secrets in every record it passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the record's message with its redacted rendering."""
+        record.msg = redact_text(record.getMessage())
+        record.args = ()
+        return True

@@ -16,6 +16,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
+from langsmith import Client
 
 from graphs.payables import build_graph
 from guards.redaction import redact, redact_text
@@ -24,6 +25,7 @@ from nodes.deps import NodeDeps
 from runtime.context import Context
 from runtime.errors import BadInput, NotFound, ResumeError
 from runtime.models import ModelProvider, OpenAIModelProvider
+from runtime.tracing import traced
 from state.approvals import ApprovalRequest, parse_resume
 from state.db import Database, default_database, migrate
 from state.graph_state import Attachment
@@ -38,6 +40,8 @@ class Agent:
     graph: CompiledStateGraph[Any, Any, Any, Any]
     database: Database
     gate: ToolGate
+    tracing_client: Client | None = None
+    """LangSmith client for this agent's runs (default: a redacting one when tracing is on)."""
 
     @staticmethod
     def config(thread_id: str) -> RunnableConfig:
@@ -79,12 +83,13 @@ class Agent:
                 "--thread, or answer its approval with `payables resume`."
             )
         context = context or Context()
-        await self.graph.ainvoke(
-            {"request": request, "user": user, "attachments": attachments or []},
-            self.traced_config(thread_id, context, actor=user, action="start"),
-            context=context,
-            durability="sync",
-        )
+        with traced(self.tracing_client):
+            await self.graph.ainvoke(
+                {"request": request, "user": user, "attachments": attachments or []},
+                self.traced_config(thread_id, context, actor=user, action="start"),
+                context=context,
+                durability="sync",
+            )
         return await self.view(thread_id)
 
     async def pending(self, thread_id: str) -> list[tuple[str, ApprovalRequest]]:
@@ -124,12 +129,13 @@ class Agent:
         # Refuse here what the approval node would refuse, so the caller gets an error
         # (exit 2) instead of a run that pauses again with an error in its payload.
         validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
-        await self.graph.ainvoke(
-            Command(resume={target.id: value}),
-            self.traced_config(thread_id, context, actor=resume.reviewer.id, action="resume"),
-            context=context,
-            durability="sync",
-        )
+        with traced(self.tracing_client):
+            await self.graph.ainvoke(
+                Command(resume={target.id: value}),
+                self.traced_config(thread_id, context, actor=resume.reviewer.id, action="resume"),
+                context=context,
+                durability="sync",
+            )
         return await self.view(thread_id)
 
     async def view(self, thread_id: str) -> dict[str, Any]:
@@ -221,7 +227,9 @@ class Agent:
 
 @asynccontextmanager
 async def open_agent(
-    models: ModelProvider | None = None, database: Database | None = None
+    models: ModelProvider | None = None,
+    database: Database | None = None,
+    tracing_client: Client | None = None,
 ) -> AsyncIterator[Agent]:
     """Migrate (once per process), open the pool, and yield an `Agent`."""
     database = database or default_database()
@@ -232,6 +240,6 @@ async def open_agent(
         NodeDeps(gate=gate, models=models or OpenAIModelProvider()), checkpointer=saver
     )
     try:
-        yield Agent(graph=graph, database=database, gate=gate)
+        yield Agent(graph=graph, database=database, gate=gate, tracing_client=tracing_client)
     finally:
         await database.close()
