@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -41,3 +42,44 @@ def check_request(text: str) -> InputVerdict:
             "non-printable character(s); send plain text.",
         )
     return InputVerdict(True)
+
+
+_FENCE_RE = re.compile(r"^(-{3,}|_{3,}|={3,}|`{3}.*|\"{3})$")
+_FORWARD_RE = re.compile(
+    r"^(-+\s*(original|forwarded) message\s*-+|begin forwarded message:?)$", re.IGNORECASE
+)
+
+
+def split_pasted(request: str) -> tuple[str, list[str]]:
+    """The clerk's own words, and the third-party text pasted into the request.
+
+    Pasted text is what sits between fence lines (``---``, ``___``, ``===``, code fences),
+    after an "Original/Forwarded message" line, or on ``>``-quoted lines. It is data, like
+    an attachment: it never supplies an account, an invoice to pay, or an instruction.
+    """
+    own: list[str] = []
+    pasted: list[str] = []
+    block: list[str] | None = None
+    for line in request.splitlines():
+        stripped = line.strip()
+        if _FORWARD_RE.match(stripped):
+            if block:
+                pasted.append("\n".join(block))
+            block = []  # a forwarded message runs to the end
+            continue
+        if _FENCE_RE.match(stripped):
+            if block is None:
+                block = []
+            else:
+                pasted.append("\n".join(block))
+                block = None
+            continue
+        if block is not None:
+            block.append(line)
+        elif stripped.startswith(">"):
+            pasted.append(stripped.lstrip("> "))
+        else:
+            own.append(line)
+    if block:
+        pasted.append("\n".join(block))
+    return "\n".join(own).strip(), [p for p in pasted if p.strip()]

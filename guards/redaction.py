@@ -12,11 +12,18 @@ import re
 from typing import TypeVar
 
 from langchain.agents.middleware.pii import detect_credit_card
+from stdnum import iban
 
 T = TypeVar("T")
 
 # IBAN-like: country code, check digits, 10-30 alphanumerics, optionally printed in groups.
-ACCOUNT_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){10,30}\b")
+ACCOUNT_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]){10,30}\b")
+# The same with any single separator between characters ("N L 9 1 ...", "DE49-1002-..."),
+# matched case-insensitively; only checksum-valid IBANs count, so prose does not.
+_SPREAD_ACCOUNT_RE = re.compile(
+    r"(?<![A-Z0-9])[A-Z][\s.\-_/]?[A-Z][\s.\-_/]?\d[\s.\-_/]?\d(?:[\s.\-_/]?[A-Z0-9]){10,30}",
+    re.IGNORECASE,
+)
 # Bare account numbers: 10+ digits not part of an amount or an id with a dash.
 DIGITS_RE = re.compile(r"(?<![\d.,\-])\d{10,}(?![\d.,])")
 MASKED_ACCOUNT_RE = re.compile(r"\*{4}[A-Z0-9]{4}\b")
@@ -34,8 +41,48 @@ def mask_account(account: str | None) -> str | None:
     """Show only the last four characters of a bank account."""
     if account is None:
         return None
-    compact = account.replace(" ", "")
+    compact = re.sub(r"[ \-]", "", account)
     return "****" + compact[-4:]
+
+
+def _longest_valid_iban(compact: str) -> str | None:
+    for end in range(min(len(compact), 34), 14, -1):
+        if iban.is_valid(compact[:end]):
+            return compact[:end]
+    return None
+
+
+def extract_accounts(text: str) -> list[str]:
+    """Bank accounts written in ``text``, compact and upper-case.
+
+    A checksum-valid IBAN wins (so "GB33... and pay" does not swallow "ANDPAY"); an
+    IBAN-shaped token that fails the checksum is kept as written, without trailing words.
+    """
+    found: list[str] = []
+    for match in _SPREAD_ACCOUNT_RE.finditer(text):
+        compact = re.sub(r"[^A-Z0-9]", "", match.group(0).upper())
+        valid = _longest_valid_iban(compact)
+        if valid is None:
+            token = ACCOUNT_RE.match(match.group(0).upper())
+            if token:
+                groups = re.split(r"[ \-]", token.group(0))
+                while len(groups) > 1 and groups[-1].isalpha():
+                    groups.pop()  # trailing words ("... AND PAY") are not the account
+                valid = "".join(groups)
+        if valid and valid not in found:
+            found.append(valid)
+    return found
+
+
+def find_hidden_accounts(text: str) -> list[str]:
+    """Checksum-valid IBANs written spread out, with separators, or backwards."""
+    found = []
+    for candidate in (text, text[::-1]):
+        for match in _SPREAD_ACCOUNT_RE.finditer(candidate):
+            valid = _longest_valid_iban(re.sub(r"[^A-Z0-9]", "", match.group(0).upper()))
+            if valid:
+                found.append(valid)
+    return found
 
 
 def redact_text(text: str) -> str:
@@ -47,7 +94,13 @@ def redact_text(text: str) -> str:
             text[: match["start"]] + "[card ****" + match["value"][-4:] + "]" + text[match["end"] :]
         )
     text = ACCOUNT_RE.sub(lambda m: mask_account(m.group(0)) or "", text)
+    text = _SPREAD_ACCOUNT_RE.sub(_mask_if_valid, text)
     return DIGITS_RE.sub(lambda m: "****" + m.group(0)[-4:], text)
+
+
+def _mask_if_valid(match: re.Match[str]) -> str:
+    valid = _longest_valid_iban(re.sub(r"[^A-Z0-9]", "", match.group(0).upper()))
+    return "****" + valid[-4:] if valid else match.group(0)
 
 
 def redact(value: T) -> T:
@@ -66,6 +119,7 @@ def redact(value: T) -> T:
 def find_unmasked(text: str) -> list[str]:
     """Full account numbers, card numbers or secrets still present in ``text`` (for tests)."""
     found = [m.group(0) for m in ACCOUNT_RE.finditer(text)]
+    found += find_hidden_accounts(text)
     found += [m["value"] for m in detect_credit_card(text)]
     found += [m.group(0) for pattern, _ in SECRET_PATTERNS[:4] for m in pattern.finditer(text)]
     return found

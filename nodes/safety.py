@@ -9,23 +9,42 @@ from langchain.agents.middleware.pii import detect_credit_card
 from stdnum import iban
 
 from guards.injection import REQUEST_INTENT_RULES, scan
-from guards.redaction import ACCOUNT_RE, mask_account
+from guards.input_checks import split_pasted
+from guards.redaction import extract_accounts, mask_account
 from guards.taint import TaintFinding, find_taint
 from guards.untrusted import untrusted_texts, wrap, wrap_result
 from state.graph_state import AgentState, Attachment, PlanStep
 from tools.gate import ToolOutcome
 
 
+def third_party_texts(state: AgentState) -> list[tuple[str, str]]:
+    """Text a third party wrote that came with the request: pasted blocks and attachments."""
+    _, pasted = split_pasted(state.get("request", ""))
+    return [(f"pasted text {i}", text) for i, text in enumerate(pasted, start=1)] + [
+        (f"attachment {a['name']}", a["text"]) for a in state.get("attachments", [])
+    ]
+
+
+def request_for_model(state: AgentState) -> str:
+    """The request as a model sees it: the clerk's words, then third-party text wrapped."""
+    own_words, _ = split_pasted(state.get("request", ""))
+    wrapped = [wrap(text, source) for source, text in third_party_texts(state)]
+    return f"<request>\n{own_words}\n</request>\n" + "\n".join(wrapped)
+
+
 def request_flags(request: str, attachments: list[Attachment]) -> list[dict[str, Any]]:
-    """Injection and PII flags for the clerk's request and forwarded attachments."""
+    """Injection and PII flags for the clerk's request, pasted text and attachments."""
     flags: list[dict[str, Any]] = []
-    found = scan(request, "request", ignore=REQUEST_INTENT_RULES)
+    own_words, pasted = split_pasted(request)
+    found = scan(own_words, "request", ignore=REQUEST_INTENT_RULES)
     if found:
         flags.append(found.as_dict())
+    for index, text in enumerate(pasted, start=1):
+        found = scan(text, f"pasted text {index}")
+        if found:
+            flags.append(found.as_dict())
     cards = detect_credit_card(request)
-    accounts = [
-        m.group(0) for m in ACCOUNT_RE.finditer(request.upper()) if iban.is_valid(m.group(0))
-    ]
+    accounts = [a for a in extract_accounts(request) if iban.is_valid(a)]
     if cards or accounts:
         flags.append(
             {
@@ -57,8 +76,9 @@ def outcome_flags(outcome: ToolOutcome) -> list[dict[str, Any]]:
 
 def provenance(state: AgentState) -> tuple[list[str], list[tuple[str, str]]]:
     """Trusted texts (request, our own structured records) and untrusted ones, by source."""
-    trusted = [state.get("request", "")]
-    untrusted = [(f"attachment {a['name']}", a["text"]) for a in state.get("attachments", [])]
+    own_words, _ = split_pasted(state.get("request", ""))
+    trusted = [own_words]
+    untrusted = third_party_texts(state)
     for outcome in state.get("outcomes", []):
         if not outcome["ok"]:
             continue
@@ -95,6 +115,11 @@ def step_taint(state: AgentState, step: PlanStep) -> list[TaintFinding]:
 def taint_block_reason(step: PlanStep, findings: list[TaintFinding]) -> str | None:
     """Why policy blocks this step outright, or None when approval (with evidence) suffices."""
     tainted = {f.arg for f in findings}
+    if step["tool"] == "schedule_payment" and "invoice_id" in tainted:
+        return (
+            "Only invoices the clerk named are paid; this one was named only in a document "
+            "or message. The payment was not scheduled."
+        )
     if step["tool"] == "update_vendor_bank_account" and "new_account" in tainted:
         return (
             "The new bank account comes from a document or message, not from the clerk's "
@@ -122,5 +147,5 @@ def planner_view(state: AgentState) -> list[dict[str, Any]]:
 
 
 def wrapped_attachments(state: AgentState) -> list[str]:
-    """Attachments as the models see them."""
-    return [wrap(a["text"], f"attachment {a['name']}") for a in state.get("attachments", [])]
+    """Pasted text and attachments as the models see them."""
+    return [wrap(text, source) for source, text in third_party_texts(state)]

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from guards.redaction import extract_accounts
 from state.graph_state import Entities, PlanStep
 from state.routes import Route
 from tools.gate import ToolOutcome
@@ -18,8 +19,6 @@ from tools.gate import ToolOutcome
 INVOICE_RE = re.compile(r"\bINV-\d{3,}\b", re.IGNORECASE)
 PO_RE = re.compile(r"\bPO-\d{3,}\b", re.IGNORECASE)
 VENDOR_RE = re.compile(r"\bV-\d{3,}\b", re.IGNORECASE)
-# IBAN-like: two letters, two digits, then 10-30 letters/digits (spaces allowed in print).
-ACCOUNT_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]){10,30}\b")
 
 _PAY = re.compile(r"\bpay(?:ing|ment)?\b|\bschedule\b", re.IGNORECASE)
 _STATUS = re.compile(
@@ -74,7 +73,7 @@ def extract_entities(request: str) -> Entities:
         invoice_ids=_unique_upper(INVOICE_RE.findall(request)),
         po_numbers=_unique_upper(PO_RE.findall(request)),
         vendor_ids=_unique_upper(VENDOR_RE.findall(request)),
-        bank_accounts=_unique_upper(ACCOUNT_RE.findall(request.upper())),
+        bank_accounts=extract_accounts(request),
         wants_payment=bool(_PAY.search(request)),
     )
 

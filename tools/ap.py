@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import psycopg
 from pydantic import AfterValidator, Field
 
+from guards.input_checks import split_pasted
 from guards.redaction import find_unmasked, mask_account
 from state.routes import Route
 from tools.contract import CallContext, Tier, ToolArgs, ToolFailure, ToolResult, ToolSpec
@@ -346,6 +347,17 @@ async def _invoice_row(ctx: CallContext, invoice_id: str, *, lock: bool = False)
     return row
 
 
+async def _clerk_words(ctx: CallContext) -> str:
+    """The requester's own words for this thread (pasted text excluded), compact and upper-case.
+
+    Read from the run index the router wrote, not from graph state, so a forged state or
+    plan cannot put words in the clerk's mouth.
+    """
+    run = await _one(ctx.conn, "SELECT request FROM runs WHERE thread_id = %s", (ctx.thread_id,))
+    own_words, _ = split_pasted(run["request"]) if run else ("", [])
+    return re.sub(r"[\s\-]", "", own_words).upper()
+
+
 async def get_invoice(ctx: CallContext, args: InvoiceArgs) -> InvoiceView:
     """Fetch an invoice with its lines."""
     row = await _invoice_row(ctx, args.invoice_id)
@@ -617,6 +629,12 @@ async def flag_exception(ctx: CallContext, args: FlagExceptionArgs) -> Exception
 
 async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> PaymentScheduled:
     """Schedule payment of a staged invoice. The payee is always the vendor master account."""
+    if re.sub(r"-", "", args.invoice_id.upper()) not in await _clerk_words(ctx):
+        raise ToolFailure(
+            "invoice_not_requested",
+            f"{args.invoice_id} is not one of the invoices the clerk asked to pay.",
+            hint="Only invoices named in the request are paid; start a new request for others.",
+        )
     row = await _invoice_row(ctx, args.invoice_id, lock=True)
     if row["status"] != "staged":
         code = "already_paid" if row["status"] in {"scheduled", "paid"} else "not_staged"
@@ -734,9 +752,7 @@ async def update_vendor_bank_account(
         raise ToolFailure("vendor_not_found", f"No vendor {args.vendor_id!r} exists.")
     if vendor["remit_bank_account"] == args.new_account:
         raise ToolFailure("no_change", "That account is already the vendor master account.")
-    run = await _one(ctx.conn, "SELECT request FROM runs WHERE thread_id = %s", (ctx.thread_id,))
-    said = re.sub(r"\s", "", run["request"]).upper() if run else ""
-    if args.new_account not in said:
+    if args.new_account not in await _clerk_words(ctx):
         raise ToolFailure(
             "account_not_from_requester",
             "The new account is not in the clerk's own request. Bank details change only on "

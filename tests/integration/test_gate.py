@@ -138,6 +138,10 @@ async def test_approval_is_bound_to_the_exact_args(database: Database) -> None:
     async with database.connection() as conn:
         await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
         await conn.execute(
+            "INSERT INTO runs (thread_id, request, requester, tenant, status)"
+            " VALUES ('t', 'Pay INV-1001', 'clerk', 'default', 'running')"
+        )
+        await conn.execute(
             "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash, reviewer_id,"
             " reviewer_role, decision) VALUES ('t', 'p2s2', 'schedule_payment', %s, 'rev',"
             " 'approver', 'approve')",
