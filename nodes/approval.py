@@ -28,6 +28,7 @@ from state.approvals import (
     StepRequirement,
     parse_resume,
 )
+from state.audit import approval_requested_event, decision_event, record
 from state.db import Database
 from state.graph_state import AgentState, Decision, Plan, PlanStep
 from state.runs import record_run
@@ -178,6 +179,9 @@ def make_approval(deps: NodeDeps) -> Node:
             status="interrupted",
             summary=f"awaiting approval: {', '.join(s['tool'] for s in steps)}",
         )
+        # Audit chain: the request for approval, once per round (a re-run finds its key).
+        asked = approval_requested_event(thread_id, request=request, steps=steps)
+        await record(deps.database, runtime.context.tenant, thread_id, asked)
 
         payload = request
         while True:
@@ -228,6 +232,11 @@ def make_approval(deps: NodeDeps) -> Node:
                         args=args,
                     )
                 )
+                # Audit chain: the decision, with the edited keys (old vs new) for an edit.
+                shown = gate.validate(state["route"], step["tool"], step["args"])
+                original = shown[1] if isinstance(shown, tuple) else step["args"]
+                decided = decision_event(thread_id, decisions[-1], original_args=original)
+                await record(conn, runtime.context.tenant, thread_id, decided)
                 if decision.type == "edit":
                     new_steps[cursor + offset] = PlanStep(**{**step, "args": args})
 

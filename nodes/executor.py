@@ -14,6 +14,7 @@ from langgraph.types import Command
 from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import outcome_flags, step_taint, taint_block_reason
 from runtime.context import Context
+from state.audit import guard_flag_event, record
 from state.graph_state import AgentState
 from tools.gate import refusal
 
@@ -30,12 +31,27 @@ def make_executor(deps: NodeDeps) -> Node:
         if cursor >= len(plan["steps"]):
             return Command(goto="verifier")
         step = plan["steps"][cursor]
+        thread_id = current_thread_id()
         spec = deps.gate.registry.get(step["tool"])
         if spec is not None and spec.tier.needs_approval:
             # Policy blocks some values outright when only third-party text supplied them;
             # no approval can make such a call acceptable.
-            blocked = taint_block_reason(step, step_taint(state, step))
+            findings = step_taint(state, step)
+            blocked = taint_block_reason(step, findings)
             if blocked is not None:
+                block_flag = {
+                    "kind": "policy_block",
+                    "source": step["step_id"],
+                    "tool": step["tool"],
+                    "reason": blocked,
+                    "taint": [f.as_dict() for f in findings],
+                }
+                await record(
+                    deps.database,
+                    runtime.context.tenant,
+                    thread_id,
+                    guard_flag_event(thread_id, block_flag),
+                )
                 refused = refusal(
                     step["step_id"],
                     step["tool"],
@@ -48,7 +64,7 @@ def make_executor(deps: NodeDeps) -> Node:
                     goto="verifier", update={"outcomes": [refused], "cursor": cursor + 1}
                 )
         outcome = await deps.gate.call(
-            thread_id=current_thread_id(),
+            thread_id=thread_id,
             step_id=step["step_id"],
             route=state["route"],
             requester=state.get("user") or "anonymous",
@@ -59,7 +75,12 @@ def make_executor(deps: NodeDeps) -> Node:
         error = outcome["error"]
         if error is not None and error["code"] == "approval_required":
             return Command(goto="approval")
-        update = {"outcomes": [outcome], "cursor": cursor + 1, "flags": outcome_flags(outcome)}
+        flags = outcome_flags(outcome)
+        for flag in flags:  # audit chain: third-party text that tried to instruct the agent
+            await record(
+                deps.database, runtime.context.tenant, thread_id, guard_flag_event(thread_id, flag)
+            )
+        update = {"outcomes": [outcome], "cursor": cursor + 1, "flags": flags}
         if not outcome["ok"]:
             # A failed step ends the phase: later steps may depend on it. The verifier
             # decides between re-planning and escalation.

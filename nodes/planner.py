@@ -11,12 +11,13 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import BaseModel, Field
 
-from nodes.deps import Node, NodeDeps
+from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import planner_view, wrapped_attachments
 from runtime.context import Context
 from runtime.models import ask_model
 from runtime.prompts import PLANNER_REPAIR, PLANNER_SYSTEM
 from runtime.rules_model import rules_plan
+from state.audit import plan_event, record
 from state.graph_state import AgentState, Entities, Plan, PlanStep
 from tools.gate import ToolGate
 
@@ -131,6 +132,17 @@ def make_planner(deps: NodeDeps) -> Node:
         if steps is None:
             steps, final = rules_plan(route, entities, outcomes, phase, state["request"])
         plan = Plan(phase=phase, steps=steps, final=final, source=source)
+        # Audit chain: the plan, with the model path and prompt version that produced it.
+        thread_id = current_thread_id()
+        planned = plan_event(
+            thread_id,
+            plan=plan,
+            model_path=path,
+            model=ctx.planner_model,
+            prompt_version=ctx.prompt_version,
+            notes=notes,
+        )
+        await record(deps.database, ctx.tenant, thread_id, planned)
         return Command(
             goto="executor",
             update={

@@ -10,12 +10,14 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
+from guards.output_checks import echoes_system_prompt
 from guards.redaction import redact, redact_text
 from nodes.deps import Node, NodeDeps, current_thread_id
 from runtime.context import Context
 from runtime.models import ask_model
 from runtime.prompts import RESPOND_SYSTEM
 from runtime.rules_model import extractive_answer
+from state.audit import outcome_event, record
 from state.graph_state import AgentState
 from state.routes import Route
 from state.runs import record_run
@@ -173,10 +175,14 @@ def make_respond(deps: NodeDeps) -> Node:
                 ),
             ],
         )
-        if isinstance(answer.parsed, Summary):
-            summary = answer.parsed.summary
         path = answer.path
         notes = [answer.note] if answer.note else []
+        if isinstance(answer.parsed, Summary):
+            if echoes_system_prompt(answer.parsed.summary):
+                path = f"rules (fallback: {path} echoed an internal prompt)"
+                notes.append("respond model summary repeated an internal prompt; replaced")
+            else:
+                summary = answer.parsed.summary
         model_path = {**state.get("model_path", {}), "respond": path}
         result["flags"] = state.get("flags", [])
         result["model_path"] = model_path
@@ -195,6 +201,11 @@ def make_respond(deps: NodeDeps) -> Node:
             status=status,
             summary=summary[:2000],
         )
+        # Audit chain: how the run ended.
+        ended = outcome_event(
+            current_thread_id(), status=status, reason=reason, route=state.get("route")
+        )
+        await record(deps.database, ctx.tenant, current_thread_id(), ended)
         return {
             "status": status,
             "reason": reason,

@@ -9,13 +9,14 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from guards.input_checks import check_request
+from guards.input_checks import check_request, split_pasted
 from nodes.deps import Node, NodeDeps, current_thread_id
-from nodes.safety import request_flags, wrapped_attachments
+from nodes.safety import request_flags, request_for_model
 from runtime.context import Context
 from runtime.models import ask_model
 from runtime.prompts import ROUTER_SYSTEM
 from runtime.rules_model import RouteDecision, extract_entities, rules_route
+from state.audit import guard_flag_event, record, request_received_event, route_event
 from state.graph_state import AgentState, Entities
 from state.routes import TOOL_ROUTES, Route
 from state.runs import record_run
@@ -51,6 +52,12 @@ def make_router(deps: NodeDeps) -> Node:
         request = state.get("request", "")
         thread_id = current_thread_id()
         requester = state.get("user") or "anonymous"
+        # Audit chain: the request as received (masked), then the route below.
+        attachments = state.get("attachments", [])
+        received = request_received_event(
+            thread_id, request=request, requester=requester, attachments=attachments
+        )
+        await record(deps.database, ctx.tenant, thread_id, received)
         verdict = check_request(request)
         if not verdict.ok:
             await record_run(
@@ -62,6 +69,15 @@ def make_router(deps: NodeDeps) -> Node:
                 route=Route.OUT_OF_SCOPE,
                 status="refused",
             )
+            refused = route_event(
+                thread_id,
+                route=Route.OUT_OF_SCOPE.value,
+                confidence=1.0,
+                reason=verdict.reason,
+                model_path="rules",
+                status="refused",
+            )
+            await record(deps.database, ctx.tenant, thread_id, refused)  # audit chain
             return Command(
                 goto="respond",
                 update={
@@ -75,25 +91,23 @@ def make_router(deps: NodeDeps) -> Node:
                 },
             )
 
+        # Text pasted into the request (a forwarded email) is a third party's, not the clerk's:
+        # routing and entities come from the clerk's own words only.
+        own_words, _ = split_pasted(request)
         answer = await ask_model(
             deps.models,
             "router",
             ctx,
             RouteDecision,
-            [
-                SystemMessage(ROUTER_SYSTEM),
-                HumanMessage(
-                    f"<request>\n{request}\n</request>\n" + "\n".join(wrapped_attachments(state))
-                ),
-            ],
+            [SystemMessage(ROUTER_SYSTEM), HumanMessage(request_for_model(state))],
         )
         notes = [answer.note] if answer.note else []
         decision = (
-            answer.parsed if isinstance(answer.parsed, RouteDecision) else rules_route(request)
+            answer.parsed if isinstance(answer.parsed, RouteDecision) else rules_route(own_words)
         )
         path = answer.path
 
-        entities = _grounded(decision, request)
+        entities = _grounded(decision, own_words)
         route = decision.route
         reason = decision.rationale
         if route in TOOL_ROUTES and decision.confidence < MIN_CONFIDENCE:
@@ -127,16 +141,31 @@ def make_router(deps: NodeDeps) -> Node:
             route=route.value,
             status="running",
         )
+        flags = request_flags(request, state.get("attachments", []))
+        for flag in flags:  # audit chain: every guard flag, where reviewers can find it later
+            await record(deps.database, ctx.tenant, thread_id, guard_flag_event(thread_id, flag))
         update: dict[str, Any] = {
             "route": route.value,
             "route_confidence": decision.confidence,
             "entities": entities,
             "model_path": {"router": path},
             "notes": notes,
-            "flags": request_flags(request, state.get("attachments", [])),
+            "flags": flags,
             "cursor": 0,
             "replans": 0,
         }
+        routed = route_event(
+            thread_id,
+            route=route.value,
+            confidence=decision.confidence,
+            reason=reason,
+            model_path=path,
+            entities=entities,
+            status=None
+            if route in TOOL_ROUTES
+            else ("refused" if route == Route.OUT_OF_SCOPE else "escalated"),
+        )
+        await record(deps.database, ctx.tenant, thread_id, routed)  # audit chain
         if route in TOOL_ROUTES:
             return Command(goto="planner", update=update)
         update["status"] = "refused" if route == Route.OUT_OF_SCOPE else "escalated"

@@ -12,7 +12,8 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -21,11 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from guards.redaction import RedactingFilter
 from runtime.agent import open_agent
 from runtime.errors import BadInput, PayablesError
 from runtime.settings import PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES
-from state.db import database_uri, default_database, migrate, redact_uri, schema_status
+from state.audit import VerifyReport, format_time, timeline, verify_chain
+from state.db import Database, database_uri, default_database, migrate, redact_uri, schema_status
 from state.graph_state import Attachment
 from state.runs import list_runs
 from state.world import SAMPLE_WORLD_PATH, SCHEMA_PATH, load_world, read_world, world_json_schema
@@ -195,15 +198,21 @@ def db_status(as_json: JsonOpt = False) -> None:
 # --- world ----------------------------------------------------------------------------
 
 
-async def _seed(world_path: Path) -> dict[str, int]:
-    world = read_world(world_path)
+@asynccontextmanager
+async def _migrated_database() -> AsyncIterator[Database]:
+    """The process database, migrated, closed on exit (for commands that need no graph)."""
     database = default_database()
     await migrate(database.uri)
     try:
-        async with database.connection() as conn:
-            return await load_world(conn, world)
+        yield database
     finally:
         await database.close()
+
+
+async def _seed(world_path: Path) -> dict[str, int]:
+    world = read_world(world_path)
+    async with _migrated_database() as database, database.connection() as conn:
+        return await load_world(conn, world)
 
 
 @app.command()
@@ -382,12 +391,8 @@ def threads(
     """List recent threads with their status."""
 
     async def go() -> list[dict[str, Any]]:
-        database = default_database()
-        await migrate(database.uri)
-        try:
+        async with _migrated_database() as database:
             return await list_runs(database, limit=limit)
-        finally:
-            await database.close()
 
     rows = _run(go())
     if as_json:
@@ -433,6 +438,71 @@ def show(
             f"  step {cp['step']:>3} {cp['source']:<6} next={','.join(cp['next']) or '-'} "
             f"{cp['created_at']}"
         )
+
+
+# --- audit ----------------------------------------------------------------------------
+
+audit_app = typer.Typer(
+    help="The tamper-evident audit chain: verify it, or read one run.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    as_json: JsonOpt = False,
+    tenant: Annotated[str | None, typer.Option(help="Verify only this tenant's chain.")] = None,
+) -> None:
+    """Recompute every hash and link; exit 1 at the first broken link of any chain."""
+
+    async def go() -> VerifyReport:
+        async with _migrated_database() as database, database.connection() as conn:
+            return await verify_chain(conn, tenant)
+
+    report: VerifyReport = _run(go())
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        if not report.chains:
+            out.print("no audit events" + (f" for tenant {escape(tenant)}" if tenant else ""))
+        for chain in report.chains:
+            head = f"head seq {chain.head_seq} {chain.head_hash}" if chain.head_hash else "empty"
+            state = "[green]intact[/]" if chain.broken is None else "[red]BROKEN[/]"
+            out.print(f"tenant {escape(chain.tenant)}: {chain.rows} rows, {state}, {head}")
+            if chain.broken is not None:
+                b = chain.broken
+                out.print(f"  first broken link: seq {b.seq}, id {b.id}, {b.reason}: {b.detail}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(
+    thread: Annotated[str, typer.Argument(help="Thread id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One run's audit events in order: time, kind and a one-line summary."""
+
+    async def go() -> list[dict[str, Any]]:
+        async with _migrated_database() as database, database.connection() as conn:
+            return await timeline(conn, thread)
+
+    events = _run(go())
+    if not events:
+        _fail(f"No audit events for thread {thread}; `payables threads` lists runs.", 2)
+    if as_json:
+        _print_json({"thread_id": thread, "events": events})
+        return
+    table = Table("time (UTC)", "seq", "kind", "summary", box=None, padding=(0, 1))
+    for event in events:
+        table.add_row(
+            format_time(event["created_at"]),
+            str(event["seq"]),
+            event["kind"],
+            escape(event["summary"]),
+        )
+    out.print(f"[bold]thread[/] {escape(thread)} (tenant {escape(events[0]['tenant'])})")
+    out.print(table)
 
 
 # --- demo -----------------------------------------------------------------------------
@@ -516,6 +586,8 @@ def main() -> None:
         level=os.environ.get("PAYABLES_LOG_LEVEL", "WARNING"),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     app()
 
 

@@ -246,6 +246,7 @@ def read_world(path: Path) -> World:
 
 # Replacing a world clears everything that refers to the old one, in one transaction:
 # threads too, since a paused approval about the old world must not resume in the new one.
+# Never audit_events: the audit chain outlives worlds (and its trigger refuses TRUNCATE).
 _WORLD_TABLES = (
     "checkpoints, checkpoint_blobs, checkpoint_writes, runs, approval_decisions, tool_calls, "
     "vendor_bank_changes, email_outbox, invoice_exceptions, "

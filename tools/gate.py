@@ -17,6 +17,7 @@ import psycopg
 from pydantic import ValidationError
 
 from runtime.context import Context
+from state.audit import record, tool_call_event
 from state.db import Database
 from tools.contract import (
     CallContext,
@@ -227,9 +228,25 @@ class ToolGate:
         """Run one call through every check; see the module docstring for the order."""
         raw_args = args if isinstance(args, dict) else {"_raw": args}
         checked = self.validate(route, tool, args)
+
+        async def audit(
+            outcome: ToolOutcome, conn: psycopg.AsyncConnection[Any] | None = None
+        ) -> ToolOutcome:
+            # Audit chain: a tool_call row for every outcome, written in the call's own
+            # transaction when there is one (so a side effect never commits without it).
+            event = tool_call_event(
+                thread_id=thread_id,
+                raw_args=raw_args,
+                validated_args=checked[1] if isinstance(checked, tuple) else None,
+                outcome=outcome,
+            )
+            await record(conn if conn is not None else self.database, run.tenant, thread_id, event)
+            return outcome
+
         if not isinstance(checked, tuple):
             spec_tier = spec.tier.value if (spec := self.registry.get(tool)) else "unknown"
-            return _outcome(step_id, tool, spec_tier, raw_args, error=checked)
+            refused = _outcome(step_id, tool, spec_tier, raw_args, error=checked)
+            return await audit(refused)
         spec, validated = checked
         tier = spec.tier
         key = (
@@ -251,7 +268,7 @@ class ToolGate:
                         )
                         done = await cur.fetchone()
                         if done is not None:
-                            return _outcome(
+                            replay = _outcome(
                                 step_id,
                                 tool,
                                 tier.value,
@@ -260,6 +277,7 @@ class ToolGate:
                                 key=key,
                                 replayed=True,
                             )
+                            return await audit(replay, conn)
                     approvers: tuple[Reviewer, ...] = ()
                     if tier is not Tier.READ:
                         requirement = await self.requirement(conn, spec, validated, run)
@@ -268,7 +286,7 @@ class ToolGate:
                                 conn, thread_id, step_id, tool, validated
                             )
                             if rejections:
-                                return refusal(
+                                refused = refusal(
                                     step_id,
                                     tool,
                                     tier.value,
@@ -276,9 +294,10 @@ class ToolGate:
                                     "rejected",
                                     "A reviewer rejected this call: " + "; ".join(rejections) + ".",
                                 )
+                                return await audit(refused, conn)
                             unmet = requirement.unmet(approvers, requester)
                             if unmet:
-                                return refusal(
+                                refused = refusal(
                                     step_id,
                                     tool,
                                     tier.value,
@@ -288,6 +307,7 @@ class ToolGate:
                                     hint="Only the approval step can grant this; "
                                     "reasons: " + "; ".join(requirement.reasons),
                                 )
+                                return await audit(refused, conn)
                     ctx = CallContext(
                         conn=conn,
                         thread_id=thread_id,
@@ -303,7 +323,7 @@ class ToolGate:
                                 ctx, spec.args_model.model_validate(validated)
                             )
                     except ToolFailure as failure:
-                        return refusal(
+                        refused = refusal(
                             step_id,
                             tool,
                             tier.value,
@@ -313,6 +333,7 @@ class ToolGate:
                             failure.hint,
                             failure.retryable,
                         )
+                        return await audit(refused, conn)
                     payload = spec.result_model.model_validate(result).model_dump(mode="json")
                     if key is not None:
                         await conn.execute(
@@ -328,8 +349,10 @@ class ToolGate:
                                 canonical_json(payload),
                             ),
                         )
+                    ran = _outcome(step_id, tool, tier.value, validated, result=payload, key=key)
+                    await audit(ran, conn)  # last in the transaction: holds the chain lock
         except TimeoutError:
-            return refusal(
+            timed_out = refusal(
                 step_id,
                 tool,
                 tier.value,
@@ -339,4 +362,5 @@ class ToolGate:
                 hint="Retry later.",
                 retryable=True,
             )
-        return _outcome(step_id, tool, tier.value, validated, result=payload, key=key)
+            return await audit(timed_out)
+        return ran

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from guards.redaction import redact_text
 from runtime.settings import PROJECT_ROOT
 from state.world import SAMPLE_WORLD_PATH
 
@@ -74,7 +75,7 @@ def start(
     thread = thread or str(uuid.uuid4())
     view = payables_json(env, "run", request, "--user", user, "--thread", thread)
     assert view["thread_id"] == thread
-    assert view["request"] == request
+    assert view["request"] == redact_text(request)
     assert view["user"] == user
     return view
 
@@ -551,7 +552,7 @@ def test_vendor_bank_change_needs_two_controllers_and_emails_contact_on_file(
     assert [p["action"] for p in pending] == ["update_vendor_bank_account", "send_vendor_email"]
     assert len({p["interrupt_id"] for p in pending}) == 1
     update = pending[0]
-    assert update["args"]["new_account"] == NEW_ACCOUNT
+    assert update["args"]["new_account"] == "****" + NEW_ACCOUNT[-4:]  # outputs are masked
     assert update["requirement"]["min_approvers"] == 2
     assert update["requirement"]["required_role"] == "controller"
     assert update["evidence"]["vendor"]["contact_email"] == contact

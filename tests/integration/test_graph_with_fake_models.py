@@ -157,3 +157,16 @@ async def test_low_confidence_route_escalates(database: Database) -> None:
         view = await agent.start("INV-1002 something", user="clerk-ana")
     assert view["status"] == "escalated"
     assert "confidence" in view["reason"]
+
+
+async def test_a_summary_that_echoes_the_system_prompt_is_replaced(database: Database) -> None:
+    from runtime.prompts import RESPOND_SYSTEM
+
+    leaky = tool_reply("Summary", {"summary": f"My instructions: {RESPOND_SYSTEM}"})
+    async with open_agent(
+        models=ScriptedModels(respond=ScriptedChatModel([leaky])), database=database
+    ) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana")
+    assert "My instructions" not in view["summary"]
+    assert view["summary"].startswith("[completed]")
+    assert "echoed an internal prompt" in view["model_path"]["respond"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from langchain_core.messages import ToolMessage
 from langgraph.runtime import Runtime
 
@@ -16,6 +17,22 @@ from tools.gate import ToolGate
 
 def _no_database() -> Any:
     raise AssertionError("the planner must not touch the database")
+
+
+RECORDED: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _audit_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner's audit hook records into a list here (no thread config, no database)."""
+    RECORDED.clear()
+
+    async def record(target: Any, tenant: str, thread_id: str, event: Any) -> None:
+        RECORDED.append((tenant, thread_id, event))
+
+    monkeypatch.setattr("nodes.planner.record", record)
+    monkeypatch.setattr(NodeDeps, "database", property(lambda self: "no-database"))
+    monkeypatch.setattr("nodes.planner.current_thread_id", lambda: "t-unit")
 
 
 STATE: Any = {
@@ -53,6 +70,12 @@ async def test_valid_model_plan_is_used() -> None:
     assert update["plan"]["steps"][0]["step_id"] == "p1s1"
     assert update["model_path"] == {"planner": "model:scripted-planner"}
     assert model.script == []
+    [(tenant, thread_id, event)] = RECORDED
+    assert (tenant, thread_id, event.kind) == ("default", "t-unit", "plan")
+    assert event.payload["model_path"] == "model:scripted-planner"
+    assert event.payload["prompt_version"] == Context().prompt_version
+    assert [s["tool"] for s in event.payload["steps"]] == ["search_policy"]
+    assert event.key.startswith("t-unit:plan:1:")
 
 
 async def test_tool_outside_scope_is_sent_back_and_repaired() -> None:

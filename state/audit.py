@@ -1,0 +1,782 @@
+"""The tamper-evident audit chain: what the agent saw, decided and did, per tenant.
+
+Table ``audit_events`` (migration ``0003_audit.sql``) holds one hash chain per tenant. Each
+row carries a per-tenant sequence number ``seq`` (1, 2, 3, … without gaps), the hash of the
+previous row of the same tenant (``prev_hash``; the first row links to `GENESIS_HASH`) and
+its own ``hash``.
+
+What is hashed. ``hash = sha256(canonical_json(content))`` (`tools.contract.canonical_json`:
+sorted keys, no whitespace), hex-encoded, where ``content`` is::
+
+    {"v": 1, "tenant": ..., "seq": ..., "thread_id": ..., "kind": ..., "event_key": ...,
+     "payload": ..., "prev_hash": ...}
+
+with ``payload`` exactly as the database returns it (the writer round-trips it through
+JSONB before hashing, so number spellings that JSONB normalises cannot break a hash). Not
+hashed: ``id`` (a database serial that only orders inserts) and ``created_at`` (a
+database-side clock reading, kept for people; its text form depends on the session time
+zone and precision, and ordering is what ``seq`` and the links prove). So editing
+``created_at`` goes undetected; editing anything else breaks the row's hash or a link.
+
+Appends. `append_event` takes an open connection, so a caller can write inside its own
+transaction: the gate records a tool call in the same transaction as the side effect and
+its ledger row, so neither commits without the other. Appends of one tenant are
+serialised by ``pg_advisory_xact_lock`` on the tenant (held to the end of the caller's
+transaction); under it the writer reads the tenant's last row and inserts the next one.
+Callers that hold a transaction open should append last, just before committing.
+An optional ``event_key`` (unique per tenant) makes an append idempotent: LangGraph re-runs
+a node after an interrupt resumes and after a crash, and the same event is recorded once.
+
+Append-only. Triggers raise on UPDATE, DELETE and TRUNCATE of ``audit_events`` for every
+role, including the owner and superusers (the embedded setup connects as a superuser, so
+privileges alone would not hold), and they fire under ``session_replication_role =
+replica`` too. The owner or a superuser can still ``ALTER TABLE audit_events DISABLE
+TRIGGER``; that is what the chain is for: `verify_chain` then finds the first broken link.
+Limits, by design of an unkeyed hash chain: someone who can disable the triggers can
+rewrite a chain from some row to the end consistently, and can drop the newest rows; only
+a copy of the chain heads kept elsewhere (`VerifyReport.chains` lists each tenant's head
+``seq`` and ``hash``) detects that. A role that may INSERT can append new, well-formed
+rows. Running the agent as a role that neither owns the table nor is a superuser (SELECT
+and INSERT only) takes the DISABLE TRIGGER route away; only a keyed hash (an HMAC whose
+key lives outside the database) would stop well-formed forged appends.
+
+Payloads never hold full bank account numbers or secrets (`mask_payload`, applied to
+every payload on append): `guards.redaction.redact` masks free text (accounts to their
+last four characters, secrets whole); on top, every value under a key naming an account
+is masked whatever its format, and IBAN-like tokens in any case or grouping. The digests
+this module takes for event keys are over masked values: with the masked text beside
+them, a hash over a full account number could be brute-forced back. Two exceptions: a
+``tool_call`` row carries the gate's idempotency key (it joins the row to its ledger row
+in ``tool_calls``, which holds the full arguments anyway), and ``request_received`` a
+sha256 of each attachment's text (which the audit does not hold, so there is nothing to
+brute-force against).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+import psycopg
+from psycopg import pq
+from psycopg.rows import dict_row
+
+from guards.redaction import mask_account, redact
+from state.db import Database
+from tools.contract import canonical_json
+
+Kind = Literal[
+    "request_received",
+    "route",
+    "plan",
+    "tool_call",
+    "guard_flag",
+    "approval_requested",
+    "decision",
+    "outcome",
+]
+KINDS: tuple[str, ...] = get_args(Kind)
+HASH_VERSION = 1
+GENESIS_HASH = "0" * 64
+# Advisory-lock class for audit appends: the two-int lock space never meets the gate's
+# one-bigint idempotency locks.
+_AUDIT_LOCK_CLASS = 0x61756474  # "audt"
+
+Reason = Literal["edited", "broken_link", "gap", "reordered"]
+
+
+# --- masking --------------------------------------------------------------------------
+
+# IBAN-like tokens in free text from people, models and third parties, beyond what
+# `guards.redaction` finds: any letter case, printed in groups of four with spaces or
+# dashes (DE49-1002-0030-...), or with a space between every character (N L 9 1 ...).
+_IBAN_GROUPED = re.compile(
+    r"\b[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]{4}){2,7}(?:[ \-]?[A-Za-z0-9]{1,4})?\b"
+)
+_IBAN_SPACED_OUT = re.compile(r"\b[A-Za-z] [A-Za-z] \d \d(?: [A-Za-z0-9]){10,30}\b")
+# Hex digests (sha256) and the gate's idempotency keys; masking would corrupt them.
+_DIGEST_RE = re.compile(r"(?:idem-)?[0-9a-f]{64}")
+
+
+def _is_account_key(key: str) -> bool:
+    lowered = key.lower()
+    return ("account" in lowered or "iban" in lowered) and not lowered.endswith("_masked")
+
+
+def _mask_account_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if value.startswith("****") else mask_account(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return mask_account(str(value))
+    if isinstance(value, list | tuple):
+        return [_mask_account_value(v) for v in value]
+    if isinstance(value, Mapping):  # e.g. an edit diff: {"old": ..., "new": ...}
+        return {str(k): _mask_account_value(v) for k, v in value.items()}
+    return mask_payload(value)
+
+
+def _clean_text(text: str) -> str:
+    if _DIGEST_RE.fullmatch(text):
+        return text  # a hash or an idempotency key, not text to mask
+    # JSONB refuses NUL and lone surrogates; the audit must never fail on odd input.
+    text = text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    text = redact(text)
+    for pattern in (_IBAN_SPACED_OUT, _IBAN_GROUPED):
+        text = pattern.sub(lambda m: _mask_token(m.group(0)), text)
+    return text
+
+
+def _mask_token(token: str) -> str:
+    return "****" + re.sub(r"[ \-]", "", token).upper()[-4:]
+
+
+def mask_payload(value: Any) -> Any:
+    """``value`` as plain JSON with accounts masked and secrets removed.
+
+    Strings go through `guards.redaction.redact`, then IBAN-like tokens in any letter
+    case, grouped with spaces or dashes or spaced out, are masked too. Strings and numbers
+    under a key naming an account or IBAN (``new_account``, ``bank_accounts``, …, not
+    ``*_masked``) keep only their last four characters whatever their format. Hex digests
+    are left alone; NUL characters go; non-finite floats become strings.
+    """
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, Mapping):
+        return {
+            str(k): _mask_account_value(v) if _is_account_key(str(k)) else mask_payload(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mask_payload(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _clean_text(str(value))
+
+
+def content_hash(value: Any) -> str:
+    """sha256 (hex) of ``value``'s canonical JSON, e.g. a tool result."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def masked_digest(value: Any) -> str:
+    """A short digest of ``value`` after masking, for event keys.
+
+    Never a hash over full account numbers: with the masked text beside it, such a hash
+    could be brute-forced back to the account.
+    """
+    return content_hash(mask_payload(value))[:24]
+
+
+def row_hash(
+    *,
+    tenant: str,
+    seq: int,
+    thread_id: str | None,
+    kind: str,
+    event_key: str | None,
+    payload: Any,
+    prev_hash: str,
+) -> str:
+    """The hash of one audit row (see the module docstring for what it covers)."""
+    return content_hash(
+        {
+            "v": HASH_VERSION,
+            "tenant": tenant,
+            "seq": seq,
+            "thread_id": thread_id,
+            "kind": kind,
+            "event_key": event_key,
+            "payload": payload,
+            "prev_hash": prev_hash,
+        }
+    )
+
+
+# --- appending ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where an event sits in its chain; ``created`` is False for a de-duplicated append."""
+
+    id: int
+    seq: int
+    hash: str
+    created: bool
+
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+async def append_event(
+    conn: Conn,
+    *,
+    tenant: str,
+    thread_id: str | None,
+    kind: Kind,
+    payload: Mapping[str, Any],
+    event_key: str | None = None,
+) -> Appended:
+    """Append one event to ``tenant``'s chain; idempotent per ``event_key``.
+
+    Runs inside the caller's transaction when there is one (the per-tenant lock is then
+    held until that transaction ends: append last), else in its own. ``payload`` is
+    masked with `mask_payload` before it is stored.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown audit event kind {kind!r}; one of {', '.join(KINDS)}")
+    masked = mask_payload(payload)
+    if conn.info.transaction_status == pq.TransactionStatus.INTRANS:
+        return await _append(conn, tenant, thread_id, kind, masked, event_key)
+    async with conn.transaction():
+        return await _append(conn, tenant, thread_id, kind, masked, event_key)
+
+
+async def _append(
+    conn: Conn,
+    tenant: str,
+    thread_id: str | None,
+    kind: str,
+    payload: Any,
+    event_key: str | None,
+) -> Appended:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_AUDIT_LOCK_CLASS, tenant))
+    # After the lock, in a new statement (so a new snapshot): any earlier append of this
+    # event, the tenant's last committed row, and the payload as JSONB will return it.
+    await cur.execute(
+        "SELECT %s::jsonb AS payload, e.id AS existing_id, e.seq AS existing_seq,"
+        " e.hash AS existing_hash, last.seq AS last_seq, last.hash AS last_hash"
+        " FROM (SELECT 1) AS one"
+        " LEFT JOIN audit_events AS e ON e.tenant = %s AND e.event_key = %s"
+        " LEFT JOIN LATERAL (SELECT seq, hash FROM audit_events WHERE tenant = %s"
+        "   ORDER BY seq DESC LIMIT 1) AS last ON true",
+        (json.dumps(payload), tenant, event_key, tenant),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    if row["existing_id"] is not None:
+        return Appended(row["existing_id"], row["existing_seq"], row["existing_hash"], False)
+    stored = row["payload"]
+    seq = (row["last_seq"] or 0) + 1
+    prev_hash = row["last_hash"] or GENESIS_HASH
+    digest = row_hash(
+        tenant=tenant,
+        seq=seq,
+        thread_id=thread_id,
+        kind=kind,
+        event_key=event_key,
+        payload=stored,
+        prev_hash=prev_hash,
+    )
+    await cur.execute(
+        "INSERT INTO audit_events (tenant, seq, thread_id, kind, event_key, payload,"
+        " prev_hash, hash) VALUES (%s,%s,%s,%s,%s,%s::jsonb,%s,%s)"
+        " ON CONFLICT (tenant, event_key) DO NOTHING RETURNING id",
+        (tenant, seq, thread_id, kind, event_key, json.dumps(stored), prev_hash, digest),
+    )
+    inserted = await cur.fetchone()
+    if inserted is None:  # unreachable under the lock; kept as the database's guarantee
+        raise RuntimeError(f"audit event {event_key!r} appeared while the tenant was locked")
+    return Appended(inserted["id"], seq, digest, created=True)
+
+
+async def record_event(
+    target: Database | Conn,
+    *,
+    tenant: str,
+    thread_id: str | None,
+    kind: Kind,
+    payload: Mapping[str, Any],
+    event_key: str | None = None,
+) -> Appended:
+    """`append_event` on ``target``: a connection, or a database to borrow one from."""
+    if not isinstance(target, Database):
+        return await append_event(
+            target,
+            tenant=tenant,
+            thread_id=thread_id,
+            kind=kind,
+            payload=payload,
+            event_key=event_key,
+        )
+    async with target.connection() as conn:
+        return await append_event(
+            conn,
+            tenant=tenant,
+            thread_id=thread_id,
+            kind=kind,
+            payload=payload,
+            event_key=event_key,
+        )
+
+
+# --- the agent's events ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event to record: its kind, payload (masked when appended) and idempotency key."""
+
+    kind: Kind
+    payload: dict[str, Any]
+    key: str | None
+
+
+async def record(
+    target: Database | Conn, tenant: str, thread_id: str | None, event: Event
+) -> Appended:
+    """Append ``event`` to ``tenant``'s chain (the nodes' and the gate's one-line hook)."""
+    return await record_event(
+        target,
+        tenant=tenant,
+        thread_id=thread_id,
+        kind=event.kind,
+        payload=event.payload,
+        event_key=event.key,
+    )
+
+
+def request_received_event(
+    thread_id: str, *, request: str, requester: str, attachments: Sequence[Mapping[str, Any]]
+) -> Event:
+    """The request as received (masked), who sent it, and digests of any attachments."""
+    return Event(
+        "request_received",
+        {
+            "request": request[:8000],
+            "request_chars": len(request),
+            "requester": requester,
+            "attachments": [
+                {
+                    "name": str(a.get("name", "")),
+                    "chars": len(str(a.get("text", ""))),
+                    "hash": content_hash(str(a.get("text", ""))),
+                }
+                for a in attachments
+            ],
+        },
+        f"{thread_id}:request_received",
+    )
+
+
+def route_event(
+    thread_id: str,
+    *,
+    route: str,
+    confidence: float,
+    reason: str,
+    model_path: str,
+    entities: Mapping[str, Any] | None = None,
+    status: str | None = None,
+) -> Event:
+    """The router's decision: route (so tool scope), confidence, which model, what it found."""
+    return Event(
+        "route",
+        {
+            "route": route,
+            "confidence": confidence,
+            "reason": reason,
+            "model_path": model_path,
+            "entities": dict(entities or {}),
+            "status": status,
+        },
+        f"{thread_id}:route:{route}",
+    )
+
+
+def plan_event(
+    thread_id: str,
+    *,
+    plan: Mapping[str, Any],
+    model_path: str,
+    model: str,
+    prompt_version: str,
+    notes: Sequence[str] = (),
+) -> Event:
+    """A phase's plan, which planner served it (model path, model, prompt version).
+
+    The key holds the phase and a digest of the steps: a deterministic re-run is recorded
+    once; a model that plans differently on a re-run is recorded as what it was.
+    """
+    steps = [
+        {"step_id": s["step_id"], "tool": s["tool"], "args": s["args"], "why": s["why"]}
+        for s in plan["steps"]
+    ]
+    digest = masked_digest(steps)
+    return Event(
+        "plan",
+        {
+            "phase": plan["phase"],
+            "source": plan["source"],
+            "final": plan["final"],
+            "steps": steps,
+            "model_path": model_path,
+            "model": model,
+            "prompt_version": prompt_version,
+            "notes": list(notes),
+        },
+        f"{thread_id}:plan:{plan['phase']}:{digest}",
+    )
+
+
+def tool_call_event(
+    *,
+    thread_id: str,
+    raw_args: Any,
+    validated_args: dict[str, Any] | None,
+    outcome: Mapping[str, Any],
+) -> Event:
+    """One gated call (``outcome`` is a `tools.gate.ToolOutcome`).
+
+    The key names the thread, step, tool, args and how the call ended (ok, replayed, or the
+    error code and message), so a re-run that ends the same way is recorded once, and a
+    refusal followed by the approved call is recorded twice.
+    """
+    error = outcome.get("error")
+    result = outcome.get("result")
+    status = "replayed" if outcome.get("replayed") else "ok"
+    if error:
+        status = f"{error.get('code')}-{masked_digest(error)}"
+    args = validated_args if validated_args is not None else raw_args
+    args_digest = masked_digest({"tool": outcome["tool"], "args": args})
+    return Event(
+        "tool_call",
+        {
+            "step_id": outcome["step_id"],
+            "tool": outcome["tool"],
+            "tier": outcome["tier"],
+            "raw_args": raw_args,
+            "validated_args": validated_args,
+            "result_hash": content_hash(result) if result is not None else None,
+            "idempotency_key": outcome.get("idempotency_key"),
+            "ok": bool(outcome.get("ok")),
+            "error_code": error.get("code") if error else None,
+            "error_message": error.get("message") if error else None,
+            "replayed": bool(outcome.get("replayed")),
+        },
+        f"{thread_id}:tool_call:{outcome['step_id']}:{args_digest}:{status}",
+    )
+
+
+def approval_requested_event(
+    thread_id: str, *, request: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]
+) -> Event:
+    """An approval request (``request``: an `ApprovalRequest`), recorded before interrupt().
+
+    The key is the thread, the step ids, and a digest of their args and of who approved
+    them so far: a re-run of the node asks again with the same key (recorded once); the
+    second round of a dual-control approval, or a request after an edit, is a new event.
+    """
+    requirements = [dict(r) for r in request.get("steps", [])]
+    round_digest = masked_digest(
+        {
+            "args": [s["args"] for s in steps],
+            "approved_by": [r.get("approved_by", []) for r in requirements],
+        }
+    )
+    step_ids = ",".join(s["step_id"] for s in steps)
+    return Event(
+        "approval_requested",
+        {
+            "requester": request.get("requester"),
+            "actions": [
+                {"step_id": s["step_id"], "tool": s["tool"], "args": s["args"]} for s in steps
+            ],
+            "requirements": requirements,
+            "evidence_hash": content_hash(request.get("evidence", [])),
+        },
+        f"{thread_id}:{step_ids}:{round_digest}:requested",
+    )
+
+
+def edit_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The keys whose values an edit changed, with old and new values."""
+    return {
+        key: {"old": old.get(key), "new": new.get(key)}
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    }
+
+
+def decision_event(
+    thread_id: str, decision: Mapping[str, Any], *, original_args: Mapping[str, Any]
+) -> Event:
+    """A reviewer's decision on one step (``decision``: a `state.graph_state.Decision`).
+
+    ``original_args`` are the validated args the reviewer was shown; for an edit the
+    payload lists the keys that changed, old against new.
+    """
+    decided = masked_digest({"tool": decision["tool"], "args": decision["args"]})
+    return Event(
+        "decision",
+        {
+            "step_id": decision["step_id"],
+            "tool": decision["tool"],
+            "reviewer_id": decision["reviewer_id"],
+            "reviewer_role": decision["reviewer_role"],
+            "decision": decision["decision"],
+            "reason": decision["reason"],
+            "args": decision["args"],
+            "edit_diff": edit_diff(original_args, decision["args"])
+            if decision["decision"] == "edit"
+            else {},
+        },
+        f"{thread_id}:{decision['step_id']}:{decision['reviewer_id']}:"
+        f"{decision['decision']}:{decided}:decision",
+    )
+
+
+def guard_flag_event(thread_id: str, flag: Mapping[str, Any]) -> Event:
+    """A guard's flag (suspected injection, PII, taint), keyed by its masked content."""
+    return Event("guard_flag", dict(flag), f"{thread_id}:guard_flag:{masked_digest(flag)}")
+
+
+def outcome_event(thread_id: str, *, status: str, reason: str, route: str | None) -> Event:
+    """How the run ended."""
+    return Event(
+        "outcome",
+        {"status": status, "reason": reason, "route": route},
+        f"{thread_id}:outcome",
+    )
+
+
+# --- verifying ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokenLink:
+    """The first row of a chain that does not verify, and why.
+
+    ``edited``: the stored hash is not the hash of the row's content. ``broken_link``: the
+    row's ``prev_hash`` is not the previous row's hash. ``gap``: ``seq`` skips numbers (rows
+    were deleted). ``reordered``: the row is out of place (it was inserted after the next
+    row, or it links to a row other than its predecessor).
+    """
+
+    tenant: str
+    seq: int
+    id: int
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """One tenant's chain: its length, its head, and its first broken link if any."""
+
+    tenant: str
+    rows: int
+    head_seq: int | None
+    head_hash: str | None
+    broken: BrokenLink | None = None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of `verify_chain`."""
+
+    chains: list[ChainReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every chain verified."""
+        return all(c.broken is None for c in self.chains)
+
+    @property
+    def first_broken(self) -> BrokenLink | None:
+        """The first broken link over the chains (tenants in name order)."""
+        return next((c.broken for c in self.chains if c.broken is not None), None)
+
+    @property
+    def rows(self) -> int:
+        """Rows checked."""
+        return sum(c.rows for c in self.chains)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON, as `payables audit verify --json` prints it."""
+        broken = self.first_broken
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "first_broken": asdict(broken) if broken else None,
+            "chains": [asdict(c) for c in self.chains],
+        }
+
+
+async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
+    """Walk each tenant's chain (or only ``tenant``'s) in ``seq`` order.
+
+    Each row must follow its predecessor (``seq`` + 1, inserted after it, linking to its
+    hash) and hash to its stored hash; a chain's report names the first row that does not.
+    Rows stream through a server-side cursor, so memory does not grow with the chain.
+    """
+    if tenant is None:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT DISTINCT tenant FROM audit_events ORDER BY tenant")
+        tenants = [r["tenant"] for r in await cur.fetchall()]
+    else:
+        tenants = [tenant]
+    return VerifyReport(chains=[await _verify_tenant(conn, t) for t in tenants])
+
+
+async def _verify_tenant(conn: Conn, tenant: str) -> ChainReport:
+    rows = 0
+    prev: dict[str, Any] | None = None
+    broken: BrokenLink | None = None
+    async with (
+        conn.transaction(),
+        conn.cursor(name=f"audit_verify_{id(conn)}", row_factory=dict_row) as cur,
+    ):
+        await cur.execute(
+            "SELECT id, tenant, seq, thread_id, kind, event_key, payload, prev_hash, hash"
+            " FROM audit_events WHERE tenant = %s ORDER BY seq",
+            (tenant,),
+        )
+        async for row in cur:
+            rows += 1
+            if broken is None:
+                broken = await _check_row(conn, row, prev)
+            prev = row
+    return ChainReport(
+        tenant=tenant,
+        rows=rows,
+        head_seq=prev["seq"] if prev else None,
+        head_hash=prev["hash"] if prev else None,
+        broken=broken,
+    )
+
+
+async def _check_row(
+    conn: Conn, row: dict[str, Any], prev: dict[str, Any] | None
+) -> BrokenLink | None:
+    def broken(reason: Reason, detail: str) -> BrokenLink:
+        return BrokenLink(row["tenant"], row["seq"], row["id"], reason, detail)
+
+    expected_seq = prev["seq"] + 1 if prev else 1
+    expected_prev = prev["hash"] if prev else GENESIS_HASH
+    if row["seq"] != expected_seq:
+        missing = (
+            f"{expected_seq}"
+            if row["seq"] == expected_seq + 1
+            else f"{expected_seq}..{row['seq'] - 1}"
+        )
+        return broken("gap", f"seq {missing} missing before seq {row['seq']} (rows deleted)")
+    if prev is not None and row["id"] < prev["id"]:
+        return broken(
+            "reordered",
+            f"row id {row['id']} was inserted before the previous row (id {prev['id']}, "
+            f"seq {prev['seq']})",
+        )
+    if row["prev_hash"] != expected_prev:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "SELECT seq FROM audit_events WHERE tenant = %s AND hash = %s AND seq <> %s",
+            (row["tenant"], row["prev_hash"], expected_seq - 1),
+        )
+        elsewhere = await cur.fetchone()
+        if elsewhere is not None:
+            return broken(
+                "reordered",
+                f"links to the row at seq {elsewhere['seq']}, not to its predecessor",
+            )
+    recomputed = row_hash(
+        tenant=row["tenant"],
+        seq=row["seq"],
+        thread_id=row["thread_id"],
+        kind=row["kind"],
+        event_key=row["event_key"],
+        payload=row["payload"],
+        prev_hash=row["prev_hash"],
+    )
+    if recomputed != row["hash"]:
+        return broken("edited", "stored hash differs from the hash of the row's content")
+    if row["prev_hash"] != expected_prev:
+        return broken(
+            "broken_link",
+            "prev_hash differs from the previous row's hash"
+            if prev
+            else "the first row does not link to the genesis hash",
+        )
+    return None
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+async def timeline(
+    conn: Conn, thread_id: str, *, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """One run's events in chain order, each with a one-line ``summary``."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT id, tenant, seq, thread_id, kind, event_key, payload, prev_hash, hash,"
+        " created_at FROM audit_events WHERE thread_id = %s"
+        " AND (%s::text IS NULL OR tenant = %s) ORDER BY tenant, seq",
+        (thread_id, tenant, tenant),
+    )
+    events = []
+    for row in await cur.fetchall():
+        events.append({**row, "summary": summarize(row["kind"], row["payload"])})
+    return events
+
+
+def _short(value: Any, limit: int = 90) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def summarize(kind: str, p: Mapping[str, Any]) -> str:
+    """One line about an event, for `payables audit show`."""
+    if kind == "request_received":
+        return f"{p.get('requester')}: {_short(p.get('request', ''))}"
+    if kind == "route":
+        text = f"{p.get('route')} (confidence {p.get('confidence')}, router {p.get('model_path')})"
+        if p.get("status"):
+            text += f" → {p.get('status')}: {_short(p.get('reason', ''), 60)}"
+        return text
+    if kind == "plan":
+        tools = " → ".join(s.get("tool", "?") for s in p.get("steps", [])) or "no steps"
+        return (
+            f"phase {p.get('phase')} by {p.get('model_path')} "
+            f"(prompts {p.get('prompt_version')}): {tools}"
+        )
+    if kind == "tool_call":
+        state = "ok" if p.get("ok") else f"{p.get('error_code')}"
+        replayed = " (replayed)" if p.get("replayed") else ""
+        return f"{p.get('step_id')} {p.get('tool')} [{p.get('tier')}] {state}{replayed}"
+    if kind == "approval_requested":
+        actions = ", ".join(f"{a['step_id']} {a['tool']}" for a in p.get("actions", []))
+        needs = "; ".join(
+            f"{r.get('min_approvers')} approver(s)"
+            + (f", role {r['required_role']}" if r.get("required_role") else "")
+            for r in p.get("requirements", [])
+        )
+        return f"{actions} needs {needs or 'approval'}"
+    if kind == "decision":
+        text = (
+            f"{p.get('reviewer_id')} ({p.get('reviewer_role')}) {p.get('decision')} "
+            f"{p.get('step_id')} {p.get('tool')}"
+        )
+        if p.get("edit_diff"):
+            text += " changed " + ", ".join(p["edit_diff"])
+        if p.get("reason"):
+            text += f": {_short(p['reason'], 60)}"
+        return text
+    if kind == "outcome":
+        return f"{p.get('status')}" + (f": {_short(p['reason'])}" if p.get("reason") else "")
+    return _short(dict(p))
+
+
+def format_time(value: datetime) -> str:
+    """A timeline timestamp: UTC, to the millisecond."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"

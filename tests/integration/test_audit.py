@@ -1,0 +1,601 @@
+"""The audit chain on a real Postgres: what a run records, tampering, concurrency, masking.
+
+Tampering goes around the append-only triggers the only way the database allows, as the
+table owner: `ALTER TABLE audit_events DISABLE TRIGGER` inside the tampering transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+from langgraph.types import Command
+
+from guards.redaction import find_unmasked
+from runtime.agent import Agent, open_agent
+from runtime.context import Context
+from runtime.settings import PROJECT_ROOT
+from state.audit import (
+    Appended,
+    append_event,
+    content_hash,
+    row_hash,
+    timeline,
+    verify_chain,
+)
+from state.db import CONNECTION_KWARGS, Database
+from state.world import SAMPLE_WORLD_PATH, load_world, read_world
+from tools.gate import ToolGate
+
+pytestmark = pytest.mark.integration
+
+PAY_REQUEST = "Validate INV-1001 and pay it if it matches"
+NEW_ACCOUNT = "NL23KNAB0257394811"
+CHANGE_REQUEST = f"Change the bank account of vendor V-006 to {NEW_ACCOUNT}"
+APPROVE = {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}}
+CLI_TIMEOUT_S = 120
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+async def audit_rows(database: Database, thread_id: str | None = None) -> list[dict[str, Any]]:
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT * FROM audit_events WHERE (%s::text IS NULL OR thread_id = %s)"
+            " ORDER BY tenant, seq",
+            (thread_id, thread_id),
+        )
+        return list(await cur.fetchall())
+
+
+async def approved_payment(agent: Agent) -> str:
+    """INV-1001 validated, paused for approval, approved by rev-1: the thread id."""
+    view = await agent.start(PAY_REQUEST, user="clerk-ana")
+    assert view["status"] == "interrupted", view
+    view = await agent.resume(view["thread_id"], APPROVE)
+    assert view["status"] == "completed", view
+    assert view["result"]["invoices"]["INV-1001"]["actions"] == ["staged", "payment_scheduled"]
+    return str(view["thread_id"])
+
+
+async def approved_bank_change(agent: Agent, request: str = CHANGE_REQUEST) -> str:
+    """The V-006 bank change, approved by two controllers (dual control): the thread id."""
+    view = await agent.start(request, user="clerk-ana")
+    thread = str(view["thread_id"])
+    for reviewer in ("ctl-1", "ctl-2"):
+        assert view["status"] == "interrupted", view
+        actions = len((await agent.pending(thread))[0][1]["action_requests"])
+        view = await agent.resume(
+            thread,
+            {
+                "decisions": [{"type": "approve"}] * actions,
+                "reviewer": {"id": reviewer, "role": "controller"},
+            },
+        )
+    assert view["status"] == "completed", view
+    return thread
+
+
+async def synthetic_chain(database: Database, tenant: str, n: int = 6) -> list[Appended]:
+    async with database.connection() as conn:
+        return [
+            await append_event(
+                conn,
+                tenant=tenant,
+                thread_id=f"t-{tenant}",
+                kind="tool_call",
+                payload={"i": i, "amount": f"{i}00.00", "tool": "schedule_payment"},
+                event_key=f"{tenant}-{i}",
+            )
+            for i in range(1, n + 1)
+        ]
+
+
+async def tamper(db_uri: str, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    """Run ``statements`` as the owner with the append-only trigger off, then restore it."""
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        await conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update_delete")
+        for statement, params in statements:
+            await conn.execute(statement.encode(), params)
+        await conn.execute(
+            "ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_no_update_delete"
+        )
+        await conn.commit()
+
+
+# --- a run, end to end -----------------------------------------------------------------
+
+
+async def test_a_run_records_every_kind_in_order_with_an_intact_chain(
+    database: Database,
+) -> None:
+    async with open_agent(database=database) as agent:
+        thread = await approved_payment(agent)
+    rows = await audit_rows(database, thread)
+    kinds = [r["kind"] for r in rows]
+    assert kinds[:3] == ["request_received", "route", "plan"]
+    assert kinds[-1] == "outcome"
+    assert {
+        "request_received",
+        "route",
+        "plan",
+        "tool_call",
+        "approval_requested",
+        "decision",
+        "outcome",
+    } <= set(kinds)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))  # one tenant, one run
+    assert {r["tenant"] for r in rows} == {"default"}
+
+    calls = [
+        (r["payload"]["tool"], r["payload"]["error_code"]) for r in rows if r["kind"] == "tool_call"
+    ]
+    assert calls == [
+        ("get_invoice", None),
+        ("compute_match", None),
+        ("stage_invoice", None),
+        ("schedule_payment", "approval_required"),
+        ("schedule_payment", None),
+    ]
+    # The refusal, then the request for approval, the decision and the approved call.
+    order = [
+        (r["kind"], r["payload"].get("tool"))
+        for r in rows
+        if r["kind"] in ("approval_requested", "decision")
+        or (r["kind"] == "tool_call" and r["payload"]["tool"] == "schedule_payment")
+    ]
+    assert order == [
+        ("tool_call", "schedule_payment"),
+        ("approval_requested", None),
+        ("decision", "schedule_payment"),
+        ("tool_call", "schedule_payment"),
+    ]
+
+    by_kind = {r["kind"]: r["payload"] for r in rows}  # the last of each kind
+    assert by_kind["request_received"]["request"] == PAY_REQUEST
+    assert by_kind["request_received"]["requester"] == "clerk-ana"
+    assert by_kind["route"]["route"] == "invoice_processing"
+    plans = [r["payload"] for r in rows if r["kind"] == "plan"]
+    assert [p["phase"] for p in plans] == [1, 2]
+    assert all(p["model_path"] == "rules" for p in plans)
+    assert all(p["prompt_version"] == Context().prompt_version for p in plans)
+    assert [s["tool"] for s in plans[1]["steps"]] == ["stage_invoice", "schedule_payment"]
+    requested = by_kind["approval_requested"]
+    assert requested["requester"] == "clerk-ana"
+    assert [a["tool"] for a in requested["actions"]] == ["schedule_payment"]
+    assert requested["requirements"][0]["min_approvers"] == 1
+    decision = by_kind["decision"]
+    assert (decision["reviewer_id"], decision["reviewer_role"], decision["decision"]) == (
+        "rev-1",
+        "approver",
+        "approve",
+    )
+    assert decision["edit_diff"] == {}
+    assert by_kind["outcome"]["status"] == "completed"
+
+    # The paid call: tier, key and result hash match the gate's ledger row.
+    paid = by_kind["tool_call"]
+    assert (paid["tool"], paid["ok"], paid["replayed"], paid["tier"]) == (
+        "schedule_payment",
+        True,
+        False,
+        "irreversible",
+    )
+    assert paid["raw_args"]["invoice_id"] == "INV-1001"
+    assert paid["validated_args"]["invoice_id"] == "INV-1001"
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT idempotency_key, result FROM tool_calls WHERE thread_id = %s"
+            " AND tool = 'schedule_payment'",
+            (thread,),
+        )
+        ledger = await cur.fetchone()
+        assert ledger is not None
+        assert paid["idempotency_key"] == ledger["idempotency_key"]
+        assert paid["result_hash"] == content_hash(ledger["result"])
+        report = await verify_chain(conn)
+        events = await timeline(conn, thread)
+    assert report.ok and report.rows == len(rows)
+    assert report.chains[0].head_hash == rows[-1]["hash"]
+    assert [e["kind"] for e in events] == kinds
+    assert "rev-1 (approver) approve" in events[kinds.index("decision")]["summary"]
+
+
+async def test_resumes_and_reruns_do_not_duplicate_approval_requests(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start(PAY_REQUEST, user="clerk-ana")
+        thread = view["thread_id"]
+        # A malformed resume re-runs the approval node, which interrupts again with an error.
+        snapshot = await agent.graph.aget_state(agent.config(thread))
+        bad = {"decisions": [], "reviewer": {"id": "rev-1", "role": "approver"}}
+        await agent.graph.ainvoke(
+            Command(resume={snapshot.interrupts[0].id: bad}),
+            agent.config(thread),
+            context=Context(),
+            durability="sync",
+        )
+        assert (await agent.pending(thread))[0][1]["error"]
+        view = await agent.resume(thread, APPROVE)
+        assert view["status"] == "completed"
+        change = await approved_bank_change(agent)
+    rows = await audit_rows(database, thread)
+    assert [r["kind"] for r in rows].count("approval_requested") == 1
+    assert [r["kind"] for r in rows].count("decision") == 1
+    # Dual control asks twice (the second round shows the first approver), never more.
+    rounds = [
+        r["payload"]
+        for r in await audit_rows(database, change)
+        if r["kind"] == "approval_requested"
+    ]
+    assert len(rounds) == 2
+    assert rounds[0]["requirements"][0]["approved_by"] == []
+    assert rounds[1]["requirements"][0]["approved_by"] == [{"id": "ctl-1", "role": "controller"}]
+
+    # Appending an already recorded event again changes nothing.
+    first = next(r for r in rows if r["kind"] == "approval_requested")
+    async with database.connection() as conn:
+        again = await append_event(
+            conn,
+            tenant="default",
+            thread_id=thread,
+            kind="approval_requested",
+            payload={"anything": "else"},
+            event_key=first["event_key"],
+        )
+        assert (again.id, again.seq, again.created) == (first["id"], first["seq"], False)
+        assert (await verify_chain(conn)).ok
+
+
+async def test_an_edit_records_the_changed_keys_old_and_new(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start(PAY_REQUEST, user="clerk-ana")
+        thread = view["thread_id"]
+        args = dict(view["pending_approvals"][0]["args"])
+        edited = {**args, "pay_on": "2030-01-15"}
+        view = await agent.resume(
+            thread,
+            {
+                "decisions": [
+                    {
+                        "type": "edit",
+                        "edited_action": {"name": "schedule_payment", "args": edited},
+                    }
+                ],
+                "reviewer": {"id": "rev-1", "role": "approver"},
+            },
+        )
+        assert view["status"] == "completed", view
+    [decision] = [
+        r["payload"] for r in await audit_rows(database, thread) if r["kind"] == "decision"
+    ]
+    assert decision["decision"] == "edit"
+    assert list(decision["edit_diff"]) == ["pay_on"]
+    assert decision["edit_diff"]["pay_on"]["new"] == "2030-01-15"
+
+
+# --- tampering -------------------------------------------------------------------------
+
+
+def _swap_seq(tenant: str, a: int, b: int) -> list[tuple[str, tuple[Any, ...]]]:
+    sql = "UPDATE audit_events SET seq = %s WHERE tenant = %s AND seq = %s"
+    return [(sql, (10_000, tenant, a)), (sql, (a, tenant, b)), (sql, (b, tenant, 10_000))]
+
+
+def _edit_and_rehash(row: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
+    payload = {**row["payload"], "amount": "99999.00"}
+    digest = row_hash(
+        tenant=row["tenant"],
+        seq=row["seq"],
+        thread_id=row["thread_id"],
+        kind=row["kind"],
+        event_key=row["event_key"],
+        payload=payload,
+        prev_hash=row["prev_hash"],
+    )
+    return [
+        (
+            "UPDATE audit_events SET payload = %s::jsonb, hash = %s WHERE id = %s",
+            (json.dumps(payload), digest, row["id"]),
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tampering", "broken_seq", "broken_row_seq", "reason"),
+    [
+        # (what is done to seq 3, seq reported, original seq of the reported row, reason)
+        ("edit_payload", 3, 3, "edited"),
+        ("delete_row", 4, 4, "gap"),
+        ("swap_seq", 3, 4, "reordered"),
+        ("edit_and_rehash", 4, 4, "broken_link"),
+    ],
+)
+async def test_tampering_is_found_at_the_first_broken_link(
+    database: Database,
+    db_uri: str,
+    tampering: str,
+    broken_seq: int,
+    broken_row_seq: int,
+    reason: str,
+) -> None:
+    await synthetic_chain(database, "globex")
+    await synthetic_chain(database, "acme")
+    rows = {r["seq"]: r for r in await audit_rows(database) if r["tenant"] == "acme"}
+    statements = {
+        "edit_payload": [
+            (
+                "UPDATE audit_events SET payload = jsonb_set(payload, '{amount}', '\"99999.00\"')"
+                " WHERE tenant = %s AND seq = %s",
+                ("acme", 3),
+            )
+        ],
+        "delete_row": [("DELETE FROM audit_events WHERE tenant = %s AND seq = %s", ("acme", 3))],
+        "swap_seq": _swap_seq("acme", 3, 4),
+        "edit_and_rehash": _edit_and_rehash(rows[3]),
+    }[tampering]
+    await tamper(db_uri, *statements)
+
+    async with database.connection() as conn:
+        report = await verify_chain(conn)
+        only_acme = await verify_chain(conn, "acme")
+    assert not report.ok
+    broken = report.first_broken
+    assert broken is not None
+    assert (broken.tenant, broken.seq, broken.id, broken.reason) == (
+        "acme",
+        broken_seq,
+        rows[broken_row_seq]["id"],
+        reason,
+    ), broken
+    assert only_acme.first_broken == broken
+    globex = next(c for c in report.chains if c.tenant == "globex")
+    assert globex.broken is None and globex.rows == 6
+
+
+async def test_audit_rows_cannot_be_updated_deleted_or_truncated(database: Database) -> None:
+    await synthetic_chain(database, "acme", n=3)
+    async with database.connection() as conn:
+        for statement in (
+            "UPDATE audit_events SET payload = '{}' WHERE seq = 2",
+            "DELETE FROM audit_events WHERE seq = 3",
+            "DELETE FROM audit_events WHERE false",
+            "TRUNCATE audit_events",
+            "TRUNCATE audit_events, runs",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                await conn.execute(statement.encode())
+        cur = await conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        role = await cur.fetchone()
+        if role is not None and role["rolsuper"]:
+            # Replication mode switches ordinary triggers off, but not these (ENABLE ALWAYS).
+            await conn.execute("SET session_replication_role = replica")
+            try:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    await conn.execute("DELETE FROM audit_events")
+            finally:
+                await conn.execute("RESET session_replication_role")
+        # Reseeding the world forgets threads but never the audit chain.
+        await load_world(conn, read_world(SAMPLE_WORLD_PATH))
+        report = await verify_chain(conn)
+    assert report.ok and report.rows == 3
+
+
+# --- concurrency and transactions ------------------------------------------------------
+
+
+async def test_concurrent_appends_make_gapless_valid_chains(db_uri: str) -> None:
+    async def append(i: int, tenant: str, key: str | None) -> Appended:
+        async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as conn:
+            return await append_event(
+                conn,
+                tenant=tenant,
+                thread_id=f"t-{i}",
+                kind="guard_flag",
+                payload={"i": i, "detector": "test"},
+                event_key=key,
+            )
+
+    tasks = [append(i, "acme" if i % 3 else "globex", None) for i in range(36)]
+    tasks += [append(100 + i, "acme", "acme:same-event") for i in range(8)]
+    appended = await asyncio.gather(*tasks)
+
+    duplicates = appended[36:]
+    assert sum(a.created for a in duplicates) == 1
+    assert len({(a.id, a.seq, a.hash) for a in duplicates}) == 1
+    async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as conn:
+        cur = await conn.execute(
+            "SELECT tenant, array_agg(seq ORDER BY seq) AS seqs FROM audit_events GROUP BY tenant"
+        )
+        seqs = {r["tenant"]: r["seqs"] for r in await cur.fetchall()}
+        report = await verify_chain(conn)
+    assert seqs == {"acme": list(range(1, 26)), "globex": list(range(1, 13))}
+    assert report.ok and report.rows == 37
+
+
+async def test_an_append_in_a_rolled_back_transaction_leaves_no_gap(database: Database) -> None:
+    async with database.connection() as conn:
+        await append_event(conn, tenant="acme", thread_id="t", kind="route", payload={"n": 1})
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await append_event(
+                    conn, tenant="acme", thread_id="t", kind="route", payload={"n": 2}
+                )
+                raise RuntimeError("the caller's work failed")
+        last = await append_event(conn, tenant="acme", thread_id="t", kind="route", payload={})
+        assert last.seq == 2
+        assert (await verify_chain(conn)).ok
+        with pytest.raises(ValueError, match="unknown audit event kind"):
+            await append_event(conn, tenant="acme", thread_id="t", kind="nope", payload={})  # type: ignore[arg-type]
+
+
+async def test_the_gate_audits_in_the_side_effects_transaction(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = ToolGate(database)
+    call: dict[str, Any] = {
+        "thread_id": "t-gate",
+        "route": "invoice_processing",
+        "requester": "clerk-ana",
+        "run": Context(),
+    }
+    # Refusals before any transaction are recorded too, with the raw arguments.
+    refused = await gate.call(
+        step_id="s1", tool="schedule_payment", args={"invoice_id": "INV-1001", "amount": -1}, **call
+    )
+    assert refused["error"] is not None and refused["error"]["code"] == "invalid_arguments"
+    unknown = await gate.call(step_id="s2", tool="wire_money", args={"to": "x"}, **call)
+    assert unknown["error"] is not None and unknown["error"]["code"] == "unknown_tool"
+    [bad_args, no_tool] = [r["payload"] for r in await audit_rows(database, "t-gate")]
+    assert (bad_args["error_code"], bad_args["raw_args"]["amount"], bad_args["validated_args"]) == (
+        "invalid_arguments",
+        -1,
+        None,
+    )
+    assert (no_tool["tool"], no_tool["tier"], no_tool["error_code"]) == (
+        "wire_money",
+        "unknown",
+        "unknown_tool",
+    )
+
+    # When the audit row cannot be written, the side effect does not commit either.
+    import tools.gate
+
+    real_record = tools.gate.record
+
+    async def failing_record(target: Any, tenant: str, thread_id: Any, event: Any) -> Any:
+        if event.payload["ok"]:
+            raise RuntimeError("audit storage failed")
+        return await real_record(target, tenant, thread_id, event)
+
+    monkeypatch.setattr(tools.gate, "record", failing_record)
+    with pytest.raises(RuntimeError, match="audit storage failed"):
+        await gate.call(
+            step_id="s3",
+            tool="stage_invoice",
+            args={"invoice_id": "INV-1002", "note": "clean"},
+            **call,
+        )
+    async with database.connection() as conn:
+        cur = await conn.execute("SELECT status FROM invoices WHERE invoice_id = 'INV-1002'")
+        invoice = await cur.fetchone()
+        cur = await conn.execute("SELECT count(*) AS n FROM tool_calls WHERE thread_id = 't-gate'")
+        ledger = await cur.fetchone()
+    assert invoice is not None and invoice["status"] == "received"
+    assert ledger is not None and ledger["n"] == 0
+    assert len(await audit_rows(database, "t-gate")) == 2
+
+
+# --- masking ---------------------------------------------------------------------------
+
+
+async def test_no_full_bank_account_reaches_the_audit_table(database: Database) -> None:
+    world = read_world(SAMPLE_WORLD_PATH)
+    accounts = {v.remit_bank_account for v in world.vendors}
+    accounts |= {i.bank_account for i in world.invoices if i.bank_account}
+    async with open_agent(database=database) as agent:
+        await approved_payment(agent)
+        change = await approved_bank_change(agent)
+        # The same request typed in lower case, and with the account printed in groups.
+        await agent.start(CHANGE_REQUEST.replace(NEW_ACCOUNT, NEW_ACCOUNT.lower()), user="clerk-bo")
+        await agent.start(
+            CHANGE_REQUEST.replace(NEW_ACCOUNT, "NL23 KNAB 0257 3948 11"), user="clerk-bo"
+        )
+    async with database.connection() as conn:
+        cur = await conn.execute("SELECT row_to_json(a)::text AS line FROM audit_events AS a")
+        dump = "\n".join(r["line"] for r in await cur.fetchall())
+        cur = await conn.execute("SELECT remit_bank_account FROM vendors WHERE vendor_id = 'V-006'")
+        master = await cur.fetchone()
+    assert master is not None and master["remit_bank_account"] == NEW_ACCOUNT  # it changed
+    for account in {*accounts, NEW_ACCOUNT}:
+        for spelling in (
+            account,
+            account.lower(),
+            " ".join(account[i : i + 4] for i in range(0, len(account), 4)),
+        ):
+            assert spelling not in dump, f"{spelling} is in the audit table"
+    assert find_unmasked(dump) == []
+    # The change is still on record, masked: the new account's last four characters.
+    change_rows = await audit_rows(database, change)
+    request = next(r for r in change_rows if r["kind"] == "request_received")
+    assert request["payload"]["request"].endswith("****4811")
+    changed = [
+        r["payload"]
+        for r in change_rows
+        if r["kind"] == "tool_call" and r["payload"]["tool"] == "update_vendor_bank_account"
+    ]
+    assert changed and all(p["raw_args"]["new_account"] == "****4811" for p in changed)
+    assert all(p["validated_args"]["new_account"] == "****4811" for p in changed)
+
+
+# --- the CLI ---------------------------------------------------------------------------
+
+
+def payables(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+
+
+def test_cli_audit_verify_and_show(db_uri: str, cli_env: dict[str, str]) -> None:
+    async def run_one() -> tuple[str, list[dict[str, Any]]]:
+        database = Database(db_uri, max_size=4)
+        async with open_agent(database=database) as agent:
+            thread = await approved_payment(agent)
+        database = Database(db_uri, max_size=2)
+        try:
+            return thread, await audit_rows(database, thread)
+        finally:
+            await database.close()
+
+    thread, rows = asyncio.run(run_one())
+
+    intact = payables(cli_env, "audit", "verify", "--json")
+    assert intact.returncode == 0, intact.stderr
+    report = json.loads(intact.stdout)
+    assert report["ok"] is True and report["rows"] == len(rows)
+    assert report["first_broken"] is None
+    assert payables(cli_env, "audit", "verify", "--tenant", "default").returncode == 0
+
+    shown = payables(cli_env, "audit", "show", thread, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert [e["kind"] for e in json.loads(shown.stdout)["events"]] == [r["kind"] for r in rows]
+    text = payables(cli_env, "audit", "show", thread)
+    assert text.returncode == 0, text.stderr
+    assert "approval_requested" in text.stdout and "rev-1 (approver) approve" in text.stdout
+    unknown = payables(cli_env, "audit", "show", "no-such-thread")
+    assert unknown.returncode == 2 and "No audit events" in unknown.stderr
+
+    # Someone with the owner's rights turns the trigger off and rewrites a decision.
+    decision = next(r for r in rows if r["kind"] == "decision")
+    asyncio.run(
+        tamper(
+            db_uri,
+            (
+                "UPDATE audit_events SET payload = jsonb_set(payload, '{reviewer_id}', '\"ctl-9\"')"
+                " WHERE id = %s",
+                (decision["id"],),
+            ),
+        )
+    )
+    broken = payables(cli_env, "audit", "verify", "--json")
+    assert broken.returncode == 1, broken.stderr
+    first = json.loads(broken.stdout)["first_broken"]
+    assert (first["seq"], first["id"], first["reason"]) == (
+        decision["seq"],
+        decision["id"],
+        "edited",
+    )
+    text = payables(cli_env, "audit", "verify")
+    assert text.returncode == 1
+    assert f"seq {decision['seq']}, id {decision['id']}, edited" in text.stdout
