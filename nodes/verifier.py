@@ -14,6 +14,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from nodes.deps import Node, NodeDeps
+from runtime import failpoints
 from runtime.context import Context
 from state.db import Database
 from state.graph_state import AgentState
@@ -69,6 +70,7 @@ def make_verifier(deps: NodeDeps) -> Node:
         state: AgentState, *, runtime: Runtime[Context]
     ) -> Command[Literal["planner", "respond"]]:
         """Check this phase, then re-plan, continue to the next phase, or respond."""
+        failpoints.hit("verifier")
         plan = state["plan"]
         prefix = f"p{plan['phase']}s"
         phase_outcomes = [o for o in state.get("outcomes", []) if o["step_id"].startswith(prefix)]

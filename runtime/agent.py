@@ -138,6 +138,32 @@ class Agent:
             )
         return await self.view(thread_id)
 
+    async def continue_run(
+        self, thread_id: str, *, context: Context | None = None
+    ) -> dict[str, Any]:
+        """Finish a run that stopped between checkpoints (a crash, a kill, a lost database).
+
+        The graph re-runs the interrupted step from its last checkpoint; the gate's
+        idempotency keys turn any side effect that had already committed into a replay.
+        """
+        snapshot = await self.graph.aget_state(self.config(thread_id))
+        if not snapshot.values:
+            raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
+        if snapshot.interrupts:
+            raise ResumeError(f"Thread {thread_id} is waiting for approval; use `payables resume`.")
+        if not snapshot.next:
+            status = snapshot.values.get("status", "completed")
+            raise ResumeError(f"Thread {thread_id} already finished (status: {status}).")
+        context = context or Context()
+        with traced(self.tracing_client):
+            await self.graph.ainvoke(
+                None,
+                self.traced_config(thread_id, context, actor="recovery", action="continue"),
+                context=context,
+                durability="sync",
+            )
+        return await self.view(thread_id)
+
     async def view(self, thread_id: str) -> dict[str, Any]:
         """The thread as the CLI's ``--json`` prints it."""
         snapshot = await self.graph.aget_state(self.config(thread_id))

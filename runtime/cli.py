@@ -384,6 +384,23 @@ def resume(
     _print_json(view) if as_json else _print_view(view)
 
 
+@app.command("continue")
+def continue_(
+    thread: Annotated[str, typer.Argument(help="Thread id that stopped mid-run.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Finish a run that stopped between steps (crash, kill); side effects are not repeated."""
+
+    async def go() -> dict[str, Any]:
+        async with open_agent() as agent:
+            return await agent.continue_run(thread)
+
+    view = _run(go())
+    _print_json(view) if as_json else _print_view(view)
+    if view["status"] == "failed":
+        raise typer.Exit(1)
+
+
 @app.command()
 def threads(
     as_json: JsonOpt = False, limit: Annotated[int, typer.Option(min=1, max=1000)] = 50

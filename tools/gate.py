@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 import psycopg
 from pydantic import ValidationError
 
+from runtime import failpoints
 from runtime.context import Context
 from state.audit import record, tool_call_event
 from state.db import Database
@@ -363,4 +364,6 @@ class ToolGate:
                 retryable=True,
             )
             return await audit(timed_out)
+        if tier is not Tier.READ:
+            failpoints.hit(f"after_commit:{tool}")
         return ran

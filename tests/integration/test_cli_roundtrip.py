@@ -21,51 +21,14 @@ import pytest
 from guards.redaction import redact_text
 from runtime.settings import PROJECT_ROOT
 from state.world import SAMPLE_WORLD_PATH
+from tests.cli import CLI_TIMEOUT_S, payables_fails, payables_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-CLI_TIMEOUT_S = 120
 NEW_ACCOUNT = "NL23KNAB0257394811"
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def payables(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `payables ARGS` in a new interpreter and return the finished process."""
-    return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
-
-
-def _explain(proc: subprocess.CompletedProcess[str]) -> str:
-    return (
-        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}"
-        f"\n--- stderr\n{proc.stderr[-3000:]}"
-    )
-
-
-def payables_json(env: dict[str, str], *args: str) -> dict[str, Any]:
-    """Run `payables ARGS --json`, require exit 0, and return the printed object."""
-    proc = payables(env, *args, "--json")
-    assert proc.returncode == 0, _explain(proc)
-    assert "Traceback" not in proc.stderr, _explain(proc)
-    value = json.loads(proc.stdout)
-    assert isinstance(value, dict)
-    return value
-
-
-def payables_fails(env: dict[str, str], *args: str, code: int = 2) -> str:
-    """Run `payables ARGS`, require exit ``code``, and return stderr."""
-    proc = payables(env, *args)
-    assert proc.returncode == code, _explain(proc)
-    assert "Traceback" not in proc.stderr, _explain(proc)
-    return proc.stderr
 
 
 def start(
