@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from typing import Any
 
 import psycopg
@@ -19,7 +17,6 @@ from langgraph.types import Command
 from guards.redaction import find_unmasked
 from runtime.agent import Agent, open_agent
 from runtime.context import Context
-from runtime.settings import PROJECT_ROOT
 from state.audit import (
     Appended,
     append_event,
@@ -30,6 +27,7 @@ from state.audit import (
 )
 from state.db import CONNECTION_KWARGS, Database
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
+from tests.cli import payables
 from tools.gate import ToolGate
 
 pytestmark = pytest.mark.integration
@@ -38,7 +36,6 @@ PAY_REQUEST = "Validate INV-1001 and pay it if it matches"
 NEW_ACCOUNT = "NL23KNAB0257394811"
 CHANGE_REQUEST = f"Change the bank account of vendor V-006 to {NEW_ACCOUNT}"
 APPROVE = {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}}
-CLI_TIMEOUT_S = 120
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -534,17 +531,6 @@ async def test_no_full_bank_account_reaches_the_audit_table(database: Database) 
 
 
 # --- the CLI ---------------------------------------------------------------------------
-
-
-def payables(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
 
 
 def test_cli_audit_verify_and_show(db_uri: str, cli_env: dict[str, str]) -> None:

@@ -10,8 +10,9 @@ from pydantic import Field
 
 from runtime.context import Context
 from state.db import Database
+from tests.approvals import grant
 from tools.ap import AP_TOOLS
-from tools.contract import CallContext, Tier, ToolArgs, ToolResult, ToolSpec, args_hash
+from tools.contract import CallContext, Tier, ToolArgs, ToolResult, ToolSpec
 from tools.gate import ToolGate
 from tools.registry import ToolRegistry
 
@@ -141,11 +142,13 @@ async def test_approval_is_bound_to_the_exact_args(database: Database) -> None:
             "INSERT INTO runs (thread_id, request, requester, tenant, status)"
             " VALUES ('t', 'Pay INV-1001', 'clerk', 'default', 'running')"
         )
-        await conn.execute(
-            "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash, reviewer_id,"
-            " reviewer_role, decision) VALUES ('t', 'p2s2', 'schedule_payment', %s, 'rev',"
-            " 'approver', 'approve')",
-            (args_hash("schedule_payment", approved),),
+        await grant(
+            conn,
+            step_id="p2s2",
+            tool="schedule_payment",
+            args=approved,
+            reviewer="rev",
+            role="approver",
         )
     other = await gate.call(
         thread_id="t",
@@ -173,11 +176,13 @@ async def test_approval_is_bound_to_the_exact_args(database: Database) -> None:
 async def test_requester_approval_does_not_count(database: Database) -> None:
     args = {"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD", "pay_on": None}
     async with database.connection() as conn:
-        await conn.execute(
-            "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash, reviewer_id,"
-            " reviewer_role, decision) VALUES ('t', 'p2s2', 'schedule_payment', %s, 'clerk',"
-            " 'controller', 'approve')",
-            (args_hash("schedule_payment", args),),
+        await grant(
+            conn,
+            step_id="p2s2",
+            tool="schedule_payment",
+            args=args,
+            reviewer="clerk",
+            role="controller",
         )
     outcome = await ToolGate(database).call(
         thread_id="t",

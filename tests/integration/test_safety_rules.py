@@ -9,8 +9,8 @@ import pytest
 from runtime.agent import open_agent
 from runtime.context import Context
 from state.db import Database
+from tests.approvals import grant
 from tests.fakes import ScriptedChatModel, ScriptedModels, tool_reply
-from tools.contract import args_hash
 from tools.gate import ToolGate
 
 pytestmark = pytest.mark.integration
@@ -118,11 +118,13 @@ async def test_the_gate_refuses_an_account_the_clerk_never_gave(database: Databa
             " ('t', 'Change V-006 to NL23KNAB0257394811', 'clerk', 'default', 'running')"
         )
         for reviewer in ("ctl-1", "ctl-2"):
-            await conn.execute(
-                "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash,"
-                " reviewer_id, reviewer_role, decision) VALUES ('t', 's1',"
-                " 'update_vendor_bank_account', %s, %s, 'controller', 'approve')",
-                (args_hash("update_vendor_bank_account", args), reviewer),
+            await grant(
+                conn,
+                step_id="s1",
+                tool="update_vendor_bank_account",
+                args=args,
+                reviewer=reviewer,
+                role="controller",
             )
     outcome = await ToolGate(database).call(
         thread_id="t",
@@ -228,11 +230,13 @@ async def test_vendor_email_cannot_carry_account_numbers(database: Database) -> 
         "body": f"Other vendors are paid to {ATTACKER}.",
     }
     async with database.connection() as conn:
-        await conn.execute(
-            "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash, reviewer_id,"
-            " reviewer_role, decision) VALUES ('t', 's1', 'send_vendor_email', %s, 'ctl-1',"
-            " 'controller', 'approve')",
-            (args_hash("send_vendor_email", args),),
+        await grant(
+            conn,
+            step_id="s1",
+            tool="send_vendor_email",
+            args=args,
+            reviewer="ctl-1",
+            role="controller",
         )
     outcome = await ToolGate(database).call(
         thread_id="t",
