@@ -6,7 +6,7 @@ need approval are handed to the approval node; the gate re-checks the approval i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 from langgraph.types import Command
@@ -16,7 +16,29 @@ from nodes.safety import outcome_flags, step_taint, taint_block_reason
 from runtime.context import Context
 from state.audit import guard_flag_event, record
 from state.graph_state import AgentState
+from tools.contract import canonical_json
 from tools.gate import refusal
+
+
+def budget_stop(state: AgentState, tool: str, args: dict[str, Any], run: Context) -> str | None:
+    """Why the run must stop before this step (budget or loop), or None to go on.
+
+    Checked before every call, so a runaway plan stops one call early rather than late.
+    """
+    outcomes = state.get("outcomes", [])
+    if len(outcomes) >= run.max_tool_calls:
+        return (
+            f"Stopped: the run used its budget of {run.max_tool_calls} tool calls "
+            "(budget_exhausted). A person should look at it."
+        )
+    same = canonical_json(args)
+    repeats = sum(1 for o in outcomes if o["tool"] == tool and canonical_json(o["args"]) == same)
+    if repeats >= run.max_identical_calls:
+        return (
+            f"Stopped: {tool} was about to run a {repeats + 1}th time with the same "
+            "arguments (loop_detected). A person should look at it."
+        )
+    return None
 
 
 def make_executor(deps: NodeDeps) -> Node:
@@ -24,13 +46,19 @@ def make_executor(deps: NodeDeps) -> Node:
 
     async def executor(
         state: AgentState, *, runtime: Runtime[Context]
-    ) -> Command[Literal["executor", "approval", "verifier"]]:
+    ) -> Command[Literal["executor", "approval", "verifier", "respond"]]:
         """Execute the step at the cursor, or hand it to approval, or finish the phase."""
         plan = state["plan"]
         cursor = state.get("cursor", 0)
         if cursor >= len(plan["steps"]):
             return Command(goto="verifier")
         step = plan["steps"][cursor]
+        # Outcomes hold validated (normalized) args; compare like with like.
+        checked = deps.gate.validate(state["route"], step["tool"], step["args"])
+        normalized = checked[1] if isinstance(checked, tuple) else step["args"]
+        stop = budget_stop(state, step["tool"], normalized, runtime.context)
+        if stop is not None:
+            return Command(goto="respond", update={"status": "escalated", "reason": stop})
         thread_id = current_thread_id()
         spec = deps.gate.registry.get(step["tool"])
         if spec is not None and spec.tier.needs_approval:

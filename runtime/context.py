@@ -84,6 +84,12 @@ class Context:
     max_replans: int = 3
     """How many times the verifier may send the run back to the planner."""
 
+    max_tool_calls: int = 40
+    """Budget: tool calls per run; the run escalates before making one more."""
+
+    max_identical_calls: int = 2
+    """Loop detection: how often one tool may run with the same arguments in a run."""
+
     tool_timeout_s: float = 10.0
     """Default per-call timeout for tools, in seconds."""
 
@@ -104,6 +110,8 @@ class Context:
                 "dual_control_threshold must be >= approval_threshold "
                 f"(got {self.dual_control_threshold} < {self.approval_threshold})."
             )
+        if self.max_tool_calls < 1 or self.max_identical_calls < 1:
+            raise ConfigError("max_tool_calls and max_identical_calls must be >= 1.")
         if self.max_plan_repairs < 0 or self.max_replans < 0:
             raise ConfigError("max_plan_repairs and max_replans must be >= 0.")
         if self.tool_timeout_s <= 0:
