@@ -24,6 +24,17 @@ def tool_reply(name: str, args: dict[str, Any]) -> AIMessage:
     )
 
 
+def plan_reply(final: bool, *steps: tuple[str, dict[str, Any]]) -> AIMessage:
+    """A planner's `ProposedPlan` reply with these (tool, args) steps."""
+    return tool_reply(
+        "ProposedPlan",
+        {
+            "final": final,
+            "steps": [{"tool": tool, "args": args, "why": f"{tool} step"} for tool, args in steps],
+        },
+    )
+
+
 def invalid_tool_reply(name: str, raw_arguments: str) -> AIMessage:
     """A tool call whose arguments are not valid JSON (as the OpenAI client reports it)."""
     return AIMessage(

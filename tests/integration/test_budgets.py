@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from runtime.agent import open_agent
 from runtime.context import Context
 from state.db import Database
-from tests.fakes import ScriptedChatModel, ScriptedModels, tool_reply
+from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
 
 pytestmark = pytest.mark.integration
 
 
-def reread(invoice_id: str) -> Any:
-    return tool_reply(
-        "ProposedPlan",
-        {
-            "final": False,
-            "steps": [
-                {"tool": "get_invoice", "args": {"invoice_id": invoice_id}, "why": "look again"}
-            ],
-        },
-    )
-
-
 async def test_a_plan_that_repeats_itself_is_stopped_as_a_loop(database: Database) -> None:
-    planner = ScriptedChatModel([reread("INV-1002") for _ in range(4)])
+    planner = ScriptedChatModel(
+        [plan_reply(False, ("get_invoice", {"invoice_id": "INV-1002"})) for _ in range(4)]
+    )
     async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
         view = await agent.start("Validate INV-1002", user="clerk-ana")
     assert view["status"] == "escalated"

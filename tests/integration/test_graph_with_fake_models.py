@@ -7,14 +7,12 @@ rules model with the fallback recorded in the result.
 
 from __future__ import annotations
 
-from typing import Any
-
 import psycopg
 import pytest
 
 from runtime.agent import open_agent
 from state.db import Database
-from tests.fakes import ScriptedChatModel, ScriptedModels, tool_reply
+from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply, tool_reply
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +26,6 @@ ROUTE_PAY_1001 = tool_reply(
         "rationale": "pay request",
     },
 )
-
-
-def plan(final: bool, *steps: tuple[str, dict[str, Any]]) -> Any:
-    return tool_reply(
-        "ProposedPlan",
-        {
-            "final": final,
-            "steps": [{"tool": tool, "args": args, "why": f"{tool} step"} for tool, args in steps],
-        },
-    )
 
 
 def payments(db_uri: str, invoice_id: str) -> int:
@@ -54,12 +42,12 @@ async def test_model_paths_serve_every_role(database: Database, db_uri: str) -> 
         router=ScriptedChatModel([ROUTE_PAY_1001]),
         planner=ScriptedChatModel(
             [
-                plan(
+                plan_reply(
                     False,
                     ("get_invoice", {"invoice_id": "INV-1001"}),
                     ("compute_match", {"invoice_id": "INV-1001"}),
                 ),
-                plan(
+                plan_reply(
                     True,
                     ("stage_invoice", {"invoice_id": "INV-1001"}),
                     (
@@ -88,7 +76,7 @@ async def test_a_plan_that_pays_first_still_stops_for_approval(
     models = ScriptedModels(
         planner=ScriptedChatModel(
             [
-                plan(
+                plan_reply(
                     True,
                     (
                         "schedule_payment",

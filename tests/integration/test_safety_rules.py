@@ -10,23 +10,13 @@ from runtime.agent import open_agent
 from runtime.context import Context
 from state.db import Database
 from tests.approvals import grant
-from tests.fakes import ScriptedChatModel, ScriptedModels, tool_reply
+from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply, tool_reply
 from tools.gate import ToolGate
 
 pytestmark = pytest.mark.integration
 
 ATTACKER = "GB33BUKB20201555555555"
 CONTROLLER = {"id": "ctl-1", "role": "controller"}
-
-
-def plan(final: bool, *steps: tuple[str, dict[str, Any]]) -> Any:
-    return tool_reply(
-        "ProposedPlan",
-        {
-            "final": final,
-            "steps": [{"tool": tool, "args": args, "why": "as instructed"} for tool, args in steps],
-        },
-    )
 
 
 async def scalar(database: Database, sql: str, *params: Any) -> Any:
@@ -49,7 +39,7 @@ async def test_bank_account_from_an_attachment_is_blocked(database: Database) ->
         ),
         planner=ScriptedChatModel(
             [
-                plan(
+                plan_reply(
                     True,
                     (
                         "update_vendor_bank_account",
@@ -86,7 +76,7 @@ async def test_a_model_swapping_in_the_attachments_account_is_blocked(
     models = ScriptedModels(
         planner=ScriptedChatModel(
             [
-                plan(
+                plan_reply(
                     True,
                     (
                         "update_vendor_bank_account",
@@ -163,7 +153,7 @@ async def test_a_partial_payment_cannot_dodge_the_controller(database: Database)
     models = ScriptedModels(
         planner=ScriptedChatModel(
             [
-                plan(
+                plan_reply(
                     True,
                     ("stage_invoice", {"invoice_id": "INV-1013"}),
                     (
@@ -192,7 +182,7 @@ async def test_a_second_payment_for_the_same_invoice_is_refused(database: Databa
     models = ScriptedModels(
         planner=ScriptedChatModel(
             [
-                plan(
+                plan_reply(
                     True,
                     ("stage_invoice", {"invoice_id": "INV-1001"}),
                     (
@@ -204,7 +194,7 @@ async def test_a_second_payment_for_the_same_invoice_is_refused(database: Databa
                         {"invoice_id": "INV-1001", "amount": "200.00", "currency": "USD"},
                     ),
                 ),
-                plan(True),
+                plan_reply(True),
             ]
         )
     )
