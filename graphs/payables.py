@@ -21,6 +21,7 @@ from nodes.planner import make_planner
 from nodes.respond import make_respond
 from nodes.router import make_router
 from nodes.verifier import make_verifier
+from runtime.budgets import guard_node
 from runtime.context import Context
 from state.graph_state import AgentState, InputState, OutputState
 
@@ -35,12 +36,16 @@ def build_graph(
     builder = StateGraph(
         AgentState, context_schema=Context, input_schema=InputState, output_schema=OutputState
     )
-    builder.add_node("router", make_router(deps))
-    builder.add_node("planner", make_planner(deps))
-    builder.add_node("executor", make_executor(deps))
-    builder.add_node("approval", make_approval(deps))
-    builder.add_node("verifier", make_verifier(deps))
-    builder.add_node("respond", make_respond(deps))
+    nodes = {
+        "router": make_router(deps),
+        "planner": make_planner(deps),
+        "executor": make_executor(deps),
+        "approval": make_approval(deps),
+        "verifier": make_verifier(deps),
+        "respond": make_respond(deps),
+    }
+    for name, node in nodes.items():
+        builder.add_node(name, guard_node(name, node))
     builder.add_edge(START, "router")
     builder.add_edge("respond", END)
     return builder.compile(checkpointer=checkpointer, name=GRAPH_NAME)

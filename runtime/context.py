@@ -7,6 +7,7 @@ Nodes read these through ``Runtime[Context]`` and never read the environment the
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -32,6 +33,71 @@ def _model_default(role: str) -> str:
     return os.environ.get(f"PAYABLES_{role.upper()}_MODEL") or os.environ.get(
         "PAYABLES_MODEL", fallback
     )
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{name} must be an integer, got {raw!r}; set a number or unset it."
+        ) from exc
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{name} must be a number, got {raw!r}; set a number or unset it."
+        ) from exc
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in os.environ.get(name, "").split(",") if part.strip())
+
+
+DEFAULT_MODEL_PRICES: dict[str, tuple[float, float]] = {
+    # USD per 1,000 tokens (input, output), list prices; override with PAYABLES_MODEL_PRICES.
+    "gpt-4o-mini": (0.00015, 0.0006),
+    "gpt-4o": (0.0025, 0.01),
+    "gpt-4.1-mini": (0.0004, 0.0016),
+    "gpt-4.1": (0.002, 0.008),
+    RULES_MODEL: (0.0, 0.0),
+}
+
+
+def _model_prices() -> dict[str, tuple[float, float]]:
+    """`DEFAULT_MODEL_PRICES` updated from `PAYABLES_MODEL_PRICES`.
+
+    The variable is JSON: ``{"my-model": [input_per_1k, output_per_1k], ...}``.
+    """
+    prices = dict(DEFAULT_MODEL_PRICES)
+    raw = os.environ.get("PAYABLES_MODEL_PRICES")
+    if not raw:
+        return prices
+    hint = 'set it to JSON such as {"gpt-4o-mini": [0.00015, 0.0006]} (USD per 1k tokens)'
+    try:
+        table = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"PAYABLES_MODEL_PRICES is not valid JSON ({exc}); {hint}.") from exc
+    if not isinstance(table, dict):
+        raise ConfigError(f"PAYABLES_MODEL_PRICES must be a JSON object; {hint}.")
+    for model, pair in table.items():
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(x, int | float) and x >= 0 for x in pair)
+        ):
+            raise ConfigError(f"PAYABLES_MODEL_PRICES[{model!r}] must be [input, output]; {hint}.")
+        prices[str(model)] = (float(pair[0]), float(pair[1]))
+    return prices
 
 
 def _decimal(name: str, value: object) -> Decimal:
@@ -84,14 +150,83 @@ class Context:
     max_replans: int = 3
     """How many times the verifier may send the run back to the planner."""
 
-    max_tool_calls: int = 40
+    max_tool_calls: int = field(default_factory=lambda: _env_int("PAYABLES_MAX_TOOL_CALLS", 40))
     """Budget: tool calls per run; the run escalates before making one more."""
 
     max_identical_calls: int = 2
     """Loop detection: how often one tool may run with the same arguments in a run."""
 
+    max_steps: int = field(default_factory=lambda: _env_int("PAYABLES_MAX_STEPS", 80))
+    """Budget: graph steps (node executions) per run."""
+
+    max_model_calls: int = field(default_factory=lambda: _env_int("PAYABLES_MAX_MODEL_CALLS", 30))
+    """Budget: chat-model calls per run (retries and repairs count)."""
+
+    max_tokens: int = field(default_factory=lambda: _env_int("PAYABLES_MAX_TOKENS", 200_000))
+    """Budget: input + output tokens per run, from the models' usage metadata."""
+
+    max_cost_usd: float = field(default_factory=lambda: _env_float("PAYABLES_MAX_COST_USD", 1.0))
+    """Budget: estimated model cost per run in USD (priced with `model_prices`)."""
+
+    max_wall_clock_s: float = field(
+        default_factory=lambda: _env_float("PAYABLES_MAX_WALL_CLOCK_S", 600.0)
+    )
+    """Budget: seconds of work per run (time spent waiting for a reviewer does not count)."""
+
+    budget_warn_fraction: float = field(
+        default_factory=lambda: _env_float("PAYABLES_BUDGET_WARN_FRACTION", 0.8)
+    )
+    """A soft warning is recorded when a budget reaches this fraction of its limit."""
+
+    tenant_daily_cost_cap_usd: float = field(
+        default_factory=lambda: _env_float("PAYABLES_TENANT_DAILY_COST_CAP_USD", 50.0)
+    )
+    """Per tenant per UTC day: estimated model spend allowed across all processes."""
+
+    max_identical_plans: int = 1
+    """Loop detection: how often the planner may repeat an earlier phase's plan unchanged."""
+
+    model_prices: dict[str, tuple[float, float]] = field(default_factory=_model_prices)
+    """USD per 1,000 tokens (input, output) per model name; unknown models cost the max."""
+
+    model_fallbacks: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("PAYABLES_MODEL_FALLBACKS")
+    )
+    """Models tried in order when a role's model is unavailable; then the rules model."""
+
+    model_timeout_s: float = field(
+        default_factory=lambda: _env_float("PAYABLES_MODEL_TIMEOUT_S", 30.0)
+    )
+    """Per-call timeout for a chat model, in seconds."""
+
+    model_max_retries: int = field(
+        default_factory=lambda: _env_int("PAYABLES_MODEL_MAX_RETRIES", 2)
+    )
+    """Retries per model call on retryable errors (rate limit, timeout, 5xx, connection)."""
+
+    retry_initial_s: float = field(
+        default_factory=lambda: _env_float("PAYABLES_RETRY_INITIAL_S", 0.5)
+    )
+    """First backoff delay; doubles per retry, with jitter, up to `retry_max_s`."""
+
+    retry_max_s: float = field(default_factory=lambda: _env_float("PAYABLES_RETRY_MAX_S", 8.0))
+    """Longest backoff delay between retries, in seconds."""
+
+    breaker_failure_threshold: int = field(
+        default_factory=lambda: _env_int("PAYABLES_BREAKER_FAILURES", 5)
+    )
+    """Consecutive failures that open a model's or tool's circuit breaker."""
+
+    breaker_cooldown_s: float = field(
+        default_factory=lambda: _env_float("PAYABLES_BREAKER_COOLDOWN_S", 30.0)
+    )
+    """How long an open breaker refuses calls before letting one trial call through."""
+
     tool_timeout_s: float = 10.0
     """Default per-call timeout for tools, in seconds."""
+
+    tool_max_retries: int = field(default_factory=lambda: _env_int("PAYABLES_TOOL_MAX_RETRIES", 2))
+    """Retries for read tools and idempotency-keyed writes on retryable failures."""
 
     prompt_version: str = PROMPT_VERSION
     """Version of the prompts in `runtime.prompts`; recorded in results and traces."""
@@ -114,8 +249,29 @@ class Context:
             raise ConfigError("max_tool_calls and max_identical_calls must be >= 1.")
         if self.max_plan_repairs < 0 or self.max_replans < 0:
             raise ConfigError("max_plan_repairs and max_replans must be >= 0.")
-        if self.tool_timeout_s <= 0:
-            raise ConfigError(f"tool_timeout_s must be > 0, got {self.tool_timeout_s}.")
+        for name in ("max_steps", "max_model_calls", "max_tokens", "breaker_failure_threshold"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("model_max_retries", "tool_max_retries", "max_identical_plans"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in (
+            "tool_timeout_s",
+            "model_timeout_s",
+            "max_wall_clock_s",
+            "retry_max_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}.")
+        for name in ("max_cost_usd", "tenant_daily_cost_cap_usd", "retry_initial_s"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.breaker_cooldown_s < 0:
+            raise ConfigError(f"breaker_cooldown_s must be >= 0, got {self.breaker_cooldown_s}.")
+        if not 0 < self.budget_warn_fraction <= 1:
+            raise ConfigError(
+                f"budget_warn_fraction must be in (0, 1], got {self.budget_warn_fraction}."
+            )
 
     @property
     def approval_limit(self) -> Decimal:

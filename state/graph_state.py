@@ -18,6 +18,38 @@ def merge_dicts(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
     return {**left, **right}
 
 
+class Usage(TypedDict, total=False):
+    """What a run has consumed so far; every node adds its share (see `add_usage`)."""
+
+    steps: int
+    """Graph steps (node executions)."""
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    """Estimated model cost in USD."""
+    wall_clock_s: float
+    """Seconds spent inside nodes (not waiting for reviewers)."""
+    warnings: list[str]
+    """Soft budget warnings, once each, in the order they were reached."""
+
+
+def add_usage(left: Usage, right: Usage) -> Usage:
+    """Reducer: counters add up; warnings are kept once each, in order."""
+    merged = Usage(
+        steps=left.get("steps", 0) + right.get("steps", 0),
+        model_calls=left.get("model_calls", 0) + right.get("model_calls", 0),
+        input_tokens=left.get("input_tokens", 0) + right.get("input_tokens", 0),
+        output_tokens=left.get("output_tokens", 0) + right.get("output_tokens", 0),
+    )
+    merged["cost_usd"] = left.get("cost_usd", 0.0) + right.get("cost_usd", 0.0)
+    merged["wall_clock_s"] = left.get("wall_clock_s", 0.0) + right.get("wall_clock_s", 0.0)
+    warnings = list(left.get("warnings", []))
+    warnings += [w for w in right.get("warnings", []) if w not in warnings]
+    merged["warnings"] = warnings
+    return merged
+
+
 class PlanStep(TypedDict):
     """One intended tool call."""
 
@@ -104,6 +136,8 @@ class OutputState(TypedDict, total=False):
     """Which model served each role (``rules`` or ``model:<name>``, with fallbacks noted)."""
     flags: list[dict[str, Any]]
     """Guard flags raised during the run (suspected injection, PII), with evidence."""
+    usage: Usage
+    """Steps, model calls, tokens, estimated cost and time the run used, with warnings."""
 
 
 class AgentState(InputState, total=False):
@@ -140,3 +174,5 @@ class AgentState(InputState, total=False):
     """Things a reviewer or engineer should know (plan repairs, model fallbacks)."""
     model_path: Annotated[dict[str, str], merge_dicts]
     """Which model served each role."""
+    usage: Annotated[Usage, add_usage]
+    """Budgets consumed so far (added to by the budget guard around every node)."""
