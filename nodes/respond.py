@@ -188,6 +188,8 @@ def make_respond(deps: NodeDeps) -> Node:
         result["model_path"] = model_path
         result["prompt_version"] = ctx.prompt_version
         result["notes"] = [*state.get("notes", []), *notes]
+        result["degraded"] = list(dict.fromkeys(state.get("degraded", [])))
+        result["usage"] = dict(state.get("usage", {}))
         # The output guard: whatever a model or a tool put here, no full account number,
         # card number or secret leaves the run.
         summary, reason, result = redact_text(summary), redact_text(reason), redact(result)

@@ -176,3 +176,6 @@ class AgentState(InputState, total=False):
     """Which model served each role."""
     usage: Annotated[Usage, add_usage]
     """Budgets consumed so far (added to by the budget guard around every node)."""
+    degraded: Annotated[list[str], operator.add]
+    """How the run fell back (rules model for an unavailable model, read-only for a tool
+    whose breaker is open); copied into the result so the clerk knows."""
