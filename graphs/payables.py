@@ -45,7 +45,7 @@ def build_graph(
         "respond": make_respond(deps),
     }
     for name, node in nodes.items():
-        builder.add_node(name, guard_node(name, node))
+        builder.add_node(name, guard_node(name, node, database=lambda: deps.database))
     builder.add_edge(START, "router")
     builder.add_edge("respond", END)
     return builder.compile(checkpointer=checkpointer, name=GRAPH_NAME)

@@ -1,59 +1,408 @@
 """Per-run budgets, checked before every graph step, and the usage every step adds.
 
-`guard_node` wraps each node of the graph: it opens a `runtime.usage.Meter` for the
-node's model calls and adds one step, the node's model usage and its time to the run's
-``usage`` in graph state.
+`guard_node` wraps each node of the graph. Before the node runs it:
+
+- admits the run at its first step (the router) only if the tenant's spend today plus the
+  run's cost budget fits under the tenant's daily cap (`state.costs`); otherwise the run
+  is refused up front, before any model call;
+- stops the run before router, planner, executor or verifier when a budget is used up
+  (steps, model calls, tokens, estimated cost, wall clock, the tenant's daily cap): the
+  node does not run, and the run goes to respond with status ``escalated`` (``failed``
+  when there is no plan yet, so nothing to salvage) and a ``budget_exhausted`` reason;
+- gives the node a `runtime.usage.Meter` holding what is left of the run's model-call,
+  token and cost budgets (cost also capped by the tenant's allowance left today), which
+  `runtime.models` consults before every call.
+
+After the node it adds one step, the node's model usage and its time to the run's
+``usage``, charges the node's model cost to the tenant's day, records soft warnings when a
+budget reaches `Context.budget_warn_fraction`, and, after the planner, stops a planner
+that keeps producing the same plan (``loop_detected``).
+
+Approval and respond are never stopped: stopping approval would drop a reviewer's
+decision, and respond writes the partial result. Once the guard has stopped a run,
+respond gets no model calls (it writes the rules summary), so a stopped run spends nothing
+more. Time spent waiting for a reviewer is not counted: only time inside nodes is.
+The tool-call budget and identical-call detection live in the executor, which checks
+them before every call.
 """
 
 from __future__ import annotations
 
 import functools
-import time
-from typing import Any
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from langgraph.runtime import Runtime
 from langgraph.types import Command
+from langsmith.run_helpers import get_current_run_tree
 
 from nodes.deps import Node
 from runtime.context import Context
 from runtime.usage import Meter, metering
-from state.graph_state import AgentState, Usage
+from state.costs import TenantDay, add_spend, admit_run, spent_today
+from state.db import Database
+from state.graph_state import AgentState, Plan, Usage, add_usage
+from tools.contract import canonical_json
+
+log = logging.getLogger(__name__)
+
+STOPPABLE = frozenset({"router", "planner", "executor", "verifier"})
+"""Nodes the guard may decline to run (approval and respond always run)."""
+
+FIRST_NODE = "router"
+"""Where a run starts, and so where the tenant's daily cap admits or refuses it."""
 
 
-def _with_usage(result: Any, usage: Usage) -> Any:
-    """``result`` (a Command or a state update) with ``usage`` added to its update."""
-    if isinstance(result, Command):
-        update = result.update if isinstance(result.update, dict) else {}
-        return Command(
-            graph=result.graph,
-            update={**update, "usage": usage},
-            resume=result.resume,
-            goto=result.goto,
+@dataclass(frozen=True)
+class Budget:
+    """One budget: how much of it the run has used and what the limit is."""
+
+    kind: str
+    """What is counted, as a clerk reads it (``steps``, ``tokens``, ...)."""
+    used: float
+    limit: float
+    setting: str
+    """Where the limit comes from, so a person knows what to raise."""
+    unit: Literal["count", "usd", "seconds"] = "count"
+
+    def _fmt(self, value: float) -> str:
+        if self.unit == "usd":
+            return f"${value:.4f}"
+        if self.unit == "seconds":
+            return f"{value:.1f}s"
+        return str(int(value))
+
+    @property
+    def spent(self) -> str:
+        """``used/limit`` in the budget's unit, e.g. ``80/80`` or ``$0.0120/$0.0100``."""
+        return f"{self._fmt(self.used)}/{self._fmt(self.limit)}"
+
+    @property
+    def exhausted(self) -> bool:
+        """Nothing is left.
+
+        A zero limit with nothing used is not exhausted: a run with a zero cost budget
+        still runs, on the rules model (the meter refuses paid calls).
+        """
+        return self.used > 0 and self.used >= self.limit
+
+    def reached(self, fraction: float) -> bool:
+        """At least ``fraction`` of the budget is used."""
+        return self.used > 0 and self.used >= fraction * self.limit
+
+    def warning(self) -> str:
+        """The soft warning text; it starts with `warning_prefix` (one warning per kind)."""
+        share = self.used / self.limit if self.limit else 1.0
+        return f"{self.warning_prefix}{share:.0%} used ({self.spent}; {self.setting})"
+
+    @property
+    def warning_prefix(self) -> str:
+        """How every warning about this budget starts."""
+        return f"{self.kind} budget: "
+
+
+def run_budgets(
+    usage: Usage, tool_calls: int, ctx: Context, tenant: TenantDay | None
+) -> list[Budget]:
+    """Every budget of the run with what ``usage`` (and the tenant's day) has used of it."""
+    budgets = [
+        Budget("steps", usage.get("steps", 0), ctx.max_steps, "PAYABLES_MAX_STEPS"),
+        Budget("tool calls", tool_calls, ctx.max_tool_calls, "PAYABLES_MAX_TOOL_CALLS"),
+        Budget(
+            "model calls",
+            usage.get("model_calls", 0),
+            ctx.max_model_calls,
+            "PAYABLES_MAX_MODEL_CALLS",
+        ),
+        Budget(
+            "tokens",
+            usage.get("input_tokens", 0) + usage.get("output_tokens", 0),
+            ctx.max_tokens,
+            "PAYABLES_MAX_TOKENS",
+        ),
+        Budget(
+            "cost",
+            usage.get("cost_usd", 0.0),
+            ctx.max_cost_usd,
+            "PAYABLES_MAX_COST_USD",
+            "usd",
+        ),
+        Budget(
+            "wall clock",
+            usage.get("wall_clock_s", 0.0),
+            ctx.max_wall_clock_s,
+            "PAYABLES_MAX_WALL_CLOCK_S",
+            "seconds",
+        ),
+    ]
+    if tenant is not None:
+        budgets.append(
+            Budget(
+                f"tenant {tenant.tenant} daily cost ({tenant.day.isoformat()} UTC)",
+                tenant.cost_usd,
+                ctx.tenant_daily_cost_cap_usd,
+                "PAYABLES_TENANT_DAILY_COST_CAP_USD",
+                "usd",
+            )
         )
+    return budgets
+
+
+def exhausted_reason(node: str, budgets: list[Budget]) -> str | None:
+    """Why the run may not run ``node`` (every used-up budget), or None.
+
+    The tool-call budget is left to the executor, which checks it before every call with
+    the step at hand.
+    """
+    gone = [b for b in budgets if b.exhausted and b.kind != "tool calls"]
+    if not gone:
+        return None
+    spent = "; ".join(f"{b.kind} {b.spent}" for b in gone)
+    settings = ", ".join(b.setting for b in gone)
+    return (
+        f"Stopped before the {node} step (budget_exhausted: {spent}). What was done so far "
+        f"is in the result; a person should look at it (limits: {settings})."
+    )
+
+
+def new_warnings(budgets: list[Budget], fraction: float, already: list[str]) -> list[str]:
+    """Warnings for budgets that reached ``fraction`` and have not been warned about."""
+    return [
+        b.warning()
+        for b in budgets
+        if b.reached(fraction) and not any(w.startswith(b.warning_prefix) for w in already)
+    ]
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """Identity of a plan's content: its tools and canonical args, in order."""
+    content = canonical_json([[step["tool"], step["args"]] for step in plan["steps"]])
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def plan_cycle_reason(plan: Plan, earlier: list[str], max_identical: int) -> str | None:
+    """Why ``plan`` ends the run as a loop (it repeats an earlier plan too often), or None."""
+    if not plan["steps"]:
+        return None  # an empty plan ends the run anyway
+    repeats = earlier.count(plan_fingerprint(plan))
+    if repeats <= max_identical:
+        return None
+    tools = ", ".join(step["tool"] for step in plan["steps"])
+    return (
+        f"Stopped after planning phase {plan['phase']} (loop_detected: the planner produced "
+        f"the same plan [{tools}] for the {repeats + 1}th time; at most "
+        f"{max_identical} repeat(s) allowed). A person should look at it."
+    )
+
+
+def tenant_refusal(today: TenantDay, ctx: Context) -> str:
+    """What a clerk is told when the tenant's daily cap cannot cover this run's budget."""
+    return (
+        f"Refused before starting (tenant_cost_cap): tenant {today.tenant!r} has spent "
+        f"${today.cost_usd:.4f} of its ${ctx.tenant_daily_cost_cap_usd:.2f} daily model "
+        f"budget on {today.day.isoformat()} (UTC), and this run may cost up to "
+        f"${ctx.max_cost_usd:.2f}. Try again after 00:00 UTC, give the run a smaller budget "
+        "(PAYABLES_MAX_COST_USD), or ask an administrator to raise the cap "
+        "(PAYABLES_TENANT_DAILY_COST_CAP_USD)."
+    )
+
+
+def meter_for(usage: Usage, ctx: Context, tenant: TenantDay, *, stopped: bool) -> Meter:
+    """A meter holding what is left of the run's model budgets (none once ``stopped``)."""
+    cost_left = min(
+        ctx.max_cost_usd - usage.get("cost_usd", 0.0),
+        tenant.left_usd(ctx.tenant_daily_cost_cap_usd),
+    )
+    tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+    return Meter(
+        calls_left=0 if stopped else max(0, ctx.max_model_calls - usage.get("model_calls", 0)),
+        tokens_left=max(0, ctx.max_tokens - tokens),
+        cost_left_usd=max(0.0, cost_left),
+    )
+
+
+def _update_of(result: Any) -> dict[str, Any]:
+    if isinstance(result, Command):
+        return result.update if isinstance(result.update, dict) else {}
     if isinstance(result, dict):
-        return {**result, "usage": usage}
+        return result
     if result is None:
-        return {"usage": usage}
+        return {}
     raise TypeError(f"node returned {type(result).__name__}; expected a Command or a dict")
 
 
-def guard_node(name: str, node: Node) -> Node:
-    """``node`` with its usage metered and added to the run's ``usage``."""
+def _with_update(result: Any, extra: dict[str, Any], goto: str | None = None) -> Any:
+    """``result`` (a Command or a state update) with ``extra`` merged into its update."""
+    update = {**_update_of(result), **extra}
+    if isinstance(result, Command):
+        return Command(
+            graph=result.graph,
+            update=update,
+            resume=result.resume,
+            goto=goto if goto is not None else result.goto,
+        )
+    if goto is not None:
+        return Command(goto=goto, update=update)
+    return update
+
+
+def _stop(state: AgentState, reason: str, *, status: str | None = None) -> Command[Any]:
+    """Go to respond without running the node, saying why."""
+    status = status or ("escalated" if state.get("plan") else "failed")
+    return Command(
+        goto="respond",
+        update={
+            "status": status,
+            "reason": reason,
+            "budget_stop": reason,
+            "notes": [f"budget guard: {reason}"],
+        },
+    )
+
+
+def _mark_trace(tags: list[str], metadata: dict[str, Any]) -> None:
+    """Tag the node's LangSmith run (when tracing is on) so warnings and stops show there."""
+    run = get_current_run_tree()
+    if run is not None:
+        run.add_tags(tags)
+        run.add_metadata(metadata)
+
+
+def _with_respond_destination(guarded: Any, name: str, node: Node) -> None:
+    """Add respond to the node's declared destinations, where the guard may send the run.
+
+    LangGraph draws a node's edges from its ``Command[Literal[...]]`` return hint.
+    """
+    if name not in STOPPABLE:
+        return
+    try:
+        hints = get_type_hints(node)
+    except (NameError, TypeError):
+        return
+    returned = hints.get("return")
+    if get_origin(returned) is not Command or not get_args(returned):
+        return
+    targets = get_args(returned)[0]
+    if get_origin(targets) is not Literal or "respond" in get_args(targets):
+        return
+    destinations = (*get_args(targets), "respond")
+    guarded.__annotations__ = {**hints, "return": Command[Literal[destinations]]}  # type: ignore[valid-type]
+
+
+def guard_node(
+    name: str,
+    node: Node,
+    *,
+    database: Database | Callable[[], Database],
+    clock: Callable[[], float] | None = None,
+) -> Node:
+    """``node`` behind the run's budgets, with its usage metered and added to ``usage``.
+
+    ``database`` (or a factory, resolved at the first step, so building the graph opens
+    nothing) holds the tenants' daily costs; ``clock`` (default `time.monotonic`)
+    measures time inside the node.
+    """
 
     @functools.wraps(node)  # keeps the Command[Literal[...]] hints Studio draws edges from
     async def guarded(state: AgentState, *, runtime: Runtime[Context]) -> Any:
-        meter = Meter()
-        started = time.monotonic()
-        with metering(meter):
-            result = await node(state, runtime=runtime)
-        usage = Usage(
+        ctx = runtime.context
+        db = database if isinstance(database, Database) else database()
+        usage: Usage = state.get("usage", {})
+        outcomes = state.get("outcomes", [])
+        if name == FIRST_NODE and not state.get("route"):
+            admission = await admit_run(
+                db,
+                ctx.tenant,
+                max_cost_usd=ctx.max_cost_usd,
+                cap_usd=ctx.tenant_daily_cost_cap_usd,
+            )
+            today = admission.today
+            if not admission.admitted:
+                reason = tenant_refusal(today, ctx)
+                log.warning("run refused: %s", reason)
+                _mark_trace(["tenant_cost_cap"], {"budget_stop": reason})
+                return _stop(state, reason, status="refused")
+        else:
+            today = await spent_today(db, ctx.tenant)
+        if name in STOPPABLE:
+            exhausted = exhausted_reason(name, run_budgets(usage, len(outcomes), ctx, today))
+            if exhausted is not None:
+                log.warning("run stopped: %s", exhausted)
+                _mark_trace(["budget_exhausted"], {"budget_stop": exhausted})
+                return _stop(state, exhausted)
+
+        meter = meter_for(usage, ctx, today, stopped=bool(state.get("budget_stop")))
+        now = clock or monotonic
+        started = now()
+        try:
+            with metering(meter):
+                result = await node(state, runtime=runtime)
+        except Exception:
+            # The models were called (and paid for) even if the node failed afterwards.
+            await _charge_after_failure(db, ctx.tenant, meter)
+            raise
+        elapsed = now() - started
+        if meter.model_calls or meter.cost_usd:
+            today = await add_spend(
+                db, ctx.tenant, cost_usd=meter.cost_usd, model_calls=meter.model_calls
+            )
+        step_usage = Usage(
             steps=1,
             model_calls=meter.model_calls,
             input_tokens=meter.input_tokens,
             output_tokens=meter.output_tokens,
             cost_usd=meter.cost_usd,
-            wall_clock_s=time.monotonic() - started,
+            wall_clock_s=elapsed,
         )
-        return _with_usage(result, usage)
+        update = _update_of(result)
+        total = add_usage(usage, step_usage)
+        tool_calls = len(outcomes) + len(update.get("outcomes", []))
+        warnings = new_warnings(
+            run_budgets(total, tool_calls, ctx, today),
+            ctx.budget_warn_fraction,
+            usage.get("warnings", []),
+        )
+        if warnings:
+            step_usage["warnings"] = warnings
+            for warning in warnings:
+                log.warning("budget warning (%s): %s", name, warning)
+            _mark_trace(["budget_warning"], {"budget_warnings": warnings})
+        extra: dict[str, Any] = {"usage": step_usage}
 
+        plan = update.get("plan")
+        if name == "planner" and plan is not None:
+            earlier = state.get("plan_fingerprints", [])
+            extra["plan_fingerprints"] = [plan_fingerprint(plan)]
+            cycle = plan_cycle_reason(plan, earlier, ctx.max_identical_plans)
+            if cycle is not None:
+                log.warning("run stopped: %s", cycle)
+                _mark_trace(["loop_detected"], {"budget_stop": cycle})
+                notes = [*update.get("notes", []), f"budget guard: {cycle}"]
+                stop = {"status": "escalated", "reason": cycle, "budget_stop": cycle}
+                return _with_update(result, {**extra, **stop, "notes": notes}, goto="respond")
+        return _with_update(result, extra)
+
+    _with_respond_destination(guarded, name, node)
     return guarded
+
+
+async def _charge_after_failure(database: Database, tenant: str, meter: Meter) -> None:
+    """Charge a failed node's model spend.
+
+    A failure to record it is logged, not raised, so the node's own error propagates.
+    """
+    if not (meter.model_calls or meter.cost_usd):
+        return
+    try:
+        await add_spend(database, tenant, cost_usd=meter.cost_usd, model_calls=meter.model_calls)
+    except Exception:
+        log.exception(
+            "could not record $%.6f of model spend (%d calls) for tenant %s after a failed step",
+            meter.cost_usd,
+            meter.model_calls,
+            tenant,
+        )

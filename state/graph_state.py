@@ -179,3 +179,9 @@ class AgentState(InputState, total=False):
     degraded: Annotated[list[str], operator.add]
     """How the run fell back (rules model for an unavailable model, read-only for a tool
     whose breaker is open); copied into the result so the clerk knows."""
+    plan_fingerprints: Annotated[list[str], operator.add]
+    """One fingerprint (tools + canonical args) per phase's plan, in order: the budget
+    guard stops a planner that keeps producing the same plan (loop detection)."""
+    budget_stop: str
+    """Why the budget guard stopped the run (a budget, a plan cycle, the tenant's daily
+    cap); once set, respond writes the rules summary without calling a model."""

@@ -1,0 +1,156 @@
+"""Estimated model spend per tenant per UTC day, kept in Postgres so every process sees it.
+
+The budget guard (`runtime.budgets`) admits a run only when the tenant's spend today plus
+the run's own cost budget fits under the daily cap, and adds each node's metered model
+cost to the tenant's row as the node finishes. Both are single statements on one row
+(``INSERT ... ON CONFLICT DO UPDATE``), so concurrent processes never lose an update.
+
+Admission does not reserve the run's budget: the row holds money actually spent, never
+money a run might spend. Runs admitted at the same moment can therefore together spend
+past the cap, but only by what their nodes in flight spend: before every node the guard
+re-reads the row and limits that node's model calls to what is left of the day. A
+reservation would hold the cap exactly, but a run paused for approval (for days) or
+killed would hold money it never spends, and the tenant would be refused for nothing.
+
+The day is the database's UTC date, so processes with skewed clocks agree on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from state.db import Database
+
+_TODAY = "COALESCE(%(day)s::date, (now() AT TIME ZONE 'UTC')::date)"
+"""SQL for the row's day: the caller's (tests pin one) or the database's UTC date."""
+
+
+@dataclass(frozen=True)
+class TenantDay:
+    """One tenant's spend on one UTC day."""
+
+    tenant: str
+    day: date
+    cost_usd: float
+    model_calls: int = 0
+    runs: int = 0
+    refused_runs: int = 0
+
+    def left_usd(self, cap_usd: float) -> float:
+        """What the tenant may still spend today under ``cap_usd`` (never negative)."""
+        return max(0.0, cap_usd - self.cost_usd)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether a run may start, and the tenant's day as the decision saw it."""
+
+    admitted: bool
+    today: TenantDay
+
+
+def _tenant_day(tenant: str, row: dict[str, Any]) -> TenantDay:
+    return TenantDay(
+        tenant=tenant,
+        day=row["day"],
+        cost_usd=float(row["cost_usd"]),
+        model_calls=row["model_calls"],
+        runs=row["runs"],
+        refused_runs=row["refused_runs"],
+    )
+
+
+_COLUMNS = "day, cost_usd, model_calls, runs, refused_runs"
+
+
+async def spent_today(database: Database, tenant: str, *, day: date | None = None) -> TenantDay:
+    """The tenant's spend today (zero when it has not spent anything yet)."""
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT {_COLUMNS} FROM tenant_daily_costs"
+            f" WHERE tenant = %(tenant)s AND day = {_TODAY}",
+            {"tenant": tenant, "day": day},
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            return _tenant_day(tenant, row)
+        cur = await conn.execute(f"SELECT {_TODAY} AS day", {"day": day})
+        today = await cur.fetchone()
+    assert today is not None
+    return TenantDay(tenant=tenant, day=today["day"], cost_usd=0.0)
+
+
+async def admit_run(
+    database: Database,
+    tenant: str,
+    *,
+    max_cost_usd: float,
+    cap_usd: float,
+    day: date | None = None,
+) -> Admission:
+    """Admit a run whose cost budget is ``max_cost_usd`` if today's spend leaves room for it.
+
+    One statement decides and counts the run (``runs`` or ``refused_runs``), so two
+    processes admitting at once both see a consistent row. Nothing is reserved (see the
+    module docstring).
+    """
+    params = {
+        "tenant": tenant,
+        "day": day,
+        "max_cost": Decimal(str(max_cost_usd)),
+        "cap": Decimal(str(cap_usd)),
+    }
+    async with database.connection() as conn, conn.transaction():
+        # Creates today's row if needed, then locks it, so the check and the count agree.
+        await conn.execute(
+            "INSERT INTO tenant_daily_costs (tenant, day)"
+            f" VALUES (%(tenant)s, {_TODAY}) ON CONFLICT (tenant, day) DO NOTHING",
+            params,
+        )
+        cur = await conn.execute(
+            "UPDATE tenant_daily_costs SET"
+            " runs = runs + CASE WHEN cost_usd + %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
+            " refused_runs = refused_runs"
+            "   + CASE WHEN cost_usd + %(max_cost)s <= %(cap)s THEN 0 ELSE 1 END,"
+            " updated_at = now()"
+            f" WHERE tenant = %(tenant)s AND day = {_TODAY}"
+            f" RETURNING {_COLUMNS}, cost_usd + %(max_cost)s <= %(cap)s AS admitted",
+            params,
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return Admission(admitted=bool(row["admitted"]), today=_tenant_day(tenant, row))
+
+
+async def add_spend(
+    database: Database,
+    tenant: str,
+    *,
+    cost_usd: float,
+    model_calls: int,
+    day: date | None = None,
+) -> TenantDay:
+    """Add one node's model spend to the tenant's row for today; return the new totals."""
+    if cost_usd < 0 or model_calls < 0:
+        raise ValueError(f"spend must be >= 0, got ${cost_usd} and {model_calls} calls")
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "INSERT INTO tenant_daily_costs AS t (tenant, day, cost_usd, model_calls)"
+            f" VALUES (%(tenant)s, {_TODAY}, %(cost)s, %(calls)s)"
+            " ON CONFLICT (tenant, day) DO UPDATE SET"
+            " cost_usd = t.cost_usd + EXCLUDED.cost_usd,"
+            " model_calls = t.model_calls + EXCLUDED.model_calls, updated_at = now()"
+            f" RETURNING {_COLUMNS}",
+            {
+                "tenant": tenant,
+                "day": day,
+                "cost": Decimal(str(round(cost_usd, 8))),
+                "calls": model_calls,
+            },
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return _tenant_day(tenant, row)
