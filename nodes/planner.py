@@ -85,6 +85,7 @@ def make_planner(deps: NodeDeps) -> Node:
         outcomes = state.get("outcomes", [])
         phase = state.get("plan", {"phase": 0})["phase"] + 1
         notes: list[str] = []
+        degraded: list[str] = []
         steps: list[PlanStep] | None = None
         final = True
         source: Literal["rules", "model"] = "rules"
@@ -105,6 +106,8 @@ def make_planner(deps: NodeDeps) -> Node:
             attempts = ctx.max_plan_repairs + 1
             for attempt in range(1, attempts + 1):
                 answer = await ask_model(deps.models, "planner", ctx, ProposedPlan, messages)
+                if answer.degraded:
+                    degraded.append(answer.degraded)
                 if answer.provider_failed:
                     notes.append(f"{answer.note}; rules plan used")
                     path = answer.path
@@ -149,6 +152,7 @@ def make_planner(deps: NodeDeps) -> Node:
                 "plan": plan,
                 "cursor": 0,
                 "notes": notes,
+                "degraded": degraded,
                 "model_path": {"planner": path},
             },
         )

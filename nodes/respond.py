@@ -174,9 +174,11 @@ def make_respond(deps: NodeDeps) -> Node:
                     ]
                 ),
             ],
+            repairs=ctx.max_plan_repairs,
         )
         path = answer.path
         notes = [answer.note] if answer.note else []
+        degraded = [answer.degraded] if answer.degraded else []
         if isinstance(answer.parsed, Summary):
             if echoes_system_prompt(answer.parsed.summary):
                 path = f"rules (fallback: {path} echoed an internal prompt)"
@@ -188,7 +190,7 @@ def make_respond(deps: NodeDeps) -> Node:
         result["model_path"] = model_path
         result["prompt_version"] = ctx.prompt_version
         result["notes"] = [*state.get("notes", []), *notes]
-        result["degraded"] = list(dict.fromkeys(state.get("degraded", [])))
+        result["degraded"] = list(dict.fromkeys([*state.get("degraded", []), *degraded]))
         result["usage"] = dict(state.get("usage", {}))
         # The output guard: whatever a model or a tool put here, no full account number,
         # card number or secret leaves the run.
@@ -215,6 +217,7 @@ def make_respond(deps: NodeDeps) -> Node:
             "summary": summary,
             "model_path": {"respond": path},
             "notes": notes,
+            "degraded": degraded,
         }
 
     return respond

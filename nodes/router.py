@@ -100,6 +100,7 @@ def make_router(deps: NodeDeps) -> Node:
             ctx,
             RouteDecision,
             [SystemMessage(ROUTER_SYSTEM), HumanMessage(request_for_model(state))],
+            repairs=ctx.max_plan_repairs,
         )
         notes = [answer.note] if answer.note else []
         decision = (
@@ -150,6 +151,7 @@ def make_router(deps: NodeDeps) -> Node:
             "entities": entities,
             "model_path": {"router": path},
             "notes": notes,
+            "degraded": [answer.degraded] if answer.degraded else [],
             "flags": flags,
             "cursor": 0,
             "replans": 0,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+import httpx2
+import openai
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -17,11 +22,23 @@ from runtime.context import Context
 from runtime.models import Role
 
 
-def tool_reply(name: str, args: dict[str, Any]) -> AIMessage:
-    """An AIMessage carrying one tool call, as a function-calling model returns."""
-    return AIMessage(
+def tool_reply(
+    name: str, args: dict[str, Any], *, usage: tuple[int, int] | None = None
+) -> AIMessage:
+    """An AIMessage carrying one tool call, as a function-calling model returns.
+
+    ``usage`` is (input tokens, output tokens), reported as the client's usage metadata.
+    """
+    message = AIMessage(
         content="", tool_calls=[{"name": name, "args": args, "id": f"call_{uuid.uuid4().hex[:8]}"}]
     )
+    if usage is not None:
+        message.usage_metadata = {
+            "input_tokens": usage[0],
+            "output_tokens": usage[1],
+            "total_tokens": usage[0] + usage[1],
+        }
+    return message
 
 
 def plan_reply(final: bool, *steps: tuple[str, dict[str, Any]]) -> AIMessage:
@@ -51,6 +68,56 @@ def invalid_tool_reply(name: str, raw_arguments: str) -> AIMessage:
     )
 
 
+OPENAI_URL = "https://api.openai.com/v1/chat/completions"
+
+
+def _request() -> httpx2.Request:
+    return httpx2.Request("POST", OPENAI_URL)
+
+
+def rate_limit_error(message: str = "Rate limit reached for requests") -> openai.RateLimitError:
+    """A 429 as the openai client raises it."""
+    return openai.RateLimitError(
+        message, response=httpx2.Response(429, request=_request()), body=None
+    )
+
+
+def server_error(message: str = "The server had an error", status: int = 500) -> Exception:
+    """A 5xx as the openai client raises it."""
+    return openai.InternalServerError(
+        message, response=httpx2.Response(status, request=_request()), body=None
+    )
+
+
+def bad_request_error(message: str = "Invalid 'messages'") -> openai.BadRequestError:
+    """A 400 (validation) as the openai client raises it."""
+    return openai.BadRequestError(
+        message, response=httpx2.Response(400, request=_request()), body=None
+    )
+
+
+def timeout_error() -> openai.APITimeoutError:
+    """The client's own request timeout."""
+    return openai.APITimeoutError(request=_request())
+
+
+def connection_error() -> openai.APIConnectionError:
+    """A dropped or refused connection, as the openai client reports it."""
+    return openai.APIConnectionError(request=_request())
+
+
+@dataclass(frozen=True)
+class Slow:
+    """A scripted reply (or error) that arrives only after ``seconds``.
+
+    ``started`` is set when the stall begins, for tests that act on a call in flight.
+    """
+
+    seconds: float
+    then: BaseMessage | BaseException
+    started: asyncio.Event | None = None
+
+
 class ScriptedChatModel(FakeMessagesListChatModel):
     """Returns (or raises) scripted responses in order and records what it was sent.
 
@@ -60,8 +127,12 @@ class ScriptedChatModel(FakeMessagesListChatModel):
     script: list[Any] = Field(default_factory=list)
     received: list[list[BaseMessage]] = Field(default_factory=list)
 
-    def __init__(self, script: Sequence[BaseMessage | BaseException], **kwargs: Any) -> None:
-        """Script the replies; an exception in the script is raised at that call."""
+    def __init__(self, script: Sequence[BaseMessage | BaseException | Slow], **kwargs: Any) -> None:
+        """Script the replies; an exception in the script is raised at that call.
+
+        A `Slow` entry stalls first: asynchronously under ``ainvoke``, so a caller's timeout
+        can cancel it as it cancels a real HTTP request.
+        """
         super().__init__(
             responses=[AIMessage("unused")], script=list(script), received=[], **kwargs
         )
@@ -77,23 +148,61 @@ class ScriptedChatModel(FakeMessagesListChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        reply = self._next(messages)
+        if isinstance(reply, Slow):
+            time.sleep(reply.seconds)
+            reply = reply.then
+        return self._result(reply)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        reply = self._next(messages)
+        if isinstance(reply, Slow):
+            if reply.started is not None:
+                reply.started.set()
+            await asyncio.sleep(reply.seconds)
+            reply = reply.then
+        return self._result(reply)
+
+    def _next(self, messages: list[BaseMessage]) -> Any:
         self.received.append(list(messages))
         if not self.script:
             raise AssertionError("ScriptedChatModel ran out of scripted replies")
-        reply = self.script.pop(0)
+        return self.script.pop(0)
+
+    @staticmethod
+    def _result(reply: BaseMessage | BaseException) -> ChatResult:
         if isinstance(reply, BaseException):
             raise reply
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
 
 class ScriptedModels:
-    """A `ModelProvider` serving scripted models per role (roles left out use rules)."""
+    """A `ModelProvider` serving scripted models per role (roles left out use rules).
 
-    def __init__(self, **models: ScriptedChatModel) -> None:
+    ``fallbacks`` are the models it offers by name for `Context.model_fallbacks`.
+    """
+
+    def __init__(
+        self,
+        *,
+        fallbacks: Mapping[str, ScriptedChatModel] | None = None,
+        **models: ScriptedChatModel,
+    ) -> None:
         """Map role names (router, planner, respond) to scripted models."""
         self.models = models
+        self.fallbacks = dict(fallbacks or {})
 
     def chat(self, role: Role, context: Context) -> tuple[str, BaseChatModel] | None:
         """The scripted model for ``role``, or None for the rules model."""
         model = self.models.get(role)
         return (f"scripted-{role}", model) if model is not None else None
+
+    def named(self, name: str, context: Context) -> BaseChatModel | None:
+        """The scripted fallback model called ``name``, or None if there is none."""
+        return self.fallbacks.get(name)
