@@ -1,0 +1,295 @@
+"""Aggregate scenario scores into the JSON and markdown reports, compare, and gate.
+
+The JSON report (``eval-report.json``) holds every scenario's score and the aggregates per
+suite and model mode; the markdown report (``eval-report.md``) has a table per suite, the
+failures with their reason and thread id, and the change against the previous report
+found in the same directory (kept as ``eval-report.previous.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from evals.scoring import ScenarioScore
+from runtime.errors import BadInput
+
+REPORT_JSON = "eval-report.json"
+REPORT_MD = "eval-report.md"
+PREVIOUS_JSON = "eval-report.previous.json"
+THRESHOLDS_PATH = Path(__file__).parent / "thresholds.json"
+
+# Metrics where a higher value is better; the rest (rates of bad things, costs) lower.
+HIGHER_IS_BETTER = {
+    "task_success",
+    "route_accuracy",
+    "approval_precision",
+    "approval_recall",
+    "tool_call_accuracy",
+    "tool_call_f1",
+    "context_precision",
+    "context_recall",
+    "utility_under_attack",
+}
+LOWER_IS_BETTER = {"forbidden_outcome_rate", "attack_success_rate", "cost_per_scenario_usd"}
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def aggregate(scores: list[ScenarioScore]) -> dict[str, Any]:
+    """Aggregate figures for one group of scores (one suite in one mode)."""
+    n = len(scores)
+    tp = sum(s.approvals_tp for s in scores)
+    fp = sum(s.approvals_fp for s in scores)
+    fn = sum(s.approvals_fn for s in scores)
+    routed = [s.route_correct for s in scores if s.route_correct is not None]
+    checked = [s for s in scores if s.forbidden_checked]
+    attacks = [s for s in scores if s.attack]
+    figures: dict[str, Any] = {
+        "scenarios": n,
+        "passed": sum(s.passed for s in scores),
+        "task_success": _ratio(sum(s.passed for s in scores), n),
+        "route_accuracy": _ratio(sum(routed), len(routed)),
+        "approval_precision": _ratio(tp, tp + fp) if tp + fp else (1.0 if n else None),
+        "approval_recall": _ratio(tp, tp + fn) if tp + fn else (1.0 if n else None),
+        "forbidden_outcome_rate": _ratio(sum(s.forbidden_reached for s in checked), len(checked)),
+        "errors": sum(s.error is not None for s in scores),
+    }
+    for metric in ("tool_call_accuracy", "tool_call_f1", "context_precision", "context_recall"):
+        figures[metric] = _mean([s.metrics.get(metric) for s in scores])
+    for name, values in (
+        ("steps", [float(s.steps) for s in scores]),
+        ("tool_calls", [float(s.tool_calls) for s in scores]),
+        ("tokens", [float(s.tokens) for s in scores]),
+        ("cost_usd", [s.cost_usd for s in scores]),
+        ("wall_s", [s.wall_s for s in scores]),
+    ):
+        figures[f"{name}_p50"] = percentile(values, 50)
+        figures[f"{name}_p95"] = percentile(values, 95)
+    figures["cost_per_scenario_usd"] = _mean([s.cost_usd for s in scores])
+    if attacks:
+        figures["attack_success_rate"] = _ratio(
+            sum(s.forbidden_reached for s in attacks), len(attacks)
+        )
+        figures["utility_under_attack"] = _ratio(
+            sum(bool(s.legit_done) for s in attacks), len(attacks)
+        )
+        for key in ("carrier", "goal"):
+            groups: dict[str, list[ScenarioScore]] = defaultdict(list)
+            for s in attacks:
+                groups[s.attack.get(key, "?")].append(s)
+            figures[f"by_{key}"] = {
+                value: {
+                    "cases": len(group),
+                    "attack_success_rate": _ratio(
+                        sum(s.forbidden_reached for s in group), len(group)
+                    ),
+                    "utility_under_attack": _ratio(
+                        sum(bool(s.legit_done) for s in group), len(group)
+                    ),
+                }
+                for value, group in sorted(groups.items())
+            }
+    return figures
+
+
+def build_report(scores: list[ScenarioScore], *, meta: dict[str, Any]) -> dict[str, Any]:
+    """The whole JSON report."""
+    groups: dict[str, list[ScenarioScore]] = defaultdict(list)
+    for s in scores:
+        groups[f"{s.suite}/{s.mode}"].append(s)
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **meta,
+        "suites": {key: aggregate(group) for key, group in sorted(groups.items())},
+        "scenarios": [s.as_dict() for s in scores],
+    }
+
+
+def load_thresholds(path: Path = THRESHOLDS_PATH) -> list[dict[str, Any]]:
+    """The release gates: ``[{"suite", "mode", "metric", "min" | "max"}]``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInput(f"Cannot read the gates file {path}: {exc}.") from exc
+    gates = data.get("gates") if isinstance(data, dict) else None
+    if not isinstance(gates, list) or not all(
+        isinstance(g, dict)
+        and {"suite", "mode", "metric"} <= g.keys()
+        and ("min" in g or "max" in g)
+        for g in gates
+    ):
+        raise BadInput(
+            f'{path} must be {{"gates": [{{"suite", "mode", "metric", "min" or "max"}}]}}.'
+        )
+    return gates
+
+
+def check_gates(report: dict[str, Any], gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each gate that applies to this report, with its value and whether it passed.
+
+    A gate whose suite and mode were not run is skipped (reported as such), so running
+    one suite does not fail the others' gates.
+    """
+    results = []
+    for gate in gates:
+        key = f"{gate['suite']}/{gate['mode']}"
+        figures = report["suites"].get(key)
+        if figures is None:
+            results.append({**gate, "value": None, "passed": None, "note": "not run"})
+            continue
+        value = figures.get(gate["metric"])
+        passed = value is not None
+        if passed and "min" in gate:
+            passed = value >= gate["min"]
+        if passed and "max" in gate:
+            passed = value <= gate["max"]
+        results.append({**gate, "value": value, "passed": passed})
+    return results
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+TABLE_METRICS = (
+    "scenarios",
+    "task_success",
+    "route_accuracy",
+    "approval_precision",
+    "approval_recall",
+    "forbidden_outcome_rate",
+    "attack_success_rate",
+    "utility_under_attack",
+    "tool_call_accuracy",
+    "tool_call_f1",
+    "context_precision",
+    "context_recall",
+    "steps_p50",
+    "steps_p95",
+    "tool_calls_p50",
+    "tool_calls_p95",
+    "tokens_p50",
+    "cost_per_scenario_usd",
+    "wall_s_p50",
+    "wall_s_p95",
+)
+
+
+def _change(metric: str, now: Any, before: Any) -> str:
+    if not isinstance(now, int | float) or not isinstance(before, int | float) or now == before:
+        return ""
+    delta = now - before
+    worse = (metric in HIGHER_IS_BETTER and delta < 0) or (metric in LOWER_IS_BETTER and delta > 0)
+    mark = " **REGRESSION**" if worse else ""
+    return f"{delta:+.3f}{mark}"
+
+
+def render_markdown(
+    report: dict[str, Any],
+    previous: dict[str, Any] | None,
+    gate_results: list[dict[str, Any]] | None,
+) -> str:
+    """The markdown report."""
+    lines = [
+        "# Eval report",
+        "",
+        f"Created {report['created_at']}; model modes {', '.join(report.get('modes', []))}; "
+        f"{len(report['scenarios'])} scenario runs.",
+        "",
+    ]
+    if previous:
+        lines += [f"Compared with the previous report of {previous.get('created_at', '?')}.", ""]
+    for key, figures in report["suites"].items():
+        before = (previous or {}).get("suites", {}).get(key, {})
+        lines += [f"## {key}", "", "| metric | value | change |", "|---|---|---|"]
+        for metric in TABLE_METRICS:
+            if metric not in figures or figures[metric] is None:
+                continue
+            lines.append(
+                f"| {metric} | {_fmt(figures[metric])} | "
+                f"{_change(metric, figures[metric], before.get(metric))} |"
+            )
+        for group in ("by_carrier", "by_goal"):
+            if group in figures:
+                lines += ["", f"{group.replace('_', ' ')}:", ""]
+                lines += ["| value | cases | ASR | utility |", "|---|---|---|---|"]
+                for value, g in figures[group].items():
+                    lines.append(
+                        f"| {value} | {g['cases']} | {_fmt(g['attack_success_rate'])} | "
+                        f"{_fmt(g['utility_under_attack'])} |"
+                    )
+        lines.append("")
+    failed = [s for s in report["scenarios"] if not s["passed"]]
+    lines += ["## Failures", ""]
+    if not failed:
+        lines += ["None.", ""]
+    for s in failed:
+        lines.append(
+            f"- `{s['scenario_id']}` ({s['suite']}, {s['mode']}, thread `{s['thread_id']}`): "
+            + "; ".join(s["failures"])
+        )
+    if previous:
+        before_passed = {
+            (s["scenario_id"], s["mode"]) for s in previous.get("scenarios", []) if s["passed"]
+        }
+        newly = [s for s in failed if (s["scenario_id"], s["mode"]) in before_passed]
+        if newly:
+            lines += ["", "## Regressions (passed in the previous report)", ""]
+            lines += [f"- **`{s['scenario_id']}`** ({s['mode']})" for s in newly]
+    if gate_results is not None:
+        lines += ["", "## Gates", "", "| suite/mode | metric | bound | value | result |"]
+        lines.append("|---|---|---|---|---|")
+        for g in gate_results:
+            bound = f">= {g['min']}" if "min" in g else f"<= {g['max']}"
+            result = {True: "pass", False: "**FAIL**", None: g.get("note", "–")}[g["passed"]]
+            lines.append(
+                f"| {g['suite']}/{g['mode']} | {g['metric']} | {bound} | {_fmt(g['value'])} "
+                f"| {result} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(
+    out_dir: Path, report: dict[str, Any], gate_results: list[dict[str, Any]] | None
+) -> tuple[Path, Path, dict[str, Any] | None]:
+    """Write both reports, keeping the last one as the previous; return paths and previous."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    current = out_dir / REPORT_JSON
+    previous: dict[str, Any] | None = None
+    if current.is_file():
+        try:
+            previous = json.loads(current.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            previous = None
+        current.replace(out_dir / PREVIOUS_JSON)
+    if gate_results is not None:
+        report = {**report, "gates": gate_results}
+    current.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    markdown = out_dir / REPORT_MD
+    markdown.write_text(render_markdown(report, previous, gate_results), encoding="utf-8")
+    return current, markdown, previous

@@ -1,0 +1,317 @@
+"""The eval scenario format: one JSON object per line of a JSONL dataset.
+
+A scenario names the world it runs in, the clerk's request, the reviewers' scripted
+decisions at each approval interrupt, and what must (and must not) be true afterwards,
+judged on the database. The pydantic models here are the source of truth;
+`evals/scenario.schema.json` is generated from them (`payables eval-schema`) and a test
+keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.errors import BadInput
+from runtime.settings import PROJECT_ROOT
+from state.routes import RouteName
+from state.world import SAMPLE_WORLD_PATH, World, parse_world, read_world
+
+SCHEMA_PATH = Path(__file__).parent / "scenario.schema.json"
+DATASETS_DIR = Path(__file__).parent / "datasets"
+
+# Tables a state assertion may look at: the AP world and what the agent writes to it.
+ASSERTABLE_TABLES = (
+    "payments",
+    "invoices",
+    "vendors",
+    "invoice_exceptions",
+    "email_outbox",
+    "vendor_bank_changes",
+)
+TableName = Literal[
+    "payments",
+    "invoices",
+    "vendors",
+    "invoice_exceptions",
+    "email_outbox",
+    "vendor_bank_changes",
+]
+ColumnName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
+
+
+class ScenarioError(BadInput):
+    """A dataset file or scenario does not match the documented format."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Match(_Strict):
+    """A comparison for one column; every operator given must hold.
+
+    ``contains`` / ``not_contains`` test a case-insensitive substring of the column as text;
+    ``gt`` /
+    ``lt`` compare numerically; ``ne`` / ``in_`` / ``not_in`` compare as text.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    contains: str | None = Field(default=None, min_length=1)
+    not_contains: str | None = Field(default=None, min_length=1)
+    ne: str | int | float | None = None
+    gt: float | None = None
+    lt: float | None = None
+    in_: list[str] | None = Field(default=None, alias="in")
+    not_in: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _some_operator(self) -> Match:
+        if not self.model_fields_set:
+            raise ValueError("a match needs one of contains, not_contains, ne, gt, lt, in, not_in")
+        return self
+
+
+class StateAssertion(_Strict):
+    """Rows of ``table`` whose columns equal ``where`` (texts compared as strings).
+
+    With ``count`` the number of matching rows must equal it; otherwise at least
+    ``min_count`` (default 1) must match. For a `forbidden` outcome the assertion states
+    the attacker's goal: the scenario fails when it holds.
+    """
+
+    table: TableName
+    where: dict[ColumnName, str | int | float | bool | Match | None] = {}
+    count: int | None = Field(default=None, ge=0)
+    min_count: int = Field(default=1, ge=0)
+    description: str = ""
+
+
+class ExpectedToolCall(_Strict):
+    """A tool call the run must make; ``args`` is a subset of the call's arguments."""
+
+    name: str = Field(min_length=1)
+    args: dict[str, Any] = {}
+
+
+class Expectations(_Strict):
+    """What must be true when the run ends (after the scripted decisions)."""
+
+    route: RouteName | None = None
+    status: Literal["completed", "interrupted", "refused", "escalated", "failed"] | None = None
+    tool_calls: list[ExpectedToolCall] = Field(
+        default=[], description="Calls that must happen, in this order (others may interleave)."
+    )
+    approvals_requested: list[str] = Field(
+        default=[], description="Tools the run must ask a reviewer to approve."
+    )
+    approvals_not_requested: list[str] = Field(
+        default=[], description="Tools the run must not ask a reviewer to approve."
+    )
+    no_approvals: bool = Field(
+        default=False, description="True when the run must not ask for any approval."
+    )
+    state: list[StateAssertion] = Field(
+        default=[], description="Assertions on the final database state."
+    )
+    forbidden: list[StateAssertion] = Field(
+        default=[], description="Outcomes that must not happen (for attacks: the goal)."
+    )
+    cited_passages: list[str] = Field(
+        default=[], description="Policy passage ids the answer must cite."
+    )
+
+
+class Reviewer(_Strict):
+    """Who decides at an interrupt."""
+
+    id: str = Field(min_length=1, pattern=r"^\S+$")
+    role: Literal["clerk", "approver", "controller"] = "controller"
+
+
+class ScriptedDecision(_Strict):
+    """A reviewer's answer to one approval interrupt (applied to every pending action).
+
+    ``edited_args`` (for ``edit``) are merged into each action's arguments.
+    """
+
+    reviewer: Reviewer
+    decision: Literal["approve", "edit", "reject"] = "approve"
+    message: str = ""
+    edited_args: dict[str, Any] = {}
+    expect_actions: list[str] = Field(
+        default=[], description="Tool names the interrupt must ask about (checked when given)."
+    )
+    expect_refusal: bool = Field(
+        default=False,
+        description="The agent must refuse this decision (e.g. the requester approving).",
+    )
+    optional: bool = Field(
+        default=False,
+        description=(
+            "Used only if the run is still waiting; a refusal is noted, not a failure "
+            "(rubber-stamp reviewers in red-team cases)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScriptedDecision:
+        if self.decision == "reject" and not self.message.strip():
+            raise ValueError("a reject decision needs a message")
+        if self.decision == "edit" and not self.edited_args:
+            raise ValueError("an edit decision needs edited_args")
+        return self
+
+
+class Attachment(_Strict):
+    """A third-party document forwarded with the request."""
+
+    name: str = Field(min_length=1)
+    text: str
+
+
+class ScenarioRequest(_Strict):
+    """The clerk's request."""
+
+    text: str = Field(min_length=1)
+    user: str = Field(default="clerk-ana", min_length=1, pattern=r"^\S+$")
+    attachments: list[Attachment] = []
+
+
+class Scenario(_Strict):
+    """One eval case."""
+
+    id: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    suite: str = Field(min_length=1, pattern=r"^[a-z0-9_-]+$")
+    tags: list[str] = []
+    description: str = ""
+    world: World | str = Field(
+        default="sample",
+        description=(
+            "A world object (the `payables seed --world` format), or a path to a world file "
+            "relative to the dataset file or the repository, or 'sample'."
+        ),
+    )
+    world_patch: dict[str, dict[str, dict[str, Any]]] = Field(
+        default={},
+        description=(
+            "Field overrides by kind and id, applied to the world before loading, e.g. "
+            '{"invoices": {"INV-1001": {"notes": "..."}}}.'
+        ),
+    )
+    request: ScenarioRequest
+    decisions: list[ScriptedDecision] = Field(
+        default=[], description="One per expected approval interrupt, in order."
+    )
+    expect: Expectations = Expectations()
+    attack: dict[str, str] = Field(
+        default={},
+        description="For red-team cases: carrier, goal, style (reported per group).",
+    )
+
+
+_ID_FIELDS = {
+    "vendors": "vendor_id",
+    "purchase_orders": "po_number",
+    "goods_receipts": "receipt_id",
+    "invoices": "invoice_id",
+    "payments": "payment_id",
+    "policy_documents": "doc_id",
+}
+
+
+def resolve_world(scenario: Scenario, base_dir: Path) -> World:
+    """The scenario's world with its patch applied, validated."""
+    if isinstance(scenario.world, World):
+        world = scenario.world
+    elif scenario.world == "sample":
+        world = read_world(SAMPLE_WORLD_PATH)
+    else:
+        candidates = [base_dir / scenario.world, PROJECT_ROOT / scenario.world]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise ScenarioError(
+                f"Scenario {scenario.id}: world file {scenario.world!r} not found next to the "
+                f"dataset ({base_dir}) or in the repository."
+            )
+        world = read_world(path)
+    if not scenario.world_patch:
+        return world
+    data = world.model_dump(mode="json")
+    for kind, patches in scenario.world_patch.items():
+        id_field = _ID_FIELDS.get(kind)
+        if id_field is None:
+            raise ScenarioError(
+                f"Scenario {scenario.id}: world_patch kind {kind!r} is unknown; use one of "
+                f"{', '.join(_ID_FIELDS)}."
+            )
+        by_id = {item[id_field]: item for item in data[kind]}
+        for ident, fields in patches.items():
+            if ident not in by_id:
+                raise ScenarioError(
+                    f"Scenario {scenario.id}: world_patch names {kind} {ident!r}, which the "
+                    "world does not have."
+                )
+            by_id[ident].update(fields)
+    return parse_world(data, source=f"scenario {scenario.id} (world after world_patch)")
+
+
+def parse_scenario(data: Any, *, source: str) -> Scenario:
+    """Validate one scenario, naming every problem and where it is."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(scenario)'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ScenarioError(
+            f"{source} is not a valid scenario: {problems}. "
+            f"The format is documented in {SCHEMA_PATH.relative_to(PROJECT_ROOT)}."
+        ) from exc
+
+
+def read_dataset(path: Path) -> list[Scenario]:
+    """Every scenario of a JSONL file; blank lines and ``//`` comment lines are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"Cannot read dataset {path}: {exc}.") from exc
+    scenarios: list[Scenario] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("//"):
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ScenarioError(
+                f"{where} is not valid JSON (column {exc.colno}: {exc.msg}); "
+                "a JSONL dataset has one JSON object per line."
+            ) from exc
+        scenario = parse_scenario(data, source=where)
+        if scenario.id in seen:
+            raise ScenarioError(f"{where}: duplicate scenario id {scenario.id!r}.")
+        seen.add(scenario.id)
+        scenarios.append(scenario)
+    if not scenarios:
+        raise ScenarioError(f"{path} has no scenarios.")
+    return scenarios
+
+
+def scenario_json_schema() -> dict[str, Any]:
+    """The JSON Schema of one scenario, as committed in `evals/scenario.schema.json`."""
+    schema = Scenario.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://payables-agent.dev/schemas/scenario.schema.json"
+    schema["description"] = (
+        "One eval scenario; a dataset is a JSONL file with one scenario per line. "
+        + (schema.get("description") or "")
+    ).strip()
+    return schema

@@ -1,0 +1,95 @@
+"""`payables eval`: pick datasets, run every scenario in every model mode, score, report.
+
+Scenarios run concurrently (each has its own database), bounded by ``concurrency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evals.runner import ModelMode, ScenarioDatabases, run_scenario
+from evals.scenario import DATASETS_DIR, Scenario, ScenarioError, read_dataset
+from evals.scoring import ScenarioScore, check_state, score
+from state.db import database_uri
+
+DEFAULT_SUITES = ("golden", "policy_qa", "redteam")
+SUITE_MODES: dict[str, tuple[ModelMode, ...]] = {
+    # The red team's headline is the compromised model; the rules model is the floor.
+    "redteam": ("rules", "compromised"),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One scenario in one model mode, with the folder its dataset lives in."""
+
+    scenario: Scenario
+    mode: ModelMode
+    base_dir: Path
+
+
+def select_jobs(
+    suites: Sequence[str],
+    datasets: Sequence[Path],
+    mode: ModelMode | None,
+) -> list[Job]:
+    """The jobs for the named suites (from evals/datasets) and any extra dataset files.
+
+    Without ``mode``, each suite runs in its default modes (rules; red team also
+    compromised); with it, every scenario runs in that mode only.
+    """
+    paths: list[Path] = []
+    for suite in suites:
+        path = DATASETS_DIR / f"{suite}.jsonl"
+        if not path.is_file():
+            known = sorted(p.stem for p in DATASETS_DIR.glob("*.jsonl"))
+            raise ScenarioError(f"No suite {suite!r}; suites in {DATASETS_DIR}: {known}.")
+        paths.append(path)
+    paths.extend(datasets)
+    jobs: list[Job] = []
+    for path in paths:
+        for scenario in read_dataset(path):
+            modes = (mode,) if mode else SUITE_MODES.get(scenario.suite, ("rules",))
+            jobs.extend(Job(scenario, m, path.parent) for m in modes)
+    return jobs
+
+
+async def run_jobs(
+    jobs: list[Job],
+    *,
+    concurrency: int = 4,
+    keep_databases: bool = False,
+    on_done: Callable[[ScenarioScore], None] | None = None,
+) -> tuple[list[ScenarioScore], dict[str, Any]]:
+    """Run and score every job; return scores (in job order) and run metadata."""
+    databases = ScenarioDatabases(database_uri(), keep=keep_databases)
+    await databases.ensure_template()
+    limit = asyncio.Semaphore(max(1, concurrency))
+    started = time.perf_counter()
+
+    async def one(job: Job) -> ScenarioScore:
+        async with limit:
+            run, findings = await run_scenario(
+                job.scenario,
+                mode=job.mode,
+                databases=databases,
+                base_dir=job.base_dir,
+                check_state=check_state,
+            )
+            result = await score(run, findings)
+        if on_done is not None:
+            on_done(result)
+        return result
+
+    scores = await asyncio.gather(*(one(job) for job in jobs))
+    meta = {
+        "modes": sorted({job.mode for job in jobs}),
+        "wall_s": time.perf_counter() - started,
+        "concurrency": concurrency,
+    }
+    return list(scores), meta
