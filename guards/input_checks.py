@@ -8,6 +8,11 @@ from dataclasses import dataclass
 
 MAX_REQUEST_CHARS = 8000
 
+# Bidirectional embeddings, overrides and isolates reorder how text is displayed, so a
+# reviewer could read an id or an amount other than the one the agent acts on
+# ("Trojan Source"). Plain requests never need them.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
 
 @dataclass(frozen=True)
 class InputVerdict:
@@ -41,7 +46,39 @@ def check_request(text: str) -> InputVerdict:
             f"The request contains {len(controls)} control or "
             "non-printable character(s); send plain text.",
         )
+    bidi = [c for c in text if c in BIDI_CONTROLS]
+    if bidi:
+        return InputVerdict(
+            False,
+            f"The request contains {len(bidi)} bidirectional override character(s), which "
+            "change how text is displayed; retype it as plain text.",
+        )
     return InputVerdict(True)
+
+
+def unstorable_reason(text: str, what: str) -> str | None:
+    """Why Postgres cannot store ``text`` (``what`` names it in the message), or None.
+
+    TEXT and JSONB refuse NUL, and a lone surrogate (what Python makes of bytes that are
+    not UTF-8, e.g. in command-line arguments) cannot be encoded at all. Refuse such
+    values before anything is written, instead of failing halfway through a write.
+    """
+    nul = text.count("\x00")
+    surrogates = sum(1 for c in text if unicodedata.category(c) == "Cs")
+    if not (nul or surrogates):
+        return None
+    problems = []
+    if nul:
+        problems.append(f"{nul} NUL character(s)")
+    if surrogates:
+        problems.append(f"{surrogates} character(s) that are not valid UTF-8")
+    return f"The {what} contains {' and '.join(problems)}; send plain UTF-8 text."
+
+
+def check_storable(text: str, what: str = "request") -> InputVerdict:
+    """`unstorable_reason` as a verdict."""
+    reason = unstorable_reason(text, what)
+    return InputVerdict(True) if reason is None else InputVerdict(False, reason)
 
 
 _FENCE_RE = re.compile(r"^(-{3,}|_{3,}|={3,}|`{3}.*|\"{3})$")

@@ -41,3 +41,14 @@ class PolicyViolation(PayablesError):
 
 class DatabaseError(PayablesError):
     """The database could not be reached or migrated."""
+
+
+def shown(text: str, limit: int = 80) -> str:
+    r"""Caller-supplied text as an error message may quote it.
+
+    Non-printable characters (controls, NUL, bidi overrides, lone surrogates) appear as
+    escapes such as ``\x1b`` or ``\u202e``, so a message never carries a terminal escape
+    or reorders itself on screen; text longer than ``limit`` is cut with an ellipsis.
+    """
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in cut)

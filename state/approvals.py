@@ -11,11 +11,12 @@ approval node can refuse one that arrives through the server API.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+import unicodedata
+from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.errors import ResumeError
+from runtime.errors import ResumeError, shown
 
 DecisionType = Literal["approve", "edit", "reject"]
 REVIEWER_ROLES = ("clerk", "approver", "controller")
@@ -64,10 +65,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _printable_id(value: str) -> str:
+    # An id is shown to people and stored: no controls, NUL, bidi overrides or bytes that
+    # are not UTF-8 (Python's lone surrogates), which Postgres refuses or a terminal obeys.
+    if not value.isprintable():
+        raise ValueError("must be printable characters only (no control or format characters)")
+    return value
+
+
+def _plain_text(value: str) -> str:
+    # Free text is stored in Postgres (which refuses NUL) and shown in terminals.
+    bad = [c for c in value if unicodedata.category(c) in {"Cc", "Cs"} and c not in "\n\r\t"]
+    if bad:
+        raise ValueError(f"contains {len(bad)} control or non-UTF-8 character(s); send plain text")
+    return value
+
+
 class ReviewerIn(_Strict):
     """Who decides."""
 
-    id: str = Field(min_length=1, max_length=128, pattern=r"^\S+$")
+    id: Annotated[str, AfterValidator(_printable_id)] = Field(
+        min_length=1, max_length=128, pattern=r"^\S+$"
+    )
     role: Literal["clerk", "approver", "controller"] = "approver"
 
 
@@ -83,7 +102,9 @@ class DecisionIn(_Strict):
 
     type: DecisionType
     edited_action: EditedAction | None = None
-    message: str | None = Field(default=None, max_length=2000)
+    message: Annotated[str, AfterValidator(_plain_text)] | None = Field(
+        default=None, max_length=2000
+    )
 
 
 class ResumeIn(_Strict):
@@ -99,7 +120,7 @@ def parse_resume(value: Any, request: ApprovalRequest) -> ResumeIn:
         resume = ResumeIn.model_validate(value)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(value)'}: {e['msg']}"
+            f"{shown('.'.join(str(p) for p in e['loc'])) or '(value)'}: {shown(e['msg'], 200)}"
             for e in exc.errors(include_url=False)
         )
         raise ResumeError(
@@ -115,7 +136,7 @@ def parse_resume(value: Any, request: ApprovalRequest) -> ResumeIn:
     reviewer = resume.reviewer
     if reviewer.id == request["requester"]:
         raise ResumeError(
-            f"{reviewer.id} made this request and cannot also approve, edit or reject it; "
+            f"{shown(reviewer.id)} made this request and cannot also approve, edit or reject it; "
             "another reviewer must decide."
         )
     for index, (decision, action, config, step) in enumerate(
@@ -144,7 +165,7 @@ def parse_resume(value: Any, request: ApprovalRequest) -> ResumeIn:
             a["id"] == reviewer.id for a in step["approved_by"]
         ):
             raise ResumeError(
-                f"{reviewer.id} already approved {action['name']}; dual control needs a "
+                f"{shown(reviewer.id)} already approved {action['name']}; dual control needs a "
                 "different reviewer."
             )
     return resume

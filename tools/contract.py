@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 import psycopg
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from runtime.context import Context
 from runtime.errors import PayablesError
@@ -39,10 +40,31 @@ class Tier(StrEnum):
         return self is not Tier.READ
 
 
+def _unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value or any(unicodedata.category(c) == "Cs" for c in value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_unstorable(v) for v in value)
+    if isinstance(value, dict):
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
+    return False
+
+
 class ToolArgs(BaseModel):
-    """Base for argument models: unknown fields are errors, not silently dropped."""
+    """Base for argument models: unknown fields are errors, not silently dropped.
+
+    Text Postgres cannot store (NUL, or lone surrogates from bytes that were not UTF-8)
+    is refused here, as a field error, before a handler could fail halfway through.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        if _unstorable(value):
+            raise ValueError("contains a NUL character or text that is not valid UTF-8")
+        return value
 
 
 class ToolResult(BaseModel):
