@@ -504,6 +504,7 @@ async def ask_model(
     validation error before the rules model serves. Callers that validate more than the
     schema (the planner checks plans against the tool gate) pass 0 and run their own loop.
     """
+    FAULTS.validate_environment()  # a malformed PAYABLES_FAULTS is a ConfigError, not an outage
     chosen = provider.chat(role, context)
     if chosen is None:
         return ModelAnswer(None, RULES_MODEL)
@@ -513,7 +514,10 @@ async def ask_model(
         tried.append(candidate)
         if candidate.model is None:
             continue
-        call = with_backoff(RunnableLambda(_attempt(candidate, context, schema)), context)
+        attempt_once = RunnableLambda(
+            _attempt(candidate, context, schema), name=f"model_call:{candidate.name}"
+        )
+        call = with_backoff(attempt_once, context)
         conversation = list(messages)
         errors: list[str] = []
         for attempt in range(1, repairs + 2):
@@ -524,8 +528,10 @@ async def ask_model(
                     return _budget_answer(role, tried, refused.reason)
                 candidate.refused = refused.reason
                 break
-            except Exception:  # already in candidate.errors; try the next model
-                break
+            except Exception as exc:
+                if not any(exc is seen for seen in candidate.errors):
+                    raise  # not the model failing: our own code or settings; surface it
+                break  # the model failed; try the next one
             if reply.parsed is not None:
                 return _served(role, tried, candidate, reply, errors)
             errors.append(_clip(reply.error or "unusable output"))

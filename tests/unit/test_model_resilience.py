@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from runtime import models as models_module
 from runtime.breakers import BREAKERS, BreakerBoard, BreakerState
 from runtime.context import DEFAULT_MODEL_PRICES, Context
+from runtime.errors import ConfigError
 from runtime.faults import ENV_VAR as FAULTS_VAR
 from runtime.models import (
     ModelAnswer,
@@ -500,6 +501,27 @@ async def test_injected_malformed_output_runs_the_repair_path(
     assert answer.path == "rules (fallback: model scripted-router output invalid after 3 attempts)"
     assert answer.note is not None and "not valid JSON" in answer.note
     assert meter.model_calls == 3
+
+
+async def test_a_malformed_fault_rule_is_a_config_error_not_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(FAULTS_VAR, "model:meltdown:1")
+    model = ScriptedChatModel([good()])
+    with pytest.raises(ConfigError, match="unknown model fault 'meltdown'"):
+        await ask(ScriptedModels(router=model), ctx())
+    assert model.received == []
+
+
+async def test_a_failure_outside_the_model_call_is_not_mistaken_for_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken_draw(target: str, name: str) -> str | None:
+        raise RuntimeError("bug in our own code")
+
+    monkeypatch.setattr(models_module.FAULTS, "draw", broken_draw)
+    with pytest.raises(RuntimeError, match="bug in our own code"):
+        await ask(ScriptedModels(router=ScriptedChatModel([good()])), ctx())
 
 
 async def test_faults_reach_the_real_openai_provider_without_a_request(
