@@ -419,8 +419,9 @@ def _attempt(
     candidate: _Candidate, context: Context, schema: type[BaseModel]
 ) -> Callable[[list[Any]], Any]:
     """One guarded attempt: budget, breaker, injected fault, timeout, call, charge."""
-    assert candidate.model is not None
     model = candidate.model
+    if model is None:
+        raise ValueError(f"model {candidate.name} is not offered; it cannot be called")
     name = candidate.name
     breaker = _breaker(name, context)
 
