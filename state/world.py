@@ -7,15 +7,24 @@ from them (`payables world-schema`) and a test keeps the two in step.
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections import Counter
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from runtime.errors import WorldFileError
+from runtime.errors import WorldFileError, shown
 from runtime.settings import PROJECT_ROOT
 
 SCHEMA_PATH = Path(__file__).parent / "world.schema.json"
@@ -25,10 +34,22 @@ Money = Annotated[Decimal, Field(max_digits=14, decimal_places=2)]
 Quantity = Annotated[Decimal, Field(max_digits=14, decimal_places=3)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD.")]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+# Line numbers are Postgres INTEGER columns.
+LineNo = Annotated[int, Field(gt=0, le=2**31 - 1)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        # JSON can spell NUL (\u0000) and lone surrogates (\ud800); Postgres stores neither.
+        if isinstance(value, str) and (
+            "\x00" in value or any(unicodedata.category(c) == "Cs" for c in value)
+        ):
+            raise ValueError("contains a NUL character or text that is not valid UTF-8")
+        return value
 
 
 class Vendor(_Strict):
@@ -48,7 +69,7 @@ class Vendor(_Strict):
 class PurchaseOrderLine(_Strict):
     """One ordered item."""
 
-    line_no: int = Field(gt=0)
+    line_no: LineNo
     sku: str = Field(min_length=1)
     description: str
     quantity: Quantity = Field(gt=0)
@@ -69,7 +90,7 @@ class PurchaseOrder(_Strict):
 class ReceiptLine(_Strict):
     """Quantity received against one PO line."""
 
-    po_line_no: int = Field(gt=0)
+    po_line_no: LineNo
     quantity_received: Quantity = Field(ge=0)
 
 
@@ -85,8 +106,8 @@ class GoodsReceipt(_Strict):
 class InvoiceLine(_Strict):
     """One billed item; ``po_line_no`` links it to the PO line it bills."""
 
-    line_no: int = Field(gt=0)
-    po_line_no: int | None = None
+    line_no: LineNo
+    po_line_no: LineNo | None = None
     description: str
     quantity: Quantity
     unit_price: Money
@@ -173,6 +194,30 @@ class World(_Strict):
             "policy passage",
             [p.passage_id for d in self.policy_documents for p in d.passages],
         )
+
+        # Line numbers key the line tables: (PO, line), (receipt, PO line), (invoice, line).
+        def repeated(numbers: list[int]) -> list[int]:
+            return sorted(n for n, times in Counter(numbers).items() if times > 1)
+
+        for po in self.purchase_orders:
+            for n in repeated([ln.line_no for ln in po.lines]):
+                problems.append(f"purchase order {po.po_number} has line {n} more than once")
+        for receipt in self.goods_receipts:
+            for n in repeated([ln.po_line_no for ln in receipt.lines]):
+                problems.append(
+                    f"goods receipt {receipt.receipt_id} receives PO line {n} more than once"
+                    " (one receipt line per PO line)"
+                )
+        for invoice in self.invoices:
+            for n in repeated([ln.line_no for ln in invoice.lines]):
+                problems.append(f"invoice {invoice.invoice_id} has line {n} more than once")
+        live = Counter(p.invoice_id for p in self.payments if p.status != "void")
+        for invoice_id, times in sorted(live.items()):
+            if times > 1:
+                problems.append(
+                    f"invoice {invoice_id} has {times} live payments; at most one may be "
+                    "scheduled or paid (mark the others void)"
+                )
         po_lines = {(p.po_number, line.line_no) for p in self.purchase_orders for line in p.lines}
         for po in self.purchase_orders:
             if po.vendor_id not in vendors:
@@ -220,8 +265,8 @@ def parse_world(data: Any, *, source: str = "world") -> World:
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False):
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  - {where}: {err['msg']}")
+            where = shown(".".join(str(p) for p in err["loc"])) or "(top level)"
+            lines.append(f"  - {where}: {shown(err['msg'], 2000)}")
         raise WorldFileError(
             f"{source} is not a valid world ({len(lines)} problem(s)):\n"
             + "\n".join(lines)
@@ -241,6 +286,10 @@ def read_world(path: Path) -> World:
         raise WorldFileError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
         ) from exc
+    except RecursionError as exc:
+        raise WorldFileError(f"{path} nests arrays or objects too deeply to read.") from exc
+    except ValueError as exc:  # e.g. an integer longer than Python converts (4300 digits)
+        raise WorldFileError(f"{path} is not usable JSON: {exc}.") from exc
     return parse_world(data, source=str(path))
 
 
@@ -260,130 +309,19 @@ async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[s
 
     Every thread (checkpoints and the run index) is forgotten with the old world.
     """
-    async with conn.transaction():
-        await conn.execute(f"TRUNCATE {_WORLD_TABLES} RESTART IDENTITY")
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO vendors (vendor_id, name, remit_bank_account, remit_bank_name,"
-                " contact_email, currency, status) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                [
-                    (
-                        v.vendor_id,
-                        v.name,
-                        v.remit_bank_account,
-                        v.remit_bank_name,
-                        v.contact_email,
-                        v.currency,
-                        v.status,
-                    )
-                    for v in world.vendors
-                ],
-            )
-            await cur.executemany(
-                "INSERT INTO purchase_orders (po_number, vendor_id, currency, status, issued_on)"
-                " VALUES (%s,%s,%s,%s,%s)",
-                [
-                    (p.po_number, p.vendor_id, p.currency, p.status, p.issued_on)
-                    for p in world.purchase_orders
-                ],
-            )
-            await cur.executemany(
-                "INSERT INTO po_lines (po_number, line_no, sku, description, quantity, unit_price)"
-                " VALUES (%s,%s,%s,%s,%s,%s)",
-                [
-                    (p.po_number, ln.line_no, ln.sku, ln.description, ln.quantity, ln.unit_price)
-                    for p in world.purchase_orders
-                    for ln in p.lines
-                ],
-            )
-            await cur.executemany(
-                "INSERT INTO goods_receipts (receipt_id, po_number, received_on) VALUES (%s,%s,%s)",
-                [(r.receipt_id, r.po_number, r.received_on) for r in world.goods_receipts],
-            )
-            await cur.executemany(
-                "INSERT INTO receipt_lines (receipt_id, po_line_no, quantity_received)"
-                " VALUES (%s,%s,%s)",
-                [
-                    (r.receipt_id, ln.po_line_no, ln.quantity_received)
-                    for r in world.goods_receipts
-                    for ln in r.lines
-                ],
-            )
-            await cur.executemany(
-                "INSERT INTO invoices (invoice_id, vendor_id, invoice_number, po_number,"
-                " invoice_date, due_date, currency, subtotal, tax, total, bank_account, notes,"
-                " document_text, status) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                [
-                    (
-                        i.invoice_id,
-                        i.vendor_id,
-                        i.invoice_number,
-                        i.po_number,
-                        i.invoice_date,
-                        i.due_date,
-                        i.currency,
-                        i.subtotal,
-                        i.tax,
-                        i.total,
-                        i.bank_account,
-                        i.notes,
-                        i.document_text,
-                        i.status,
-                    )
-                    for i in world.invoices
-                ],
-            )
-            await cur.executemany(
-                "INSERT INTO invoice_lines (invoice_id, line_no, po_line_no, description,"
-                " quantity, unit_price, amount) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                [
-                    (
-                        i.invoice_id,
-                        ln.line_no,
-                        ln.po_line_no,
-                        ln.description,
-                        ln.quantity,
-                        ln.unit_price,
-                        ln.amount,
-                    )
-                    for i in world.invoices
-                    for ln in i.lines
-                ],
-            )
-            invoices = {i.invoice_id: i for i in world.invoices}
-            vendors = {v.vendor_id: v for v in world.vendors}
-            await cur.executemany(
-                "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency,"
-                " payee_account, pay_on, status, idempotency_key)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                [
-                    (
-                        p.payment_id,
-                        p.invoice_id,
-                        invoices[p.invoice_id].vendor_id,
-                        p.amount,
-                        p.currency,
-                        vendors[invoices[p.invoice_id].vendor_id].remit_bank_account,
-                        p.pay_on,
-                        p.status,
-                        f"seed:{p.payment_id}",
-                    )
-                    for p in world.payments
-                ],
-            )
-            await cur.executemany(
-                "INSERT INTO policy_documents (doc_id, title) VALUES (%s,%s)",
-                [(d.doc_id, d.title) for d in world.policy_documents],
-            )
-            await cur.executemany(
-                "INSERT INTO policy_passages (passage_id, doc_id, heading, body)"
-                " VALUES (%s,%s,%s,%s)",
-                [
-                    (p.passage_id, d.doc_id, p.heading, p.body)
-                    for d in world.policy_documents
-                    for p in d.passages
-                ],
-            )
+    try:
+        async with conn.transaction():
+            await _replace_world(conn, world)
+    except (psycopg.IntegrityError, psycopg.DataError) as exc:
+        # Validation should catch every such problem first; if one slips through, the
+        # transaction has rolled back and the user still gets a message, not a traceback.
+        detail = exc.diag.message_detail or ""
+        raise WorldFileError(
+            "The database refused the world, so nothing was changed: "
+            f"{shown(exc.diag.message_primary or str(exc), 300)}"
+            + (f" ({shown(detail, 300)})" if detail else "")
+            + ". Fix the file and seed again."
+        ) from exc
     return {
         "vendors": len(world.vendors),
         "purchase_orders": len(world.purchase_orders),
@@ -392,3 +330,128 @@ async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[s
         "payments": len(world.payments),
         "policy_passages": sum(len(d.passages) for d in world.policy_documents),
     }
+
+
+async def _replace_world(conn: psycopg.AsyncConnection[Any], world: World) -> None:
+    await conn.execute(f"TRUNCATE {_WORLD_TABLES} RESTART IDENTITY")
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO vendors (vendor_id, name, remit_bank_account, remit_bank_name,"
+            " contact_email, currency, status) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+            [
+                (
+                    v.vendor_id,
+                    v.name,
+                    v.remit_bank_account,
+                    v.remit_bank_name,
+                    v.contact_email,
+                    v.currency,
+                    v.status,
+                )
+                for v in world.vendors
+            ],
+        )
+        await cur.executemany(
+            "INSERT INTO purchase_orders (po_number, vendor_id, currency, status, issued_on)"
+            " VALUES (%s,%s,%s,%s,%s)",
+            [
+                (p.po_number, p.vendor_id, p.currency, p.status, p.issued_on)
+                for p in world.purchase_orders
+            ],
+        )
+        await cur.executemany(
+            "INSERT INTO po_lines (po_number, line_no, sku, description, quantity, unit_price)"
+            " VALUES (%s,%s,%s,%s,%s,%s)",
+            [
+                (p.po_number, ln.line_no, ln.sku, ln.description, ln.quantity, ln.unit_price)
+                for p in world.purchase_orders
+                for ln in p.lines
+            ],
+        )
+        await cur.executemany(
+            "INSERT INTO goods_receipts (receipt_id, po_number, received_on) VALUES (%s,%s,%s)",
+            [(r.receipt_id, r.po_number, r.received_on) for r in world.goods_receipts],
+        )
+        await cur.executemany(
+            "INSERT INTO receipt_lines (receipt_id, po_line_no, quantity_received)"
+            " VALUES (%s,%s,%s)",
+            [
+                (r.receipt_id, ln.po_line_no, ln.quantity_received)
+                for r in world.goods_receipts
+                for ln in r.lines
+            ],
+        )
+        await cur.executemany(
+            "INSERT INTO invoices (invoice_id, vendor_id, invoice_number, po_number,"
+            " invoice_date, due_date, currency, subtotal, tax, total, bank_account, notes,"
+            " document_text, status) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            [
+                (
+                    i.invoice_id,
+                    i.vendor_id,
+                    i.invoice_number,
+                    i.po_number,
+                    i.invoice_date,
+                    i.due_date,
+                    i.currency,
+                    i.subtotal,
+                    i.tax,
+                    i.total,
+                    i.bank_account,
+                    i.notes,
+                    i.document_text,
+                    i.status,
+                )
+                for i in world.invoices
+            ],
+        )
+        await cur.executemany(
+            "INSERT INTO invoice_lines (invoice_id, line_no, po_line_no, description,"
+            " quantity, unit_price, amount) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+            [
+                (
+                    i.invoice_id,
+                    ln.line_no,
+                    ln.po_line_no,
+                    ln.description,
+                    ln.quantity,
+                    ln.unit_price,
+                    ln.amount,
+                )
+                for i in world.invoices
+                for ln in i.lines
+            ],
+        )
+        invoices = {i.invoice_id: i for i in world.invoices}
+        vendors = {v.vendor_id: v for v in world.vendors}
+        await cur.executemany(
+            "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency,"
+            " payee_account, pay_on, status, idempotency_key)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            [
+                (
+                    p.payment_id,
+                    p.invoice_id,
+                    invoices[p.invoice_id].vendor_id,
+                    p.amount,
+                    p.currency,
+                    vendors[invoices[p.invoice_id].vendor_id].remit_bank_account,
+                    p.pay_on,
+                    p.status,
+                    f"seed:{p.payment_id}",
+                )
+                for p in world.payments
+            ],
+        )
+        await cur.executemany(
+            "INSERT INTO policy_documents (doc_id, title) VALUES (%s,%s)",
+            [(d.doc_id, d.title) for d in world.policy_documents],
+        )
+        await cur.executemany(
+            "INSERT INTO policy_passages (passage_id, doc_id, heading, body) VALUES (%s,%s,%s,%s)",
+            [
+                (p.passage_id, d.doc_id, p.heading, p.body)
+                for d in world.policy_documents
+                for p in d.passages
+            ],
+        )
