@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import BaseModel, Field
@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import planner_view, wrapped_attachments
 from runtime.context import Context
-from runtime.models import ask_model
+from runtime.models import ask_model, repair_messages
 from runtime.prompts import PLANNER_REPAIR, PLANNER_SYSTEM
 from runtime.rules_model import rules_plan
 from state.audit import plan_event, record
@@ -58,18 +58,6 @@ def validate_plan(gate: ToolGate, route: str, proposal: ProposedPlan) -> list[st
 def _results_digest(state: AgentState) -> str:
     """Earlier results with every piece of third-party text wrapped as untrusted."""
     return json.dumps(planner_view(state), default=str)[:20000]
-
-
-def _repair_messages(raw: Any, repair: str) -> list[Any]:
-    """Feed the rejection back; a tool call must be answered by a ToolMessage per call id."""
-    if isinstance(raw, AIMessage) and raw.tool_calls:
-        return [
-            raw,
-            *(ToolMessage(content=repair, tool_call_id=str(call["id"])) for call in raw.tool_calls),
-        ]
-    if isinstance(raw, AIMessage):
-        return [raw, HumanMessage(repair)]
-    return [HumanMessage(repair)]
 
 
 def make_planner(deps: NodeDeps) -> Node:
@@ -128,7 +116,7 @@ def make_planner(deps: NodeDeps) -> Node:
                     break
                 notes.append(f"planner plan attempt {attempt} invalid: " + "; ".join(errors))
                 repair = PLANNER_REPAIR.format(errors="; ".join(errors))
-                messages.extend(_repair_messages(answer.raw, repair))
+                messages.extend(repair_messages(answer.raw, repair))
             else:
                 path = f"rules (fallback: model plan invalid after {attempts} attempts)"
 

@@ -23,7 +23,7 @@ VENDOR_RE = re.compile(r"\bV-\d{3,}\b", re.IGNORECASE)
 _PAY = re.compile(r"\bpay(?:ing|ment)?\b|\bschedule\b", re.IGNORECASE)
 _STATUS = re.compile(
     r"\bstatus\b|\bwas .* paid\b|\bhas .* been paid\b|\bwhen will\b|"
-    r"\bpaid yet\b|\bbeen paid\b",
+    r"\bpaid yet\b|\bbeen paid\b|\bwhere(?:'s| is| are)\b",
     re.IGNORECASE,
 )
 _VENDOR_CHANGE = re.compile(
@@ -34,11 +34,12 @@ _VENDOR_CHANGE = re.compile(
 )
 _POLICY = re.compile(
     r"\bpolicy\b|\bwhat is\b|\bwhat are\b|\bhow (many|much|long|do|does)\b|"
-    r"\bwho (can|may|must)\b|\bthreshold\b|\btolerance\b|\ballowed\b|\?$",
+    r"\bwho (can|may|must)\b|\bthreshold\b|\btolerance\b|\ballowed\b|\brules?\b",
     re.IGNORECASE,
 )
 _INVOICE_WORDS = re.compile(
-    r"\b(invoice|validate|match|stage|process|approve|pay)\w*\b", re.IGNORECASE
+    r"\b(invoice|validate|match|stage|process|approve|pay|check|verify|review|reconcile)\w*\b",
+    re.IGNORECASE,
 )
 _AP_WORDS = re.compile(
     r"\b(invoice|vendor|supplier|payment|pay|po|purchase order|receipt|ap|bank detail|"
@@ -107,6 +108,13 @@ def rules_route(request: str) -> RouteDecision:
             route=Route.PAYMENT_STATUS,
             confidence=0.85,
             rationale="asks where an invoice's payment stands",
+            **base,
+        )
+    if e["vendor_ids"] and not e["invoice_ids"] and _STATUS.search(request):
+        return RouteDecision(
+            route=Route.PAYMENT_STATUS,
+            confidence=0.8,
+            rationale="asks where a vendor's invoices stand",
             **base,
         )
     if e["invoice_ids"] and _INVOICE_WORDS.search(request):
@@ -229,6 +237,8 @@ def rules_plan(
                     {"invoice_id": inv, "codes": codes, "detail": detail},
                     f"{inv} needs a reviewer's override ({', '.join(codes)}).",
                 )
+                if not entities["wants_payment"]:
+                    continue  # validation only: the flag hands it to people; no override asked
                 add(
                     "stage_invoice",
                     {"invoice_id": inv, "note": "Staged on reviewer override: " + ", ".join(codes)},
