@@ -1,36 +1,161 @@
 """Running the graph from a process.
 
-Open the database, compile with the Postgres checkpointer, and turn a thread's checkpoint
-into the view the CLI and tests print.
+Open the database, compile with the Postgres checkpointer, drive runs, and turn a
+thread's checkpoint into the view the CLI and tests print.
+
+Every run that drives a thread (start, resume, continue) first takes the thread's lock: a
+session-level Postgres advisory lock on a connection of its own, held until the run
+returns and released by Postgres if the process dies. A second process gets a clear
+refusal instead of a second writer on the same checkpoint.
+
+A stop request (`SHUTDOWN`, which the CLI sets on SIGTERM) lets the step in flight finish
+and checkpoint, then ends the run with `RunStopped`; `payables continue` picks it up.
+A run that fails unexpectedly is recorded as a dead letter (`state.deadletters`) and
+ends with `RunFailed`, which names it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.errors import GraphDrained
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import RunControl
 from langgraph.types import Command
 from langsmith import Client
 
-from graphs.payables import build_graph
+from graphs.payables import TRANSIENT_DB_RETRY, build_graph, is_transient_db_error
 from guards.redaction import redact, redact_text
 from nodes.approval import validated_edits
 from nodes.deps import NodeDeps
 from runtime.context import Context
-from runtime.errors import BadInput, NotFound, ResumeError
+from runtime.errors import BadInput, NotFound, PayablesError, ResumeError
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
 from state.approvals import ApprovalRequest, parse_resume
-from state.db import Database, default_database, migrate
+from state.db import CONNECTION_KWARGS, Database, default_database, migrate
+from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment
 from state.runs import list_runs
 from tools.gate import ToolGate
+
+log = logging.getLogger(__name__)
+
+# Advisory-lock key space for thread locks: (class, hashtext(thread_id)). Any constant works
+# as long as every process uses the same one; it keeps these apart from other advisory locks.
+_THREAD_LOCK_CLASS = 0x70617962  # "payb"
+
+_TASK_NOTE = re.compile(r"During task with name '([^']+)'")
+
+
+class RunStopped(PayablesError):
+    """The run stopped at a step boundary because the process was asked to stop.
+
+    Nothing is lost: the last finished step is checkpointed and ``payables continue``
+    resumes the thread from there. A stop requested before the run began (``started``
+    false) ran nothing at all.
+    """
+
+    def __init__(
+        self, thread_id: str, reason: str, next_steps: list[str], *, started: bool = True
+    ) -> None:
+        """Name the thread, why it stopped, and the steps that will run next."""
+        self.thread_id = thread_id
+        self.reason = reason
+        self.next_steps = next_steps
+        self.started = started
+        if started:
+            where = f" before {', '.join(next_steps)}" if next_steps else ""
+            message = (
+                f"Stopped on {reason}{where}; thread {thread_id} is checkpointed. "
+                f"Finish it with `payables continue {thread_id}`."
+            )
+        else:
+            message = (
+                f"Stopped on {reason} before the run on thread {thread_id} began; nothing "
+                "was changed. Run the command again."
+            )
+        super().__init__(message)
+
+
+class RunFailed(PayablesError):
+    """A run failed unexpectedly; it is recorded as a dead letter when the database allows."""
+
+    def __init__(self, message: str, *, thread_id: str, dead_letter_id: int | None) -> None:
+        """Keep the thread and the dead letter's id (None if it could not be stored)."""
+        self.thread_id = thread_id
+        self.dead_letter_id = dead_letter_id
+        super().__init__(message)
+
+
+class Shutdown:
+    """A process-wide stop request: runs in flight stop at their next step boundary.
+
+    Each run gets its own LangGraph `RunControl`; a request drains every run in flight, and
+    a run that starts after the request does not start at all.
+    """
+
+    def __init__(self) -> None:
+        """Nothing requested yet."""
+        self.reason: str | None = None
+        self._controls: set[RunControl] = set()
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was requested."""
+        return self.reason is not None
+
+    def request(self, reason: str) -> None:
+        """Ask every run in flight to stop after its current step (signal-handler safe)."""
+        self.reason = self.reason or reason
+        for control in self._controls:
+            control.request_drain(self.reason)
+
+    def clear(self) -> None:
+        """Forget a request (for processes that serve many runs, and for tests)."""
+        self.reason = None
+
+    @contextmanager
+    def control(self) -> Iterator[RunControl]:
+        """A `RunControl` for one run, drained when a stop is requested."""
+        control = RunControl()
+        if self.reason is not None:
+            control.request_drain(self.reason)
+        self._controls.add(control)
+        try:
+            yield control
+        finally:
+            self._controls.discard(control)
+
+
+SHUTDOWN = Shutdown()
+"""The stop request of this process; the CLI sets it on SIGTERM."""
+
+
+def context_payload(context: Context) -> dict[str, Any]:
+    """``context`` as plain JSON (tuples become lists), as a dead letter stores it."""
+    data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(context), default=str))
+    return data
+
+
+def failed_node(error: BaseException) -> str | None:
+    """The graph node ``error`` escaped from, from the note LangGraph adds to it."""
+    for note in getattr(error, "__notes__", ()):
+        found = _TASK_NOTE.search(note)
+        if found:
+            return found.group(1)
+    return None
 
 
 @dataclass
@@ -42,6 +167,8 @@ class Agent:
     gate: ToolGate
     tracing_client: Client | None = None
     """LangSmith client for this agent's runs (default: a redacting one when tracing is on)."""
+    shutdown: Shutdown = dataclasses.field(default_factory=lambda: SHUTDOWN)
+    """Where stop requests come from (the process-wide one unless a test gives its own)."""
 
     @staticmethod
     def config(thread_id: str) -> RunnableConfig:
@@ -65,6 +192,134 @@ class Agent:
             },
         }
 
+    @asynccontextmanager
+    async def thread_lock(self, thread_id: str, busy: str) -> AsyncIterator[None]:
+        """Hold the thread's lock for the block, or raise `ResumeError` with ``busy``.
+
+        The lock lives on a connection of its own (never a pooled one, which would carry
+        the lock to its next borrower); closing it, or the process dying, releases it.
+        """
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.database.uri, **CONNECTION_KWARGS)
+        except psycopg.OperationalError as exc:
+            raise RunFailed(
+                f"Cannot reach Postgres to lock thread {thread_id}: {exc}. Nothing was run; "
+                "try again when the database is back.",
+                thread_id=thread_id,
+                dead_letter_id=None,
+            ) from exc
+        try:
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS locked",
+                (_THREAD_LOCK_CLASS, thread_id),
+            )
+            row = await cur.fetchone()
+            if row is None or not row["locked"]:
+                raise ResumeError(busy)
+            yield
+        finally:
+            await conn.close()
+
+    async def _drive(
+        self,
+        thread_id: str,
+        graph_input: Any,
+        *,
+        context: Context,
+        actor: str,
+        action: DeadLetterAction,
+        replay_input: Any,
+    ) -> None:
+        """Run the graph on ``thread_id`` until it ends, pauses, stops or fails.
+
+        A stop request ends it with `RunStopped` after the step in flight has checkpointed;
+        an unexpected failure is recorded as a dead letter and ends it with `RunFailed`.
+        """
+        if self.shutdown.requested:
+            raise RunStopped(thread_id, self.shutdown.reason or "shutdown", [], started=False)
+        config = self.traced_config(thread_id, context, actor=actor, action=action)
+        with self.shutdown.control() as control, traced(self.tracing_client):
+            try:
+                await self.graph.ainvoke(
+                    graph_input, config, context=context, durability="sync", control=control
+                )
+            except GraphDrained as drained:
+                snapshot = await self.graph.aget_state(self.config(thread_id))
+                raise RunStopped(thread_id, drained.reason, list(snapshot.next)) from None
+            except BadInput:
+                raise
+            except Exception as exc:
+                raise await self._dead_letter(
+                    thread_id, exc, context=context, action=action, replay_input=replay_input
+                ) from exc
+
+    async def _dead_letter(
+        self,
+        thread_id: str,
+        error: Exception,
+        *,
+        context: Context,
+        action: DeadLetterAction,
+        replay_input: Any,
+    ) -> RunFailed:
+        """Record ``error`` as a dead letter and return the error that names it."""
+        step = failed_node(error)
+        checkpoint_id: str | None = None
+        next_steps: list[str] = []
+        try:
+            snapshot = await self.graph.aget_state(self.config(thread_id))
+            checkpoint_id = snapshot.config.get("configurable", {}).get("checkpoint_id")
+            next_steps = list(snapshot.next)
+            if step is None:
+                failed = [t.name for t in snapshot.tasks if t.error] or next_steps
+                step = failed[0] if failed else None
+        except Exception as exc:  # the database may be what failed; the row still helps
+            log.warning("could not read thread %s after its failure: %s", thread_id, exc)
+        # A transient database error that escaped a node has used up the node's retries.
+        attempts = (
+            TRANSIENT_DB_RETRY.max_attempts
+            if step is not None and is_transient_db_error(error)
+            else 1
+        )
+        summary = (
+            f"Run {thread_id} failed in {step or 'the graph'} after {attempts} attempt(s): "
+            f"{type(error).__name__}: {redact_text(str(error))[:500]}."
+        )
+        payload = {
+            "action": action,
+            "input": replay_input,
+            "checkpoint_id": checkpoint_id,
+            "next": next_steps,
+            "context": context_payload(context),
+        }
+        try:
+            dead_letter_id = await record_dead_letter(
+                self.database,
+                thread_id=thread_id,
+                tenant=context.tenant,
+                action=action,
+                step=step,
+                error=error,
+                attempts=attempts,
+                payload=payload,
+            )
+        except Exception as exc:
+            log.error("could not record the dead letter of thread %s: %s", thread_id, exc)
+            return RunFailed(
+                f"{summary} It could not be recorded as a dead letter ({type(exc).__name__}: "
+                f"{exc}). The thread stays at its last checkpoint: `payables continue "
+                f"{thread_id}` retries it once the cause is fixed.",
+                thread_id=thread_id,
+                dead_letter_id=None,
+            )
+        return RunFailed(
+            f"{summary} Recorded as dead letter {dead_letter_id}; the thread stays at its "
+            f"last checkpoint. Once the cause is fixed, `payables deadletters replay "
+            f"{dead_letter_id}` finishes it.",
+            thread_id=thread_id,
+            dead_letter_id=dead_letter_id,
+        )
+
     async def start(
         self,
         request: str,
@@ -76,21 +331,25 @@ class Agent:
     ) -> dict[str, Any]:
         """Run a new request to completion or to its first interrupt; return the view."""
         thread_id = thread_id or str(uuid.uuid4())
-        snapshot = await self.graph.aget_state(self.config(thread_id))
-        if snapshot.values:
-            raise BadInput(
-                f"Thread {thread_id} already exists; start a new request without "
-                "--thread, or answer its approval with `payables resume`."
-            )
-        context = context or Context()
-        with traced(self.tracing_client):
-            await self.graph.ainvoke(
-                {"request": request, "user": user, "attachments": attachments or []},
-                self.traced_config(thread_id, context, actor=user, action="start"),
+        busy = f"Thread {thread_id} is being started by another process right now."
+        async with self.thread_lock(thread_id, busy):
+            snapshot = await self.graph.aget_state(self.config(thread_id))
+            if snapshot.values:
+                raise BadInput(
+                    f"Thread {thread_id} already exists; start a new request without "
+                    "--thread, or answer its approval with `payables resume`."
+                )
+            context = context or Context()
+            run_input = {"request": request, "user": user, "attachments": attachments or []}
+            await self._drive(
+                thread_id,
+                run_input,
                 context=context,
-                durability="sync",
+                actor=user,
+                action="start",
+                replay_input=run_input,
             )
-        return await self.view(thread_id)
+            return await self.view(thread_id)
 
     async def pending(self, thread_id: str) -> list[tuple[str, ApprovalRequest]]:
         """The thread's pending approval interrupts as ``(interrupt_id, request)``."""
@@ -105,38 +364,49 @@ class Agent:
         interrupt_id: str | None = None,
         context: Context | None = None,
     ) -> dict[str, Any]:
-        """Answer the thread's pending approval with ``value``; refuse anything else."""
-        snapshot = await self.graph.aget_state(self.config(thread_id))
-        if not snapshot.values:
-            raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
-        interrupts = list(snapshot.interrupts)
-        if not interrupts:
-            status = snapshot.values.get("status") or "running"
-            raise ResumeError(
-                f"Thread {thread_id} has no pending approval (status: {status}); "
-                "it was already resolved. `payables show` prints its result."
-            )
-        if interrupt_id is not None:
-            interrupts = [i for i in interrupts if i.id == interrupt_id]
+        """Answer the thread's pending approval with ``value``; refuse anything else.
+
+        Only one process resolves an interrupt: a rival that arrives while it runs is told
+        the approval is being resolved, one that arrives after is told it was resolved.
+        """
+        busy = (
+            f"Thread {thread_id} is being resolved by another reviewer right now; "
+            f"`payables show {thread_id}` prints the outcome once it finishes."
+        )
+        async with self.thread_lock(thread_id, busy):
+            # Read under the lock: a rival may have resolved the interrupt meanwhile.
+            snapshot = await self.graph.aget_state(self.config(thread_id))
+            if not snapshot.values:
+                raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
+            interrupts = list(snapshot.interrupts)
             if not interrupts:
+                status = snapshot.values.get("status") or "running"
                 raise ResumeError(
-                    f"Interrupt {interrupt_id} is not pending on {thread_id}; "
-                    "it was already resolved or never existed."
+                    f"Thread {thread_id} has no pending approval (status: {status}); "
+                    "it was already resolved. `payables show` prints its result."
                 )
-        target = interrupts[0]
-        resume = parse_resume(value, target.value)
-        context = context or Context()
-        # Refuse here what the approval node would refuse, so the caller gets an error
-        # (exit 2) instead of a run that pauses again with an error in its payload.
-        validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
-        with traced(self.tracing_client):
-            await self.graph.ainvoke(
+            if interrupt_id is not None:
+                interrupts = [i for i in interrupts if i.id == interrupt_id]
+                if not interrupts:
+                    raise ResumeError(
+                        f"Interrupt {interrupt_id} is not pending on {thread_id}; "
+                        "it was already resolved or never existed."
+                    )
+            target = interrupts[0]
+            resume = parse_resume(value, target.value)
+            context = context or Context()
+            # Refuse here what the approval node would refuse, so the caller gets an error
+            # (exit 2) instead of a run that pauses again with an error in its payload.
+            validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
+            await self._drive(
+                thread_id,
                 Command(resume={target.id: value}),
-                self.traced_config(thread_id, context, actor=resume.reviewer.id, action="resume"),
                 context=context,
-                durability="sync",
+                actor=resume.reviewer.id,
+                action="resume",
+                replay_input={"interrupt_id": target.id, "value": value},
             )
-        return await self.view(thread_id)
+            return await self.view(thread_id)
 
     async def continue_run(
         self, thread_id: str, *, context: Context | None = None
@@ -146,23 +416,28 @@ class Agent:
         The graph re-runs the interrupted step from its last checkpoint; the gate's
         idempotency keys turn any side effect that had already committed into a replay.
         """
-        snapshot = await self.graph.aget_state(self.config(thread_id))
-        if not snapshot.values:
-            raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
-        if snapshot.interrupts:
-            raise ResumeError(f"Thread {thread_id} is waiting for approval; use `payables resume`.")
-        if not snapshot.next:
-            status = snapshot.values.get("status", "completed")
-            raise ResumeError(f"Thread {thread_id} already finished (status: {status}).")
-        context = context or Context()
-        with traced(self.tracing_client):
-            await self.graph.ainvoke(
+        busy = f"Thread {thread_id} is being run by another process right now."
+        async with self.thread_lock(thread_id, busy):
+            snapshot = await self.graph.aget_state(self.config(thread_id))
+            if not snapshot.values:
+                raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
+            if snapshot.interrupts:
+                raise ResumeError(
+                    f"Thread {thread_id} is waiting for approval; use `payables resume`."
+                )
+            if not snapshot.next:
+                status = snapshot.values.get("status", "completed")
+                raise ResumeError(f"Thread {thread_id} already finished (status: {status}).")
+            context = context or Context()
+            await self._drive(
+                thread_id,
                 None,
-                self.traced_config(thread_id, context, actor="recovery", action="continue"),
                 context=context,
-                durability="sync",
+                actor="recovery",
+                action="continue",
+                replay_input=None,
             )
-        return await self.view(thread_id)
+            return await self.view(thread_id)
 
     async def view(self, thread_id: str) -> dict[str, Any]:
         """The thread as the CLI's ``--json`` prints it."""

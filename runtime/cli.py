@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from guards.redaction import RedactingFilter
-from runtime.agent import open_agent
+from runtime.agent import SHUTDOWN, RunStopped, open_agent
 from runtime.errors import BadInput, PayablesError
 from runtime.settings import PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES
@@ -64,10 +65,47 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine, mapping errors to exit codes (2 bad input, 1 failure)."""
+def _stop_requested(sig: signal.Signals, loop: asyncio.AbstractEventLoop) -> None:
+    """First SIGTERM or Ctrl-C: finish the step in flight, checkpoint, stop. Second: now."""
+    SHUTDOWN.request(sig.name)
+    loop.remove_signal_handler(sig)
+    err.print(
+        f"[yellow]{sig.name}:[/] finishing the current step, then stopping "
+        "(send it again to stop at once)"
+    )
+
+
+async def _with_stop_signals(coro: Coroutine[Any, Any, Any]) -> Any:
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, _stop_requested, sig, loop)
     try:
-        return asyncio.run(coro)
+        return await coro
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine, mapping errors to exit codes (2 bad input, 1 failure).
+
+    SIGTERM (or Ctrl-C) stops a run cleanly: the step in flight finishes and is
+    checkpointed, the command says how to continue the thread and exits 0.
+    """
+    try:
+        return asyncio.run(_with_stop_signals(coro))
+    except RunStopped as exc:
+        if exc.started:
+            where = f" before {', '.join(exc.next_steps)}" if exc.next_steps else ""
+            err.print(
+                f"[yellow]stopped[/] on {exc.reason}: thread {escape(exc.thread_id)} is "
+                f"checkpointed{where}. Finish it with: "
+                f"{_command_name()} continue {escape(exc.thread_id)}"
+            )
+        else:
+            err.print(f"[yellow]stopped:[/] {escape(str(exc))}")
+        raise typer.Exit(0) from None
     except BadInput as exc:
         coro.close()
         _fail(str(exc), 2)

@@ -195,6 +195,9 @@ class Database:
                 max_size=self.max_size,
                 open=False,
                 name="payables",
+                # After a Postgres restart the idle connections are dead; checking each on
+                # checkout replaces them instead of failing the caller.
+                check=AsyncConnectionPool.check_connection,
             )
             await pool.open(wait=True, timeout=30)
             self._pools[loop_id] = pool
