@@ -1,23 +1,49 @@
 """The one gate every tool call passes: nothing reaches a handler any other way.
 
 In order: the tool exists, the route's scope allows it, the arguments validate against
-the contract, the tier policy holds (approvals for irreversible and destructive calls are
-read from the database and checked against `tools.policy`), the idempotency key is
-claimed, and the handler runs under a timeout inside one transaction with its ledger row.
-Expected failures come back as structured, actionable errors; bugs propagate.
+the contract, the tool's circuit breaker lets the call through, the tier policy holds
+(approvals for irreversible and destructive calls are read from the database and checked
+against `tools.policy`), the idempotency key is claimed, and the handler runs under a
+timeout inside one transaction with its ledger row. Expected failures come back as
+structured, actionable errors; bugs propagate.
+
+Under failure, each attempt is one transaction, so a failed attempt leaves nothing behind:
+
+- A backend failure (the attempt timed out, a `psycopg.OperationalError`, a `ToolFailure`
+  marked retryable, or a fault injected with ``PAYABLES_FAULTS=tool:NAME:error|timeout:P``)
+  is retried with exponential backoff and jitter (`Context.tool_max_retries`,
+  `retry_initial_s`, `retry_max_s`), for read tools and for writes under an idempotency key
+  (see `retries_allowed`): a retried write whose first attempt did commit is replayed from
+  the ledger, never repeated. When retries run out the call ends with a retryable error
+  (``timeout``, ``backend_error`` or the handler's code).
+- Each backend failure counts on the tool's breaker (`runtime.breakers`, ``tool:NAME``);
+  any other ending of an attempt (a result, a replay, a refusal such as
+  ``approval_required`` or a non-retryable `ToolFailure`) shows the backend answering and
+  closes it. While the breaker is open, calls are refused at once with ``circuit_open``.
+- Every attempt is audited. A failed attempt's row is written with the call's final
+  outcome, in order and in the transaction of that outcome when it has one, so the chain
+  holds no row for a side effect that was rolled back and keeps every attempt made.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any, TypedDict
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypedDict
 
 import psycopg
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
 
 from runtime import failpoints
+from runtime.breakers import BREAKERS, BreakerBoard, BreakerState, CircuitBreaker
 from runtime.context import Context
+from runtime.faults import ENV_VAR as FAULTS_ENV_VAR
+from runtime.faults import FAULTS, FaultInjector
 from state.audit import record, tool_call_event
 from state.db import Database
 from tools.contract import (
@@ -106,6 +132,315 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+log = logging.getLogger(__name__)
+
+CIRCUIT_OPEN = "circuit_open"
+"""Error code of a call refused because its tool's circuit breaker is open."""
+
+BACKEND_ERROR = "backend_error"
+"""Error code of a call whose backend kept failing (after any retries)."""
+
+
+def retries_allowed(tier: Tier) -> bool:
+    """Whether calls of this tier may be retried after a backend failure.
+
+    Reads may; writes only under an idempotency key, which turns a retry of an attempt
+    that did commit into a replay. Today every write tier is keyed
+    (`Tier.needs_idempotency_key`), so a write without a key would only come from a new tier.
+    """
+    return tier is Tier.READ or tier.needs_idempotency_key
+
+
+def is_backend_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the tool's backend is unwell rather than that the call is wrong.
+
+    Timeouts, `psycopg.OperationalError` (lost connections, restarts, an exhausted pool,
+    serialization failures, deadlocks, and the faults `PAYABLES_FAULTS` injects) and a
+    `ToolFailure` its handler marked retryable. These are retried and counted on the
+    breaker; anything else is either a structured refusal or a bug.
+    """
+    if isinstance(exc, ToolFailure):
+        return exc.retryable
+    return isinstance(exc, TimeoutError | psycopg.OperationalError)
+
+
+def unavailable(error: ToolError | None) -> bool:
+    """Whether a call failed because its tool is unavailable, not because of what it asked.
+
+    True for a refusal by an open breaker and for retryable errors (a timeout or backend
+    failure that outlived its retries); such a write can be tried again later.
+    """
+    return error is not None and (error["code"] == CIRCUIT_OPEN or error["retryable"])
+
+
+def backoff(run: Context) -> wait_exponential_jitter:
+    """Delay before retry n: ``retry_initial_s * 2**(n-1)`` plus up to ``retry_initial_s``.
+
+    Capped at ``retry_max_s``. The jitter keeps processes that failed together from
+    retrying together; ``retry_initial_s=0`` retries at once.
+    """
+    return wait_exponential_jitter(
+        multiplier=run.retry_initial_s, max=run.retry_max_s, jitter=run.retry_initial_s
+    )
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit] if text else 'no detail'}"
+
+
+class _Attempt(NamedTuple):
+    outcome: ToolOutcome
+    backend_failed: bool
+    """The attempt met a backend failure: retried while attempts remain."""
+
+
+@dataclass
+class _GatedCall:
+    """One call through the gate, across its attempts."""
+
+    gate: ToolGate
+    run: Context
+    thread_id: str
+    step_id: str
+    requester: str
+    raw_args: dict[str, Any]
+    validated: dict[str, Any] | None
+    attempts: int = 1
+    made: int = 0
+    failed: list[ToolOutcome] = field(default_factory=list)
+    """Failed attempts not yet audited; they are written with the final outcome."""
+
+    async def audit(
+        self, outcome: ToolOutcome, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> ToolOutcome:
+        """Audit the failed attempts so far, then ``outcome``, in ``conn``'s transaction.
+
+        Without ``conn`` the rows get a transaction of their own. A tool_call row is
+        written for every outcome, inside the call's transaction when there is one, so a
+        side effect never commits without it.
+        """
+        events = [*self.failed, outcome]
+        if conn is not None:
+            for event in events:
+                await self._record(conn, event)
+            return outcome
+        async with self.gate.database.connection() as own, own.transaction():
+            for event in events:
+                await self._record(own, event)
+        return outcome
+
+    async def _record(self, conn: psycopg.AsyncConnection[Any], outcome: ToolOutcome) -> None:
+        event = tool_call_event(
+            thread_id=self.thread_id,
+            raw_args=self.raw_args,
+            validated_args=self.validated,
+            outcome=outcome,
+        )
+        await record(conn, self.run.tenant, self.thread_id, event)
+
+    async def attempt(self, spec: ToolSpec[Any, Any], validated: dict[str, Any]) -> _Attempt:
+        """One attempt: refused by an open breaker, or one transaction under the timeout."""
+        self.made += 1
+        fault = self.gate.faults.draw("tool", spec.name)
+        breaker = self.gate.breaker(spec.name, self.run)
+        trial = breaker.state is BreakerState.HALF_OPEN
+        if not breaker.allow():
+            refused = self.circuit_open(spec, validated, breaker)
+            await self.audit(refused)
+            self.failed.clear()
+            return _Attempt(refused, backend_failed=False)
+        timeout = spec.timeout_s or self.run.tool_timeout_s
+        try:
+            outcome = await self.once(spec, validated, timeout, fault)
+        except BaseException as exc:
+            if not is_backend_failure(exc):
+                if trial:  # give the half-open trial back: this attempt reached no verdict
+                    breaker.trial_in_flight = False
+                raise
+            breaker.record_failure()
+            failure = self.failure(spec, validated, exc, timeout)
+            log.warning(
+                "%s attempt %d of %d failed: %s",
+                spec.name,
+                self.made,
+                self.attempts,
+                failure["error"]["message"] if failure["error"] else "",
+            )
+            self.failed.append(failure)
+            return _Attempt(failure, backend_failed=True)
+        breaker.record_success()
+        self.failed.clear()
+        return _Attempt(outcome, backend_failed=False)
+
+    def circuit_open(
+        self, spec: ToolSpec[Any, Any], validated: dict[str, Any], breaker: CircuitBreaker
+    ) -> ToolOutcome:
+        """The refusal of a call whose breaker is open."""
+        if breaker.state is BreakerState.HALF_OPEN:
+            when = "a trial call is in flight; try again shortly"
+        else:
+            when = f"it gets one trial call in about {math.ceil(breaker.retry_after_s())}s"
+        return refusal(
+            self.step_id,
+            spec.name,
+            spec.tier.value,
+            validated,
+            CIRCUIT_OPEN,
+            f"{spec.name} was not called: its circuit breaker is open after "
+            f"{breaker.failures} consecutive backend failures; nothing was changed.",
+            hint=f"The backend of {spec.name} looks down: {when}, and until it succeeds "
+            "every call is refused at once.",
+            retryable=False,
+        )
+
+    def failure(
+        self,
+        spec: ToolSpec[Any, Any],
+        validated: dict[str, Any],
+        exc: BaseException,
+        timeout: float,
+    ) -> ToolOutcome:
+        """The outcome of an attempt that met a backend failure (it was rolled back)."""
+        attempt = f"attempt {self.made} of {self.attempts}"
+        tier = spec.tier.value
+        if isinstance(exc, ToolFailure):
+            message = f"{exc.message} ({attempt})"
+            return refusal(
+                self.step_id, spec.name, tier, validated, exc.code, message, exc.hint, True
+            )
+        if spec.tier is Tier.READ:
+            effect = "nothing was changed"
+        else:
+            # A connection lost while committing can hide a commit; the key covers that case.
+            effect = "it was rolled back, or if it did commit, a retry replays it"
+        if isinstance(exc, TimeoutError):
+            message = f"{spec.name} did not finish within {timeout:g}s ({attempt}); {effect}."
+            return refusal(
+                self.step_id, spec.name, tier, validated, "timeout", message, "Retry later.", True
+            )
+        message = f"{spec.name} failed in its backend ({attempt}): {_first_line(exc)}; {effect}."
+        hint = "Retry later; if it keeps failing, its backend is down."
+        return refusal(self.step_id, spec.name, tier, validated, BACKEND_ERROR, message, hint, True)
+
+    async def once(
+        self,
+        spec: ToolSpec[Any, Any],
+        validated: dict[str, Any],
+        deadline_s: float,
+        fault: str | None,
+    ) -> ToolOutcome:
+        """Run the call in one transaction; raise on a backend failure (it rolls back)."""
+        tool, tier = spec.name, spec.tier
+        key = (
+            idempotency_key(self.thread_id, self.step_id, tool, validated)
+            if tier.needs_idempotency_key
+            else None
+        )
+        async with asyncio.timeout(deadline_s), self.gate.database.connection() as conn:
+            async with conn.transaction():
+                if fault == "error":
+                    raise psycopg.OperationalError(
+                        f"backend error injected into {tool} by {FAULTS_ENV_VAR}"
+                    )
+                if fault == "timeout":
+                    # Overrun the deadline: asyncio.timeout cancels this like a hung backend.
+                    await asyncio.sleep(deadline_s + 1)
+                if key is not None:
+                    # Racing callers with the same key queue here until the first commits.
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,)
+                    )
+                    cur = await conn.execute(
+                        "SELECT result FROM tool_calls WHERE idempotency_key = %s", (key,)
+                    )
+                    done = await cur.fetchone()
+                    if done is not None:
+                        replay = _outcome(
+                            self.step_id,
+                            tool,
+                            tier.value,
+                            validated,
+                            result=done["result"],
+                            key=key,
+                            replayed=True,
+                        )
+                        return await self.audit(replay, conn)
+                approvers: tuple[Reviewer, ...] = ()
+                if tier is not Tier.READ:
+                    requirement = await self.gate.requirement(conn, spec, validated, self.run)
+                    if requirement.required:
+                        approvers, rejections = await self.gate.approvers(
+                            conn, self.thread_id, self.step_id, tool, validated
+                        )
+                        if rejections:
+                            refused = refusal(
+                                self.step_id,
+                                tool,
+                                tier.value,
+                                validated,
+                                "rejected",
+                                "A reviewer rejected this call: " + "; ".join(rejections) + ".",
+                            )
+                            return await self.audit(refused, conn)
+                        unmet = requirement.unmet(approvers, self.requester)
+                        if unmet:
+                            refused = refusal(
+                                self.step_id,
+                                tool,
+                                tier.value,
+                                validated,
+                                "approval_required",
+                                f"{tool} needs approval: {'; '.join(unmet)}.",
+                                hint="Only the approval step can grant this; "
+                                "reasons: " + "; ".join(requirement.reasons),
+                            )
+                            return await self.audit(refused, conn)
+                ctx = CallContext(
+                    conn=conn,
+                    thread_id=self.thread_id,
+                    step_id=self.step_id,
+                    requester=self.requester,
+                    run=self.run,
+                    idempotency_key=key,
+                    approvers=approvers,
+                )
+                try:
+                    async with conn.transaction():
+                        result = await spec.handler(ctx, spec.args_model.model_validate(validated))
+                except ToolFailure as failure:
+                    if failure.retryable:
+                        raise  # a backend failure: the whole attempt rolls back
+                    refused = refusal(
+                        self.step_id,
+                        tool,
+                        tier.value,
+                        validated,
+                        failure.code,
+                        failure.message,
+                        failure.hint,
+                        failure.retryable,
+                    )
+                    return await self.audit(refused, conn)
+                payload = spec.result_model.model_validate(result).model_dump(mode="json")
+                if key is not None:
+                    await conn.execute(
+                        "INSERT INTO tool_calls (idempotency_key, thread_id, step_id, tool,"
+                        " args, tier, result) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                        (
+                            key,
+                            self.thread_id,
+                            self.step_id,
+                            tool,
+                            canonical_json(validated),
+                            tier.value,
+                            canonical_json(payload),
+                        ),
+                    )
+                ran = _outcome(self.step_id, tool, tier.value, validated, result=payload, key=key)
+                return await self.audit(ran, conn)  # last in the transaction: holds the chain lock
+
+
 class ToolGate:
     """Runs tool calls under the contract's policy."""
 
@@ -113,10 +448,22 @@ class ToolGate:
         self,
         database: Database | Callable[[], Database],
         registry: ToolRegistry = DEFAULT_REGISTRY,
+        *,
+        breakers: BreakerBoard = BREAKERS,
+        faults: FaultInjector = FAULTS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """Use ``database`` (or a factory, resolved on first use) and ``registry``."""
+        """Use ``database`` (or a factory, resolved on first use) and ``registry``.
+
+        ``breakers`` holds the tools' circuit breakers (the process-wide board by
+        default), ``faults`` injects configured faults, and ``sleep`` waits between
+        retries; tests pass a board with a fake clock or a recording sleep.
+        """
         self._database = database
         self.registry = registry
+        self.breakers = breakers
+        self.faults = faults
+        self.sleep = sleep
 
     @property
     def database(self) -> Database:
@@ -215,6 +562,14 @@ class ToolGate:
                 approvers.append(Reviewer(row["reviewer_id"], row["reviewer_role"]))
         return tuple(approvers), rejections
 
+    def breaker(self, tool: str, run: Context) -> CircuitBreaker:
+        """The circuit breaker of ``tool``, with the run's threshold and cooldown."""
+        return self.breakers.get(
+            f"tool:{tool}",
+            failure_threshold=run.breaker_failure_threshold,
+            cooldown_s=run.breaker_cooldown_s,
+        )
+
     async def call(
         self,
         *,
@@ -229,141 +584,40 @@ class ToolGate:
         """Run one call through every check; see the module docstring for the order."""
         raw_args = args if isinstance(args, dict) else {"_raw": args}
         checked = self.validate(route, tool, args)
-
-        async def audit(
-            outcome: ToolOutcome, conn: psycopg.AsyncConnection[Any] | None = None
-        ) -> ToolOutcome:
-            # Audit chain: a tool_call row for every outcome, written in the call's own
-            # transaction when there is one (so a side effect never commits without it).
-            event = tool_call_event(
-                thread_id=thread_id,
-                raw_args=raw_args,
-                validated_args=checked[1] if isinstance(checked, tuple) else None,
-                outcome=outcome,
-            )
-            await record(conn if conn is not None else self.database, run.tenant, thread_id, event)
-            return outcome
-
+        gated = _GatedCall(
+            gate=self,
+            run=run,
+            thread_id=thread_id,
+            step_id=step_id,
+            requester=requester,
+            raw_args=raw_args,
+            validated=checked[1] if isinstance(checked, tuple) else None,
+        )
         if not isinstance(checked, tuple):
             spec_tier = spec.tier.value if (spec := self.registry.get(tool)) else "unknown"
-            refused = _outcome(step_id, tool, spec_tier, raw_args, error=checked)
-            return await audit(refused)
+            return await gated.audit(_outcome(step_id, tool, spec_tier, raw_args, error=checked))
         spec, validated = checked
-        tier = spec.tier
-        key = (
-            idempotency_key(thread_id, step_id, tool, validated)
-            if tier.needs_idempotency_key
-            else None
+        gated.attempts = 1 + run.tool_max_retries if retries_allowed(spec.tier) else 1
+
+        def last_attempt(state: RetryCallState) -> _Attempt:
+            assert state.outcome is not None
+            last: _Attempt = state.outcome.result()
+            return last
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(gated.attempts),
+            wait=backoff(run),
+            retry=retry_if_result(lambda attempt: bool(attempt.backend_failed)),
+            retry_error_callback=last_attempt,
+            sleep=self.sleep,
         )
-        timeout = spec.timeout_s or run.tool_timeout_s
-        try:
-            async with asyncio.timeout(timeout), self.database.connection() as conn:
-                async with conn.transaction():
-                    if key is not None:
-                        # Racing callers with the same key queue here until the first commits.
-                        await conn.execute(
-                            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,)
-                        )
-                        cur = await conn.execute(
-                            "SELECT result FROM tool_calls WHERE idempotency_key = %s", (key,)
-                        )
-                        done = await cur.fetchone()
-                        if done is not None:
-                            replay = _outcome(
-                                step_id,
-                                tool,
-                                tier.value,
-                                validated,
-                                result=done["result"],
-                                key=key,
-                                replayed=True,
-                            )
-                            return await audit(replay, conn)
-                    approvers: tuple[Reviewer, ...] = ()
-                    if tier is not Tier.READ:
-                        requirement = await self.requirement(conn, spec, validated, run)
-                        if requirement.required:
-                            approvers, rejections = await self.approvers(
-                                conn, thread_id, step_id, tool, validated
-                            )
-                            if rejections:
-                                refused = refusal(
-                                    step_id,
-                                    tool,
-                                    tier.value,
-                                    validated,
-                                    "rejected",
-                                    "A reviewer rejected this call: " + "; ".join(rejections) + ".",
-                                )
-                                return await audit(refused, conn)
-                            unmet = requirement.unmet(approvers, requester)
-                            if unmet:
-                                refused = refusal(
-                                    step_id,
-                                    tool,
-                                    tier.value,
-                                    validated,
-                                    "approval_required",
-                                    f"{tool} needs approval: {'; '.join(unmet)}.",
-                                    hint="Only the approval step can grant this; "
-                                    "reasons: " + "; ".join(requirement.reasons),
-                                )
-                                return await audit(refused, conn)
-                    ctx = CallContext(
-                        conn=conn,
-                        thread_id=thread_id,
-                        step_id=step_id,
-                        requester=requester,
-                        run=run,
-                        idempotency_key=key,
-                        approvers=approvers,
-                    )
-                    try:
-                        async with conn.transaction():
-                            result = await spec.handler(
-                                ctx, spec.args_model.model_validate(validated)
-                            )
-                    except ToolFailure as failure:
-                        refused = refusal(
-                            step_id,
-                            tool,
-                            tier.value,
-                            validated,
-                            failure.code,
-                            failure.message,
-                            failure.hint,
-                            failure.retryable,
-                        )
-                        return await audit(refused, conn)
-                    payload = spec.result_model.model_validate(result).model_dump(mode="json")
-                    if key is not None:
-                        await conn.execute(
-                            "INSERT INTO tool_calls (idempotency_key, thread_id, step_id, tool,"
-                            " args, tier, result) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                            (
-                                key,
-                                thread_id,
-                                step_id,
-                                tool,
-                                canonical_json(validated),
-                                tier.value,
-                                canonical_json(payload),
-                            ),
-                        )
-                    ran = _outcome(step_id, tool, tier.value, validated, result=payload, key=key)
-                    await audit(ran, conn)  # last in the transaction: holds the chain lock
-        except TimeoutError:
-            timed_out = refusal(
-                step_id,
-                tool,
-                tier.value,
-                validated,
-                "timeout",
-                f"{tool} did not finish within {timeout:g}s; nothing was changed.",
-                hint="Retry later.",
-                retryable=True,
-            )
-            return await audit(timed_out)
-        if tier is not Tier.READ:
+        last: _Attempt = await retrying(gated.attempt, spec, validated)
+        if last.backend_failed:
+            # Retries ran out: the failed attempts (the last one is the outcome) go on record.
+            final = gated.failed.pop()
+            await gated.audit(final)
+            return final
+        outcome = last.outcome
+        if outcome["ok"] and not outcome["replayed"] and spec.tier is not Tier.READ:
             failpoints.hit(f"after_commit:{tool}")
-        return ran
+        return outcome
