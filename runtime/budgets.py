@@ -298,13 +298,12 @@ def guard_node(
     node: Node,
     *,
     database: Database | Callable[[], Database],
-    clock: Callable[[], float] | None = None,
 ) -> Node:
     """``node`` behind the run's budgets, with its usage metered and added to ``usage``.
 
     ``database`` (or a factory, resolved at the first step, so building the graph opens
-    nothing) holds the tenants' daily costs; ``clock`` (default `time.monotonic`)
-    measures time inside the node.
+    nothing) holds the tenants' daily costs. Time inside the node is measured with
+    `time.monotonic`.
     """
 
     @functools.wraps(node)  # keeps the Command[Literal[...]] hints Studio draws edges from
@@ -336,8 +335,7 @@ def guard_node(
                 return _stop(state, exhausted)
 
         meter = meter_for(usage, ctx, today, stopped=bool(state.get("budget_stop")))
-        now = clock or monotonic
-        started = now()
+        started = monotonic()
         try:
             with metering(meter):
                 result = await node(state, runtime=runtime)
@@ -345,7 +343,7 @@ def guard_node(
             # The models were called (and paid for) even if the node failed afterwards.
             await _charge_after_failure(db, ctx.tenant, meter)
             raise
-        elapsed = now() - started
+        elapsed = monotonic() - started
         if meter.model_calls or meter.cost_usd:
             today = await add_spend(
                 db, ctx.tenant, cost_usd=meter.cost_usd, model_calls=meter.model_calls
