@@ -233,7 +233,12 @@ async def ragas_context_metrics(scenario: Scenario, run: ScenarioRun) -> dict[st
     if not reference:
         return {"context_precision": None, "context_recall": None}
     from ragas.dataset_schema import SingleTurnSample
-    from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
+
+    with warnings.catch_warnings():
+        # ragas 0.4.3 deprecates this import in favour of ragas.metrics.collections, which
+        # does not have the ID-based metrics yet.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
 
     cited = list(run.result.get("answer", {}).get("citations", []))
     retrieved = cited or [
