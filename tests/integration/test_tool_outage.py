@@ -24,6 +24,7 @@ from state.audit import verify_chain
 from state.db import Database
 from tests.approvals import grant
 from tests.cli import explain, payables
+from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
 from tools.ap import AP_TOOLS
 from tools.contract import CallContext, Tier, ToolArgs, ToolResult, ToolSpec
 from tools.gate import ToolGate
@@ -486,3 +487,44 @@ def test_an_operator_rehearses_a_payment_outage_from_the_cli(
             " WHERE i.invoice_id = 'INV-1001'"
         ).fetchone()
     assert row == ("staged", 0)
+
+
+async def test_a_model_that_plans_the_payment_again_gets_no_second_flag(
+    database: Database,
+) -> None:
+    BREAKERS.get("tool:schedule_payment", failure_threshold=1, cooldown_s=30).record_failure()
+    pay = ("schedule_payment", PAY)
+    planner = ScriptedChatModel(
+        [
+            plan_reply(
+                False,
+                ("get_invoice", {"invoice_id": "INV-1001"}),
+                ("compute_match", {"invoice_id": "INV-1001"}),
+            ),
+            plan_reply(True, ("stage_invoice", {"invoice_id": "INV-1001"}), pay),
+            plan_reply(True, pay),  # after the stand-ins, the model tries to pay again
+            plan_reply(True),
+        ]
+    )
+    run = Context(**FAST, breaker_failure_threshold=1)
+    async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
+        view = await agent.start("Pay INV-1001 please", user="clerk-ana", context=run)
+
+    assert view["status"] == "escalated", view["reason"]
+    assert view["pending_approvals"] == []
+    assert view["result"]["degraded"] == [
+        "read-only: schedule_payment unavailable (circuit open), so INV-1001 was staged and "
+        "flagged, not paid",
+        "read-only: schedule_payment unavailable (circuit open), so it was not done for INV-1001",
+    ]
+    calls = [(c["step_id"], c["tool"], c["error"]) for c in view["result"]["tool_calls"]]
+    assert calls[2:] == [
+        ("p2s1", "stage_invoice", None),
+        ("p2s2", "schedule_payment", "circuit_open"),
+        ("p2s2-ro1", "flag_exception", None),
+        ("p2s2-ro2", "stage_invoice", None),
+        ("p3s1", "schedule_payment", "circuit_open"),
+    ]
+    story = await payment_story(database, "INV-1001")
+    assert (story["status"], story["payments"], len(story["unavailable"])) == ("staged", 0, 1)
+    assert planner.script == []
