@@ -9,8 +9,9 @@ retries), the run does not try to write through it. A payment that cannot be mad
 replaced by two stand-in steps, ``<step>-ro1`` flag_exception (``payment_unavailable``:
 people must schedule it later) and ``<step>-ro2`` stage_invoice (so it stays ready to pay),
 which go through the gate like any step; no approval is asked for the payment. Any other
-unavailable write ends the phase (later steps may depend on it). Either way the run ends
-``escalated`` and says what was not done in ``degraded`` (copied to ``result.degraded``).
+unavailable write ends the phase (later steps may depend on it). Either way the run is
+marked ``escalated``, with what was not done in its reason and in ``degraded`` (which
+respond copies to ``result.degraded``).
 Because the gate refuses an open breaker's tool before it looks at approvals, a payment
 whose tool is known to be down never reaches a reviewer.
 """

@@ -361,6 +361,36 @@ async def test_the_breaker_opens_after_n_failures_refuses_at_once_and_half_opens
     ]
 
 
+async def broken_handler(ctx: CallContext, args: LookupArgs) -> LookupResult:
+    """A handler with a bug."""
+    raise ValueError("a bug, not an outage")
+
+
+async def test_a_bug_during_the_half_open_trial_propagates_and_frees_the_trial(
+    database: Database,
+) -> None:
+    clock = FakeClock()
+    board = BreakerBoard(clock=clock)
+    buggy = ToolSpec(
+        name="buggy_lookup",
+        description="Read an invoice's status (test tool with a bug).",
+        args_model=LookupArgs,
+        result_model=LookupResult,
+        tier=Tier.READ,
+        scopes=frozenset({"invoice_processing"}),
+        handler=broken_handler,
+    )
+    gate = ToolGate(database, ToolRegistry([*AP_TOOLS, buggy]), breakers=board)
+    run = Context(**FAST, breaker_failure_threshold=1, breaker_cooldown_s=10)
+    board.get("tool:buggy_lookup", failure_threshold=1, cooldown_s=10).record_failure()
+    clock.now += 10
+    with pytest.raises(ValueError, match="a bug"):
+        await gate.call(**call_args("buggy_lookup", {"invoice_id": "INV-1002"}, run))
+    # A bug says nothing about the backend: still half-open, and the next trial may run.
+    assert board.snapshot() == {"tool:buggy_lookup": "half_open"}
+    assert board.get("tool:buggy_lookup", failure_threshold=1, cooldown_s=10).allow()
+
+
 async def test_business_refusals_never_open_a_breaker(database: Database) -> None:
     board = BreakerBoard()
     gate = ToolGate(database, breakers=board)
