@@ -117,7 +117,7 @@ def _mask_account_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_mask_account_value(v) for v in value]
     if isinstance(value, Mapping):  # e.g. an edit diff: {"old": ..., "new": ...}
-        return {str(k): _mask_account_value(v) for k, v in value.items()}
+        return {_clean_text(str(k)): _mask_account_value(v) for k, v in value.items()}
     return mask_payload(value)
 
 
@@ -149,7 +149,10 @@ def mask_payload(value: Any) -> Any:
         return _clean_text(value)
     if isinstance(value, Mapping):
         return {
-            str(k): _mask_account_value(v) if _is_account_key(str(k)) else mask_payload(v)
+            # Keys are caller text too (a model's or a reviewer's): cleaned and masked alike.
+            _clean_text(str(k)): _mask_account_value(v)
+            if _is_account_key(str(k))
+            else mask_payload(v)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):

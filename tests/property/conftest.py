@@ -8,7 +8,7 @@ Profiles (choose with ``HYPOTHESIS_PROFILE``; default ``ci``):
   tests/property``).
 
 Tests that touch Postgres cap their own example counts below the profile's (each example
-runs the real graph or the real gate), via `db_examples`.
+runs the real graph or the real gate), via `tests.property.checks.db_examples`.
 
 Failing examples are saved under ``.data/hypothesis`` (git-ignored), so a rerun replays
 them first.
@@ -45,12 +45,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-
-def db_examples(ci: int) -> int:
-    """Examples for a test that runs real Postgres work: ``ci`` under the ci profile,
-    ten times that under dev."""
-    return ci if settings.default.max_examples <= 60 else ci * 10
 
 
 @pytest.fixture

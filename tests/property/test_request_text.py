@@ -14,7 +14,6 @@ import unicodedata
 import uuid
 from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -23,11 +22,10 @@ from guards.input_checks import MAX_REQUEST_CHARS, check_request, split_pasted
 from runtime.agent import open_agent
 from runtime.errors import BadInput
 from state.db import Database
-from tests.property.conftest import db_examples
+from tests.property.checks import VALID_STATUSES, assert_no_partial_writes, db_examples, rows
 from tests.property.strategies import WHITESPACE, huge_text, nasty_text, storable
 
 BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-VALID_STATUSES = {"completed", "interrupted", "refused", "escalated"}
 
 _IDS = st.sampled_from(
     ["INV-1001", "INV-1002", "INV-1007", "INV-1040", "INV-9999", "V-001", "PO-2001", "inv-1001"]
@@ -100,31 +98,14 @@ def test_split_pasted_is_total_and_keeps_only_text_from_the_request(text: str) -
 # --- the real graph ----------------------------------------------------------------------
 
 
-def _rows(uri: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(uri) as conn:
-        return list(conn.execute(query, params).fetchall())
-
-
-def assert_no_partial_writes(uri: str) -> None:
-    """Every side effect a tool wrote has its ledger row (same idempotency key)."""
-    for table in ("payments", "invoice_exceptions", "email_outbox", "vendor_bank_changes"):
-        orphans = _rows(
-            uri,
-            f"SELECT idempotency_key FROM {table} t WHERE idempotency_key NOT LIKE 'seed:%%'"
-            " AND NOT EXISTS (SELECT 1 FROM tool_calls c"
-            " WHERE c.idempotency_key = t.idempotency_key)",
-        )
-        assert orphans == [], f"{table} rows without a tool_calls ledger row: {orphans}"
-
-
 def assert_thread_consistent(uri: str, thread: str, view: dict[str, Any]) -> None:
     """What one started (never resumed) thread may have written."""
     assert view["status"] in VALID_STATUSES, view
     # Nobody resumed: no decision recorded, nothing irreversible done.
-    assert _rows(uri, "SELECT 1 FROM approval_decisions WHERE thread_id = %s", thread) == []
-    assert _rows(uri, "SELECT 1 FROM payments WHERE thread_id = %s", thread) == []
+    assert rows(uri, "SELECT 1 FROM approval_decisions WHERE thread_id = %s", thread) == []
+    assert rows(uri, "SELECT 1 FROM payments WHERE thread_id = %s", thread) == []
     assert (
-        _rows(
+        rows(
             uri,
             "SELECT tool FROM tool_calls WHERE thread_id = %s AND tier IN"
             " ('irreversible', 'destructive')",
@@ -132,10 +113,10 @@ def assert_thread_consistent(uri: str, thread: str, view: dict[str, Any]) -> Non
         )
         == []
     )
-    run = _rows(uri, "SELECT status FROM runs WHERE thread_id = %s", thread)
+    run = rows(uri, "SELECT status FROM runs WHERE thread_id = %s", thread)
     assert run == [(view["status"],)], (run, view["status"])
     if view["status"] == "refused":
-        assert _rows(uri, "SELECT tool FROM tool_calls WHERE thread_id = %s", thread) == []
+        assert rows(uri, "SELECT tool FROM tool_calls WHERE thread_id = %s", thread) == []
     if view["status"] == "interrupted":
         assert view["pending_approvals"], view
 
@@ -182,8 +163,8 @@ def test_text_postgres_cannot_store_is_refused_before_anything_is_written(db_uri
                 try:
                     view = await agent.start(text, user="clerk-ana", thread_id=thread)
                 except BadInput:
-                    written = _rows(db_uri, "SELECT 1 FROM runs WHERE thread_id = %s", thread)
-                    written += _rows(
+                    written = rows(db_uri, "SELECT 1 FROM runs WHERE thread_id = %s", thread)
+                    written += rows(
                         db_uri, "SELECT 1 FROM checkpoints WHERE thread_id = %s", thread
                     )
                     if written:

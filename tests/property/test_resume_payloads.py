@@ -13,7 +13,6 @@ import asyncio
 import uuid
 from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -23,9 +22,8 @@ from runtime.errors import BadInput, ResumeError
 from state.approvals import ApprovalRequest, ResumeIn, parse_resume
 from state.db import Database
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
-from tests.property.conftest import db_examples
+from tests.property.checks import VALID_STATUSES, assert_no_partial_writes, db_examples, rows
 from tests.property.strategies import JSON_VALUES, mutations_of, nasty_text
-from tests.property.test_request_text import VALID_STATUSES, assert_no_partial_writes
 
 REQUESTER = "clerk-ana"
 
@@ -172,11 +170,6 @@ def test_decision_messages_postgres_cannot_store_are_refused(decision: dict[str,
 # --- through Agent.resume on a real interrupted thread ----------------------------------------
 
 
-def _rows(uri: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(uri) as conn:
-        return list(conn.execute(query, params).fetchall())
-
-
 async def _interrupted_thread(agent: Agent) -> str:
     view = await agent.start("Validate INV-1001 and pay it if it matches", user=REQUESTER)
     assert view["status"] == "interrupted", view
@@ -226,7 +219,7 @@ def test_agent_resume_refuses_bad_payloads_without_writing_and_accepts_good_ones
                 before = await agent.pending(thread)
                 assert before
                 interrupt_id = before[0][0] if interrupt == "real" else interrupt
-                checkpoints = _rows(
+                checkpoints = rows(
                     db_uri, "SELECT count(*) FROM checkpoints WHERE thread_id = %s", thread
                 )
                 try:
@@ -236,13 +229,13 @@ def test_agent_resume_refuses_bad_payloads_without_writing_and_accepts_good_ones
                     after = await agent.pending(thread)
                     assert [i for i, _ in after] == [i for i, _ in before]
                     assert (
-                        _rows(
+                        rows(
                             db_uri, "SELECT 1 FROM approval_decisions WHERE thread_id = %s", thread
                         )
                         == []
                     )
                     assert (
-                        _rows(
+                        rows(
                             db_uri, "SELECT count(*) FROM checkpoints WHERE thread_id = %s", thread
                         )
                         == checkpoints
@@ -250,7 +243,7 @@ def test_agent_resume_refuses_bad_payloads_without_writing_and_accepts_good_ones
                     return
                 accepted.append(value)
                 assert view["status"] in VALID_STATUSES, view
-                decided = _rows(
+                decided = rows(
                     db_uri,
                     "SELECT reviewer_id, decision FROM approval_decisions WHERE thread_id = %s",
                     thread,

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from runtime.errors import WorldFileError
 from state.db import CONNECTION_KWARGS
 from state.world import SAMPLE_WORLD_PATH, World, load_world, parse_world, read_world
-from tests.property.conftest import db_examples
+from tests.property.checks import db_examples
 from tests.property.strategies import (
     JSON_SCALARS,
     JSON_VALUES,
