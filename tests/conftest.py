@@ -49,6 +49,17 @@ def _no_real_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ChatOpenAI, "_agenerate", refuse)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_breakers_and_no_faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Circuit breakers and injected faults are process-wide; no test inherits another's."""
+    from runtime.breakers import BREAKERS
+
+    monkeypatch.delenv("PAYABLES_FAULTS", raising=False)
+    BREAKERS.reset()
+    yield
+    BREAKERS.reset()
+
+
 def with_dbname(uri: str, dbname: str) -> str:
     """``uri`` pointing at database ``dbname``."""
     info = psycopg.conninfo.conninfo_to_dict(uri)
