@@ -94,10 +94,10 @@ def test_kill_in_the_verifier_then_continue_loses_nothing(
     )
 
 
-def test_kill_while_waiting_for_approval_loses_nothing(
+def test_kill_before_the_approval_request_loses_nothing(
     cli_env: dict[str, str], db_uri: str
 ) -> None:
-    """A process that dies at the interrupt leaves the approval pending, not lost."""
+    """A run that dies on its way to the approval asks for it once `continue` finishes it."""
     thread = "crash-at-approval"
     killed(
         cli_env,
@@ -125,3 +125,116 @@ def test_kill_while_waiting_for_approval_loses_nothing(
     done = payables_json(cli_env, "resume", thread, *APPROVE)
     assert done["status"] == "completed"
     assert count(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1
+
+
+@pytest.mark.parametrize(
+    ("point", "recorded"),
+    [
+        # The reviewer's answer reached the approval step; nothing is recorded yet.
+        ("before:approval", 0),
+        # The decision is in approval_decisions; the step's checkpoint is not written.
+        ("after:approval", 1),
+    ],
+)
+def test_kill_while_the_approval_is_being_answered_loses_nothing(
+    cli_env: dict[str, str], db_uri: str, point: str, recorded: int
+) -> None:
+    """The approval wait itself has no process: `run` exits at the interrupt and the wait
+    lives in Postgres. What can die is the process answering it; the approval stays
+    pending until an answer is checkpointed, and answering again neither double-counts
+    the reviewer nor pays twice."""
+    thread = f"crash-answering-{point.replace(':', '-')}"
+    view = payables_json(cli_env, "run", "Pay INV-1001", "--user", "clerk-ana", "--thread", thread)
+    asked = [a["interrupt_id"] for a in view["pending_approvals"]]
+    assert len(asked) == 1
+
+    killed(cli_env, point, "resume", thread, *APPROVE)
+    decisions = "SELECT count(*) FROM approval_decisions WHERE thread_id = %s"
+    assert count(db_uri, decisions, thread) == recorded
+    assert count(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 0
+    assert "waiting for approval" in payables_fails(cli_env, "continue", thread)
+
+    done = payables_json(cli_env, "resume", thread, *APPROVE)
+    assert done["status"] == "completed", done["reason"]
+    assert count(db_uri, decisions, thread) == 1
+    assert count(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1
+
+
+def dead_letters(db_uri: str, thread: str) -> list[dict[str, Any]]:
+    with psycopg.connect(db_uri, row_factory=psycopg.rows.dict_row) as conn:
+        return conn.execute(
+            "SELECT * FROM dead_letters WHERE thread_id = %s ORDER BY dead_letter_id", (thread,)
+        ).fetchall()
+
+
+def test_an_unexpected_failure_becomes_a_dead_letter_and_continue_finishes_the_run(
+    cli_env: dict[str, str], db_uri: str
+) -> None:
+    thread = "bug-in-verifier"
+    proc = payables(
+        {**cli_env, "PAYABLES_FAILPOINTS": "raise:verifier"},
+        "run",
+        "Validate INV-1002",
+        "--user",
+        "clerk-ana",
+        "--thread",
+        thread,
+    )
+    assert proc.returncode == 1, explain(proc)
+    assert "Traceback" not in proc.stderr, explain(proc)
+    [letter] = dead_letters(db_uri, thread)
+    assert f"dead letter {letter['dead_letter_id']}" in proc.stderr, explain(proc)
+    assert f"deadletters replay {letter['dead_letter_id']}" in proc.stderr, explain(proc)
+    assert letter["tenant"] == "default"
+    assert letter["action"] == "start"
+    assert letter["step"] == "verifier"
+    assert letter["error_class"] == "runtime.failpoints.FailpointError"
+    assert "failpoint verifier raised" in letter["message"]
+    assert letter["attempts"] == 1  # a bug is not retried
+    assert letter["status"] == "open"
+    payload = letter["payload"]
+    assert payload["action"] == "start"
+    assert payload["input"]["request"] == "Validate INV-1002"
+    assert payload["input"]["user"] == "clerk-ana"
+    assert payload["next"] == ["verifier"]
+    assert payload["context"]["tenant"] == "default"
+    history = payables_json(cli_env, "show", thread, "--history")
+    assert history["status"] == "failed"
+    assert payload["checkpoint_id"] == history["history"][-1]["checkpoint_id"]
+
+    done = payables_json(cli_env, "continue", thread)
+    assert done["status"] == "completed", done["reason"]
+    assert done["result"]["invoices"]["INV-1002"]["actions"] == ["staged"]
+
+
+def test_transient_database_errors_are_retried_and_a_step_that_runs_out_is_a_dead_letter(
+    cli_env: dict[str, str], db_uri: str
+) -> None:
+    thread = "flaky-database"
+    # The planner loses its connection twice and succeeds on its third attempt; the
+    # verifier loses it every time and gives up after the policy's five attempts.
+    proc = payables(
+        {**cli_env, "PAYABLES_FAILPOINTS": "flaky:before:planner:2,flaky:before:verifier:99"},
+        "run",
+        "Validate INV-1002",
+        "--user",
+        "clerk-ana",
+        "--thread",
+        thread,
+    )
+    assert proc.returncode == 1, explain(proc)
+    assert "Traceback" not in proc.stderr, explain(proc)
+    [letter] = dead_letters(db_uri, thread)
+    assert letter["step"] == "verifier"
+    assert letter["error_class"] == "psycopg.OperationalError"
+    assert letter["attempts"] == 5
+    assert "after 5 attempt(s)" in proc.stderr, explain(proc)
+
+    stalled = payables_json(cli_env, "show", thread)
+    assert stalled["status"] == "failed"
+    assert [s["tool"] for s in stalled["plan"]] == ["get_invoice", "compute_match"]
+
+    done = payables_json(cli_env, "continue", thread)
+    assert done["status"] == "completed", done["reason"]
+    assert done["result"]["invoices"]["INV-1002"]["actions"] == ["staged"]
+    assert len(dead_letters(db_uri, thread)) == 1

@@ -1,0 +1,168 @@
+"""Postgres restarts, or goes away for a while, in the middle of a run.
+
+The test owns a private Postgres (pgserver in a temporary folder) so it can restart it
+with `pg_ctl` without disturbing other tests. A sleep failpoint holds the `payables resume`
+child at a known point while the server goes down. Afterwards the run has either
+completed (the pool replaced its dead connections; a node retried) or ended resumable,
+and then `payables continue` completes it. Either way: one payment, the approval kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from runtime.settings import PROJECT_ROOT
+from state.db import CONNECTION_KWARGS, migrate
+from state.world import SAMPLE_WORLD_PATH, load_world, read_world
+from tests.cli import explain, payables_json
+from tests.integration.test_crash_recovery import APPROVE, count
+from tests.running import start
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+class PrivatePostgres:
+    """A pgserver cluster only this test uses, with stop, start and restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            from pgserver import get_server  # type: ignore[attr-defined]
+
+            self.server: Any = get_server(data_dir, cleanup_mode="delete")
+        self.uri: str = self.server.get_uri()
+        self.socket_dir = psycopg.conninfo.conninfo_to_dict(self.uri)["host"]
+
+    def pg_ctl(self, *args: str) -> None:
+        from pgserver._commands import pg_ctl  # type: ignore[import-untyped]
+
+        pg_ctl(
+            ["-w", "-l", str(self.server.log), *args],
+            pgdata=self.server.pgdata,
+            user=self.server.system_user,
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        self.pg_ctl("-m", "fast", "stop")
+
+    def start(self) -> None:
+        # The options pgserver starts it with: no TCP, the same socket folder.
+        self.pg_ctl("-o", '-h ""', "-o", f"-k {self.socket_dir}", "start")
+
+    def restart(self) -> None:
+        self.pg_ctl("-m", "fast", "restart")
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        except Exception:  # already stopped (a failed test may leave it either way)
+            pass
+        self.server.cleanup()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    # Not under pytest's tmp_path: every pytest session resets /tmp/pytest-of-USER to 0700,
+    # which locks out the system user pgserver runs Postgres as (when tests run as root).
+    parent = PROJECT_ROOT / ".data" / "test"
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="restart-", dir=parent))
+    server = PrivatePostgres(folder / "pg")
+
+    async def prepare() -> None:
+        await migrate(server.uri)
+        async with await psycopg.AsyncConnection.connect(server.uri, **CONNECTION_KWARGS) as conn:
+            await load_world(conn, read_world(SAMPLE_WORLD_PATH))
+
+    asyncio.run(prepare())
+    try:
+        yield server
+    finally:
+        server.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def restart_env(cli_env: dict[str, str], private_postgres: PrivatePostgres) -> dict[str, str]:
+    return {**cli_env, "DATABASE_URI": private_postgres.uri}
+
+
+@pytest.mark.parametrize(
+    ("point", "outage"),
+    [
+        # The reviewer's decision is recorded; the approval step's checkpoint is not yet
+        # written when the server restarts under it.
+        ("after:approval", "restart"),
+        # The payment has committed; the server is down for a few seconds while the run
+        # goes on to checkpoint it.
+        ("after_commit:schedule_payment", "down for 4s"),
+    ],
+)
+def test_postgres_going_away_mid_run_pays_once_and_keeps_the_approval(
+    restart_env: dict[str, str], private_postgres: PrivatePostgres, point: str, outage: str
+) -> None:
+    db_uri = private_postgres.uri
+    thread = "pg-restart"
+    view = payables_json(
+        restart_env, "run", "Pay INV-1001", "--user", "clerk-ana", "--thread", thread
+    )
+    assert view["status"] == "interrupted"
+
+    with start(
+        {**restart_env, "PAYABLES_FAILPOINTS": f"sleep:{point}:2"},
+        "resume",
+        thread,
+        *APPROVE,
+        "--json",
+    ) as child:
+        child.wait_for(f"failpoint {point}: sleeping")
+        if outage == "restart":
+            private_postgres.restart()
+        else:
+            private_postgres.stop()
+            time.sleep(4)  # the child wakes while the server is down
+            private_postgres.start()
+        resumed = child.finish()
+
+    assert "Traceback" not in resumed.stderr, explain(resumed)
+    if resumed.returncode == 0:
+        assert '"status": "completed"' in resumed.stdout, explain(resumed)
+    else:
+        # Ended resumable: the message says how to finish it.
+        assert resumed.returncode == 1, explain(resumed)
+        assert "continue" in resumed.stderr or "deadletters replay" in resumed.stderr
+        done = payables_json(restart_env, "continue", thread)
+        assert done["status"] == "completed", done["reason"]
+
+    final = payables_json(restart_env, "show", thread)
+    assert final["status"] == "completed"
+    assert final["result"]["invoices"]["INV-1001"]["actions"] == ["staged", "payment_scheduled"]
+    assert count(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1
+    assert (
+        count(
+            db_uri,
+            "SELECT count(*) FROM tool_calls WHERE tool = 'schedule_payment' AND thread_id = %s",
+            thread,
+        )
+        == 1
+    )
+    assert (
+        count(
+            db_uri,
+            "SELECT count(*) FROM approval_decisions WHERE thread_id = %s"
+            " AND reviewer_id = 'rev-1' AND decision = 'approve'",
+            thread,
+        )
+        == 1
+    )
