@@ -153,27 +153,35 @@ def test_generated_requests_end_in_a_valid_status_with_no_partial_write(db_uri: 
     ),
 )
 def test_text_postgres_cannot_store_is_refused_before_anything_is_written(db_uri: str) -> None:
-    cases = ["Validate INV-1001\x00", "\x00", "pay INV-1001 \ud800", "\udcff\udcfe"]
+    # (request, user): both land in the input checkpoint's JSONB.
+    cases = [
+        ("Validate INV-1001\x00", "clerk-ana"),
+        ("\x00", "clerk-ana"),
+        ("pay INV-1001 \ud800", "clerk-ana"),
+        ("\udcff\udcfe", "clerk-ana"),
+        ("Validate INV-1002", "clerk-\udcff"),
+        ("Validate INV-1002", "clerk\x00"),
+    ]
 
     async def go() -> list[str]:
         wrong = []
         async with open_agent(database=Database(db_uri, max_size=2)) as agent:
-            for text in cases:
+            for text, user in cases:
                 thread = str(uuid.uuid4())
                 try:
-                    view = await agent.start(text, user="clerk-ana", thread_id=thread)
+                    view = await agent.start(text, user=user, thread_id=thread)
                 except BadInput:
                     written = rows(db_uri, "SELECT 1 FROM runs WHERE thread_id = %s", thread)
                     written += rows(
                         db_uri, "SELECT 1 FROM checkpoints WHERE thread_id = %s", thread
                     )
                     if written:
-                        wrong.append(f"{text!r}: refused, but rows were written")
+                        wrong.append(f"{text!r}/{user!r}: refused, but rows were written")
                 except Exception as exc:
-                    wrong.append(f"{text!r}: {type(exc).__name__}: {str(exc)[:200]}")
+                    wrong.append(f"{text!r}/{user!r}: {type(exc).__name__}: {str(exc)[:200]}")
                 else:
                     if view["status"] != "refused":
-                        wrong.append(f"{text!r}: status {view['status']}")
+                        wrong.append(f"{text!r}/{user!r}: status {view['status']}")
         return wrong
 
     assert asyncio.run(go()) == []
