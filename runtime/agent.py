@@ -263,11 +263,14 @@ class Agent:
         replay_input: Any,
     ) -> RunFailed:
         """Record ``error`` as a dead letter and return the error that names it."""
-        step = failed_node(error)
+        node = failed_node(error)
+        step = node
         checkpoint_id: str | None = None
         next_steps: list[str] = []
+        saved: bool | None = None  # whether the thread has a checkpoint; None: unknown
         try:
             snapshot = await self.graph.aget_state(self.config(thread_id))
+            saved = bool(snapshot.values)
             checkpoint_id = snapshot.config.get("configurable", {}).get("checkpoint_id")
             next_steps = list(snapshot.next)
             if step is None:
@@ -278,7 +281,7 @@ class Agent:
         # A transient database error that escaped a node has used up the node's retries.
         attempts = (
             TRANSIENT_DB_RETRY.max_attempts
-            if step is not None and is_transient_db_error(error)
+            if node is not None and is_transient_db_error(error)
             else 1
         )
         summary = (
@@ -305,10 +308,16 @@ class Agent:
             )
         except Exception as exc:
             log.error("could not record the dead letter of thread %s: %s", thread_id, exc)
+            if saved is False:
+                then = "Nothing of the run was saved; run the request again."
+            else:
+                then = (
+                    f"`payables show {thread_id}` says where it stopped; `payables continue "
+                    f"{thread_id}` finishes it once the cause is fixed."
+                )
             return RunFailed(
                 f"{summary} It could not be recorded as a dead letter ({type(exc).__name__}: "
-                f"{exc}). The thread stays at its last checkpoint: `payables continue "
-                f"{thread_id}` retries it once the cause is fixed.",
+                f"{exc}). {then}",
                 thread_id=thread_id,
                 dead_letter_id=None,
             )

@@ -77,13 +77,17 @@ def _stop_requested(sig: signal.Signals, loop: asyncio.AbstractEventLoop) -> Non
 
 async def _with_stop_signals(coro: Coroutine[Any, Any, Any]) -> Any:
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        loop.add_signal_handler(sig, _stop_requested, sig, loop)
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, _stop_requested, sig, loop)
+        except (ValueError, RuntimeError, NotImplementedError):
+            continue  # not the main thread, or no signals here: the default action stays
+        installed.append(sig)
     try:
         return await coro
     finally:
-        for sig in signals:
+        for sig in installed:
             loop.remove_signal_handler(sig)
 
 
