@@ -23,14 +23,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from guards.redaction import RedactingFilter
+from guards.redaction import RedactingFilter, redact, redact_text
 from runtime.agent import SHUTDOWN, RunStopped, open_agent
 from runtime.errors import BadInput, PayablesError
-from runtime.settings import PROJECT_ROOT, Settings
+from runtime.replay import ReplayResult, replay_dead_letter
+from runtime.settings import DEFAULT_RETENTION_DAYS, PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES
 from state.audit import VerifyReport, format_time, timeline, verify_chain
 from state.db import Database, database_uri, default_database, migrate, redact_uri, schema_status
+from state.deadletters import get_dead_letter, list_dead_letters
 from state.graph_state import Attachment
+from state.retention import PruneReport, pruned_run
+from state.retention import prune as prune_checkpoints
 from state.runs import list_runs
 from state.world import SAMPLE_WORLD_PATH, SCHEMA_PATH, load_world, read_world, world_json_schema
 
@@ -480,6 +484,9 @@ def show(
 
     async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         async with open_agent() as agent:
+            pruned = await pruned_run(agent.database, thread)
+            if pruned is not None:
+                return _pruned_view(pruned), []
             view = await agent.view(thread)
             return view, (await agent.history(thread) if history else [])
 
@@ -488,6 +495,9 @@ def show(
         view["history"] = checkpoints
     if as_json:
         _print_json(view)
+        return
+    if view.get("pruned_at"):
+        _print_pruned(view)
         return
     _print_view(view)
     if view.get("result"):
@@ -637,6 +647,186 @@ def demo(
             out.print(f"    {cmd} resume {tid} --reject 'reason' --reviewer rev-1 --role {role}")
             out.print(f"    {cmd} show {tid}")
         out.print(f"\nAll pending approvals: [bold]{cmd} approvals[/]")
+
+
+# --- dead letters and retention -------------------------------------------------------
+
+deadletters_app = typer.Typer(
+    help="Runs that failed unexpectedly or ran out of retries: list, inspect, replay.",
+    no_args_is_help=True,
+)
+app.add_typer(deadletters_app, name="deadletters")
+
+DeadLetterId = Annotated[
+    int, typer.Argument(metavar="ID", help="Dead letter id (`payables deadletters list`).")
+]
+
+
+@deadletters_app.command("list")
+def deadletters_list(
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also list replayed and resolved ones.")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """List dead letters, newest first (only open ones unless --all)."""
+
+    async def go() -> list[dict[str, Any]]:
+        async with _migrated_database() as database:
+            return await list_dead_letters(
+                database, status=None if show_all else "open", limit=limit
+            )
+
+    rows = _run(go())
+    if as_json:
+        _print_json({"dead_letters": rows})
+        return
+    if not rows:
+        out.print("no dead letters" if show_all else "no open dead letters")
+        return
+    # One entry per dead letter, not a table: thread ids must stay whole to be copied.
+    for row in rows:
+        out.print(
+            f"[bold]{row['dead_letter_id']}[/] {row['status']:<12} "
+            f"{format_time(row['created_at'])}  thread {row['thread_id']}  "
+            f"{row['action']} at {row['step'] or '?'}, {row['attempts']} attempt(s)"
+        )
+        error = f"{row['error_class'].rsplit('.', 1)[-1]}: {row['message']}"
+        out.print(f"    {escape(error[:200])}")
+
+
+@deadletters_app.command("show")
+def deadletters_show(dead_letter: DeadLetterId, as_json: JsonOpt = False) -> None:
+    """One dead letter in full, with the (redacted) payload a replay uses."""
+
+    async def go() -> dict[str, Any] | None:
+        async with _migrated_database() as database:
+            return await get_dead_letter(database, dead_letter)
+
+    row = _run(go())
+    if row is None:
+        _fail(f"No dead letter {dead_letter}; `payables deadletters list --all` lists them.", 2)
+    row = redact(row)
+    if as_json:
+        _print_json(row)
+        return
+    out.print(f"[bold]dead letter[/] {row['dead_letter_id']}  status {row['status']}")
+    out.print(f"  thread   {row['thread_id']} (tenant {escape(row['tenant'])})")
+    out.print(
+        f"  action   {row['action']}, step {row['step'] or '-'}, {row['attempts']} attempt(s)"
+    )
+    out.print(f"  error    {row['error_class']}: {escape(row['message'])}")
+    out.print(f"  created  {format_time(row['created_at'])}")
+    if row["replayed_at"]:
+        out.print(f"  handled  {format_time(row['replayed_at'])}: {escape(row['replay_note'])}")
+    out.print_json(json.dumps(row["payload"], default=str))
+
+
+@deadletters_app.command("replay")
+def deadletters_replay(
+    dead_letter: DeadLetterId,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replay even if it was replayed or resolved before.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay a dead letter: finish the run from its last checkpoint (or start it again).
+
+    Side effects that had committed are not repeated (idempotency keys). A thread that
+    waits for an approval is not replayed: a reviewer answers it with `payables resume`.
+    """
+
+    async def go() -> ReplayResult:
+        async with open_agent() as agent:
+            return await replay_dead_letter(agent, dead_letter, force=force)
+
+    result: ReplayResult = _run(go())
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    out.print(f"[bold]dead letter[/] {dead_letter}: {result.outcome} ({escape(result.note)})")
+    if result.view is not None:
+        _print_view(result.view)
+
+
+def _pruned_view(run: dict[str, Any]) -> dict[str, Any]:
+    """What `payables show` prints for a thread whose checkpoints were pruned."""
+    return {
+        "thread_id": run["thread_id"],
+        "status": run["status"],
+        "route": run["route"],
+        "request": redact_text(run["request"]),
+        "user": run["requester"],
+        "summary": redact_text(run["summary"]),
+        "pending_approvals": [],
+        "pruned_at": run["pruned_at"],
+        "note": (
+            f"checkpoints pruned by retention on {format_time(run['pruned_at'])}; "
+            f"the audit trail remains (`payables audit show {run['thread_id']}`)"
+        ),
+    }
+
+
+def _print_pruned(view: dict[str, Any]) -> None:
+    out.print(f"[bold]thread[/] {view['thread_id']}")
+    out.print(f"  route   {view['route']}   status {view['status']}   [dim]pruned[/]")
+    out.print(f"  request {escape(view['request'])}")
+    if view["summary"]:
+        out.print(f"  summary {escape(view['summary'])}")
+    out.print(f"  {escape(view['note'])}")
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        int | None,
+        typer.Option(
+            "--older-than",
+            min=1,
+            help="Days since a thread finished (default: PAYABLES_RETENTION_DAYS, else "
+            f"{DEFAULT_RETENTION_DAYS}).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be pruned; change nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the checkpoints of threads that finished long ago; keep their history.
+
+    Only finished threads lose their checkpoints: a thread waiting for an approval, one
+    that can still be continued, or one with an open dead letter is kept. The run list,
+    the audit chain, approval decisions and the tool-call ledger stay as they are.
+    """
+
+    async def go() -> PruneReport:
+        days = older_than or Settings.from_env().retention_days
+        async with open_agent() as agent:
+            return await prune_checkpoints(
+                agent.database,
+                agent.graph,
+                older_than_days=days,
+                dry_run=dry_run,
+                lock=lambda thread: agent.thread_lock(thread, f"Thread {thread} is busy."),
+            )
+
+    report: PruneReport = _run(go())
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    totals = report.totals()
+    verb = "would prune" if report.dry_run else "pruned"
+    out.print(
+        f"{verb} {totals['threads']} thread(s) finished before {format_time(report.cutoff)}: "
+        f"{totals['checkpoints']} checkpoints, {totals['writes']} writes, "
+        f"{totals['blobs']} blobs"
+    )
+    for thread in report.pruned:
+        out.print(f"  {verb} {thread.thread_id} ({thread.status})")
+    for thread in report.kept:
+        reason = escape(thread.kept_because or "")
+        out.print(f"  kept {thread.thread_id} ({thread.status}): {reason}")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from runtime.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LANGGRAPH_DEV_PLACEHOLDER = ":memory:"
 """What `langgraph dev` sets `DATABASE_URI` to inside its own process."""
+DEFAULT_RETENTION_DAYS = 30
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +37,10 @@ class Settings:
     pool_max_size: int
     """Upper bound on pooled connections per process (`PAYABLES_POOL_MAX_SIZE`)."""
 
+    retention_days: int = DEFAULT_RETENTION_DAYS
+    """Finished threads' checkpoints older than this many days may be pruned
+    (`PAYABLES_RETENTION_DAYS`; `payables prune` uses it unless given `--older-than`)."""
+
     @classmethod
     def from_env(cls) -> Settings:
         """Read settings from the environment, failing loudly on malformed values."""
@@ -49,6 +54,16 @@ class Settings:
             ) from exc
         if pool_max_size < 1:
             raise ConfigError(f"PAYABLES_POOL_MAX_SIZE must be at least 1, got {pool_max_size}.")
+        raw_retention = os.environ.get("PAYABLES_RETENTION_DAYS") or str(DEFAULT_RETENTION_DAYS)
+        try:
+            retention_days = int(raw_retention)
+        except ValueError as exc:
+            raise ConfigError(
+                f"PAYABLES_RETENTION_DAYS must be a whole number of days, got {raw_retention!r}; "
+                "set it to a number such as 30 or unset it."
+            ) from exc
+        if retention_days < 1:
+            raise ConfigError(f"PAYABLES_RETENTION_DAYS must be at least 1, got {retention_days}.")
         data_dir = Path(os.environ.get("PAYABLES_DATA_DIR") or PROJECT_ROOT / ".data")
         uri = os.environ.get("DATABASE_URI") or None
         if uri == LANGGRAPH_DEV_PLACEHOLDER:
@@ -57,4 +72,5 @@ class Settings:
             database_uri=uri,
             data_dir=data_dir.resolve(),
             pool_max_size=pool_max_size,
+            retention_days=retention_days,
         )

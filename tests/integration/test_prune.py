@@ -1,0 +1,207 @@
+"""Retention on a real Postgres: `payables prune` deletes old finished threads' checkpoints.
+
+Threads are made old by moving their run row's `updated_at` back (the retention clock),
+as if the days had passed; nothing else about them is touched.
+"""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from runtime.agent import open_agent
+from state.db import Database
+from state.deadletters import record_dead_letter
+from state.retention import prune
+from tests.cli import explain, payables, payables_fails, payables_json
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+PAY_REQUEST = "Validate INV-1001 and pay it if it matches"
+APPROVE = {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}}
+CHECKPOINT_TABLES = ("checkpoints", "checkpoint_writes", "checkpoint_blobs")
+KEPT_TABLES = ("audit_events", "tool_calls", "approval_decisions", "runs", "invoices", "payments")
+
+
+def scalar(db_uri: str, sql: str, *params: Any) -> Any:
+    with psycopg.connect(db_uri) as conn:
+        row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def held(db_uri: str, thread: str) -> dict[str, int]:
+    """Rows each checkpoint table holds for ``thread``."""
+    return {
+        table: scalar(db_uri, f"SELECT count(*) FROM {table} WHERE thread_id = %s", thread)
+        for table in CHECKPOINT_TABLES
+    }
+
+
+def table_counts(db_uri: str) -> dict[str, int]:
+    return {table: scalar(db_uri, f"SELECT count(*) FROM {table}") for table in KEPT_TABLES}
+
+
+def plain(text: str) -> str:
+    """CLI error text without the box drawing and line wrapping of the terminal."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def age(db_uri: str, days: int, *threads: str) -> None:
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE runs SET updated_at = now() - make_interval(days => %s)"
+            " WHERE thread_id = ANY(%s)",
+            (days, list(threads)),
+        )
+
+
+async def finished_thread(database: Database, request: str = "Validate INV-1002") -> str:
+    async with open_agent(database=database) as agent:
+        view = await agent.start(request, user="clerk-ana")
+    assert view["status"] == "completed", view
+    return str(view["thread_id"])
+
+
+async def test_prune_deletes_only_old_finished_threads_checkpoints(
+    cli_env: dict[str, str], db_uri: str, database: Database
+) -> None:
+    async with open_agent(database=database) as agent:
+        old_done = (await agent.start("Validate INV-1002", user="clerk-ana"))["thread_id"]
+        waiting = await agent.start(PAY_REQUEST, user="clerk-ana")
+        assert waiting["status"] == "interrupted"
+        old_waiting = waiting["thread_id"]
+        recent_done = (await agent.start("Validate INV-1003", user="clerk-ben"))["thread_id"]
+    # A process killed mid-run whose run row already says completed (the respond node
+    # writes the row before the last checkpoint): the checkpoint has the last word.
+    old_stalled = "stalled"
+    proc = payables(
+        {**cli_env, "PAYABLES_FAILPOINTS": "verifier"},
+        *("run", "Validate INV-1005", "--user", "clerk-ana", "--thread", old_stalled),
+    )
+    assert proc.returncode == -signal.SIGKILL, explain(proc)
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        conn.execute("UPDATE runs SET status = 'completed' WHERE thread_id = %s", (old_stalled,))
+    age(db_uri, 40, old_done, old_waiting, old_stalled)
+    before = {t: held(db_uri, t) for t in (old_done, old_waiting, recent_done, old_stalled)}
+    assert all(n > 0 for n in before[old_done].values())
+    tables_before = table_counts(db_uri)
+
+    dry = payables_json(cli_env, "prune", "--older-than", "30", "--dry-run")
+    assert dry["dry_run"] is True
+    assert [t["thread_id"] for t in dry["threads"]] == [old_done]
+    assert dry["pruned"] == {
+        "threads": 1,
+        "checkpoints": before[old_done]["checkpoints"],
+        "writes": before[old_done]["checkpoint_writes"],
+        "blobs": before[old_done]["checkpoint_blobs"],
+    }
+    kept = {t["thread_id"]: t["kept_because"] for t in dry["kept"]}
+    assert set(kept) == {old_waiting, old_stalled}
+    assert "approval" in kept[old_waiting]
+    assert "next step (verifier)" in kept[old_stalled]
+    assert {t: held(db_uri, t) for t in before} == before
+    assert scalar(db_uri, "SELECT count(*) FROM runs WHERE pruned_at IS NOT NULL") == 0
+
+    done = payables_json(cli_env, "prune", "--older-than", "30")
+    assert done["dry_run"] is False
+    assert done["pruned"] == dry["pruned"]
+    assert held(db_uri, old_done) == dict.fromkeys(CHECKPOINT_TABLES, 0)
+    for thread in (old_waiting, recent_done, old_stalled):
+        assert held(db_uri, thread) == before[thread], thread
+    assert table_counts(db_uri) == tables_before
+    assert scalar(db_uri, "SELECT pruned_at FROM runs WHERE thread_id = %s", old_done)
+
+    verify = payables(cli_env, "audit", "verify")
+    assert verify.returncode == 0 and "intact" in verify.stdout, explain(verify)
+    shown = payables_json(cli_env, "show", old_done)
+    assert (shown["status"], shown["user"]) == ("completed", "clerk-ana")
+    assert shown["pruned_at"] and "pruned" in shown["note"]
+    text = payables(cli_env, "show", old_done)
+    assert text.returncode == 0 and "pruned" in text.stdout, explain(text)
+    listed = payables_json(cli_env, "threads")["threads"]
+    assert old_done in [row["thread_id"] for row in listed]
+
+    # The approval that was kept still works, and pays once.
+    paid = payables_json(
+        cli_env, "resume", old_waiting, "--approve", "--reviewer", "rev-1", "--role", "approver"
+    )
+    assert paid["status"] == "completed"
+    assert scalar(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1
+    assert payables_json(cli_env, "prune", "--older-than", "30")["pruned"]["threads"] == 0
+
+
+def test_prune_refuses_bad_ages_and_reads_the_retention_setting(
+    cli_env: dict[str, str],
+) -> None:
+    zero = plain(payables_fails(cli_env, "prune", "--older-than", "0"))
+    assert "'--older-than': Input should be greater than or equal to 1" in zero
+    assert "valid integer" in plain(payables_fails(cli_env, "prune", "--older-than", "soon"))
+    stderr = plain(payables_fails({**cli_env, "PAYABLES_RETENTION_DAYS": "a month"}, "prune"))
+    assert "PAYABLES_RETENTION_DAYS must be a whole number of days" in stderr
+    stderr = plain(payables_fails({**cli_env, "PAYABLES_RETENTION_DAYS": "0"}, "prune"))
+    assert "PAYABLES_RETENTION_DAYS must be at least 1" in stderr
+
+
+async def test_the_retention_setting_is_the_default_age(
+    cli_env: dict[str, str], db_uri: str, database: Database
+) -> None:
+    thread = await finished_thread(database)
+    age(db_uri, 40, thread)
+    longer = payables_json({**cli_env, "PAYABLES_RETENTION_DAYS": "50"}, "prune", "--dry-run")
+    assert (longer["older_than_days"], longer["pruned"]["threads"]) == (50, 0)
+    shorter = payables_json({**cli_env, "PAYABLES_RETENTION_DAYS": "35"}, "prune", "--dry-run")
+    assert (shorter["older_than_days"], shorter["pruned"]["threads"]) == (35, 1)
+    default = payables_json(cli_env, "prune", "--dry-run")
+    assert (default["older_than_days"], default["pruned"]["threads"]) == (30, 1)
+
+
+async def test_an_open_dead_letter_keeps_its_thread(database: Database, db_uri: str) -> None:
+    thread = await finished_thread(database)
+    number = await record_dead_letter(
+        database,
+        thread_id=thread,
+        tenant="default",
+        action="continue",
+        step="respond",
+        error=TimeoutError("respond timed out"),
+        attempts=3,
+        payload={"action": "continue", "input": None, "checkpoint_id": None, "context": {}},
+    )
+    later = datetime.now(UTC) + timedelta(days=31)
+    async with open_agent(database=database) as agent:
+        report = await prune(database, agent.graph, older_than_days=30, now=later)
+        assert report.pruned == []
+        assert [t.thread_id for t in report.kept] == [thread]
+        assert f"open dead letter(s) {number}" in (report.kept[0].kept_because or "")
+        with psycopg.connect(db_uri, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE dead_letters SET status = 'replayed' WHERE dead_letter_id = %s", (number,)
+            )
+        report = await prune(database, agent.graph, older_than_days=30, now=later)
+    assert [t.thread_id for t in report.pruned] == [thread]
+    assert held(db_uri, thread) == dict.fromkeys(CHECKPOINT_TABLES, 0)
+
+
+async def test_a_thread_whose_run_lock_is_held_is_kept(database: Database, db_uri: str) -> None:
+    thread = await finished_thread(database)
+    later = datetime.now(UTC) + timedelta(days=31)
+    async with open_agent(database=database) as agent:
+
+        def lock(thread_id: str) -> Any:
+            return agent.thread_lock(thread_id, f"Thread {thread_id} is busy.")
+
+        async with agent.thread_lock(thread, "held by the test"):
+            report = await prune(database, agent.graph, older_than_days=30, lock=lock, now=later)
+        assert report.pruned == []
+        assert [(t.thread_id, t.kept_because) for t in report.kept] == [
+            (thread, "a run on it is in progress right now")
+        ]
+        assert held(db_uri, thread)["checkpoints"] > 0
+        report = await prune(database, agent.graph, older_than_days=30, lock=lock, now=later)
+    assert [t.thread_id for t in report.pruned] == [thread]
+    assert held(db_uri, thread) == dict.fromkeys(CHECKPOINT_TABLES, 0)
