@@ -1,5 +1,5 @@
-"""CLI arguments: whatever a user types, `payables` exits 0, 1 or 2 with a message, never a
-traceback, and a refused command changes nothing.
+"""CLI arguments: whatever a user types, `payables` exits 0, or 2 with a message saying what
+to fix, never with a traceback, and a refused command changes nothing.
 
 Most examples run the real Typer app in-process (`typer.testing.CliRunner`, fast) against
 the test's database; a few run `payables` as a child process with bytes a shell can pass
@@ -36,15 +36,15 @@ from tests.property.test_world_files import FILE_TEXTS, WORLDS
 
 REQUESTER = "clerk-ana"
 
-# argv cannot carry NUL (exec refuses it), and a lone surrogate in an id is a known
-# runtime/agent.py bug with its own xfail test: see test_resume_payloads.py.
+# argv cannot carry NUL (exec refuses it). Ids stay printable: a lone surrogate or a
+# control character in a thread id is a known runtime/agent.py bug with its own xfail
+# tests (here and in test_resume_payloads.py).
 ARG_TEXT = nasty_text(max_size=30).filter(lambda t: "\x00" not in t)
 ID_TEXT = nasty_text(max_size=30).filter(lambda t: t.isprintable())
 
 
 def invoke(*args: str) -> Result:
-    result = CliRunner().invoke(app, list(args))
-    return result
+    return CliRunner().invoke(app, list(args))
 
 
 def assert_clean_exit(result: Result, codes: set[int] = {0, 2}) -> None:  # noqa: B006
