@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from langchain_core.runnables import RunnableConfig
@@ -337,8 +337,13 @@ class Agent:
         thread_id: str | None = None,
         attachments: list[Attachment] | None = None,
         context: Context | None = None,
+        action: Literal["start", "replay"] = "start",
     ) -> dict[str, Any]:
-        """Run a new request to completion or to its first interrupt; return the view."""
+        """Run a new request to completion or to its first interrupt; return the view.
+
+        ``action`` names the run in traces and in a dead letter if it fails (``replay``
+        when a dead letter's replay starts it again).
+        """
         thread_id = thread_id or str(uuid.uuid4())
         busy = f"Thread {thread_id} is being started by another process right now."
         async with self.thread_lock(thread_id, busy):
@@ -355,7 +360,7 @@ class Agent:
                 run_input,
                 context=context,
                 actor=user,
-                action="start",
+                action=action,
                 replay_input=run_input,
             )
             return await self.view(thread_id)
@@ -418,12 +423,17 @@ class Agent:
             return await self.view(thread_id)
 
     async def continue_run(
-        self, thread_id: str, *, context: Context | None = None
+        self,
+        thread_id: str,
+        *,
+        context: Context | None = None,
+        action: Literal["continue", "replay"] = "continue",
     ) -> dict[str, Any]:
         """Finish a run that stopped between checkpoints (a crash, a kill, a lost database).
 
         The graph re-runs the interrupted step from its last checkpoint; the gate's
         idempotency keys turn any side effect that had already committed into a replay.
+        ``action`` names the run in traces and in a dead letter if it fails again.
         """
         busy = f"Thread {thread_id} is being run by another process right now."
         async with self.thread_lock(thread_id, busy):
@@ -443,7 +453,7 @@ class Agent:
                 None,
                 context=context,
                 actor="recovery",
-                action="continue",
+                action=action,
                 replay_input=None,
             )
             return await self.view(thread_id)
