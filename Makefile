@@ -58,8 +58,9 @@ check: format-check lint typecheck test ## Everything CI runs
 eval: install ## Evaluation suites (arrive with the evals issue)
 	@echo "make eval: the scenario runner and ragas metrics arrive with the evals issue (#5)."
 
-bench: install ## Benchmarks (arrive with the performance issue)
-	@echo "make bench: the benchmark harness arrives with the performance issue (#7)."
+BENCH_ARGS ?=
+bench: install ## Agent overhead vs bare LangGraph and plain psycopg; prints a table, writes reports/bench/bench.json
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv, caches and the embedded database
 	rm -rf $(VENV) .tools .data .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,745 @@
+"""The measurements: each a median of repeated runs, comparisons taken side by side.
+
+One process, one event loop, one private database (`bench.world.fresh_database`). For the
+invoice flow (``Validate INV-…``: a clean match, staged, no approval) and the approval flow
+(``Pay INV-…``: run to the approval interrupt, then resume with an approval) every
+repetition runs the agent, the bare graph on the same path (`bench.bare_graph`) and the
+floor (plain psycopg commits of the same bytes) one after the other, in rotating order, so
+the machine's load at that moment weighs on all three alike.
+
+Figures:
+
+- wall time per run and per graph step, agent and bare; ratios agent/bare, agent/floor;
+- checkpoint bytes per run and per step (checkpoint rows, channel blobs, pending writes);
+- checkpoint growth for runs of 5, 20 and 50 planned steps (`bench.models.ReadPlanner`):
+  bytes per step at each length and the growth exponent (1 = linear, 2 = quadratic);
+- throughput: completed invoice runs per second with 1, 4, 16, 64 concurrent runs (threads,
+  in LangGraph's sense) on one event loop sharing one pool, and where it stops scaling;
+- resume latency: `Agent.resume` from the call to the completion it runs to;
+- memory: the process's resident set over a long series of runs, and its growth per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import itertools
+import os
+import platform
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import psycopg
+from langgraph.types import Command
+
+from bench.bare_graph import BareContext, build_bare_graph
+from bench.models import ReadPlanModels
+from bench.world import clone_invoice_id, fresh_database
+from graphs.payables import build_graph
+from nodes.deps import NodeDeps
+from runtime.agent import Agent, open_agent
+from runtime.context import Context
+from state.db import CONNECTION_KWARGS, Database
+
+DURABILITY = "sync"
+"""What `runtime.agent.Agent` runs with; the bare graph runs with the same."""
+
+APPROVE = {"decisions": [{"type": "approve"}], "reviewer": {"id": "bench-rev", "role": "approver"}}
+"""The reviewer's answer in the approval flow (one action, no special role needed)."""
+
+CLERK = "bench-clerk"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How much to measure; the defaults fit `make bench` into a few minutes on 2 cores."""
+
+    reps: int = 15
+    """Repetitions of each side-by-side comparison (the medians' sample size)."""
+    warmup: int = 3
+    """Runs of each kind made first and not counted (caches, pool, JIT-free Python paths)."""
+    approval_reps: int = 10
+    growth_steps: tuple[int, ...] = (5, 20, 50)
+    growth_reps: int = 3
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    throughput_seconds: float = 8.0
+    """How long each concurrency level keeps starting runs."""
+    memory_runs: int = 1000
+    memory_concurrency: int = 16
+    memory_samples: int = 10
+    pool_size: int = 20
+    """The agent's connection pool (`PAYABLES_POOL_MAX_SIZE` in production)."""
+    validate_invoices: int = 100
+    """Bench invoices the validation runs cycle through (re-validating is the same path)."""
+
+    @property
+    def approval_invoices(self) -> int:
+        """Invoices the approval flow pays, one each (an invoice is paid once)."""
+        return self.warmup + self.approval_reps
+
+    @property
+    def clones(self) -> int:
+        """Bench invoices the world needs."""
+        return max(self.validate_invoices + self.approval_invoices, max(self.growth_steps))
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        """Tiny counts: every figure, in seconds (the smoke test, `--quick`)."""
+        return cls(
+            reps=2,
+            warmup=1,
+            approval_reps=2,
+            growth_steps=(2, 4, 8),
+            growth_reps=1,
+            concurrency=(1, 2, 4),
+            throughput_seconds=0.5,
+            memory_runs=12,
+            memory_concurrency=4,
+            memory_samples=3,
+            pool_size=6,
+            validate_invoices=8,
+        )
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def summary(values: Sequence[float]) -> dict[str, float | int]:
+    """Median, p90, min and max of ``values`` (milliseconds or bytes), and how many."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no measurements to summarise")
+    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+    return {
+        "median": statistics.median(ordered),
+        "p90": p90,
+        "min": ordered[0],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator``, or None when the denominator is zero."""
+    return numerator / denominator if denominator else None
+
+
+def growth_exponent(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log(bytes) on log(steps): 1 is linear, 2 quadratic."""
+    import math
+
+    usable = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
+    if len(usable) < 2:
+        return None
+    mean_x = statistics.fmean(x for x, _ in usable)
+    mean_y = statistics.fmean(y for _, y in usable)
+    spread = sum((x - mean_x) ** 2 for x, _ in usable)
+    if spread == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in usable) / spread
+
+
+def stops_scaling_at(levels: Sequence[dict[str, Any]], gain: float = 1.1) -> int | None:
+    """The first concurrency level that adds less than ``gain``× over the one before it."""
+    for before, level in itertools.pairwise(levels):
+        if level["runs_per_s"] < gain * before["runs_per_s"]:
+            return int(level["concurrency"])
+    return None
+
+
+async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    """Milliseconds ``call`` took, and what it returned."""
+    started = time.perf_counter()
+    result = await call()
+    return (time.perf_counter() - started) * 1000, result
+
+
+def rotations(count: int, kinds: int) -> Iterator[list[int]]:
+    """Orders of ``kinds`` measurements per repetition, rotating so none is always first."""
+    for rep in range(count):
+        yield [(rep + k) % kinds for k in range(kinds)]
+
+
+# --- the process --------------------------------------------------------------------------
+
+
+def rss_mb() -> float:
+    """Resident set of the process now, in MiB (Linux /proc; else the peak)."""
+    return _proc_status("VmRSS") or peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of the process, in MiB."""
+    from_proc = _proc_status("VmHWM")
+    if from_proc:
+        return from_proc
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_status(key: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures came from: CPU, cores, memory, OS, Python, library versions, load."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
+                cpu,
+            )
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            kb = next(int(line.split()[1]) for line in info if line.startswith("MemTotal:"))
+            memory_gb = round(kb / 1024 / 1024, 1)
+    except (OSError, StopIteration):
+        pass
+    versions: dict[str, str | None] = {}
+    for package in (
+        "langgraph",
+        "langgraph-checkpoint",
+        "langgraph-checkpoint-postgres",
+        "psycopg",
+        "psycopg-pool",
+    ):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+# --- the database -------------------------------------------------------------------------
+
+
+CHECKPOINT_BYTES_SQL = """
+SELECT
+  (SELECT coalesce(sum(octet_length(checkpoint::text) + octet_length(metadata::text)), 0)
+     FROM checkpoints WHERE thread_id = %(t)s) AS checkpoints,
+  (SELECT coalesce(sum(octet_length(blob)), 0)
+     FROM checkpoint_blobs WHERE thread_id = %(t)s) AS blobs,
+  (SELECT coalesce(sum(octet_length(blob)), 0)
+     FROM checkpoint_writes WHERE thread_id = %(t)s) AS writes,
+  (SELECT count(*) FROM checkpoints WHERE thread_id = %(t)s) AS count
+"""
+
+
+async def checkpoint_bytes(database: Database, thread_id: str) -> dict[str, int]:
+    """Bytes a thread's checkpoints hold: rows, channel blobs and pending writes."""
+    async with database.connection() as conn:
+        cur = await conn.execute(CHECKPOINT_BYTES_SQL, {"t": thread_id})
+        row = await cur.fetchone()
+    assert row is not None
+    parts = {k: int(row[k]) for k in ("checkpoints", "blobs", "writes")}
+    return {**parts, "total": sum(parts.values()), "checkpoints_count": int(row["count"])}
+
+
+class Floor:
+    """Plain psycopg on the same Postgres: commit N rows of B bytes, one commit each.
+
+    The payload is random bytes, so Postgres cannot compress it (checkpoint JSON and
+    msgpack compress a little): a conservative floor.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Use ``conn`` (autocommit), which the caller owns."""
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, uri: str) -> Floor:
+        """Connect and create the floor's table."""
+        conn = await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS bench_floor (id BIGSERIAL PRIMARY KEY,"
+            " thread_id TEXT NOT NULL, payload BYTEA NOT NULL)"
+        )
+        return cls(conn)
+
+    async def commit_rows(self, rows: int, row_bytes: int) -> float:
+        """Milliseconds to insert and commit ``rows`` rows of ``row_bytes`` each."""
+        thread_id = uuid.uuid4().hex
+        payloads = [os.urandom(max(row_bytes, 1)) for _ in range(rows)]
+        started = time.perf_counter()
+        for payload in payloads:
+            await self.conn.execute(
+                "INSERT INTO bench_floor (thread_id, payload) VALUES (%s, %s)",
+                (thread_id, payload),
+            )
+        return (time.perf_counter() - started) * 1000
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.conn.close()
+
+
+# --- flows --------------------------------------------------------------------------------
+
+
+async def graph_path(agent: Agent, thread_id: str) -> tuple[str, ...]:
+    """The nodes a finished run executed, in order (from its checkpoint history)."""
+    history = await agent.history(thread_id)
+    return tuple(n for h in history for n in h["next"] if n != "__start__")
+
+
+class Invoices:
+    """Bench invoices handed out: a cycle for validation, each once for payment."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        """Split the clones: validation first, then the ones to pay."""
+        self._validate = itertools.cycle(range(config.validate_invoices))
+        self._pay = iter(
+            range(config.validate_invoices, config.validate_invoices + config.approval_invoices)
+        )
+
+    def to_validate(self) -> str:
+        """An invoice to validate (the same clean match every time)."""
+        return clone_invoice_id(next(self._validate))
+
+    def to_pay(self) -> str:
+        """An invoice never paid before."""
+        try:
+            return clone_invoice_id(next(self._pay))
+        except StopIteration:
+            raise RuntimeError("the bench world has no unpaid bench invoice left") from None
+
+
+@dataclass
+class Bench:
+    """The agent, the bare graph and the floor on one private database."""
+
+    agent: Agent
+    database: Database
+    floor: Floor
+    config: BenchConfig
+    invoices: Invoices
+    bare: Any = None
+    log: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        saver = self.agent.graph.checkpointer
+        self.bare = build_bare_graph(saver)
+
+    async def validate(self) -> dict[str, Any]:
+        """One invoice-flow run; it must complete with the invoice staged."""
+        invoice = self.invoices.to_validate()
+        view = await self.agent.start(f"Validate {invoice}", user=CLERK)
+        if view["status"] != "completed":
+            raise RuntimeError(
+                f"invoice flow on {invoice} ended {view['status']}: {view['reason']}"
+            )
+        return view
+
+    async def bare_run(self, path: tuple[str, ...], resumes: int = 0) -> tuple[float, float]:
+        """One bare run along ``path``: (ms to the first stop, ms of the resumes)."""
+        config: Any = {"configurable": {"thread_id": f"bare-{uuid.uuid4()}"}}
+        context = BareContext(path=path)
+        first, _ = await timed(
+            lambda: self.bare.ainvoke(
+                {"request": "bench", "position": 0},
+                config,
+                context=context,
+                durability=DURABILITY,
+            )
+        )
+        resumed = 0.0
+        for _ in range(resumes):
+            elapsed, _ = await timed(
+                lambda: self.bare.ainvoke(
+                    Command(resume={"type": "approve"}),
+                    config,
+                    context=context,
+                    durability=DURABILITY,
+                )
+            )
+            resumed += elapsed
+        state = await self.bare.aget_state(config)
+        if state.next:
+            raise RuntimeError(f"bare run stopped early at {state.next}")
+        return first, resumed
+
+    async def invoice_flow(self) -> dict[str, Any]:
+        """Invoice flow: agent vs bare vs floor, side by side."""
+        config = self.config
+        for _ in range(config.warmup):
+            view = await self.validate()
+        path = await graph_path(self.agent, view["thread_id"])
+        sizes = await checkpoint_bytes(self.database, view["thread_id"])
+        steps = len(path)
+        for _ in range(config.warmup):
+            await self.bare_run(path)
+        agent_ms: list[float] = []
+        bare_ms: list[float] = []
+        floor_ms: list[float] = []
+        bytes_per_run: list[int] = []
+        for order in rotations(config.reps, 3):
+            for kind in order:
+                if kind == 0:
+                    elapsed, view = await timed(self.validate)
+                    agent_ms.append(elapsed)
+                    sizes = await checkpoint_bytes(self.database, view["thread_id"])
+                    bytes_per_run.append(sizes["total"])
+                elif kind == 1:
+                    elapsed, _ = await self.bare_run(path)
+                    bare_ms.append(elapsed)
+                else:
+                    row_bytes = sizes["total"] // max(steps, 1)
+                    floor_ms.append(await self.floor.commit_rows(steps, row_bytes))
+        bare_bytes = await self._last_bare_thread_bytes()
+        agent = summary(agent_ms)
+        bare = summary(bare_ms)
+        floor = summary(floor_ms)
+        run_bytes = summary(bytes_per_run)
+        return {
+            "request": "Validate INV-<clean match>",
+            "path": list(path),
+            "steps": steps,
+            "agent_ms": agent,
+            "bare_ms": bare,
+            "floor_ms": floor,
+            "agent_ms_per_step": agent["median"] / steps,
+            "bare_ms_per_step": bare["median"] / steps,
+            "floor_ms_per_step": floor["median"] / steps,
+            "ratio_agent_bare": ratio(agent["median"], bare["median"]),
+            "ratio_agent_floor": ratio(agent["median"], floor["median"]),
+            "checkpoint_bytes_per_run": run_bytes["median"],
+            "checkpoint_bytes_per_step": run_bytes["median"] / steps,
+            "bare_checkpoint_bytes_per_run": bare_bytes,
+        }
+
+    async def _last_bare_thread_bytes(self) -> int:
+        async with self.database.connection() as conn:
+            cur = await conn.execute(
+                "SELECT thread_id FROM checkpoints WHERE thread_id LIKE 'bare-%%'"
+                " ORDER BY checkpoint_id DESC LIMIT 1"
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return 0
+        return (await checkpoint_bytes(self.database, row["thread_id"]))["total"]
+
+    async def pay(self) -> tuple[float, float, str]:
+        """One approval-flow run: (ms to the interrupt, ms of the resume, thread)."""
+        invoice = self.invoices.to_pay()
+        start_ms, view = await timed(lambda: self.agent.start(f"Pay {invoice}", user=CLERK))
+        if view["status"] != "interrupted":
+            raise RuntimeError(
+                f"approval flow on {invoice} ended {view['status']} before "
+                f"approval: {view['reason']}"
+            )
+        thread_id = view["thread_id"]
+        resume_ms, done = await timed(lambda: self.agent.resume(thread_id, APPROVE))
+        if done["status"] != "completed" or done["pending_approvals"]:
+            raise RuntimeError(
+                f"approval flow on {invoice} ended {done['status']} after "
+                f"approval: {done['reason']}"
+            )
+        return start_ms, resume_ms, thread_id
+
+    async def approval_flow(self) -> dict[str, Any]:
+        """Approval flow (interrupt, then resume): agent vs bare vs floor, side by side."""
+        config = self.config
+        for _ in range(config.warmup):
+            _, _, thread_id = await self.pay()
+        path = await graph_path(self.agent, thread_id)
+        sizes = await checkpoint_bytes(self.database, thread_id)
+        steps = len(path)
+        interrupt_at = path.index("approval") + 1
+        for _ in range(config.warmup):
+            await self.bare_run(path, resumes=1)
+        agent_start: list[float] = []
+        agent_resume: list[float] = []
+        bare_start: list[float] = []
+        bare_resume: list[float] = []
+        floor_ms: list[float] = []
+        bytes_per_run: list[int] = []
+        for order in rotations(config.approval_reps, 3):
+            for kind in order:
+                if kind == 0:
+                    start_ms, resume_ms, thread_id = await self.pay()
+                    agent_start.append(start_ms)
+                    agent_resume.append(resume_ms)
+                    sizes = await checkpoint_bytes(self.database, thread_id)
+                    bytes_per_run.append(sizes["total"])
+                elif kind == 1:
+                    first, resumed = await self.bare_run(path, resumes=1)
+                    bare_start.append(first)
+                    bare_resume.append(resumed)
+                else:
+                    row_bytes = sizes["total"] // max(steps, 1)
+                    floor_ms.append(await self.floor.commit_rows(steps, row_bytes))
+        totals = [a + b for a, b in zip(agent_start, agent_resume, strict=True)]
+        bare_totals = [a + b for a, b in zip(bare_start, bare_resume, strict=True)]
+        agent = summary(totals)
+        bare = summary(bare_totals)
+        floor = summary(floor_ms)
+        resume = summary(agent_resume)
+        bare_resume_s = summary(bare_resume)
+        run_bytes = summary(bytes_per_run)
+        return {
+            "request": "Pay INV-<clean match>, then approve",
+            "path": list(path),
+            "steps": steps,
+            "steps_before_interrupt": interrupt_at,
+            "agent_ms": agent,
+            "agent_start_ms": summary(agent_start),
+            "agent_resume_ms": resume,
+            "bare_ms": bare,
+            "bare_start_ms": summary(bare_start),
+            "bare_resume_ms": bare_resume_s,
+            "floor_ms": floor,
+            "agent_ms_per_step": agent["median"] / steps,
+            "bare_ms_per_step": bare["median"] / steps,
+            "ratio_agent_bare": ratio(agent["median"], bare["median"]),
+            "ratio_agent_floor": ratio(agent["median"], floor["median"]),
+            "resume_ratio_agent_bare": ratio(resume["median"], bare_resume_s["median"]),
+            "checkpoint_bytes_per_run": run_bytes["median"],
+            "checkpoint_bytes_per_step": run_bytes["median"] / steps,
+        }
+
+    async def checkpoint_growth(self) -> dict[str, Any]:
+        """Checkpoint bytes and time for runs of each planned length."""
+        gate = self.agent.gate
+        context = Context(max_tool_calls=500, max_steps=1000)
+        points: list[dict[str, Any]] = []
+        for planned in self.config.growth_steps:
+            graph = build_graph(
+                NodeDeps(gate=gate, models=ReadPlanModels(planned)),
+                checkpointer=self.agent.graph.checkpointer,
+            )
+            long_runs = Agent(graph=graph, database=self.database, gate=gate)
+            timings: list[float] = []
+            sizes: dict[str, int] = {}
+            steps = 0
+            for _ in range(self.config.growth_reps):
+                elapsed, view = await timed(
+                    functools.partial(
+                        long_runs.start,
+                        f"Validate {clone_invoice_id(0)}",
+                        user=CLERK,
+                        context=context,
+                    )
+                )
+                if view["status"] != "completed":
+                    raise RuntimeError(
+                        f"{planned}-step run ended {view['status']}: {view['reason']}"
+                    )
+                timings.append(elapsed)
+                sizes = await checkpoint_bytes(self.database, view["thread_id"])
+                steps = len(await graph_path(long_runs, view["thread_id"]))
+            ms = statistics.median(timings)
+            points.append(
+                {
+                    "plan_steps": planned,
+                    "graph_steps": steps,
+                    "checkpoint_bytes": sizes["total"],
+                    "bytes_per_step": sizes["total"] / steps,
+                    "bytes_by_kind": {k: sizes[k] for k in ("checkpoints", "blobs", "writes")},
+                    "ms": ms,
+                    "ms_per_step": ms / steps,
+                }
+            )
+        exponent = growth_exponent([(p["graph_steps"], p["checkpoint_bytes"]) for p in points])
+        first, last = points[0], points[-1]
+        return {
+            "runs": points,
+            "growth_exponent": exponent,
+            "per_step_ratio_longest_vs_shortest": ratio(
+                last["bytes_per_step"], first["bytes_per_step"]
+            ),
+            "linear": exponent is not None and exponent < 1.25,
+        }
+
+    async def _run_many(self, count: int | None, concurrency: int, until: float | None) -> int:
+        """Run invoice flows with ``concurrency`` workers: ``count`` runs, or until ``until``."""
+        done = 0
+        budget = itertools.count() if count is None else iter(range(count))
+
+        async def worker() -> None:
+            nonlocal done
+            while True:
+                if until is not None and time.perf_counter() >= until:
+                    return
+                if next(budget, None) is None:
+                    return
+                await self.validate()
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done
+
+    async def throughput(self) -> dict[str, Any]:
+        """Completed invoice runs per second at each concurrency level."""
+        levels: list[dict[str, Any]] = []
+        for concurrency in self.config.concurrency:
+            await self._run_many(concurrency, concurrency, None)  # warm the pool to this size
+            started = time.perf_counter()
+            runs = await self._run_many(None, concurrency, started + self.config.throughput_seconds)
+            seconds = time.perf_counter() - started
+            levels.append(
+                {
+                    "concurrency": concurrency,
+                    "runs": runs,
+                    "seconds": seconds,
+                    "runs_per_s": runs / seconds,
+                    "ms_per_run_latency": seconds * 1000 * concurrency / runs if runs else None,
+                }
+            )
+            self.log(f"  throughput x{concurrency}: {runs / seconds:.2f} runs/s")
+        base = levels[0]["runs_per_s"]
+        for level in levels:
+            level["speedup"] = ratio(level["runs_per_s"], base)
+        return {
+            "levels": levels,
+            "pool_size": self.config.pool_size,
+            "stops_scaling_at": stops_scaling_at(levels),
+        }
+
+    async def memory(self) -> dict[str, Any]:
+        """Resident memory over `BenchConfig.memory_runs` invoice runs, sampled evenly."""
+        config = self.config
+        per_sample = max(1, config.memory_runs // config.memory_samples)
+        samples: list[dict[str, float]] = []
+        runs = 0
+        gc.collect()
+        start_mb = rss_mb()
+        while runs < config.memory_runs:
+            batch = min(per_sample, config.memory_runs - runs)
+            runs += await self._run_many(batch, config.memory_concurrency, None)
+            gc.collect()
+            samples.append({"runs": runs, "rss_mb": rss_mb()})
+        # Growth is measured after the first sample: pools, caches and the allocator settle.
+        steady = samples[1:] if len(samples) > 2 else samples
+        slope = None
+        if len(steady) >= 2:
+            xs = [s["runs"] for s in steady]
+            ys = [s["rss_mb"] for s in steady]
+            mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+            spread = sum((x - mean_x) ** 2 for x in xs)
+            if spread:
+                slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
+                slope /= spread
+        return {
+            "runs": runs,
+            "concurrency": config.memory_concurrency,
+            "rss_mb_before": start_mb,
+            "rss_mb_after": samples[-1]["rss_mb"],
+            "peak_rss_mb": peak_rss_mb(),
+            "growth_kb_per_run": slope * 1024 if slope is not None else None,
+            "samples": samples,
+        }
+
+
+# --- the whole bench ----------------------------------------------------------------------
+
+
+async def run_bench(
+    config: BenchConfig, *, log: Callable[[str], None] = print, server: str | None = None
+) -> dict[str, Any]:
+    """Every measurement on a fresh database; returns the report (see `bench.report`)."""
+    started = time.perf_counter()
+    begun = datetime.now(UTC)
+    machine_info = machine()
+    log(f"bench database: {config.clones} bench invoices on a fresh database")
+    async with fresh_database(config.clones, server) as uri:
+        database = Database(uri, max_size=config.pool_size)
+        floor = await Floor.open(uri)
+        try:
+            async with open_agent(database=database) as agent:
+                async with database.connection() as conn:
+                    cur = await conn.execute("SHOW server_version")
+                    row = await cur.fetchone()
+                    machine_info["postgres"] = row["server_version"] if row else None
+                bench = Bench(agent, database, floor, config, Invoices(config), log=log)
+                log("invoice flow (agent | bare | floor) ...")
+                invoice = await bench.invoice_flow()
+                log("approval flow (interrupt, resume) ...")
+                approval = await bench.approval_flow()
+                log("checkpoint growth ...")
+                growth = await bench.checkpoint_growth()
+                log("throughput ...")
+                throughput = await bench.throughput()
+                log("memory ...")
+                memory = await bench.memory()
+        finally:
+            await floor.close()
+    report: dict[str, Any] = {
+        "started_at": begun.isoformat(timespec="seconds"),
+        "duration_s": time.perf_counter() - started,
+        "machine": {**machine_info, "load_average_1m_after": os.getloadavg()[0]},
+        "config": asdict(config),
+        "durability": DURABILITY,
+        "invoice_flow": invoice,
+        "approval_flow": approval,
+        "resume_latency": {
+            "agent_ms": approval["agent_resume_ms"],
+            "bare_ms": approval["bare_resume_ms"],
+            "ratio_agent_bare": approval["resume_ratio_agent_bare"],
+        },
+        "checkpoint_growth": growth,
+        "throughput": throughput,
+        "memory": memory,
+    }
+    report["targets"] = targets(report)
+    return report
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    invoice = report["invoice_flow"]
+    growth = report["checkpoint_growth"]
+    levels = {level["concurrency"]: level for level in report["throughput"]["levels"]}
+    single = levels.get(1)
+    sixteen = levels.get(16)
+    speedup = ratio(sixteen["runs_per_s"], single["runs_per_s"]) if single and sixteen else None
+    memory = report["memory"]
+    growth_kb = memory["growth_kb_per_run"]
+    return [
+        {
+            "target": "agent / bare LangGraph <= 1.5x (invoice flow)",
+            "value": invoice["ratio_agent_bare"],
+            "met": invoice["ratio_agent_bare"] is not None and invoice["ratio_agent_bare"] <= 1.5,
+        },
+        {
+            "target": "checkpoint bytes per step bounded by a constant (5 -> 50 steps)",
+            "value": growth["per_step_ratio_longest_vs_shortest"],
+            "met": growth["linear"],
+        },
+        {
+            "target": "throughput with 16 concurrent runs >= 3x one",
+            "value": speedup,
+            "met": speedup is not None and speedup >= 3,
+        },
+        {
+            "target": "no memory growth per run (< 1 KiB/run after warm-up)",
+            "value": growth_kb,
+            "met": growth_kb is not None and growth_kb < 1.0,
+        },
+    ]

@@ -1,0 +1,192 @@
+"""The bench's report: a plain-text table for people, the full figures as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runtime.settings import PROJECT_ROOT
+
+DEFAULT_JSON = PROJECT_ROOT / "reports" / "bench" / "bench.json"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1024 * 1024:
+        return f"{value / 1024 / 1024:.2f} MiB"
+    if value >= 1024:
+        return f"{value / 1024:.1f} KiB"
+    return f"{value:.0f} B"
+
+
+def _rows(rows: list[tuple[str, str]]) -> list[str]:
+    width = max(len(label) for label, _ in rows)
+    return [f"  {label.ljust(width)}  {value}" for label, value in rows]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The figures as a table, with the ratios and the targets."""
+    machine = report["machine"]
+    invoice = report["invoice_flow"]
+    approval = report["approval_flow"]
+    growth = report["checkpoint_growth"]
+    throughput = report["throughput"]
+    memory = report["memory"]
+    lines = [
+        f"payables bench, {report['started_at']} ({report['duration_s']:.0f} s)",
+        f"  {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, "
+        f"{machine['os']}, Python {machine['python']}, PostgreSQL {machine.get('postgres')}, "
+        f"langgraph {machine['packages'].get('langgraph')}; load average "
+        f"{machine['load_average_1m']:.2f} -> {machine['load_average_1m_after']:.2f}",
+        f"  medians; durability {report['durability']!r}; pool {throughput['pool_size']}",
+        "",
+        f"Invoice flow ({invoice['request']}, {invoice['steps']} steps, "
+        f"n={invoice['agent_ms']['n']})",
+        *_rows(
+            [
+                (
+                    "agent",
+                    f"{_ms(invoice['agent_ms']['median'])}/run  "
+                    f"{_ms(invoice['agent_ms_per_step'])}/step  "
+                    f"(p90 {_ms(invoice['agent_ms']['p90'])})",
+                ),
+                (
+                    "bare LangGraph",
+                    f"{_ms(invoice['bare_ms']['median'])}/run  "
+                    f"{_ms(invoice['bare_ms_per_step'])}/step",
+                ),
+                (
+                    "floor (psycopg)",
+                    f"{_ms(invoice['floor_ms']['median'])}/run  "
+                    f"{_ms(invoice['floor_ms_per_step'])}/step",
+                ),
+                ("agent / bare", _x(invoice["ratio_agent_bare"])),
+                ("agent / floor", _x(invoice["ratio_agent_floor"])),
+                (
+                    "checkpoint bytes",
+                    f"{_bytes(invoice['checkpoint_bytes_per_run'])}/run  "
+                    f"{_bytes(invoice['checkpoint_bytes_per_step'])}/step  "
+                    f"(bare {_bytes(invoice['bare_checkpoint_bytes_per_run'])}/run)",
+                ),
+            ]
+        ),
+        "",
+        f"Approval flow ({approval['request']}, {approval['steps']} steps, "
+        f"n={approval['agent_ms']['n']})",
+        *_rows(
+            [
+                (
+                    "agent",
+                    f"{_ms(approval['agent_ms']['median'])}/run  "
+                    f"{_ms(approval['agent_ms_per_step'])}/step  (to interrupt "
+                    f"{_ms(approval['agent_start_ms']['median'])}, resume "
+                    f"{_ms(approval['agent_resume_ms']['median'])})",
+                ),
+                (
+                    "bare LangGraph",
+                    f"{_ms(approval['bare_ms']['median'])}/run  "
+                    f"{_ms(approval['bare_ms_per_step'])}/step  (resume "
+                    f"{_ms(approval['bare_resume_ms']['median'])})",
+                ),
+                ("floor (psycopg)", f"{_ms(approval['floor_ms']['median'])}/run"),
+                ("agent / bare", _x(approval["ratio_agent_bare"])),
+                ("agent / floor", _x(approval["ratio_agent_floor"])),
+                (
+                    "resume latency",
+                    f"{_ms(approval['agent_resume_ms']['median'])} "
+                    f"(bare {_ms(approval['bare_resume_ms']['median'])}, "
+                    f"{_x(approval['resume_ratio_agent_bare'])})",
+                ),
+                (
+                    "checkpoint bytes",
+                    f"{_bytes(approval['checkpoint_bytes_per_run'])}/run  "
+                    f"{_bytes(approval['checkpoint_bytes_per_step'])}/step",
+                ),
+            ]
+        ),
+        "",
+        "Checkpoint growth (instant scripted planner, get_invoice reads)",
+        *_rows(
+            [
+                (
+                    f"{p['plan_steps']} plan steps",
+                    f"{p['graph_steps']} graph steps  {_bytes(p['checkpoint_bytes'])}/run  "
+                    f"{_bytes(p['bytes_per_step'])}/step  {_ms(p['ms_per_step'])}/step",
+                )
+                for p in growth["runs"]
+            ]
+            + [
+                (
+                    "growth exponent",
+                    f"{growth['growth_exponent']:.2f} (1 linear, 2 quadratic): "
+                    + ("linear" if growth["linear"] else "NOT linear"),
+                )
+            ]
+        ),
+        "",
+        "Throughput (invoice flow, concurrent runs on one event loop, one pool)",
+        *_rows(
+            [
+                (
+                    f"{level['concurrency']} concurrent",
+                    f"{level['runs_per_s']:.2f} runs/s  ({_x(level['speedup'])}, "
+                    f"{level['runs']} runs)",
+                )
+                for level in throughput["levels"]
+            ]
+            + [
+                (
+                    "stops scaling at",
+                    f"{throughput['stops_scaling_at']} concurrent"
+                    if throughput["stops_scaling_at"] is not None
+                    else "did not stop within the levels measured",
+                )
+            ]
+        ),
+        "",
+        f"Memory ({memory['runs']} invoice runs, {memory['concurrency']} concurrent)",
+        *_rows(
+            [
+                (
+                    "resident set",
+                    f"{memory['rss_mb_before']:.0f} MiB before -> "
+                    f"{memory['rss_mb_after']:.0f} MiB after; peak {memory['peak_rss_mb']:.0f} MiB",
+                ),
+                (
+                    "growth per run",
+                    "-"
+                    if memory["growth_kb_per_run"] is None
+                    else f"{memory['growth_kb_per_run']:.2f} KiB/run (after the first sample)",
+                ),
+            ]
+        ),
+        "",
+        "Targets",
+        *_rows(
+            [
+                (
+                    ("met     " if t["met"] else "NOT met ") + t["target"],
+                    "-" if t["value"] is None else f"{t['value']:.2f}",
+                )
+                for t in report["targets"]
+            ]
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: Path = DEFAULT_JSON) -> Path:
+    """Write the report as JSON to ``path`` (directories created); return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return path

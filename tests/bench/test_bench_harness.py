@@ -1,0 +1,177 @@
+"""The bench harness: its arithmetic, its world and planner, and a tiny end-to-end run.
+
+No timing is asserted here: speed belongs in `make bench`, not in tests on a shared machine.
+The smoke run checks that every figure the report promises is there and consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from bench.harness import (
+    BenchConfig,
+    growth_exponent,
+    ratio,
+    rotations,
+    run_bench,
+    stops_scaling_at,
+    summary,
+)
+from bench.models import STEPS_PER_PHASE, ReadPlanModels, phase_of, read_plan_reply
+from bench.report import format_report, write_json
+from bench.world import bench_world, clone_invoice_id
+from runtime.context import Context
+
+
+def test_summary_takes_the_median_and_the_p90() -> None:
+    stats = summary([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert stats["median"] == 3.0
+    assert stats["min"] == 1.0
+    assert stats["max"] == 5.0
+    assert stats["p90"] == 5.0
+    assert stats["n"] == 5
+    with pytest.raises(ValueError, match="no measurements"):
+        summary([])
+
+
+def test_ratio_refuses_a_zero_denominator() -> None:
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(3.0, 0.0) is None
+
+
+def test_growth_exponent_tells_linear_from_quadratic() -> None:
+    steps = [10, 28, 67]
+    linear = growth_exponent([(s, 900.0 * s) for s in steps])
+    quadratic = growth_exponent([(s, 40.0 * s * s) for s in steps])
+    assert linear is not None and math.isclose(linear, 1.0)
+    assert quadratic is not None and math.isclose(quadratic, 2.0)
+    assert growth_exponent([(10, 100.0)]) is None
+
+
+def test_scaling_stops_at_the_first_level_that_adds_under_ten_percent() -> None:
+    levels = [
+        {"concurrency": 1, "runs_per_s": 10.0},
+        {"concurrency": 4, "runs_per_s": 30.0},
+        {"concurrency": 16, "runs_per_s": 32.0},
+        {"concurrency": 64, "runs_per_s": 20.0},
+    ]
+    assert stops_scaling_at(levels) == 16
+    assert stops_scaling_at(levels[:2]) is None
+
+
+def test_rotations_put_each_kind_first_in_turn() -> None:
+    assert list(rotations(4, 3)) == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+
+
+def test_bench_world_adds_clean_clones_with_their_own_ids() -> None:
+    world = bench_world(3)
+    clones = [i for i in world.invoices if i.invoice_id.startswith("INV-7")]
+    assert [i.invoice_id for i in clones] == [clone_invoice_id(n) for n in range(3)]
+    assert len({i.invoice_number for i in clones}) == 3
+    assert len({i.po_number for i in clones}) == 3
+    po_numbers = {p.po_number for p in world.purchase_orders}
+    receipts = {r.po_number for r in world.goods_receipts}
+    for invoice in clones:
+        assert invoice.po_number in po_numbers
+        assert invoice.po_number in receipts
+        assert invoice.invoice_number in invoice.document_text
+
+
+def test_read_planner_splits_a_plan_into_phases() -> None:
+    steps = 2 * STEPS_PER_PHASE + 3
+    first = read_plan_reply(steps, 1).tool_calls[0]["args"]
+    last = read_plan_reply(steps, 3).tool_calls[0]["args"]
+    assert len(first["steps"]) == STEPS_PER_PHASE
+    assert first["final"] is False
+    assert len(last["steps"]) == 3
+    assert last["final"] is True
+    read = [s["args"]["invoice_id"] for s in first["steps"]]
+    assert len(set(read)) == len(read)
+
+
+def test_read_planner_reads_the_phase_from_the_prompt() -> None:
+    messages = [SystemMessage("plan"), HumanMessage("Request: x\nPhase: 2\nResults so far:")]
+    assert phase_of(messages) == 2
+    with pytest.raises(ValueError, match="no phase"):
+        phase_of([HumanMessage("no phase here")])
+    models = ReadPlanModels(5)
+    assert models.chat("router", Context()) is None
+    served = models.chat("planner", Context())
+    assert served is not None and served[0] == "bench-read-planner-5"
+
+
+@pytest.mark.integration
+async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path) -> None:
+    config = BenchConfig.quick()
+    report = await run_bench(config, log=lambda _: None, server=server_uri)
+
+    for flow in ("invoice_flow", "approval_flow"):
+        figures = report[flow]
+        assert figures["steps"] == len(figures["path"]) > 0
+        for key in ("agent_ms", "bare_ms", "floor_ms"):
+            assert figures[key]["n"] == (
+                config.reps if flow == "invoice_flow" else config.approval_reps
+            )
+            assert figures[key]["median"] > 0
+        assert figures["ratio_agent_bare"] > 0
+        assert figures["ratio_agent_floor"] > 0
+        assert figures["checkpoint_bytes_per_run"] > 0
+        assert figures["checkpoint_bytes_per_step"] > 0
+    assert "approval" in report["approval_flow"]["path"]
+    assert "approval" not in report["invoice_flow"]["path"]
+    assert report["resume_latency"]["agent_ms"]["median"] > 0
+
+    growth = report["checkpoint_growth"]
+    assert [r["plan_steps"] for r in growth["runs"]] == list(config.growth_steps)
+    graph_steps = [r["graph_steps"] for r in growth["runs"]]
+    assert graph_steps == sorted(graph_steps) and len(set(graph_steps)) == len(graph_steps)
+    assert growth["growth_exponent"] is not None
+
+    levels = report["throughput"]["levels"]
+    assert [level["concurrency"] for level in levels] == list(config.concurrency)
+    assert all(level["runs"] > 0 and level["runs_per_s"] > 0 for level in levels)
+
+    memory = report["memory"]
+    assert memory["runs"] == config.memory_runs
+    assert len(memory["samples"]) == config.memory_samples
+    assert memory["peak_rss_mb"] >= memory["rss_mb_after"] > 0
+    assert memory["growth_kb_per_run"] is not None
+
+    assert [t["target"] for t in report["targets"]] == [
+        "agent / bare LangGraph <= 1.5x (invoice flow)",
+        "checkpoint bytes per step bounded by a constant (5 -> 50 steps)",
+        "throughput with 16 concurrent runs >= 3x one",
+        "no memory growth per run (< 1 KiB/run after warm-up)",
+    ]
+    table = format_report(report)
+    for heading in (
+        "Invoice flow",
+        "Approval flow",
+        "Checkpoint growth",
+        "Throughput",
+        "Memory",
+        "Targets",
+        "agent / bare",
+        "agent / floor",
+        "resume latency",
+    ):
+        assert heading in table
+    written = write_json(report, tmp_path / "bench.json")
+    assert (
+        json.loads(written.read_text())["invoice_flow"]["steps"] == report["invoice_flow"]["steps"]
+    )
+
+    # The bench's database is dropped afterwards: nothing of this process is left.
+    with psycopg.connect(server_uri, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            (f"payables_bench_{os.getpid()}_%",),
+        ).fetchall()
+    assert left == []
