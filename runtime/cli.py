@@ -25,7 +25,7 @@ from rich.table import Table
 
 from guards.redaction import RedactingFilter, redact, redact_text
 from runtime.agent import SHUTDOWN, RunStopped, open_agent
-from runtime.errors import BadInput, PayablesError
+from runtime.errors import BadInput, NotFound, PayablesError
 from runtime.replay import ReplayResult, replay_dead_letter
 from runtime.settings import DEFAULT_RETENTION_DAYS, PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES
@@ -484,10 +484,13 @@ def show(
 
     async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         async with open_agent() as agent:
-            pruned = await pruned_run(agent.database, thread)
-            if pruned is not None:
+            try:
+                view = await agent.view(thread)
+            except NotFound:
+                pruned = await pruned_run(agent.database, thread)
+                if pruned is None:
+                    raise
                 return _pruned_view(pruned), []
-            view = await agent.view(thread)
             return view, (await agent.history(thread) if history else [])
 
     view, checkpoints = _run(go())

@@ -95,15 +95,15 @@ async def replay_dead_letter(
     async with claim_dead_letter(agent.database, dead_letter_id, force=force) as claim:
         letter = claim.row
         thread_id: str = letter["thread_id"]
-        pruned = await pruned_run(agent.database, thread_id)
+        context = replay_context(letter)
+        snapshot = await agent.graph.aget_state(Agent.config(thread_id))
+        pruned = None if snapshot.values else await pruned_run(agent.database, thread_id)
         if pruned is not None:
             raise BadInput(
                 f"Thread {thread_id} of dead letter {dead_letter_id} was pruned on "
                 f"{pruned['pruned_at']:%Y-%m-%d}; nothing is left to replay. "
                 "Run the request again if it is still needed."
             )
-        context = replay_context(letter)
-        snapshot = await agent.graph.aget_state(Agent.config(thread_id))
         result = ReplayResult(dead_letter_id, thread_id, "replayed", "nothing", "")
         try:
             if snapshot.values and snapshot.interrupts:

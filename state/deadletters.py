@@ -31,7 +31,6 @@ from state.db import Database
 
 DeadLetterAction = Literal["start", "resume", "continue", "replay"]
 DeadLetterOutcome = Literal["replayed", "failed_again", "resolved"]
-DEAD_LETTER_STATUSES = ("open", "replayed", "failed_again", "resolved")
 
 
 async def record_dead_letter(

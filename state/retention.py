@@ -6,11 +6,12 @@ marked ``pruned_at``, so `payables threads` keeps the history and `payables show
 what happened; the audit chain, the approval decisions, the tool-call ledger and the AP
 world are never touched.
 
-A thread is pruned only when all of these hold, checked again under the run row's lock
-just before its checkpoints are deleted:
+A thread is pruned only when all of these hold, checked again under the thread's run
+lock (no run can start on it meanwhile) and its run row's lock just before its
+checkpoints are deleted:
 
 - its run row says it finished (completed, refused, escalated or failed) longer ago than
-  the cutoff, and it was not pruned already;
+  the cutoff;
 - its latest checkpoint has no pending interrupt (no approval waits on it) and no next
   step (nothing `payables continue` could still finish);
 - it has no open dead letter (a replay needs the checkpoint).
@@ -85,14 +86,15 @@ class PruneReport:
         }
 
 
-# Old, not yet pruned threads that still have checkpoints, with what they hold.
+# Old threads that still have checkpoints, with what they hold. (A pruned thread has none,
+# unless its id was used again for a new run.)
 _OLD_THREADS_SQL = """
 SELECT r.thread_id, r.tenant, r.status, r.updated_at,
        (SELECT count(*) FROM checkpoints c WHERE c.thread_id = r.thread_id) AS checkpoints,
        (SELECT count(*) FROM checkpoint_writes w WHERE w.thread_id = r.thread_id) AS writes,
        (SELECT count(*) FROM checkpoint_blobs b WHERE b.thread_id = r.thread_id) AS blobs
 FROM runs r
-WHERE r.pruned_at IS NULL AND r.updated_at < %s
+WHERE r.updated_at < %s
   AND EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = r.thread_id)
 ORDER BY r.updated_at, r.thread_id
 """
@@ -169,12 +171,12 @@ async def _prune_thread(
     """
     async with database.connection() as conn, conn.transaction():
         cur = await conn.execute(
-            "SELECT status, updated_at, pruned_at FROM runs WHERE thread_id = %s FOR UPDATE",
+            "SELECT status, updated_at FROM runs WHERE thread_id = %s FOR UPDATE",
             (thread.thread_id,),
         )
         row = await cur.fetchone()
-        if row is None or row["pruned_at"] is not None:
-            thread.kept_because = "pruned or removed by another process meanwhile"
+        if row is None:
+            thread.kept_because = "its run row was removed meanwhile (`payables seed`?)"
             return
         thread.status, thread.updated_at = row["status"], row["updated_at"]
         if row["updated_at"] >= cutoff:
@@ -196,6 +198,9 @@ async def _prune_thread(
             counts["writes"],
             counts["blobs"],
         )
+        if not thread.checkpoints:
+            thread.kept_because = "another prune removed its checkpoints meanwhile"
+            return
         # The saver's own delete, on this connection: it commits with the run row's mark.
         await AsyncPostgresSaver(conn).adelete_thread(thread.thread_id)
         await conn.execute(
