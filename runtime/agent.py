@@ -36,11 +36,12 @@ from langgraph.types import Command
 from langsmith import Client
 
 from graphs.payables import TRANSIENT_DB_RETRY, build_graph, is_transient_db_error
+from guards.input_checks import unstorable_reason
 from guards.redaction import redact, redact_text
 from nodes.approval import validated_edits
 from nodes.deps import NodeDeps
 from runtime.context import Context
-from runtime.errors import BadInput, NotFound, PayablesError, ResumeError
+from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
 from state.approvals import ApprovalRequest, parse_resume
@@ -158,6 +159,37 @@ def failed_node(error: BaseException) -> str | None:
     return None
 
 
+MAX_ID_LENGTH = 200
+
+
+def checked_id(value: str, what: str, error: type[BadInput] = BadInput) -> str:
+    """``value`` if it can name a thread or interrupt; otherwise `BadInput` saying why.
+
+    Ids reach Postgres, logs and terminals: NUL and bytes that are not UTF-8 cannot be
+    stored, and control or bidi characters would garble what a reviewer reads.
+    """
+    if not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
+        raise error(
+            f"{shown(value)!r} is not a valid {what}: use 1 to {MAX_ID_LENGTH} printable "
+            "characters (`payables threads` lists thread ids)."
+        )
+    reason = unstorable_reason(value, what)
+    if reason is not None:
+        raise error(reason)
+    return value
+
+
+def check_run_input(request: str, user: str, attachments: list[Attachment]) -> None:
+    """Refuse, before anything is written, text the checkpoint could not store."""
+    texts = [(request, "request"), (user, "user id")]
+    texts += [(a["name"], "attachment name") for a in attachments]
+    texts += [(a["text"], f"attachment {shown(a['name'])!r}") for a in attachments]
+    for text, what in texts:
+        reason = unstorable_reason(text, what)
+        if reason is not None:
+            raise BadInput(reason)
+
+
 @dataclass
 class Agent:
     """A compiled graph bound to a Postgres checkpointer and the app database."""
@@ -172,8 +204,8 @@ class Agent:
 
     @staticmethod
     def config(thread_id: str) -> RunnableConfig:
-        """The run config for a thread."""
-        return {"configurable": {"thread_id": thread_id}}
+        """The run config for a thread (refusing an id Postgres or a terminal cannot take)."""
+        return {"configurable": {"thread_id": checked_id(thread_id, "thread id")}}
 
     @staticmethod
     def traced_config(
@@ -344,7 +376,8 @@ class Agent:
         ``action`` names the run in traces and in a dead letter if it fails (``replay``
         when a dead letter's replay starts it again).
         """
-        thread_id = thread_id or str(uuid.uuid4())
+        thread_id = checked_id(thread_id or str(uuid.uuid4()), "thread id")
+        check_run_input(request, user, attachments or [])
         busy = f"Thread {thread_id} is being started by another process right now."
         async with self.thread_lock(thread_id, busy):
             snapshot = await self.graph.aget_state(self.config(thread_id))
@@ -383,6 +416,9 @@ class Agent:
         Only one process resolves an interrupt: a rival that arrives while it runs is told
         the approval is being resolved, one that arrives after is told it was resolved.
         """
+        checked_id(thread_id, "thread id")
+        if interrupt_id is not None:
+            checked_id(interrupt_id, "interrupt id", ResumeError)
         busy = (
             f"Thread {thread_id} is being resolved by another reviewer right now; "
             f"`payables show {thread_id}` prints the outcome once it finishes."
@@ -435,6 +471,7 @@ class Agent:
         idempotency keys turn any side effect that had already committed into a replay.
         ``action`` names the run in traces and in a dead letter if it fails again.
         """
+        checked_id(thread_id, "thread id")
         busy = f"Thread {thread_id} is being run by another process right now."
         async with self.thread_lock(thread_id, busy):
             snapshot = await self.graph.aget_state(self.config(thread_id))

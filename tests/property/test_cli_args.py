@@ -36,11 +36,9 @@ from tests.property.test_world_files import FILE_TEXTS, WORLDS
 
 REQUESTER = "clerk-ana"
 
-# argv cannot carry NUL (exec refuses it). Ids stay printable: a lone surrogate or a
-# control character in a thread id is a known runtime/agent.py bug with its own xfail
-# tests (here and in test_resume_payloads.py).
+# argv cannot carry NUL (exec refuses it); anything else may arrive, ids included.
 ARG_TEXT = nasty_text(max_size=30).filter(lambda t: "\x00" not in t)
-ID_TEXT = nasty_text(max_size=30).filter(lambda t: t.isprintable())
+ID_TEXT = ARG_TEXT
 
 
 def invoke(*args: str) -> Result:
@@ -165,8 +163,7 @@ def test_resume_show_and_continue_on_unknown_threads_exit_2(cli_database: str) -
     unknown()
 
 
-# Text Postgres cannot store (lone surrogates from argv bytes) as a request or user is a
-# known runtime/agent.py bug with its own xfail test in test_request_text.py.
+# Requests and users, including text Postgres cannot store (lone surrogates from argv).
 RUN_TEXT = st.one_of(
     ARG_TEXT,
     st.builds(lambda noise: f"Validate INV-1002 {noise}", ARG_TEXT),
@@ -274,14 +271,6 @@ def test_child_process_reviewer_id_from_bytes_that_are_not_utf8_is_refused(
     assert rows(db_uri, "SELECT 1 FROM approval_decisions WHERE thread_id = %s", thread) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runtime/agent.py passes a thread id that is not UTF-8 (argv bytes become lone "
-        "surrogates) to psycopg, which raises UnicodeEncodeError: a traceback, exit 1. "
-        "Fix with the id checks named in test_resume_payloads.py's xfail."
-    ),
-)
 def test_child_process_thread_id_from_bytes_that_are_not_utf8_exits_2(
     cli_env: dict[str, str],
 ) -> None:

@@ -14,7 +14,6 @@ import unicodedata
 import uuid
 from typing import Any
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -142,16 +141,6 @@ def test_generated_requests_end_in_a_valid_status_with_no_partial_write(db_uri: 
     run_one()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runtime/agent.py Agent.start invokes the graph before any check, so the input "
-        "checkpoint carries the request into JSONB and Postgres refuses NUL and lone "
-        "surrogates (psycopg UntranslatableCharacter / InvalidTextRepresentation); the "
-        "router's refusal never runs. Fix: refuse such text (guards.input_checks."
-        "check_storable) in Agent.start for request, user, thread id and attachments."
-    ),
-)
 def test_text_postgres_cannot_store_is_refused_before_anything_is_written(db_uri: str) -> None:
     # (request, user): both land in the input checkpoint's JSONB.
     cases = [
