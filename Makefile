@@ -25,7 +25,7 @@ help: ## List the targets
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --extra eval --python $(PYTHON)
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv with the locked dependencies (installs uv if missing)
@@ -55,8 +55,9 @@ typecheck: install ## Type-check (mypy --strict on the packages)
 
 check: format-check lint typecheck test ## Everything CI runs
 
-eval: install ## Evaluation suites (arrive with the evals issue)
-	@echo "make eval: the scenario runner and ragas metrics arrive with the evals issue (#5)."
+EVAL_ARGS ?= --gate
+eval: install ## Run the eval suites (golden, policy_qa, redteam) offline, write reports/eval/, check the gates
+	$(BIN)/payables eval $(EVAL_ARGS)
 
 BENCH_ARGS ?=
 bench: install ## Agent overhead vs bare LangGraph and plain psycopg; prints a table, writes reports/bench/bench.json

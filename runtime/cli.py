@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from evals.cli import register as register_eval_commands
 from guards.redaction import RedactingFilter, redact, redact_text
 from runtime.agent import SHUTDOWN, RunStopped, open_agent
 from runtime.errors import BadInput, NotFound, PayablesError
@@ -379,6 +380,11 @@ def _decisions_from(
     except json.JSONDecodeError as exc:
         raise BadInput(f"--edit must be JSON ({exc.msg} at column {exc.colno}).") from exc
     if isinstance(parsed, list):
+        if not all(isinstance(item, dict) for item in parsed):
+            raise BadInput(
+                "--edit as a JSON list takes one decision object per pending action, e.g. "
+                '[{"type": "edit", "edited_action": {"name": "...", "args": {...}}}].'
+            )
         return parsed
     if not isinstance(parsed, dict):
         raise BadInput(
@@ -830,6 +836,9 @@ def prune(
     for thread in report.kept:
         reason = escape(thread.kept_because or "")
         out.print(f"  kept {thread.thread_id} ({thread.status}): {reason}")
+
+
+register_eval_commands(app)
 
 
 def main() -> None:

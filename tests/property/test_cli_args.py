@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import Result
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -74,7 +73,6 @@ def _list_of_non_objects(text: str) -> bool:
 
 
 EDIT_ARGS = {"invoice_id": "INV-1001", "amount": "3340.97", "currency": "USD"}
-# A JSON list with items that are not objects crashes the CLI: see the xfail test below.
 EDITS = st.one_of(
     mutations_of(EDIT_ARGS).filter(is_json_text).map(json.dumps),
     JSON_VALUES.filter(is_json_text).map(json.dumps),
@@ -228,15 +226,6 @@ def test_seed_with_generated_world_files_loads_whole_or_changes_nothing(
     assert_clean_exit(invoke("seed", "--world", str(tmp_path)), {2})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runtime/cli.py resume: `--edit` with a JSON list whose items are not objects "
-        "(e.g. [1, 2]) reaches decision.get() in the loop that fills edited_action names "
-        "and raises AttributeError (a traceback, exit 1). Fix: refuse such lists as "
-        "BadInput in _decisions_from, or let parse_resume see them before that loop."
-    ),
-)
 def test_resume_edit_with_a_list_of_non_objects_exits_2(cli_database: str) -> None:
     thread = _interrupted_thread(cli_database)
     for edit in ("[1, 2]", "[null]", '["approve"]', "[[]]"):
