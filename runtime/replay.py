@@ -116,7 +116,7 @@ async def replay_dead_letter(
                 result.view = await agent.view(thread_id)
             elif snapshot.values and snapshot.next:
                 result.how = "continue"
-                result.view = await agent.continue_run(thread_id, context=context)
+                result.view = await agent.continue_run(thread_id, context=context, action="replay")
             elif snapshot.values:
                 result.outcome = "resolved"
                 status = snapshot.values.get("status") or "completed"
@@ -131,6 +131,7 @@ async def replay_dead_letter(
                     thread_id=thread_id,
                     attachments=attachments,
                     context=context,
+                    action="replay",
                 )
         except (BadInput, RunStopped):
             # Refused, or stopped cleanly (SIGTERM) at a checkpoint: not a failure of the

@@ -133,7 +133,10 @@ class Claim:
         self.outcome = status
 
     async def link_replay_failure(self, newer_id: int) -> None:
-        """Label the dead letter the failed replay left as a replay of this one."""
+        """Mark the dead letter the failed replay left as a replay of this one.
+
+        The agent records it with action ``replay`` already; ``replay_of`` links the two.
+        """
         await self._conn.execute(
             "UPDATE dead_letters SET action = 'replay', payload = payload ||"
             " jsonb_build_object('action', 'replay', 'replay_of', %s::bigint)"
