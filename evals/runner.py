@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
+from langsmith.run_helpers import tracing_context
 from psycopg import sql
 
 from evals.scenario import Scenario, ScriptedDecision, resolve_world
@@ -277,8 +278,13 @@ async def run_scenario(
         async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
             await load_world(conn, world)
         database = Database(uri, max_size=4)
-        async with open_agent(models=provider, database=database) as agent:
-            await _drive(agent, scenario, run, context)
+        # Tags and metadata reach every trace of the scenario (LangSmith, when tracing is on).
+        with tracing_context(
+            tags=["eval", f"suite:{scenario.suite}", f"mode:{mode}", *scenario.tags],
+            metadata={"eval_suite": scenario.suite, "scenario_id": scenario.id, "mode": mode},
+        ):
+            async with open_agent(models=provider, database=database) as agent:
+                await _drive(agent, scenario, run, context)
         async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
             state_findings = await check_state(scenario, conn)
     except PayablesError as exc:

@@ -17,6 +17,7 @@ from runtime.context import Context
 from runtime.models import ask_model, repair_messages
 from runtime.prompts import PLANNER_REPAIR, PLANNER_SYSTEM
 from runtime.rules_model import rules_plan
+from runtime.tracing import annotate_run
 from state.audit import plan_event, record
 from state.graph_state import AgentState, Entities, Plan, PlanStep
 from tools.gate import ToolGate
@@ -134,6 +135,7 @@ def make_planner(deps: NodeDeps) -> Node:
             notes=notes,
         )
         await record(deps.database, ctx.tenant, thread_id, planned)
+        annotate_run(route=route, model_path=path, phase=phase, plan_source=source)
         return Command(
             goto="executor",
             update={

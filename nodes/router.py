@@ -16,6 +16,7 @@ from runtime.context import Context
 from runtime.models import ask_model
 from runtime.prompts import ROUTER_SYSTEM
 from runtime.rules_model import RouteDecision, extract_entities, rules_route
+from runtime.tracing import annotate_run
 from state.audit import guard_flag_event, record, request_received_event, route_event
 from state.graph_state import AgentState, Entities
 from state.routes import TOOL_ROUTES, Route
@@ -168,6 +169,7 @@ def make_router(deps: NodeDeps) -> Node:
             else ("refused" if route == Route.OUT_OF_SCOPE else "escalated"),
         )
         await record(deps.database, ctx.tenant, thread_id, routed)  # audit chain
+        annotate_run(route=route.value, model_path=path)
         if route in TOOL_ROUTES:
             return Command(goto="planner", update=update)
         update["status"] = "refused" if route == Route.OUT_OF_SCOPE else "escalated"

@@ -1,19 +1,21 @@
 """LangSmith tracing that never ships an account number or a secret.
 
 Tracing is on when `LANGSMITH_TRACING` is true. Every run the CLI (or a test) starts goes
-through a client whose `hide_inputs` / `hide_outputs` apply the same redaction as the
+through a client whose anonymizer applies the same redaction as the
 output guard, because graph state holds what a clerk typed (a new bank account, say).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from langsmith import Client
-from langsmith.run_helpers import tracing_context
+from langsmith.run_helpers import get_current_run_tree, get_tracing_context, tracing_context
+from pydantic import BaseModel
 
 from guards.redaction import redact
 
@@ -24,13 +26,37 @@ def tracing_enabled() -> bool:
     return value.strip().lower() in {"1", "true", "yes"}
 
 
+def plain(value: Any) -> Any:
+    """``value`` as JSON-like data, so redaction sees every string inside it.
+
+    Node outputs are `Command` objects, messages are pydantic models: left as objects,
+    their strings would reach the SDK's serializer unredacted.
+    """
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if isinstance(value, BaseModel):
+        return plain(value.model_dump(mode="json"))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return str(value)
+
+
 def _redact_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    return redact(payload)
+    redacted: dict[str, Any] = redact(plain(payload))
+    return redacted
 
 
 def redacting_client(**kwargs: Any) -> Client:
-    """A LangSmith client that redacts run inputs and outputs before they are sent."""
-    return Client(hide_inputs=_redact_payload, hide_outputs=_redact_payload, **kwargs)
+    """A LangSmith client that redacts every run payload before it is sent.
+
+    The anonymizer sees inputs, outputs, metadata and error strings after the SDK has
+    serialized them (an interrupt's error text quotes the whole approval request, say).
+    """
+    return Client(anonymizer=_redact_payload, **kwargs)
 
 
 @contextmanager
@@ -39,5 +65,20 @@ def traced(client: Client | None = None) -> Iterator[None]:
     if client is None and not tracing_enabled():
         yield
         return
-    with tracing_context(enabled=True, client=client or redacting_client()):
+    # Keep the tags and metadata an outer context set (an eval suite's, say): a nested
+    # tracing_context replaces them rather than adding to them.
+    outer = get_tracing_context()
+    with tracing_context(
+        enabled=True,
+        client=client or redacting_client(),
+        tags=outer.get("tags"),
+        metadata=outer.get("metadata"),
+    ):
         yield
+
+
+def annotate_run(**metadata: Any) -> None:
+    """Add metadata (route, model path, ...) to the LangSmith run of the running node."""
+    run = get_current_run_tree()
+    if run is not None:
+        run.add_metadata(redact(metadata))

@@ -33,6 +33,7 @@ from psycopg import sql  # noqa: E402
 from runtime.settings import PROJECT_ROOT  # noqa: E402
 from state.db import CONNECTION_KWARGS, Database, embedded_uri, migrate  # noqa: E402
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world  # noqa: E402
+from tests.trace_capture import trace_endpoint  # noqa: E402, F401  (a fixture)
 
 TEST_DATA_DIR = PROJECT_ROOT / ".data" / "test"
 

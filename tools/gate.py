@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict
 
 import psycopg
+from langsmith import trace
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
+from guards.redaction import redact
 from runtime import failpoints
 from runtime.breakers import BREAKERS, BreakerBoard, BreakerState, CircuitBreaker
 from runtime.context import Context
@@ -581,7 +583,50 @@ class ToolGate:
         args: Any,
         run: Context,
     ) -> ToolOutcome:
-        """Run one call through every check; see the module docstring for the order."""
+        """Run one call through every check; see the module docstring for the order.
+
+        Each call is its own LangSmith run (type ``tool``) under the node that made it, with
+        redacted arguments and the outcome, when tracing is on.
+        """
+        with trace(
+            f"tool:{tool}",
+            run_type="tool",
+            inputs={"args": redact(args) if isinstance(args, dict) else str(type(args))},
+            tags=["tool", tool],
+            metadata={"thread_id": thread_id, "step_id": step_id, "route": route},
+        ) as traced_run:
+            outcome = await self._call(
+                thread_id=thread_id,
+                step_id=step_id,
+                route=route,
+                requester=requester,
+                tool=tool,
+                args=args,
+                run=run,
+            )
+            error = outcome["error"]
+            traced_run.end(
+                outputs={
+                    "ok": outcome["ok"],
+                    "tier": outcome["tier"],
+                    "replayed": outcome["replayed"],
+                    "error": error["code"] if error else None,
+                    "result": redact(outcome["result"]) if outcome["result"] else None,
+                }
+            )
+            return outcome
+
+    async def _call(
+        self,
+        *,
+        thread_id: str,
+        step_id: str,
+        route: str,
+        requester: str,
+        tool: str,
+        args: Any,
+        run: Context,
+    ) -> ToolOutcome:
         raw_args = args if isinstance(args, dict) else {"_raw": args}
         checked = self.validate(route, tool, args)
         gated = _GatedCall(

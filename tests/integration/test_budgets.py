@@ -7,12 +7,8 @@ in the result, the logs and the trace.
 
 from __future__ import annotations
 
-import gzip
 import logging
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -22,6 +18,7 @@ from runtime.tracing import redacting_client
 from state.db import Database
 from tests.billing import PRICES, billed, read_and_match, stage
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
+from tests.trace_capture import captured_text
 
 pytestmark = pytest.mark.integration
 
@@ -300,40 +297,6 @@ async def test_a_call_past_the_budget_is_refused_inside_the_node(database: Datab
 # --- warnings in traces ---------------------------------------------------------------------
 
 
-class _Capture(BaseHTTPRequestHandler):
-    bodies: ClassVar[list[bytes]] = []
-
-    def do_GET(self) -> None:
-        self.send_response(404)
-        self.end_headers()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        type(self).bodies.append(body)
-        self.send_response(202)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def do_PATCH(self) -> None:
-        self.do_POST()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-@pytest.fixture
-def trace_endpoint() -> Iterator[str]:
-    _Capture.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 async def test_warnings_and_stops_are_tagged_on_the_node_traces(
     database: Database, trace_endpoint: str
 ) -> None:
@@ -346,6 +309,6 @@ async def test_warnings_and_stops_are_tagged_on_the_node_traces(
         )
     client.flush()
     assert view["status"] == "escalated"
-    traces = b"\n".join(_Capture.bodies).decode("utf-8", "replace")
+    traces = captured_text()
     assert "budget_warning" in traces and "steps budget: 75% used" in traces
     assert "budget_exhausted" in traces and "Stopped before the executor step" in traces
