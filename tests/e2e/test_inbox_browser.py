@@ -1,0 +1,223 @@
+"""The reviewer inbox in a real headless Chromium against a real `langgraph dev` server.
+
+The server runs with the repo's `langgraph.json` (auth and the inbox app included), the
+test's private Postgres database and a development token table. Runs are started through
+the API with a clerk's token; people act only through the page. The screenshot of the
+inbox is saved to ``reports/e2e/inbox.png`` (CI keeps ``reports/`` as an artifact).
+
+Without Debian's `chromium` these tests fail under CI (``CI=true``) and skip elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from langgraph_sdk import get_client
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from loadtest.devserver import dev_server
+from runtime.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.e2e
+
+GRAPH_ID = "payables"
+REQUEST = "Validate INV-1001 and pay it if it matches"
+INVOICE_ACCOUNT = "DE89370400440532013000"  # INV-1001's remit account in the sample world
+TOKENS = {
+    "tok-clerk-ana": {"identity": "clerk-ana", "role": "clerk", "tenant": "default"},
+    "tok-rev-1": {"identity": "rev-1", "role": "reviewer", "tenant": "default"},
+}
+CLERK, REVIEWER = "tok-clerk-ana", "tok-rev-1"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = PROJECT_ROOT / "reports" / "e2e" / "inbox.png"
+UI_TIMEOUT_MS = 60_000  # generous: two cores shared with the server and other tests
+_LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        reason = "Debian's chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{reason}; CI must install it, the browser test cannot be skipped.")
+        pytest.skip(reason)
+    return found
+
+
+@pytest.fixture
+def server(cli_env: dict[str, str], db_uri: str, tmp_path: Path) -> Iterator[str]:
+    """`langgraph dev` with auth, the inbox and the dev token table; yields its URL."""
+    env = {**cli_env, "PAYABLES_AUTH_TOKENS": json.dumps(TOKENS)}
+    env.pop("PAYABLES_AUTH_TOKENS_FILE", None)
+    env.pop("PAYABLES_JWT_SECRET", None)
+    with dev_server(db_uri, env, tmp_path / "server") as url:
+        yield url
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's chromium, headless, with no background network traffic."""
+    executable = _chromium()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, server: str) -> AsyncIterator[Page]:
+    """A fresh page; fails the test if it requests anything but the server."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 1600})
+    opened = await context.new_page()
+    elsewhere: list[str] = []
+    opened.on(
+        "request",
+        lambda request: None if request.url.startswith(server) else elsewhere.append(request.url),
+    )
+    yield opened
+    await context.close()
+    assert not elsewhere, f"the inbox requested something outside the server: {elsewhere}"
+
+
+async def _start_paused_run(url: str) -> tuple[str, dict[str, Any]]:
+    """A clerk starts the payment request through the API; it stops at the approval."""
+    async with get_client(url=url, api_key=None, headers=_bearer(CLERK), timeout=120) as client:
+        thread = await client.threads.create()
+        result = await client.runs.wait(
+            thread["thread_id"], GRAPH_ID, input={"request": REQUEST, "user": "clerk-ana"}
+        )
+        assert isinstance(result, dict) and result.get("__interrupt__"), result
+        state = await client.threads.get_state(thread["thread_id"])
+    [interrupt] = state["interrupts"]
+    return thread["thread_id"], interrupt
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _thread_outcome(db_uri: str, thread_id: str) -> tuple[str, int]:
+    """(run status in the agent's run index, payments for INV-1001) in the test database."""
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        cur = await conn.execute("SELECT status FROM runs WHERE thread_id = %s", (thread_id,))
+        run = await cur.fetchone()
+        cur = await conn.execute("SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'")
+        payments = await cur.fetchone()
+    assert run is not None and payments is not None
+    return run[0], payments[0]
+
+
+async def _sign_in(page: Page, url: str, token: str) -> None:
+    await page.goto(f"{url}/inbox?refresh=2")
+    await page.fill("#token", token)
+    await page.click("#sign-in-button")
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=_bearer(token) if token else {})
+    try:
+        with _LOCAL_OPENER.open(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_page_is_public_and_data_needs_a_token(server: str) -> None:
+    status, headers, body = _get(f"{server}/inbox")
+    assert status == 200 and b"reviewer inbox" in body
+    assert "default-src 'none'" in headers["content-security-policy"]
+    assert b"http://" not in body and b"https://" not in body  # no external asset
+    for asset in ("app.js", "app.css"):
+        status, _, body = _get(f"{server}/inbox/{asset}")
+        assert status == 200 and b"https://" not in body and b"http://" not in body
+    assert _get(f"{server}/inbox/api/me")[0] == 401
+    assert _get(f"{server}/inbox/api/me", "not-a-token")[0] == 401
+    status, _, body = _get(f"{server}/inbox/api/me", REVIEWER)
+    assert status == 200
+    assert json.loads(body) == {"identity": "rev-1", "role": "reviewer", "tenant": "default"}
+
+
+async def test_bad_token_is_refused_clearly(page: Page, server: str) -> None:
+    await _sign_in(page, server, "not-a-token")
+    await expect(page.locator("#error")).to_contain_text("HTTP 401", timeout=UI_TIMEOUT_MS)
+    await expect(page.locator("#sign-in")).to_be_visible()
+    await expect(page.locator("#inbox")).to_be_hidden()
+
+
+async def test_reviewer_approves_paused_run_and_thread_completes(
+    page: Page, server: str, db_uri: str
+) -> None:
+    await _sign_in(page, server, REVIEWER)
+    await expect(page.locator("#identity")).to_have_text("rev-1", timeout=UI_TIMEOUT_MS)
+    await expect(page.locator("#empty")).to_be_visible(timeout=UI_TIMEOUT_MS)
+
+    # Started after sign-in: the card appears by the page's own refresh, nobody clicks.
+    thread_id, interrupt = await _start_paused_run(server)
+    card = page.locator(f'article.approval[data-thread="{thread_id}"]')
+    await expect(card).to_be_visible(timeout=UI_TIMEOUT_MS)
+    await expect(card).to_have_attribute("data-interrupt", interrupt["id"])
+
+    amount = interrupt["value"]["action_requests"][0]["args"]["amount"]
+    await expect(card.locator(".amount")).to_contain_text(f"{amount} USD")
+    await expect(card).to_contain_text("Invoice vs PO vs receipt")
+    await expect(card).to_contain_text("Agent's reasoning")
+    await expect(card.locator(".verdict")).to_have_text("match")
+    await expect(card).to_contain_text("****" + INVOICE_ACCOUNT[-4:])
+    assert INVOICE_ACCOUNT not in await page.content()
+    assert await card.locator("table").count() >= 3  # args, invoice, match table
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
+
+    await card.locator("button.send").click()
+    await expect(page.locator("#notice")).to_contain_text("completed", timeout=UI_TIMEOUT_MS)
+    await expect(card).to_have_count(0, timeout=UI_TIMEOUT_MS)
+    await expect(page.locator("#error")).to_be_hidden()
+
+    assert await _thread_outcome(db_uri, thread_id) == ("completed", 1)
+    async with get_client(url=server, api_key=None, headers=_bearer(REVIEWER)) as client:
+        state = await client.threads.get_state(thread_id)
+    assert state["next"] == [] and state["interrupts"] == []
+    values = state["values"]
+    assert isinstance(values, dict) and values["status"] == "completed"
+    assert "payment_scheduled" in values["result"]["invoices"]["INV-1001"]["actions"]
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        cur = await conn.execute(
+            "SELECT reviewer_id FROM approval_decisions WHERE thread_id = %s", (thread_id,)
+        )
+        assert [row[0] for row in await cur.fetchall()] == ["rev-1"]
+
+
+async def test_clerk_cannot_approve_from_the_inbox(page: Page, server: str, db_uri: str) -> None:
+    thread_id, _ = await _start_paused_run(server)
+    await _sign_in(page, server, CLERK)
+    card = page.locator(f'article.approval[data-thread="{thread_id}"]')
+    await expect(card).to_be_visible(timeout=UI_TIMEOUT_MS)  # a clerk sees their own thread
+
+    await card.locator("button.send").click()
+    await expect(page.locator("#error")).to_contain_text("HTTP 403", timeout=UI_TIMEOUT_MS)
+    await expect(page.locator("#error")).to_contain_text("clerk cannot")
+    await expect(card).to_be_visible()
+
+    assert await _thread_outcome(db_uri, thread_id) == ("interrupted", 0)
