@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 import shutil
 import signal
 import sys
@@ -24,9 +22,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from evals.cli import register as register_eval_commands
-from guards.redaction import RedactingFilter, redact, redact_text
+from guards.redaction import redact, redact_text
 from runtime.agent import SHUTDOWN, RunStopped, open_agent
 from runtime.errors import BadInput, NotFound, PayablesError
+from runtime.logs import configure_logging
 from runtime.replay import ReplayResult, replay_dead_letter
 from runtime.settings import DEFAULT_RETENTION_DAYS, PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES
@@ -37,6 +36,7 @@ from state.graph_state import Attachment
 from state.retention import PruneReport, pruned_run
 from state.retention import prune as prune_checkpoints
 from state.runs import list_runs
+from state.stats import parse_since, run_stats
 from state.world import SAMPLE_WORLD_PATH, SCHEMA_PATH, load_world, read_world, world_json_schema
 
 SAMPLE_INBOX_PATH = PROJECT_ROOT / "data" / "inbox.sample.json"
@@ -518,6 +518,94 @@ def show(
         )
 
 
+@app.command()
+def stats(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Only the last DURATION, e.g. 30m, 24h, 7d (default: all time)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run statistics: runs by status and route, node latency, cost, tool errors, approvals."""
+
+    async def go() -> dict[str, Any]:
+        window = parse_since(since) if since is not None else None
+        async with _migrated_database() as database:
+            return await run_stats(database, since=window)
+
+    report: dict[str, Any] = _run(go())
+    if as_json:
+        _print_json(report)
+        return
+    _print_stats(report)
+
+
+PCTS = ("p50", "p95", "p99")
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:.4f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _print_stats(report: dict[str, Any]) -> None:
+    since = format_time(report["since"]) if report["since"] else "the beginning"
+    runs = report["runs"]
+    out.print(f"[bold]runs[/] from {since} to {format_time(report['until'])}: {runs['total']}")
+    table = Table("status", "route", "runs")
+    for row in runs["by_status_and_route"]:
+        table.add_row(row["status"], row["route"] or "-", str(row["runs"]))
+    out.print(table)
+    table = Table("node", "steps", "failed", "p50 ms", "p95 ms", "p99 ms")
+    for node, lat in report["node_latency_ms"].items():
+        table.add_row(node, str(lat["steps"]), str(lat["failed"]), *(f"{lat[p]:.1f}" for p in PCTS))
+    out.print(table)
+    cost = report["cost_per_task_usd"]
+    for outcome in ("successful", "failed"):
+        c = cost[outcome]
+        out.print(
+            f"cost per {outcome} task: {_money(c['per_task_usd'])} "
+            f"({c['runs']} runs, {_money(c['total_usd'])} in all)"
+        )
+    table = Table("tool", "calls", "ok", "errors", "error rate", "approval flow", "errors by code")
+    for tool, t in report["tool_calls"].items():
+        codes = ", ".join(f"{code} {n}" for code, n in t["errors_by_code"].items())
+        table.add_row(
+            tool,
+            str(t["calls"]),
+            str(t["ok"]),
+            str(t["errors"]),
+            _share(t["error_rate"]),
+            str(t["approval_flow"]),
+            codes or "-",
+        )
+    out.print(table)
+    wait = report["approval_latency_s"]
+    if wait["measured"]:
+        out.print(
+            f"approval latency over {wait['measured']} decision(s): "
+            + ", ".join(f"{p} {wait[p]:.1f}s" for p in (*PCTS, "max"))
+        )
+    else:
+        out.print(f"approval latency: no measured decisions ({wait['decisions']} decision(s))")
+    contained = report["containment"]
+    out.print(
+        f"containment: {_share(contained['rate'])} "
+        f"({contained['completed_without_a_human']} of {contained['finished']} finished runs "
+        "completed without a human)"
+    )
+    if report["escalation_reasons"]:
+        table = Table("status", "runs", "reason")
+        for group in report["escalation_reasons"]:
+            table.add_row(group["status"], str(group["runs"]), escape(group["reason"]))
+        out.print(table)
+
+
 # --- audit ----------------------------------------------------------------------------
 
 audit_app = typer.Typer(
@@ -843,12 +931,7 @@ register_eval_commands(app)
 
 def main() -> None:
     """Console-script entry point."""
-    logging.basicConfig(
-        level=os.environ.get("PAYABLES_LOG_LEVEL", "WARNING"),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
+    configure_logging()
     app()
 
 

@@ -1,0 +1,68 @@
+"""Log lines: plain for people, or one JSON object per line for machines.
+
+`PAYABLES_LOG_FORMAT=json` makes every line a JSON object carrying the run's ``thread_id``
+when it is logged from inside a run: the same id is the ``thread_id`` metadata of the run's
+LangSmith trace and the ``thread_id`` of its audit rows, so one id joins all three.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+
+from guards.redaction import RedactingFilter, redact_text
+
+
+def current_thread_id_or_none() -> str | None:
+    """The thread id of the graph run this code is in, or None outside a run."""
+    try:
+        from langgraph.config import get_config
+
+        thread_id = get_config().get("configurable", {}).get("thread_id")
+    except RuntimeError:  # not inside a runnable context
+        return None
+    return str(thread_id) if thread_id else None
+
+
+class ThreadIdFilter(logging.Filter):
+    """Stamps each record with the run's thread id (``-`` outside a run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Add ``thread_id`` to the record; never drops it."""
+        record.thread_id = current_thread_id_or_none() or "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, thread_id."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one redacted JSON line."""
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact_text(record.getMessage()),
+            "thread_id": getattr(record, "thread_id", "-"),
+        }
+        if record.exc_info:
+            entry["exception"] = redact_text(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging() -> None:
+    """Set up the root logger from `PAYABLES_LOG_LEVEL` and `PAYABLES_LOG_FORMAT`."""
+    handler = logging.StreamHandler()
+    if os.environ.get("PAYABLES_LOG_FORMAT", "text").lower() == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(levelname)s %(name)s [%(thread_id)s]: %(message)s")
+        )
+    handler.addFilter(ThreadIdFilter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("PAYABLES_LOG_LEVEL", "WARNING").upper())
