@@ -8,6 +8,16 @@ session-level Postgres advisory lock on a connection of its own, held until the 
 returns and released by Postgres if the process dies. A second process gets a clear
 refusal instead of a second writer on the same checkpoint.
 
+Durability is chosen per leg of a run. A new request runs with ``durability="async"``:
+each step's checkpoint is written while the next step runs (in order), and the run
+returns only once every checkpoint is on disk. That leg cannot move money: an
+irreversible or destructive call needs an approval, and approvals only arrive with a
+resume. Resuming and continuing run with ``"sync"``: each checkpoint is on disk before
+the next step starts, around the payments and bank changes an approval lets through.
+Either way a crash loses no side effect and repeats none: the gate commits each one with
+its ledger row in one transaction, and a step re-run from an older checkpoint replays it
+by its idempotency key; async only means a crash may re-run a few more steps.
+
 A stop request (`SHUTDOWN`, which the CLI sets on SIGTERM) lets the step in flight finish
 and checkpoint, then ends the run with `RunStopped`; `payables continue` picks it up.
 A run that fails unexpectedly is recorded as a dead letter (`state.deadletters`) and
@@ -22,7 +32,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,7 +42,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.errors import GraphDrained
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import RunControl
-from langgraph.types import Command
+from langgraph.types import Command, Durability
 from langsmith import Client
 
 from graphs.payables import TRANSIENT_DB_RETRY, build_graph, is_transient_db_error
@@ -45,7 +55,7 @@ from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
 from state.approvals import ApprovalRequest, parse_resume
-from state.db import CONNECTION_KWARGS, Database, default_database, migrate
+from state.db import Database, default_database, migrate
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment
 from state.runs import list_runs
@@ -56,6 +66,11 @@ log = logging.getLogger(__name__)
 # Advisory-lock key space for thread locks: (class, hashtext(thread_id)). Any constant works
 # as long as every process uses the same one; it keeps these apart from other advisory locks.
 _THREAD_LOCK_CLASS = 0x70617962  # "payb"
+
+START_DURABILITY: Durability = "async"
+"""Checkpoints of a new request's leg: written behind the next step (no money moves yet)."""
+AFTER_APPROVAL_DURABILITY: Durability = "sync"
+"""Checkpoints of resumed and continued legs, where approved irreversible actions run."""
 
 _TASK_NOTE = re.compile(r"During task with name '([^']+)'")
 
@@ -228,19 +243,20 @@ class Agent:
     async def thread_lock(self, thread_id: str, busy: str) -> AsyncIterator[None]:
         """Hold the thread's lock for the block, or raise `ResumeError` with ``busy``.
 
-        The lock lives on a connection of its own (never a pooled one, which would carry
-        the lock to its next borrower); closing it, or the process dying, releases it.
+        The lock lives on a connection of its own (`Database.lock_connection`, never one
+        the run's steps borrow), which releases it when the block ends; the process dying
+        closes the connection, and that releases it too.
         """
-        try:
-            conn = await psycopg.AsyncConnection.connect(self.database.uri, **CONNECTION_KWARGS)
-        except psycopg.OperationalError as exc:
-            raise RunFailed(
-                f"Cannot reach Postgres to lock thread {thread_id}: {exc}. Nothing was run; "
-                "try again when the database is back.",
-                thread_id=thread_id,
-                dead_letter_id=None,
-            ) from exc
-        try:
+        async with AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(self.database.lock_connection())
+            except psycopg.OperationalError as exc:
+                raise RunFailed(
+                    f"Cannot reach Postgres to lock thread {thread_id}: {exc}. Nothing was "
+                    "run; try again when the database is back.",
+                    thread_id=thread_id,
+                    dead_letter_id=None,
+                ) from exc
             cur = await conn.execute(
                 "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS locked",
                 (_THREAD_LOCK_CLASS, thread_id),
@@ -249,8 +265,6 @@ class Agent:
             if row is None or not row["locked"]:
                 raise ResumeError(busy)
             yield
-        finally:
-            await conn.close()
 
     async def _drive(
         self,
@@ -261,11 +275,13 @@ class Agent:
         actor: str,
         action: DeadLetterAction,
         replay_input: Any,
+        durability: Durability,
     ) -> None:
         """Run the graph on ``thread_id`` until it ends, pauses, stops or fails.
 
         A stop request ends it with `RunStopped` after the step in flight has checkpointed;
         an unexpected failure is recorded as a dead letter and ends it with `RunFailed`.
+        ``durability`` is the leg's (see the module docs).
         """
         if self.shutdown.requested:
             raise RunStopped(thread_id, self.shutdown.reason or "shutdown", [], started=False)
@@ -273,7 +289,7 @@ class Agent:
         with self.shutdown.control() as control, traced(self.tracing_client):
             try:
                 await self.graph.ainvoke(
-                    graph_input, config, context=context, durability="sync", control=control
+                    graph_input, config, context=context, durability=durability, control=control
                 )
             except GraphDrained as drained:
                 snapshot = await self.graph.aget_state(self.config(thread_id))
@@ -395,6 +411,7 @@ class Agent:
                 actor=user,
                 action=action,
                 replay_input=run_input,
+                durability=START_DURABILITY,
             )
             return await self.view(thread_id)
 
@@ -455,6 +472,7 @@ class Agent:
                 actor=resume.reviewer.id,
                 action="resume",
                 replay_input={"interrupt_id": target.id, "value": value},
+                durability=AFTER_APPROVAL_DURABILITY,
             )
             return await self.view(thread_id)
 
@@ -492,6 +510,7 @@ class Agent:
                 actor="recovery",
                 action=action,
                 replay_input=None,
+                durability=AFTER_APPROVAL_DURABILITY,
             )
             return await self.view(thread_id)
 

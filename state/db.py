@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -170,6 +173,48 @@ def redact_uri(uri: str) -> str:
     return psycopg.conninfo.make_conninfo("", **info)
 
 
+IDLE_PING_S = 10.0
+"""A pooled connection idle for longer than this is pinged before it is lent out."""
+
+
+class ConnectionCheck:
+    """What the pool checks before it lends a connection, at almost no cost per borrow.
+
+    After a Postgres restart (or a killed backend) the idle connections are dead; lending
+    one fails its borrower. The server closes those connections when it goes, so reading
+    what is waiting on the socket, without a round trip, finds them: first the server's
+    goodbye message, then the end of the stream. A connection idle for longer than
+    `IDLE_PING_S` (which may sit behind a network path that died silently) is also
+    pinged. A connection found dead is discarded and replaced by the pool.
+
+    A round trip on every borrow (psycopg_pool's ``check_connection``) would cost two with
+    ``prepare_threshold=0``, since an empty query is never cached as prepared: a run
+    borrows some fifty times.
+    """
+
+    def __init__(self) -> None:
+        """No connection has been returned yet."""
+        self._returned_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Raise if ``conn`` is dead (the pool then replaces it); return quietly if not."""
+        pgconn = conn.pgconn
+        for _ in range(2):  # the goodbye message, then the end of the stream
+            pgconn.consume_input()  # raises OperationalError on a closed connection
+        if pgconn.status != pq.ConnStatus.OK:
+            raise psycopg.OperationalError("the pooled connection is no longer open")
+        returned_at = self._returned_at.get(conn)
+        if returned_at is None or monotonic() - returned_at > IDLE_PING_S:
+            if conn.autocommit:
+                await conn.execute("SELECT 1", prepare=False)
+            else:  # a ping outside autocommit would leave a transaction open
+                await AsyncConnectionPool.check_connection(conn)
+
+    async def returned(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Note when ``conn`` came back to the pool (the pool's reset hook)."""
+        self._returned_at[conn] = monotonic()
+
+
 class Database:
     """A lazily opened connection pool, one per event loop.
 
@@ -177,17 +222,26 @@ class Database:
     LangGraph server each run their own loops, so the pool is keyed by loop.
     """
 
-    def __init__(self, uri: str, *, max_size: int = 10) -> None:
-        """Remember where to connect; nothing opens until the first `connection()`."""
+    def __init__(self, uri: str, *, max_size: int = 10, max_locks: int = 64) -> None:
+        """Remember where to connect; nothing opens until the first `connection()`.
+
+        ``max_size`` bounds the shared pool; ``max_locks`` the connections that hold
+        session locks (`lock_connection`), one per run in flight.
+        """
         self.uri = uri
         self.max_size = max_size
+        self.max_locks = max_locks
         self._pools: dict[int, AsyncConnectionPool[Any]] = {}
+        self._lock_pools: dict[int, AsyncConnectionPool[Any]] = {}
 
     async def pool(self) -> AsyncConnectionPool[Any]:
         """The open pool for the running loop."""
         loop_id = id(asyncio.get_running_loop())
         pool = self._pools.get(loop_id)
         if pool is None or pool.closed:
+            # After a Postgres restart the idle connections are dead; checking each on
+            # checkout replaces them instead of failing the caller.
+            check = ConnectionCheck()
             pool = AsyncConnectionPool(
                 self.uri,
                 kwargs=CONNECTION_KWARGS,
@@ -195,9 +249,8 @@ class Database:
                 max_size=self.max_size,
                 open=False,
                 name="payables",
-                # After a Postgres restart the idle connections are dead; checking each on
-                # checkout replaces them instead of failing the caller.
-                check=AsyncConnectionPool.check_connection,
+                check=check.check,
+                reset=check.returned,
             )
             await pool.open(wait=True, timeout=30)
             self._pools[loop_id] = pool
@@ -210,11 +263,52 @@ class Database:
         async with pool.connection() as conn:
             yield conn
 
+    async def _lock_pool(self) -> AsyncConnectionPool[Any]:
+        loop_id = id(asyncio.get_running_loop())
+        pool = self._lock_pools.get(loop_id)
+        if pool is None or pool.closed:
+            check = ConnectionCheck()
+
+            async def release(conn: psycopg.AsyncConnection[Any]) -> None:
+                # If this fails the pool closes the connection, which releases them too.
+                await conn.execute("SELECT pg_advisory_unlock_all()")
+                await check.returned(conn)
+
+            pool = AsyncConnectionPool(
+                self.uri,
+                kwargs=CONNECTION_KWARGS,
+                min_size=1,
+                max_size=self.max_locks,
+                open=False,
+                name="payables-locks",
+                check=check.check,
+                reset=release,
+            )
+            await pool.open(wait=True, timeout=30)
+            self._lock_pools[loop_id] = pool
+        return pool
+
+    @asynccontextmanager
+    async def lock_connection(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        """Borrow a connection to hold session-level advisory locks for the block.
+
+        Every session lock it holds is released when it comes back, before anyone else can
+        borrow it, and closing it (or the process dying) releases them as well. These
+        connections are pooled apart from `connection`'s: a run holds one for as long as it
+        runs, and must not starve the pool its own steps borrow from. Reusing them saves
+        a connection set-up (a new Postgres backend) per run.
+        """
+        pool = await self._lock_pool()
+        async with pool.connection() as conn:
+            yield conn
+
     async def close(self) -> None:
-        """Close the pool of the running loop, if any."""
-        pool = self._pools.pop(id(asyncio.get_running_loop()), None)
-        if pool is not None:
-            await pool.close()
+        """Close the pools of the running loop, if any."""
+        loop_id = id(asyncio.get_running_loop())
+        for pools in (self._pools, self._lock_pools):
+            pool = pools.pop(loop_id, None)
+            if pool is not None:
+                await pool.close()
 
 
 _default_database: Database | None = None
