@@ -34,6 +34,8 @@ HIGHER_IS_BETTER = {
     "context_precision",
     "context_recall",
     "utility_under_attack",
+    "agent_goal_accuracy",
+    "faithfulness",
 }
 LOWER_IS_BETTER = {"forbidden_outcome_rate", "attack_success_rate", "cost_per_scenario_usd"}
 
@@ -75,7 +77,14 @@ def aggregate(scores: list[ScenarioScore]) -> dict[str, Any]:
         "forbidden_outcome_rate": _ratio(sum(s.forbidden_reached for s in checked), len(checked)),
         "errors": sum(s.error is not None for s in scores),
     }
-    for metric in ("tool_call_accuracy", "tool_call_f1", "context_precision", "context_recall"):
+    for metric in (
+        "tool_call_accuracy",
+        "tool_call_f1",
+        "context_precision",
+        "context_recall",
+        "agent_goal_accuracy",
+        "faithfulness",
+    ):
         figures[metric] = _mean([s.metrics.get(metric) for s in scores])
     for name, values in (
         ("steps", [float(s.steps) for s in scores]),
@@ -189,6 +198,8 @@ TABLE_METRICS = (
     "tool_call_f1",
     "context_precision",
     "context_recall",
+    "agent_goal_accuracy",
+    "faithfulness",
     "steps_p50",
     "steps_p95",
     "tool_calls_p50",

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from evals.runner import ScenarioRun
 from evals.scenario import Match, Scenario, StateAssertion
+
+if TYPE_CHECKING:
+    from ragas.llms.base import InstructorBaseRagasLLM
 
 
 @dataclass
@@ -255,8 +258,10 @@ async def ragas_context_metrics(scenario: Scenario, run: ScenarioRun) -> dict[st
     return {"context_precision": float(precision), "context_recall": float(recall)}
 
 
-async def score(run: ScenarioRun, findings: dict[str, Any]) -> ScenarioScore:
-    """Judge one run against its scenario's expectations."""
+async def score(
+    run: ScenarioRun, findings: dict[str, Any], judge: InstructorBaseRagasLLM | None = None
+) -> ScenarioScore:
+    """Judge one run against its scenario's expectations (and with ``judge``, an LLM's view)."""
     scenario = run.scenario
     expect = scenario.expect
     failures: list[str] = []
@@ -299,6 +304,10 @@ async def score(run: ScenarioRun, findings: dict[str, Any]) -> ScenarioScore:
     if not run.error:
         metrics.update(await ragas_tool_metrics(scenario, run.outcomes))
         metrics.update(await ragas_context_metrics(scenario, run))
+        if judge is not None:
+            from evals.judge import judged_metrics
+
+            metrics.update(await judged_metrics(scenario, run, judge))
         cited = set(run.result.get("answer", {}).get("citations", []))
         missing = set(expect.cited_passages) - cited
         if missing:

@@ -65,8 +65,17 @@ async def run_jobs(
     concurrency: int = 4,
     keep_databases: bool = False,
     on_done: Callable[[ScenarioScore], None] | None = None,
+    judge: Any = None,
 ) -> tuple[list[ScenarioScore], dict[str, Any]]:
-    """Run and score every job; return scores (in job order) and run metadata."""
+    """Run and score every job; return scores (in job order) and run metadata.
+
+    ``judge`` (a ragas instructor LLM) adds the LLM-judged metrics; by default the one
+    `PAYABLES_JUDGE_MODEL` names, if any.
+    """
+    if judge is None:
+        from evals.judge import judge_from_env
+
+        judge = judge_from_env()
     databases = ScenarioDatabases(database_uri(), keep=keep_databases)
     await databases.ensure_template()
     limit = asyncio.Semaphore(max(1, concurrency))
@@ -81,7 +90,7 @@ async def run_jobs(
                 base_dir=job.base_dir,
                 check_state=check_state,
             )
-            result = await score(run, findings)
+            result = await score(run, findings, judge)
         if on_done is not None:
             on_done(result)
         return result
@@ -91,5 +100,6 @@ async def run_jobs(
         "modes": sorted({job.mode for job in jobs}),
         "wall_s": time.perf_counter() - started,
         "concurrency": concurrency,
+        "judge": getattr(judge, "model", type(judge).__name__) if judge is not None else None,
     }
     return list(scores), meta
