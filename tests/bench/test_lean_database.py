@@ -1,0 +1,118 @@
+"""The performance changes keep their promises: pooled checks, pooled locks, durability.
+
+- A pooled connection the server closed (restart, killed backend) is replaced on borrow,
+  and one returned a moment ago is lent without a round trip; one idle for long is pinged.
+- A lock connection comes back with its session locks released.
+- A new request's leg writes checkpoints asynchronously; a resumed leg synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from runtime.agent import AFTER_APPROVAL_DURABILITY, START_DURABILITY, open_agent
+from state import db as state_db
+from state.db import CONNECTION_KWARGS, Database
+
+pytestmark = pytest.mark.integration
+
+
+async def last_query(uri: str, pid: int) -> str:
+    """What backend ``pid`` ran last, as another session sees it."""
+    async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as other:
+        cur = await other.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
+        row = await cur.fetchone()
+    assert row is not None, f"backend {pid} is gone"
+    return str(row["query"])
+
+
+async def test_a_connection_returned_a_moment_ago_is_lent_without_a_ping(db_uri: str) -> None:
+    database = Database(db_uri, max_size=1)
+    try:
+        async with database.connection() as conn:
+            pid = conn.info.backend_pid
+            await conn.execute("SELECT 'marker-before-return'")
+        async with database.connection() as conn:
+            assert conn.info.backend_pid == pid
+            assert await last_query(db_uri, pid) == "SELECT 'marker-before-return'"
+    finally:
+        await database.close()
+
+
+async def test_a_connection_idle_for_long_is_pinged_before_it_is_lent(
+    db_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_db, "IDLE_PING_S", 0.0)
+    database = Database(db_uri, max_size=1)
+    try:
+        async with database.connection() as conn:
+            pid = conn.info.backend_pid
+            await conn.execute("SELECT 'marker-before-return'")
+        await asyncio.sleep(0.01)
+        async with database.connection() as conn:
+            assert conn.info.backend_pid == pid
+            assert await last_query(db_uri, pid) == "SELECT 1"
+    finally:
+        await database.close()
+
+
+async def test_a_connection_the_server_closed_is_replaced_on_borrow(db_uri: str) -> None:
+    database = Database(db_uri, max_size=1)
+    try:
+        async with database.connection() as conn:
+            dead_pid = conn.info.backend_pid
+        async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (dead_pid,))
+        await asyncio.sleep(0.2)  # the server closes the socket
+        async with database.connection() as conn:
+            cur = await conn.execute("SELECT pg_backend_pid() AS pid")
+            row = await cur.fetchone()
+        assert row is not None and row["pid"] != dead_pid
+    finally:
+        await database.close()
+
+
+async def test_a_lock_connection_comes_back_with_its_locks_released(db_uri: str) -> None:
+    database = Database(db_uri, max_size=1, max_locks=1)
+    key = (4242, 7)
+    try:
+        async with database.lock_connection() as conn:
+            pid = conn.info.backend_pid
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s) AS locked", key)
+            assert (await cur.fetchone())["locked"]  # type: ignore[index]
+            async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as rival:
+                cur = await rival.execute("SELECT pg_try_advisory_lock(%s, %s) AS locked", key)
+                assert not (await cur.fetchone())["locked"]  # type: ignore[index]
+        async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as rival:
+            cur = await rival.execute("SELECT pg_try_advisory_lock(%s, %s) AS locked", key)
+            assert (await cur.fetchone())["locked"]  # type: ignore[index]
+        async with database.lock_connection() as conn:
+            assert conn.info.backend_pid == pid  # the same connection, reused
+    finally:
+        await database.close()
+
+
+async def test_new_requests_checkpoint_async_and_resumed_legs_sync(database: Database) -> None:
+    assert (START_DURABILITY, AFTER_APPROVAL_DURABILITY) == ("async", "sync")
+    async with open_agent(database=database) as agent:
+        seen: list[Any] = []
+        ainvoke = agent.graph.ainvoke
+
+        async def recording(*args: Any, **kwargs: Any) -> Any:
+            seen.append(kwargs["durability"])
+            return await ainvoke(*args, **kwargs)
+
+        agent.graph.ainvoke = recording  # type: ignore[method-assign]
+        view = await agent.start("Validate INV-1001 and pay it", user="clerk-ana")
+        assert view["status"] == "interrupted"
+        done = await agent.resume(
+            view["thread_id"],
+            {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}},
+        )
+    assert done["status"] == "completed"
+    assert done["result"]["invoices"]["INV-1001"]["actions"] == ["staged", "payment_scheduled"]
+    assert seen == ["async", "sync"]
