@@ -15,7 +15,7 @@ export RAGAS_DO_NOT_TRACK ?= true
 export LANGGRAPH_CLI_NO_ANALYTICS ?= 1
 export LANGGRAPH_NO_VERSION_CHECK ?= true
 
-.PHONY: help install demo dev test check format format-check lint typecheck eval bench clean
+.PHONY: help install demo dev test check format format-check lint typecheck eval bench loadtest clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ demo: install ## Start the embedded Postgres, seed the sample world, run the sam
 	$(BIN)/payables demo
 
 dev: install ## Serve the graph with `langgraph dev` (Postgres checkpointer) on 127.0.0.1:$(DEV_PORT)
+	@echo "API:    http://127.0.0.1:$(DEV_PORT)  (OpenAPI docs: http://127.0.0.1:$(DEV_PORT)/docs)"
+	@echo "Inbox:  http://127.0.0.1:$(DEV_PORT)/inbox  (sign in with a token from PAYABLES_AUTH_TOKENS)"
+	@echo "Studio: https://smith.langchain.com/studio/?baseUrl=http://127.0.0.1:$(DEV_PORT)"
 	PAYABLES_DATABASE_URI="$${PAYABLES_DATABASE_URI:-$${DATABASE_URI:-}}" \
 		$(BIN)/langgraph dev --host 127.0.0.1 --port $(DEV_PORT) --no-browser
 
@@ -62,6 +65,10 @@ eval: install ## Run the eval suites (golden, policy_qa, redteam) offline, write
 BENCH_ARGS ?=
 bench: install ## Agent overhead vs bare LangGraph and plain psycopg; prints a table, writes reports/bench/bench.json
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+LOADTEST_ARGS ?=
+loadtest: install ## Bounded load test on a local langgraph dev (8 clients x 5 runs, 120 s); prints throughput, p50/p95, errors
+	$(BIN)/python -m loadtest $(LOADTEST_ARGS)
 
 clean: ## Remove the virtualenv, caches and the embedded database
 	rm -rf $(VENV) .tools .data .mypy_cache .ruff_cache .pytest_cache
