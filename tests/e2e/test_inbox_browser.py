@@ -99,12 +99,12 @@ async def page(browser: Browser, server: str) -> AsyncIterator[Page]:
     assert not elsewhere, f"the inbox requested something outside the server: {elsewhere}"
 
 
-async def _start_paused_run(url: str) -> tuple[str, dict[str, Any]]:
-    """A clerk starts the payment request through the API; it stops at the approval."""
+async def _start_paused_run(url: str, request: str = REQUEST) -> tuple[str, dict[str, Any]]:
+    """A clerk starts a payment request through the API; it stops at the approval."""
     async with get_client(url=url, api_key=None, headers=_bearer(CLERK), timeout=120) as client:
         thread = await client.threads.create()
         result = await client.runs.wait(
-            thread["thread_id"], GRAPH_ID, input={"request": REQUEST, "user": "clerk-ana"}
+            thread["thread_id"], GRAPH_ID, input={"request": request, "user": "clerk-ana"}
         )
         assert isinstance(result, dict) and result.get("__interrupt__"), result
         state = await client.threads.get_state(thread["thread_id"])
@@ -221,3 +221,48 @@ async def test_clerk_cannot_approve_from_the_inbox(page: Page, server: str, db_u
     await expect(card).to_be_visible()
 
     assert await _thread_outcome(db_uri, thread_id) == ("interrupted", 0)
+
+
+async def test_reviewer_edits_the_amount_and_rejects_with_a_reason(
+    page: Page, server: str, db_uri: str
+) -> None:
+    edited_thread, _ = await _start_paused_run(server)
+    rejected_thread, _ = await _start_paused_run(
+        server, "Validate INV-1002 and pay it if it matches"
+    )
+    await _sign_in(page, server, REVIEWER)
+    rejected = page.locator(f'article.approval[data-thread="{rejected_thread}"]')
+    edited = page.locator(f'article.approval[data-thread="{edited_thread}"]')
+    await expect(rejected).to_be_visible(timeout=UI_TIMEOUT_MS)
+    await expect(edited).to_be_visible(timeout=UI_TIMEOUT_MS)
+
+    await rejected.locator("input[type=radio][value=reject]").check()
+    await rejected.locator("button.send").click()
+    await expect(page.locator("#error")).to_contain_text("Give a reason to reject")
+    await rejected.locator("textarea.reason").fill("Vendor asked us to hold this invoice")
+    await rejected.locator("button.send").click()
+    await expect(rejected).to_have_count(0, timeout=UI_TIMEOUT_MS)
+    await expect(page.locator("#error")).to_be_hidden()
+
+    await edited.locator("input[type=radio][value=edit]").check()
+    await expect(edited.locator('[data-arg="invoice_id"]')).to_have_count(0)  # not editable
+    await edited.locator('[data-arg="amount"]').fill("3000.00")
+    await edited.locator("button.send").click()
+    await expect(page.locator("#notice")).to_contain_text("completed", timeout=UI_TIMEOUT_MS)
+    await expect(edited).to_have_count(0, timeout=UI_TIMEOUT_MS)
+
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        cur = await conn.execute(
+            "SELECT thread_id, decision, reason, edited_args->>'amount', reviewer_id"
+            " FROM approval_decisions ORDER BY decision_id"
+        )
+        decisions = await cur.fetchall()
+        cur = await conn.execute("SELECT invoice_id, amount::text, thread_id FROM payments")
+        payments = await cur.fetchall()
+    assert decisions == [
+        (rejected_thread, "reject", "Vendor asked us to hold this invoice", None, "rev-1"),
+        (edited_thread, "edit", "", "3000.00", "rev-1"),
+    ]
+    assert [p for p in payments if p[2] in (edited_thread, rejected_thread)] == [
+        ("INV-1001", "3000.00", edited_thread)
+    ]
