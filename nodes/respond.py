@@ -204,6 +204,7 @@ def make_respond(deps: NodeDeps) -> Node:
             route=state.get("route"),
             status=status,
             summary=summary[:2000],
+            reason=reason[:2000],
         )
         # Audit chain: how the run ended.
         ended = outcome_event(

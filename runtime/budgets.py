@@ -14,7 +14,9 @@
   `runtime.models` consults before every call.
 
 After the node it adds one step, the node's model usage and its time to the run's
-``usage``, charges the node's model cost to the tenant's day, records soft warnings when a
+``usage``, records the step (``step_metrics``, for `payables stats`) and charges its model
+cost to the tenant's day in one statement (`state.step_metrics`; a node that raised is
+recorded too, as failed), records soft warnings when a
 budget reaches `Context.budget_warn_fraction`, and, after the planner, stops a planner
 that keeps producing the same plan (``loop_detected``).
 
@@ -33,19 +35,22 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from time import monotonic
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from langsmith.run_helpers import get_current_run_tree
 
-from nodes.deps import Node
+from nodes.deps import Node, current_thread_id
 from runtime.context import Context
 from runtime.usage import Meter, metering
-from state.costs import TenantDay, add_spend, admit_run, spent_today
+from state.costs import TenantDay, admit_run, spent_today
 from state.db import Database
 from state.graph_state import AgentState, Plan, Usage, add_usage
+from state.step_metrics import StepMetric, record_step
 from tools.contract import canonical_json
 
 log = logging.getLogger(__name__)
@@ -335,19 +340,39 @@ def guard_node(
                 return _stop(state, exhausted)
 
         meter = meter_for(usage, ctx, today, stopped=bool(state.get("budget_stop")))
+        thread_id = current_thread_id()
+        started_at = datetime.now(UTC)
         started = monotonic()
+
+        def step(elapsed: float, *, ok: bool) -> StepMetric:
+            return StepMetric(
+                thread_id=thread_id,
+                tenant=ctx.tenant,
+                node=name,
+                started_at=started_at,
+                duration_ms=elapsed * 1000,
+                model_calls=meter.model_calls,
+                tokens=meter.input_tokens + meter.output_tokens,
+                cost_usd=meter.cost_usd,
+                ok=ok,
+            )
+
         try:
             with metering(meter):
                 result = await node(state, runtime=runtime)
+        except GraphBubbleUp:
+            # The node paused the run for a reviewer (or handed control up): not a failure.
+            await _record_after_exception(db, step(monotonic() - started, ok=True))
+            raise
         except Exception:
             # The models were called (and paid for) even if the node failed afterwards.
-            await _charge_after_failure(db, ctx.tenant, meter)
+            await _record_after_exception(db, step(monotonic() - started, ok=False))
             raise
         elapsed = monotonic() - started
-        if meter.model_calls or meter.cost_usd:
-            today = await add_spend(
-                db, ctx.tenant, cost_usd=meter.cost_usd, model_calls=meter.model_calls
-            )
+        # One statement: the step's row for `payables stats` and its spend for the tenant.
+        spent = await record_step(db, step(elapsed, ok=True))
+        if spent is not None:
+            today = spent
         step_usage = Usage(
             steps=1,
             model_calls=meter.model_calls,
@@ -388,19 +413,20 @@ def guard_node(
     return guarded
 
 
-async def _charge_after_failure(database: Database, tenant: str, meter: Meter) -> None:
-    """Charge a failed node's model spend.
+async def _record_after_exception(database: Database, step: StepMetric) -> None:
+    """Record a node that raised, and charge its model spend.
 
-    A failure to record it is logged, not raised, so the node's own error propagates.
+    A failure to record it is logged, not raised, so the node's own exception propagates.
     """
-    if not (meter.model_calls or meter.cost_usd):
-        return
     try:
-        await add_spend(database, tenant, cost_usd=meter.cost_usd, model_calls=meter.model_calls)
+        await record_step(database, step)
     except Exception:
         log.exception(
-            "could not record $%.6f of model spend (%d calls) for tenant %s after a failed step",
-            meter.cost_usd,
-            meter.model_calls,
-            tenant,
+            "could not record the %s step of thread %s ($%.6f of model spend, %d calls,"
+            " tenant %s) after it raised",
+            step.node,
+            step.thread_id,
+            step.cost_usd,
+            step.model_calls,
+            step.tenant,
         )

@@ -557,11 +557,11 @@ def _print_stats(report: dict[str, Any]) -> None:
     since = format_time(report["since"]) if report["since"] else "the beginning"
     runs = report["runs"]
     out.print(f"[bold]runs[/] from {since} to {format_time(report['until'])}: {runs['total']}")
-    table = Table("status", "route", "runs")
+    table = Table("status", "route", "runs", title="runs by status and route")
     for row in runs["by_status_and_route"]:
         table.add_row(row["status"], row["route"] or "-", str(row["runs"]))
     out.print(table)
-    table = Table("node", "steps", "failed", "p50 ms", "p95 ms", "p99 ms")
+    table = Table("node", "steps", "failed", "p50 ms", "p95 ms", "p99 ms", title="node latency")
     for node, lat in report["node_latency_ms"].items():
         table.add_row(node, str(lat["steps"]), str(lat["failed"]), *(f"{lat[p]:.1f}" for p in PCTS))
     out.print(table)
@@ -572,7 +572,16 @@ def _print_stats(report: dict[str, Any]) -> None:
             f"cost per {outcome} task: {_money(c['per_task_usd'])} "
             f"({c['runs']} runs, {_money(c['total_usd'])} in all)"
         )
-    table = Table("tool", "calls", "ok", "errors", "error rate", "approval flow", "errors by code")
+    table = Table(
+        "tool",
+        "calls",
+        "ok",
+        "errors",
+        "error rate",
+        "approval flow",
+        "errors by code",
+        title="tool calls (approval flow: held for or rejected by a reviewer; not errors)",
+    )
     for tool, t in report["tool_calls"].items():
         codes = ", ".join(f"{code} {n}" for code, n in t["errors_by_code"].items())
         table.add_row(
@@ -600,7 +609,7 @@ def _print_stats(report: dict[str, Any]) -> None:
         "completed without a human)"
     )
     if report["escalation_reasons"]:
-        table = Table("status", "runs", "reason")
+        table = Table("status", "runs", "reason", title="why runs did not complete")
         for group in report["escalation_reasons"]:
             table.add_row(group["status"], str(group["runs"]), escape(group["reason"]))
         out.print(table)

@@ -22,15 +22,21 @@ async def record_run(
     route: str | None,
     status: str,
     summary: str = "",
+    reason: str = "",
 ) -> None:
-    """Insert or update a thread's row (idempotent: safe before an `interrupt()`)."""
+    """Insert or update a thread's row (idempotent: safe before an `interrupt()`).
+
+    ``reason`` says why the run ended as it did (respond writes it with the final status);
+    a later status without one clears it, so it always belongs to the current status.
+    """
     async with database.connection() as conn:
         await conn.execute(
-            "INSERT INTO runs (thread_id, request, requester, tenant, route, status, summary)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s)"
+            "INSERT INTO runs (thread_id, request, requester, tenant, route, status, summary,"
+            " reason) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
             " ON CONFLICT (thread_id) DO UPDATE SET route = COALESCE(EXCLUDED.route, runs.route),"
-            " status = EXCLUDED.status, summary = EXCLUDED.summary, updated_at = now()",
-            (thread_id, request, requester, tenant, route, status, summary),
+            " status = EXCLUDED.status, summary = EXCLUDED.summary, reason = EXCLUDED.reason,"
+            " updated_at = now()",
+            (thread_id, request, requester, tenant, route, status, summary, reason),
         )
 
 

@@ -1,0 +1,300 @@
+"""`payables stats`: every figure checked against runs the agent really made.
+
+The runs go through the real graph on Postgres (rules model unless a test scripts a
+billed planner); the step rows come from the budget guard, the tool calls and approval
+requests from the audit chain, the decisions from the approval node.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from runtime.agent import Agent, RunFailed, open_agent
+from runtime.context import Context
+from runtime.errors import BadInput
+from state.costs import spent_today
+from state.db import Database
+from state.stats import parse_since, reason_kind, run_stats
+from tests.billing import PRICES, billed, read_and_match, stage
+from tests.cli import payables_fails, payables_json
+from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
+
+pytestmark = pytest.mark.integration
+
+APPROVER = {"id": "appr-1", "role": "approver"}
+
+
+async def approve_once(agent: Agent, thread_id: str) -> dict[str, Any]:
+    pending = await agent.pending(thread_id)
+    actions = len(pending[0][1]["action_requests"])
+    return await agent.resume(
+        thread_id, {"decisions": [{"type": "approve"}] * actions, "reviewer": APPROVER}
+    )
+
+
+async def rows(database: Database, query: str, *params: Any) -> list[dict[str, Any]]:
+    async with database.connection() as conn:
+        cur = await conn.execute(query, params)
+        return await cur.fetchall()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Linear interpolation between closest ranks (what percentile_cont computes)."""
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+async def make_runs(database: Database) -> dict[str, dict[str, Any]]:
+    """Five runs: completed alone, escalated, refused, approved then completed, waiting."""
+    views = {}
+    async with open_agent(database=database) as agent:
+        views["clean"] = await agent.start("Validate INV-1002", user="clerk-ana")
+        views["unknown"] = await agent.start("Validate INV-9999", user="clerk-ana")
+        views["flight"] = await agent.start("Book me a flight to Denver", user="clerk-ana")
+        paid = await agent.start("Validate INV-1001 and pay it if it matches", user="clerk-ana")
+        assert paid["status"] == "interrupted"
+        views["approved"] = await approve_once(agent, paid["thread_id"])
+        views["waiting"] = await agent.start(
+            "Please pay INV-1005, it is due this week.", user="clerk-ana"
+        )
+    statuses = {name: view["status"] for name, view in views.items()}
+    assert statuses == {
+        "clean": "completed",
+        "unknown": "escalated",
+        "flight": "refused",
+        "approved": "completed",
+        "waiting": "interrupted",
+    }
+    return views
+
+
+async def test_stats_count_runs_steps_tools_approvals_and_reasons(database: Database) -> None:
+    views = await make_runs(database)
+    stats = await run_stats(database, since=timedelta(hours=1))
+
+    runs = stats["runs"]
+    assert runs["total"] == 5
+    assert runs["by_status"] == {"completed": 2, "escalated": 1, "interrupted": 1, "refused": 1}
+    assert runs["by_route"] == {"invoice_processing": 4, "out_of_scope": 1}
+    assert {(r["status"], r["route"], r["runs"]) for r in runs["by_status_and_route"]} == {
+        ("completed", "invoice_processing", 2),
+        ("escalated", "invoice_processing", 1),
+        ("interrupted", "invoice_processing", 1),
+        ("refused", "out_of_scope", 1),
+    }
+
+    # Node latency: every run passed the router once; the four finished runs, respond once.
+    steps = await rows(database, "SELECT * FROM step_metrics")
+    latency = stats["node_latency_ms"]
+    assert latency["router"]["steps"] == 5 and latency["respond"]["steps"] == 4
+    assert {"planner", "executor", "verifier", "approval"} <= set(latency)
+    for node, figures in latency.items():
+        durations = [s["duration_ms"] for s in steps if s["node"] == node]
+        assert figures["steps"] == len(durations) and figures["failed"] == 0
+        for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+            assert figures[name] == pytest.approx(percentile(durations, fraction), abs=0.051)
+        assert figures["p50"] <= figures["p95"] <= figures["p99"]
+    # The guard records exactly the steps it adds to the run's usage, with the same time.
+    clean = views["clean"]
+    mine = [s for s in steps if s["thread_id"] == clean["thread_id"] and s["node"] != "respond"]
+    usage = clean["result"]["usage"]  # respond copies usage before its own step ends
+    assert len(mine) == usage["steps"]
+    assert sum(s["duration_ms"] for s in mine) / 1000 == pytest.approx(usage["wall_clock_s"])
+    assert all(s["ok"] and s["tenant"] == "default" for s in steps)
+
+    # Rules model: nothing is billed. Successful = completed; failed = escalated + refused.
+    assert stats["cost_per_task_usd"] == {
+        "successful": {"runs": 2, "total_usd": 0.0, "per_task_usd": 0.0},
+        "failed": {"runs": 2, "total_usd": 0.0, "per_task_usd": 0.0},
+    }
+
+    tools = stats["tool_calls"]
+    assert set(tools) == {
+        "get_invoice",
+        "compute_match",
+        "stage_invoice",
+        "schedule_payment",
+        "flag_exception",
+    }
+    # INV-1002, INV-9999 (not found), INV-1001, INV-1005 were read.
+    assert tools["get_invoice"] == {
+        "calls": 4,
+        "ok": 3,
+        "errors": 1,
+        "approval_flow": 0,
+        "errors_by_code": {"invoice_not_found": 1},
+        "error_rate": 0.25,
+    }
+    # INV-1001's payment was held for approval, then made; INV-1005's staging is held.
+    assert tools["schedule_payment"]["calls"] == 2
+    assert tools["schedule_payment"]["ok"] == 1
+    assert tools["schedule_payment"]["approval_flow"] == 1
+    assert tools["schedule_payment"]["error_rate"] == 0.0
+    assert tools["stage_invoice"]["calls"] == 3
+    assert tools["stage_invoice"]["ok"] == 2
+    assert tools["stage_invoice"]["approval_flow"] == 1
+    assert tools["compute_match"]["calls"] == 3 and tools["compute_match"]["errors"] == 0
+    assert tools["flag_exception"] == {
+        "calls": 1,
+        "ok": 1,
+        "errors": 0,
+        "approval_flow": 0,
+        "errors_by_code": {},
+        "error_rate": 0.0,
+    }
+
+    # Approval latency: one decision, measured from the request the approval node recorded.
+    approved = views["approved"]["thread_id"]
+    (asked,) = await rows(
+        database,
+        "SELECT created_at FROM audit_events WHERE kind = 'approval_requested' AND thread_id = %s",
+        approved,
+    )
+    (decided,) = await rows(
+        database, "SELECT created_at FROM approval_decisions WHERE thread_id = %s", approved
+    )
+    wait = (decided["created_at"] - asked["created_at"]).total_seconds()
+    assert wait > 0
+    figures = stats["approval_latency_s"]
+    assert figures["decisions"] == 1 and figures["measured"] == 1
+    for name in ("p50", "p95", "p99", "max"):
+        assert figures[name] == pytest.approx(wait, abs=0.0006)
+
+    # Containment: of four finished runs only the clean one completed without a reviewer.
+    assert stats["containment"] == {"finished": 4, "completed_without_a_human": 1, "rate": 0.25}
+
+    reasons = {(g["status"], g["reason"]): g for g in stats["escalation_reasons"]}
+    assert set(reasons) == {
+        ("escalated", "Could not finish: INV-#: No invoice 'INV-#' exists."),
+        ("refused", reason_kind(views["flight"]["reason"])),
+    }
+    assert all(g["runs"] == 1 for g in reasons.values())
+    # respond writes the reason to the run index with the final status.
+    (unknown,) = await rows(
+        database, "SELECT reason FROM runs WHERE thread_id = %s", views["unknown"]["thread_id"]
+    )
+    assert unknown["reason"] == views["unknown"]["reason"] != ""
+
+
+async def test_the_window_leaves_out_older_runs_and_steps(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        old = await agent.start("Validate INV-1002", user="clerk-ana")
+        new = await agent.start("Validate INV-9999", user="clerk-ana")
+    async with database.connection() as conn:
+        await conn.execute(
+            "UPDATE runs SET created_at = created_at - interval '2 days' WHERE thread_id = %s",
+            (old["thread_id"],),
+        )
+        await conn.execute(
+            "UPDATE step_metrics SET started_at = started_at - interval '2 days'"
+            " WHERE thread_id = %s",
+            (old["thread_id"],),
+        )
+    recent = await run_stats(database, since=timedelta(days=1))
+    everything = await run_stats(database)
+    assert recent["runs"]["by_status"] == {"escalated": 1}
+    assert everything["runs"]["by_status"] == {"completed": 1, "escalated": 1}
+    assert recent["node_latency_ms"]["router"]["steps"] == 1
+    assert everything["node_latency_ms"]["router"]["steps"] == 2
+    assert recent["containment"] == {"finished": 1, "completed_without_a_human": 0, "rate": 0.0}
+    assert everything["since"] is None and recent["since"] is not None
+    assert new["status"] == "escalated"
+
+
+async def test_cost_per_successful_and_failed_task_from_billed_steps(database: Database) -> None:
+    succeeding = ScriptedChatModel([read_and_match("INV-1002"), stage("INV-1002")])
+    looping = ScriptedChatModel(
+        [billed(plan_reply(False, ("get_invoice", {"invoice_id": "INV-1002"}))) for _ in range(3)]
+    )
+    context = Context(model_prices=PRICES, max_cost_usd=5.0)
+    async with open_agent(models=ScriptedModels(planner=succeeding), database=database) as agent:
+        done = await agent.start("Validate INV-1002", user="clerk-ana", context=context)
+    async with open_agent(models=ScriptedModels(planner=looping), database=database) as agent:
+        loop = await agent.start("Validate INV-1002", user="clerk-ana", context=context)
+    assert done["status"] == "completed" and loop["status"] == "escalated"
+
+    stats = await run_stats(database, since=timedelta(hours=1))
+    # Two billed plans at $0.80 each, against three (the third one ends the loop).
+    assert stats["cost_per_task_usd"] == {
+        "successful": {"runs": 1, "total_usd": 1.6, "per_task_usd": 1.6},
+        "failed": {"runs": 1, "total_usd": 2.4, "per_task_usd": 2.4},
+    }
+    assert done["result"]["usage"]["cost_usd"] == pytest.approx(1.6)
+    # The same statement that wrote each step charged the tenant's day.
+    assert (await spent_today(database, "default")).cost_usd == pytest.approx(4.0)
+    planner_steps = await rows(
+        database, "SELECT model_calls, tokens, cost_usd FROM step_metrics WHERE node = 'planner'"
+    )
+    assert len(planner_steps) == 5
+    assert {(s["model_calls"], s["tokens"], float(s["cost_usd"])) for s in planner_steps} == {
+        (1, 700, 0.8)
+    }
+    assert stats["escalation_reasons"][0]["reason"] == "loop_detected"
+
+
+async def test_a_node_that_raises_is_recorded_as_failed(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAYABLES_FAILPOINTS", "raise:verifier")
+    async with open_agent(database=database) as agent:
+        with pytest.raises(RunFailed, match="failed in verifier"):
+            await agent.start("Validate INV-1002", user="clerk-ana")
+    failed = await rows(database, "SELECT node, ok FROM step_metrics WHERE NOT ok")
+    assert failed == [{"node": "verifier", "ok": False}]
+    stats = await run_stats(database)
+    assert stats["node_latency_ms"]["verifier"]["failed"] == 1
+    assert stats["node_latency_ms"]["executor"]["failed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30m", timedelta(minutes=30)),
+        ("24h", timedelta(hours=24)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(weeks=2)),
+        (" 90s ", timedelta(seconds=90)),
+    ],
+)
+def test_since_takes_a_number_and_a_unit(text: str, expected: timedelta) -> None:
+    assert parse_since(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "0h", "-1h", "1.5h", "3 days", "1y", "1h30m"])
+def test_a_bad_since_is_refused_with_examples(text: str) -> None:
+    with pytest.raises(BadInput, match=r"not a duration.*30m, 24h or 7d"):
+        parse_since(text)
+
+
+def test_reasons_group_by_code_or_first_sentence() -> None:
+    assert reason_kind("Stopped before the planner step (budget_exhausted: steps 8/8).") == (
+        "budget_exhausted"
+    )
+    assert reason_kind("Refused before starting (tenant_cost_cap): tenant 'a'") == (
+        "tenant_cost_cap"
+    )
+    assert reason_kind("Which invoice? Name it by id, e.g. INV-1001.") == "Which invoice?"
+    assert reason_kind("Could not finish: INV-1: gone") == reason_kind(
+        "Could not finish: INV-22: gone"
+    )
+    assert reason_kind("  ") == "(no reason recorded)"
+
+
+async def test_stats_command_prints_json_and_refuses_a_bad_since(
+    database: Database, cli_env: dict[str, str]
+) -> None:
+    async with open_agent(database=database) as agent:
+        await agent.start("Validate INV-1002", user="clerk-ana")
+    report = payables_json(cli_env, "stats", "--since", "1h")
+    assert report["runs"]["by_status"] == {"completed": 1}
+    assert report["containment"]["rate"] == 1.0
+    assert report["node_latency_ms"]["router"]["steps"] == 1
+    assert report["tool_calls"]["stage_invoice"]["ok"] == 1
+    error = payables_fails(cli_env, "stats", "--since", "yesterday")
+    assert "--since 'yesterday' is not a duration" in error and "24h" in error
