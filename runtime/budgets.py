@@ -14,10 +14,10 @@
   `runtime.models` consults before every call.
 
 After the node it adds one step, the node's model usage and its time to the run's
-``usage``, records the step (``step_metrics``, for `payables stats`) and charges its model
-cost to the tenant's day in one statement (`state.step_metrics`; a node that raised is
-recorded too, as failed), records soft warnings when a
-budget reaches `Context.budget_warn_fraction`, and, after the planner, stops a planner
+``usage``; records the step (``step_metrics``, for `payables stats`) and charges its model
+cost to the tenant's day, in one statement (`state.step_metrics`; a node that raised is
+recorded too, as failed, and its exception propagates); records soft warnings when a
+budget reaches `Context.budget_warn_fraction`; and, after the planner, stops a planner
 that keeps producing the same plan (``loop_detected``).
 
 Approval and respond are never stopped: stopping approval would drop a reviewer's

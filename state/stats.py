@@ -27,6 +27,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
+from guards.redaction import redact_text
 from runtime.errors import BadInput
 from state.db import Database
 
@@ -260,10 +261,13 @@ def _tool_calls(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def _end_reasons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
-        kind = reason_kind(r["reason"])
+        # respond stores reasons redacted; redacting again costs little and keeps a row
+        # written by anything else from printing an account number.
+        reason = redact_text(r["reason"])
+        kind = reason_kind(reason)
         group = groups.setdefault(
             (r["status"], kind),
-            {"status": r["status"], "reason": kind, "runs": 0, "example": r["reason"][:300]},
+            {"status": r["status"], "reason": kind, "runs": 0, "example": reason[:300]},
         )
         group["runs"] += 1
     return sorted(groups.values(), key=lambda g: (-g["runs"], g["status"], g["reason"]))

@@ -19,7 +19,7 @@ from state.costs import spent_today
 from state.db import Database
 from state.stats import parse_since, reason_kind, run_stats
 from tests.billing import PRICES, billed, read_and_match, stage
-from tests.cli import payables_fails, payables_json
+from tests.cli import explain, payables, payables_fails, payables_json
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
 
 pytestmark = pytest.mark.integration
@@ -296,5 +296,9 @@ async def test_stats_command_prints_json_and_refuses_a_bad_since(
     assert report["containment"]["rate"] == 1.0
     assert report["node_latency_ms"]["router"]["steps"] == 1
     assert report["tool_calls"]["stage_invoice"]["ok"] == 1
+    text = payables(cli_env, "stats", "--since", "24h")
+    assert text.returncode == 0, explain(text)
+    assert "containment: 100.0% (1 of 1 finished runs completed without a human)" in text.stdout
+    assert "cost per successful task: $0.0000 (1 runs" in text.stdout
     error = payables_fails(cli_env, "stats", "--since", "yesterday")
     assert "--since 'yesterday' is not a duration" in error and "24h" in error
