@@ -26,6 +26,7 @@ ends with `RunFailed`, which names it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -264,7 +265,17 @@ class Agent:
             row = await cur.fetchone()
             if row is None or not row["locked"]:
                 raise ResumeError(busy)
-            yield
+            try:
+                yield
+            finally:
+                # Unlock now: the pool's reset (which unlocks too) runs in the background
+                # after the connection is returned, and the next resume of this thread may
+                # borrow a different connection before it has run.
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock(%s, hashtext(%s))",
+                        (_THREAD_LOCK_CLASS, thread_id),
+                    )
 
     async def _drive(
         self,

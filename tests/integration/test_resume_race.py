@@ -12,6 +12,8 @@ import signal
 
 import pytest
 
+from runtime.agent import open_agent
+from state.db import Database
 from tests.cli import explain, payables, payables_json
 from tests.integration.test_crash_recovery import count
 from tests.running import start
@@ -85,3 +87,26 @@ def test_two_resumes_started_together_pay_once(cli_env: dict[str, str], db_uri: 
     assert count(db_uri, PAYMENTS) == 1
     assert count(db_uri, PAYMENT_CALLS, thread) == 1
     assert count(db_uri, DECISIONS, thread) == 1
+
+
+async def test_back_to_back_resumes_in_one_process_are_not_taken_for_a_race(
+    database: Database,
+) -> None:
+    # Dual control: two reviewers answer one after the other, as fast as a script can. The
+    # first resume's thread lock must be gone when the second starts.
+    async with open_agent(database=database) as agent:
+        for attempt in range(5):
+            view = await agent.start("Pay INV-1020 today", user="clerk-ben")
+            thread = view["thread_id"]
+            for reviewer in ("ctl-1", "ctl-2"):
+                value = {
+                    "decisions": [{"type": "approve"}],
+                    "reviewer": {"id": reviewer, "role": "controller"},
+                }
+                view = await agent.resume(thread, value)
+            assert view["status"] == "completed", (attempt, view["reason"])
+            async with database.connection() as conn:
+                await conn.execute("DELETE FROM payments WHERE invoice_id = 'INV-1020'")
+                await conn.execute(
+                    "UPDATE invoices SET status = 'received' WHERE invoice_id = 'INV-1020'"
+                )
