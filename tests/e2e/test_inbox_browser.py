@@ -157,13 +157,6 @@ def test_page_is_public_and_data_needs_a_token(server: str) -> None:
     assert json.loads(body) == {"identity": "rev-1", "role": "reviewer", "tenant": "default"}
 
 
-async def test_bad_token_is_refused_clearly(page: Page, server: str) -> None:
-    await _sign_in(page, server, "not-a-token")
-    await expect(page.locator("#error")).to_contain_text("HTTP 401", timeout=UI_TIMEOUT_MS)
-    await expect(page.locator("#sign-in")).to_be_visible()
-    await expect(page.locator("#inbox")).to_be_hidden()
-
-
 async def test_reviewer_approves_paused_run_and_thread_completes(
     page: Page, server: str, db_uri: str
 ) -> None:
@@ -209,9 +202,15 @@ async def test_reviewer_approves_paused_run_and_thread_completes(
         assert [row[0] for row in await cur.fetchall()] == ["rev-1"]
 
 
-async def test_clerk_cannot_approve_from_the_inbox(page: Page, server: str, db_uri: str) -> None:
+async def test_bad_token_then_clerk_cannot_approve(page: Page, server: str, db_uri: str) -> None:
     thread_id, _ = await _start_paused_run(server)
-    await _sign_in(page, server, CLERK)
+    await _sign_in(page, server, "not-a-token")
+    await expect(page.locator("#error")).to_contain_text("HTTP 401", timeout=UI_TIMEOUT_MS)
+    await expect(page.locator("#sign-in")).to_be_visible()
+    await expect(page.locator("#inbox")).to_be_hidden()
+
+    await page.fill("#token", CLERK)
+    await page.click("#sign-in-button")
     card = page.locator(f'article.approval[data-thread="{thread_id}"]')
     await expect(card).to_be_visible(timeout=UI_TIMEOUT_MS)  # a clerk sees their own thread
 
