@@ -10,8 +10,10 @@ re-runs after a crash cannot double-count a reviewer.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
+from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 
@@ -19,7 +21,7 @@ from guards.redaction import mask_account, redact
 from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import step_taint
 from runtime.context import Context
-from runtime.errors import ResumeError
+from runtime.errors import ResumeError, shown
 from state.approvals import (
     ActionRequest,
     ApprovalRequest,
@@ -184,9 +186,12 @@ def make_approval(deps: NodeDeps) -> Node:
         await record(deps.database, runtime.context.tenant, thread_id, asked)
 
         payload = request
+        verified = verified_reviewer(get_config().get("configurable", {}))
         while True:
             value = interrupt(payload)
             try:
+                if verified is not None:
+                    value = with_verified_reviewer(value, verified, request)
                 resume = parse_resume(value, request)
                 edited = validated_edits(gate, state["route"], request, resume)
                 break
@@ -254,6 +259,61 @@ def make_approval(deps: NodeDeps) -> Node:
         return Command(goto="executor", update=update)
 
     return approval
+
+
+# A server token's role as the approval records it (server/auth.py APPROVAL_ROLES): the
+# legacy "approver" is the issue's "reviewer"; an admin operates the service and signs as an
+# approver, never as the controller dual control needs.
+TOKEN_ROLES = {"reviewer": "approver", "controller": "controller", "admin": "approver"}
+
+
+def verified_reviewer(configurable: Mapping[str, Any]) -> dict[str, str] | None:
+    """The reviewer a LangGraph server verified for this run, or None outside a server.
+
+    The server puts the authenticated user (server/auth.py) into the run's configurable as
+    ``langgraph_auth_user``; the CLI has none and its ``--reviewer`` stays in the resume.
+    Raises `ResumeError` for a server user whose role cannot decide approvals.
+    """
+    user = configurable.get("langgraph_auth_user")
+    if user is None:
+        return None
+    fields = user.dict() if hasattr(user, "dict") and callable(user.dict) else user
+    if not isinstance(fields, Mapping):
+        raise ResumeError(f"The server's user object is unreadable ({type(user).__name__}).")
+    role = TOKEN_ROLES.get(str(fields.get("role")))
+    identity = fields.get("identity")
+    if role is None or not isinstance(identity, str):
+        return {"id": str(identity), "role": ""}  # refused when a decision arrives
+    return {"id": identity, "role": role}
+
+
+def with_verified_reviewer(value: Any, verified: dict[str, str], request: ApprovalRequest) -> Any:
+    """The resume ``value`` with its reviewer replaced by the server-verified one.
+
+    Whoever the body names, the decision is recorded under the token's identity: the body
+    is the caller's claim, the token is proof. Above the dual-control threshold the last
+    missing signature must come from the required role (a controller).
+    """
+    if not verified["role"]:
+        raise ResumeError(
+            f"{shown(verified['id'])} has no reviewer role on this server; a reviewer or "
+            "controller must decide."
+        )
+    if not isinstance(value, Mapping):
+        return value  # parse_resume says what shape is expected
+    for step in request["steps"]:
+        needed = step["required_role"]
+        if not needed or verified["role"] == needed:
+            continue
+        signed = [a for a in step["approved_by"] if a["id"] != request["requester"]]
+        if any(a["role"] == needed for a in signed):
+            continue
+        if len({a["id"] for a in signed}) + 1 >= step["min_approvers"]:
+            raise ResumeError(
+                f"{step['tool']} needs a {needed}'s signature and only one more approver is "
+                f"required; {shown(verified['id'])} ({verified['role']}) cannot give it."
+            )
+    return {**value, "reviewer": verified}
 
 
 # An edit may change how much and when, never what the approval is about: evidence was

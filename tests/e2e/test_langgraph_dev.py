@@ -1,7 +1,8 @@
 """`langgraph dev` serves the payables graph over HTTP with Postgres persistence.
 
 Each test starts the real server as a child process on a free loopback port, against the
-test's private database, drives it with `langgraph_sdk`, and checks the database directly:
+test's private database, with a development token table (the server refuses requests
+without a token), drives it with `langgraph_sdk`, and checks the database directly:
 the payment row, and the `checkpoints` rows that prove the server's checkpointer is the
 Postgres one from `langgraph.json` and not its in-memory default.
 
@@ -12,192 +13,62 @@ server is pointed at the test database through `PAYABLES_DATABASE_URI` (see `run
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
-from runtime.settings import PROJECT_ROOT
+from tests.langgraph_server import langgraph_dev, server_env
 
 pytestmark = pytest.mark.e2e
 
 GRAPH_ID = "payables"
 REQUEST = "Validate INV-1001 and pay it if it matches"
 REQUESTER = "clerk-ana"
-STARTUP_DEADLINE_S = 90.0
-SHUTDOWN_GRACE_S = 15.0
-# No proxy, ever: the server is on loopback and nothing else may be contacted.
-_LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _langgraph_command() -> list[str]:
-    script = Path(sys.executable).with_name("langgraph")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "langgraph_cli"]
-
-
-def _absolute(spec: str) -> str:
-    """``./file.py:attr`` from `langgraph.json` as an absolute path into the project."""
-    path, _, attr = spec.rpartition(":")
-    return f"{(PROJECT_ROOT / path).resolve()}:{attr}"
-
-
-def _dev_config(workdir: Path) -> Path:
-    """The project's `langgraph.json` with its paths made absolute, written to ``workdir``.
-
-    The server runs in ``workdir``, not the project root: `langgraph dev` keeps its thread
-    and run index in `./.langgraph_api/` (no setting moves it; `disable_persistence` is
-    dropped by the CLI's config validation), and a developer's own `langgraph dev` in the
-    checkout reads and rewrites that folder.
-    """
-    config = json.loads((PROJECT_ROOT / "langgraph.json").read_text())
-    config["graphs"] = {name: _absolute(spec) for name, spec in config["graphs"].items()}
-    config["checkpointer"]["path"] = _absolute(config["checkpointer"]["path"])
-    config["dependencies"] = [str((PROJECT_ROOT / dep).resolve()) for dep in config["dependencies"]]
-    path = workdir / "langgraph.json"
-    path.write_text(json.dumps(config, indent=2))
-    return path
-
-
-def _ok(url: str) -> bool:
-    try:
-        with _LOCAL_OPENER.open(f"{url}/ok", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:  # URLError, refused, reset, timeout
-        return False
-
-
-def _group_alive(pgid: int) -> list[int]:
-    """Live (non-zombie) processes still in process group ``pgid`` (Linux; else empty)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate the server's whole process group; SIGKILL whatever outlives the grace."""
-    pgid = proc.pid  # start_new_session=True: the child leads its own group
-    for sig, grace in ((signal.SIGTERM, SHUTDOWN_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-        break
-    # Grandchildren (if any) outlive the leader in the same group: sweep them too.
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc.poll() is None:
-        proc.wait(timeout=5)
-    deadline = time.monotonic() + 5
-    while (left := _group_alive(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not left, f"langgraph dev left processes behind: {left}"
+REVIEWER = "rev-1"
+# The server refuses every request without a token (server/auth.py): a development table.
+TOKENS = {
+    "clerk-ana-token": {"identity": REQUESTER, "role": "clerk", "tenant": "default"},
+    "rev-1-token": {"identity": REVIEWER, "role": "reviewer", "tenant": "default"},
+    # The requester holding a reviewer token as well: still not allowed to decide.
+    "clerk-ana-reviewer-token": {"identity": REQUESTER, "role": "reviewer", "tenant": "default"},
+}
 
 
 @pytest.fixture
-def langgraph_server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+def langgraph_server(cli_env: dict[str, str], db_uri: str, tmp_path: Path) -> Iterator[str]:
     """Start `langgraph dev` on a free loopback port; yield its base URL."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **cli_env,
-        "PAYABLES_DATABASE_URI": cli_env["DATABASE_URI"],
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-        "LANGGRAPH_NO_VERSION_CHECK": "true",  # else it asks pypi.org for a newer version
-        "LANGSMITH_TRACING": "false",
-        "LANGCHAIN_TRACING_V2": "false",
-    }
-    for key in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGGRAPH_API_KEY"):
-        env.pop(key, None)
-    workdir = tmp_path / "server"
-    workdir.mkdir()
-    command = [
-        *_langgraph_command(),
-        "dev",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-browser",
-        "--no-reload",
-        "--config",
-        str(_dev_config(workdir)),
-    ]
-    log_path = tmp_path / "langgraph-dev.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def output() -> str:
-        return _ANSI.sub("", log_path.read_text(errors="replace"))[-8000:]
-
-    try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while True:
-            # langgraph dev silently moves to another port when the one asked for is
-            # taken; then whatever answers on ours is not this server.
-            if "already in use" in output():
-                pytest.fail(f"port {port} was taken before langgraph dev bound it:\n{output()}")
-            if _ok(url):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"langgraph dev exited with {proc.returncode}:\n{output()}")
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"langgraph dev did not answer {url}/ok within {STARTUP_DEADLINE_S:.0f}s:"
-                    f"\n{output()}"
-                )
-            time.sleep(0.25)
+    env = server_env(cli_env, db_uri, PAYABLES_AUTH_TOKENS=json.dumps(TOKENS))
+    with langgraph_dev(env, tmp_path) as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture
 async def client(langgraph_server: str) -> AsyncIterator[LangGraphClient]:
-    """An SDK client for the server (no API key: nothing leaves loopback)."""
-    async with get_client(url=langgraph_server, api_key=None, timeout=60) as sdk:
+    """An SDK client for the server as the clerk (no API key: nothing leaves loopback)."""
+    async with get_client(
+        url=langgraph_server,
+        api_key=None,
+        timeout=60,
+        headers={"Authorization": "Bearer clerk-ana-token"},
+    ) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def reviewer(langgraph_server: str) -> AsyncIterator[LangGraphClient]:
+    """An SDK client for the server as reviewer rev-1."""
+    async with get_client(
+        url=langgraph_server,
+        api_key=None,
+        timeout=60,
+        headers={"Authorization": "Bearer rev-1-token"},
+    ) as sdk:
         yield sdk
 
 
@@ -250,7 +121,9 @@ async def _db_counts(db_uri: str, thread_id: str) -> tuple[int, int]:
     return payments[0], checkpoints[0]
 
 
-async def test_run_interrupts_then_approval_pays_once(client: LangGraphClient, db_uri: str) -> None:
+async def test_run_interrupts_then_approval_pays_once(
+    client: LangGraphClient, reviewer: LangGraphClient, db_uri: str
+) -> None:
     thread_id, interrupt = await _start_until_interrupt(client)
     _assert_payment_request(interrupt["value"])
     assert interrupt["value"]["error"] is None
@@ -259,8 +132,8 @@ async def test_run_interrupts_then_approval_pays_once(client: LangGraphClient, d
     assert payments == 0
     assert checkpoints > 0, "the interrupted run was not checkpointed in Postgres"
 
-    resume = {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}}
-    await client.runs.wait(thread_id, GRAPH_ID, command={"resume": {interrupt["id"]: resume}})
+    resume = {"decisions": [{"type": "approve"}], "reviewer": {"id": REVIEWER, "role": "approver"}}
+    await reviewer.runs.wait(thread_id, GRAPH_ID, command={"resume": {interrupt["id"]: resume}})
 
     state = await client.threads.get_state(thread_id)
     assert state["next"] == []
@@ -285,25 +158,32 @@ async def test_run_interrupts_then_approval_pays_once(client: LangGraphClient, d
     assert amount == interrupt["value"]["action_requests"][0]["args"]["amount"]
 
 
-async def test_requester_cannot_approve_own_payment(client: LangGraphClient, db_uri: str) -> None:
+async def test_requester_cannot_approve_own_payment(
+    client: LangGraphClient, langgraph_server: str, db_uri: str
+) -> None:
     thread_id, interrupt = await _start_until_interrupt(client)
     _assert_payment_request(interrupt["value"])
+    _, checkpoints_before = await _db_counts(db_uri, thread_id)
 
     own = {"decisions": [{"type": "approve"}], "reviewer": {"id": REQUESTER, "role": "approver"}}
-    result = await client.runs.wait(thread_id, GRAPH_ID, command={"resume": own})
-    assert isinstance(result, dict)
-    assert result.get("__interrupt__"), result
+    async with get_client(
+        url=langgraph_server,
+        api_key=None,
+        timeout=60,
+        headers={"Authorization": "Bearer clerk-ana-reviewer-token"},
+    ) as requester_as_reviewer:
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            await requester_as_reviewer.runs.wait(thread_id, GRAPH_ID, command={"resume": own})
+    assert refused.value.response.status_code == 403
+    assert "cannot decide" in refused.value.response.text
 
     again = _single_interrupt(await client.threads.get_state(thread_id))
-    payload = again["value"]
-    assert payload["error"] and REQUESTER in payload["error"], payload["error"]
-    assert "cannot" in payload["error"]
-    _assert_payment_request(payload)
+    assert again["value"]["error"] is None
     assert (await client.threads.get(thread_id))["status"] == "interrupted"
 
     payments, checkpoints = await _db_counts(db_uri, thread_id)
     assert payments == 0
-    assert checkpoints > 0
+    assert checkpoints == checkpoints_before
     async with await psycopg.AsyncConnection.connect(db_uri) as conn:
         cur = await conn.execute(
             "SELECT count(*) FROM approval_decisions WHERE thread_id = %s", (thread_id,)

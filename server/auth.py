@@ -1,0 +1,421 @@
+"""Bearer-token authentication and per-role resource rules for the LangGraph server.
+
+`langgraph.json` names ``auth`` here. Every request needs ``Authorization: Bearer <token>``;
+the token is checked against, in this order:
+
+- ``PAYABLES_AUTH_TOKENS``: a JSON object ``{"<token>": {"identity": "ctl-1", "role":
+  "controller", "tenant": "default"}}`` (development), or ``PAYABLES_AUTH_TOKENS_FILE``, the
+  path of a file holding such an object (re-read on every request: edit it to rotate);
+- ``PAYABLES_JWT_SECRET`` (HS256) with ``PAYABLES_JWT_ISSUER`` and ``PAYABLES_JWT_AUDIENCE``
+  (deployment): claims ``sub`` (identity), ``role``, ``tenant``, ``exp`` are all required.
+
+With neither configured every request gets 401 saying how to configure tokens (fail closed).
+
+Roles: ``clerk`` creates threads and runs on its own threads; ``reviewer`` and
+``controller`` read the threads of their tenant and may only resume an approval interrupt
+(a controller's signature is the one dual control needs); ``admin`` (operators) may do
+everything except resume an approval on a thread they started. A missing or bad token is
+401, a forbidden action 403 (raised before anything is written); a thread another clerk or
+tenant owns is filtered out and answers 404, as LangGraph does for invisible resources.
+
+Resume checks read the agent's own tables (the run index and the audit chain) because
+thread metadata cannot say who may decide: the requester never decides, and above the
+dual-control threshold the last missing signature must be a controller's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import jwt
+import psycopg
+from langgraph_sdk import Auth
+from psycopg.rows import dict_row
+
+ROLES = ("clerk", "reviewer", "controller", "admin")
+Role = Literal["clerk", "reviewer", "controller", "admin"]
+# The approval node's reviewer roles (state/approvals.py): a token's role as recorded in the
+# audit. An admin operates the service; the controller signature dual control needs is not
+# theirs to give.
+APPROVAL_ROLES: dict[str, str] = {
+    "reviewer": "approver",
+    "controller": "controller",
+    "admin": "approver",
+}
+CONFIGURE_HINT = (
+    "Set PAYABLES_AUTH_TOKENS (JSON object token -> {identity, role, tenant}) or "
+    "PAYABLES_AUTH_TOKENS_FILE for development, or PAYABLES_JWT_SECRET, PAYABLES_JWT_ISSUER "
+    "and PAYABLES_JWT_AUDIENCE (HS256) for deployment."
+)
+
+auth = Auth()
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a verified token says the caller is."""
+
+    identity: str
+    role: Role
+    tenant: str
+
+    def user(self) -> dict[str, Any]:
+        """The server's user object: `MinimalUserDict` plus ``role`` and ``tenant``."""
+        return {
+            "identity": self.identity,
+            "display_name": self.identity,
+            "is_authenticated": True,
+            "permissions": [self.role],
+            "role": self.role,
+            "tenant": self.tenant,
+        }
+
+
+class AuthConfigError(ValueError):
+    """The token configuration itself is unusable (an operator's mistake, not the caller's)."""
+
+
+def _unauthorized(detail: str) -> Auth.exceptions.HTTPException:
+    return Auth.exceptions.HTTPException(
+        status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def _forbidden(detail: str) -> Auth.exceptions.HTTPException:
+    return Auth.exceptions.HTTPException(status_code=403, detail=detail)
+
+
+def _identity_from(fields: Mapping[str, Any], where: str) -> Identity:
+    identity, role, tenant = fields.get("identity"), fields.get("role"), fields.get("tenant")
+    if not isinstance(identity, str) or not identity.strip() or not identity.isprintable():
+        raise AuthConfigError(f"{where}: identity must be a non-empty printable string")
+    if role not in ROLES:
+        raise AuthConfigError(f"{where}: role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not isinstance(tenant, str) or not tenant.strip():
+        raise AuthConfigError(f"{where}: tenant must be a non-empty string")
+    return Identity(identity=identity, role=cast(Role, role), tenant=tenant)
+
+
+def token_table(environ: Mapping[str, str] | None = None) -> dict[str, Identity] | None:
+    """The development token table, or None when none is configured.
+
+    Raises `AuthConfigError` when the table is configured but unusable.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("PAYABLES_AUTH_TOKENS", "").strip()
+    source = "PAYABLES_AUTH_TOKENS"
+    if not raw and (path := env.get("PAYABLES_AUTH_TOKENS_FILE", "").strip()):
+        source = f"PAYABLES_AUTH_TOKENS_FILE {path}"
+        try:
+            raw = Path(path).read_text()
+        except OSError as exc:
+            raise AuthConfigError(f"{source} cannot be read: {exc}") from exc
+    if not raw:
+        return None
+    try:
+        table = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AuthConfigError(f"{source} is not JSON: {exc}") from exc
+    if not isinstance(table, dict):
+        raise AuthConfigError(f"{source} must be a JSON object token -> {{identity, role, tenant}}")
+    parsed: dict[str, Identity] = {}
+    for index, (token, fields) in enumerate(table.items(), start=1):
+        if not isinstance(fields, dict):
+            raise AuthConfigError(f"{source} entry {index}: must be an object")
+        parsed[token] = _identity_from(fields, f"{source} entry {index}")
+    return parsed
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    """HS256 verification settings."""
+
+    secret: str
+    issuer: str
+    audience: str
+
+
+def jwt_settings(environ: Mapping[str, str] | None = None) -> JwtSettings | None:
+    """JWT settings, or None when no secret is set; `AuthConfigError` if half configured."""
+    env = os.environ if environ is None else environ
+    secret = env.get("PAYABLES_JWT_SECRET", "")
+    if not secret:
+        return None
+    issuer, audience = env.get("PAYABLES_JWT_ISSUER", ""), env.get("PAYABLES_JWT_AUDIENCE", "")
+    if not issuer or not audience:
+        raise AuthConfigError(
+            "PAYABLES_JWT_SECRET is set but PAYABLES_JWT_ISSUER and PAYABLES_JWT_AUDIENCE must "
+            "be set too (tokens are checked against both)."
+        )
+    return JwtSettings(secret=secret, issuer=issuer, audience=audience)
+
+
+def verify_token(token: str, environ: Mapping[str, str] | None = None) -> Identity:
+    """The identity ``token`` proves; `Auth.exceptions.HTTPException` 401 if it proves none."""
+    try:
+        table = token_table(environ)
+        settings = jwt_settings(environ)
+    except AuthConfigError as exc:
+        raise _unauthorized(f"Server token configuration is unusable: {exc}") from exc
+    if table is None and settings is None:
+        raise _unauthorized(
+            f"No tokens are configured on this server, so none is valid. {CONFIGURE_HINT}"
+        )
+    if table is not None and token in table:
+        return table[token]
+    if settings is not None:
+        try:
+            claims = jwt.decode(
+                token,
+                settings.secret,
+                algorithms=["HS256"],
+                issuer=settings.issuer,
+                audience=settings.audience,
+                options={"require": ["sub", "exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise _unauthorized(f"Invalid token: {exc}.") from exc
+        try:
+            return _identity_from(
+                {
+                    "identity": claims.get("sub"),
+                    "role": claims.get("role"),
+                    "tenant": claims.get("tenant"),
+                },
+                "token claims",
+            )
+        except AuthConfigError as exc:
+            raise _unauthorized(f"Invalid token: {exc}.") from exc
+    raise _unauthorized("Invalid token: not a known token.")
+
+
+@auth.authenticate
+async def authenticate(authorization: str | None) -> Auth.types.MinimalUserDict:
+    """Verify the bearer token; the user object carries identity, role and tenant."""
+    if not authorization:
+        raise _unauthorized("Missing Authorization header; send 'Authorization: Bearer <token>'.")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("Authorization must be 'Bearer <token>'.")
+    return cast(Auth.types.MinimalUserDict, verify_token(token.strip()).user())
+
+
+def caller(ctx: Auth.types.AuthContext) -> Identity:
+    """The verified identity of the request's user (set by `authenticate`)."""
+    user = ctx.user
+    role = user["role"] if "role" in user else None
+    tenant = user["tenant"] if "tenant" in user else None
+    try:
+        return _identity_from({"identity": user.identity, "role": role, "tenant": tenant}, "user")
+    except AuthConfigError as exc:
+        raise _forbidden(f"Unrecognised user: {exc}") from exc
+
+
+def visible_threads(who: Identity) -> Auth.types.FilterType | None:
+    """The metadata filter for the threads ``who`` may see (None: all)."""
+    if who.role == "admin":
+        return None
+    if who.role == "clerk":
+        return {"owner": who.identity}
+    return {"tenant": who.tenant}
+
+
+@auth.on
+async def deny_unlisted(ctx: Auth.types.AuthContext, value: Any) -> None:
+    """Anything without its own rule below (crons, store, assistant writes) is for admins."""
+    if caller(ctx).role != "admin":
+        raise _forbidden(f"{ctx.resource}.{ctx.action} is for admins only.")
+
+
+@auth.on.assistants.read
+async def read_assistants(ctx: Auth.types.AuthContext, value: Any) -> None:
+    """Every authenticated user may see the graphs."""
+    caller(ctx)
+
+
+@auth.on.assistants.search
+async def search_assistants(ctx: Auth.types.AuthContext, value: Any) -> None:
+    """Every authenticated user may list the graphs."""
+    caller(ctx)
+
+
+@auth.on.threads.create
+async def create_thread(ctx: Auth.types.AuthContext, value: Auth.types.ThreadsCreate) -> None:
+    """Clerks (and admins) start threads; the thread records its owner and tenant."""
+    who = caller(ctx)
+    if who.role not in ("clerk", "admin"):
+        raise _forbidden(f"A {who.role} cannot start threads; a clerk starts them.")
+    metadata = value.setdefault("metadata", {})
+    metadata["owner"] = who.identity
+    metadata["tenant"] = who.tenant
+
+
+@auth.on.threads.read
+async def read_thread(
+    ctx: Auth.types.AuthContext, value: Auth.types.ThreadsRead
+) -> Auth.types.FilterType | None:
+    """Clerks see their own threads; reviewers and controllers those of their tenant."""
+    return visible_threads(caller(ctx))
+
+
+@auth.on.threads.search
+async def search_threads(
+    ctx: Auth.types.AuthContext, value: Auth.types.ThreadsSearch
+) -> Auth.types.FilterType | None:
+    """As `read_thread`."""
+    return visible_threads(caller(ctx))
+
+
+@auth.on.threads.update
+async def update_thread(
+    ctx: Auth.types.AuthContext, value: Auth.types.ThreadsUpdate
+) -> Auth.types.FilterType | None:
+    """Only the owning clerk (or an admin) changes a thread; state edits bypass approvals."""
+    who = caller(ctx)
+    if who.role not in ("clerk", "admin"):
+        raise _forbidden(f"A {who.role} cannot change threads; resume the approval instead.")
+    return visible_threads(who)
+
+
+@auth.on.threads.delete
+async def delete_thread(
+    ctx: Auth.types.AuthContext, value: Auth.types.ThreadsDelete
+) -> Auth.types.FilterType | None:
+    """Only admins delete threads (the audit trail points at them)."""
+    who = caller(ctx)
+    if who.role != "admin":
+        raise _forbidden("Only an admin deletes threads.")
+    return None
+
+
+def _resume_value(command: Any) -> bool:
+    """Whether ``command`` is a pure resume (no goto, no state update)."""
+    if not isinstance(command, Mapping) or "resume" not in command:
+        return False
+    return all(command.get(key) in (None, [], {}) for key in command if key != "resume")
+
+
+def run_settings(kwargs: Mapping[str, Any]) -> set[str]:
+    """The agent settings (`runtime.context.Context` fields) a run request tries to set.
+
+    The server passes ``context`` (or, without it, ``config.configurable``) to the graph as
+    its `Context`: tenant, approval and dual-control thresholds, budgets. Those are the
+    operator's, not the caller's.
+    """
+    from runtime.context import Context  # the agent's settings, imported on first use
+
+    names = {f.name for f in dataclasses.fields(Context)}
+    context = kwargs.get("context") or {}
+    configurable = (kwargs.get("config") or {}).get("configurable") or {}
+    found: set[str] = set()
+    for source in (context, configurable):
+        if isinstance(source, Mapping):
+            found |= names & {str(key) for key in source}
+    return found
+
+
+@auth.on.threads.create_run
+async def create_run(
+    ctx: Auth.types.AuthContext, value: Auth.types.RunsCreate
+) -> Auth.types.FilterType | None:
+    """Clerks run requests on their own threads; reviewers only answer approvals."""
+    who = caller(ctx)
+    kwargs: dict[str, Any] = value.get("kwargs") or {}
+    command = kwargs.get("command")
+    thread_id = value.get("thread_id")
+    if who.role != "admin" and (settings := run_settings(kwargs)):
+        raise _forbidden(
+            f"Run settings ({', '.join(sorted(settings))}) are set by the operator "
+            "(PAYABLES_* environment), not per request; send the run without them."
+        )
+    if command is not None:
+        if who.role == "clerk":
+            raise _forbidden("A clerk cannot resume or steer a run; a reviewer answers approvals.")
+        if not _resume_value(command) or kwargs.get("input") is not None:
+            raise _forbidden("Only a resume of a pending approval is allowed (no goto, no update).")
+        if thread_id is None:
+            raise _forbidden("A resume names the thread whose approval it answers.")
+        run_tenant(kwargs, await check_resume(who, str(thread_id)))
+        return visible_threads(who)
+    if who.role not in ("clerk", "admin"):
+        raise _forbidden(
+            f"A {who.role} may only resume a pending approval, not start or continue runs."
+        )
+    run_input = kwargs.get("input")
+    if isinstance(run_input, Mapping) and run_input.get("user") != who.identity:
+        raise _forbidden(
+            f"input.user must be your own identity {who.identity!r} (got "
+            f"{str(run_input.get('user'))[:64]!r}); the requester is who the token says."
+        )
+    run_tenant(kwargs, who.tenant)
+    return visible_threads(who)
+
+
+def run_tenant(kwargs: dict[str, Any], tenant: str) -> None:
+    """Run the graph for ``tenant``: its audit chain, run index and cost caps are that tenant's.
+
+    The server hands ``kwargs["context"]`` to the graph as its `Context` (and mirrors it in
+    ``config.configurable``); callers cannot set it (`run_settings`), the token decides.
+    """
+    context = kwargs.get("context")
+    if isinstance(context, dict):
+        context["tenant"] = tenant
+    else:
+        kwargs["context"] = {"tenant": tenant}
+    configurable = (kwargs.get("config") or {}).get("configurable")
+    if isinstance(configurable, dict):
+        configurable["tenant"] = tenant
+
+
+def _database_uri() -> str:
+    from state.db import database_uri  # the agent's settings: PAYABLES_DATABASE_URI first
+
+    return database_uri()
+
+
+async def check_resume(who: Identity, thread_id: str) -> str:
+    """The thread's tenant; raise 403 unless ``who`` may answer its pending approval."""
+    async with await psycopg.AsyncConnection.connect(
+        _database_uri(), row_factory=dict_row, autocommit=True
+    ) as conn:
+        cur = await conn.execute(
+            "SELECT requester, tenant, status FROM runs WHERE thread_id = %s", (thread_id,)
+        )
+        run = await cur.fetchone()
+        cur = await conn.execute(
+            "SELECT payload FROM audit_events WHERE thread_id = %s AND kind = 'approval_requested'"
+            " ORDER BY seq DESC LIMIT 1",
+            (thread_id,),
+        )
+        asked = await cur.fetchone()
+    if run is None or run["status"] != "interrupted" or asked is None:
+        raise _forbidden(f"Thread {thread_id} has no approval waiting for a decision.")
+    if run["tenant"] != who.tenant and who.role != "admin":
+        raise _forbidden(f"Thread {thread_id} belongs to another tenant.")
+    if run["requester"] == who.identity:
+        raise _forbidden(
+            f"{who.identity} started thread {thread_id} and cannot decide its approval; "
+            "another reviewer must."
+        )
+    role = APPROVAL_ROLES.get(who.role, "")
+    requester = run["requester"]
+    for requirement in asked["payload"].get("requirements", []):
+        needed = requirement.get("required_role")
+        if not needed or role == needed:
+            continue
+        approved_by = requirement.get("approved_by", [])
+        if any(a.get("role") == needed and a.get("id") != requester for a in approved_by):
+            continue
+        signed = {a.get("id") for a in approved_by if a.get("id") != requester}
+        if len(signed) + 1 >= int(requirement.get("min_approvers", 1)):
+            raise _forbidden(
+                f"{requirement.get('tool')} needs a {needed}'s signature and only one more "
+                f"approver is required; a {who.role} cannot give it."
+            )
+    return str(run["tenant"])

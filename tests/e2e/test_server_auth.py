@@ -1,0 +1,450 @@
+"""Authentication and per-role rules on a real `langgraph dev` server (server/auth.py).
+
+One server per module (each start takes several seconds), on a free loopback port, with the
+Postgres checkpointer on the module's private database copy, a development token table and
+HS256 JWT settings at once. Requests go through `langgraph_sdk` and plain HTTP (httpx).
+Every refused request is followed by a look at the database: no thread, run, checkpoint,
+approval decision or payment may come from a 401 or a 403.
+
+Invisible resources: a thread another clerk (or another tenant) owns answers 404, which is
+what LangGraph's metadata filters do; forbidden actions on visible threads answer 403.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from tests.langgraph_server import langgraph_dev, server_env
+
+pytestmark = pytest.mark.e2e
+
+GRAPH_ID = "payables"
+TENANT = "default"
+TOKENS: dict[str, dict[str, str]] = {
+    "ana": {"identity": "clerk-ana", "role": "clerk", "tenant": TENANT},
+    "ben": {"identity": "clerk-ben", "role": "clerk", "tenant": TENANT},
+    "acme-clerk": {"identity": "clerk-acme", "role": "clerk", "tenant": "acme"},
+    "rev-1": {"identity": "rev-1", "role": "reviewer", "tenant": TENANT},
+    "rev-2": {"identity": "rev-2", "role": "reviewer", "tenant": TENANT},
+    "rev-acme": {"identity": "rev-acme", "role": "reviewer", "tenant": "acme"},
+    "ctl-1": {"identity": "ctl-1", "role": "controller", "tenant": TENANT},
+    "ana-reviews": {"identity": "clerk-ana", "role": "reviewer", "tenant": TENANT},
+    "admin": {"identity": "ops-1", "role": "admin", "tenant": TENANT},
+}
+JWT_SECRET = "test-secret-" + "x" * 32
+JWT_ISSUER = "payables-tests"
+JWT_AUDIENCE = "payables-api"
+
+
+def token_for(name: str) -> str:
+    """The bearer token of the table entry ``name`` (table keys are the tokens)."""
+    assert name in TOKENS
+    return name
+
+
+def signed(**claims: Any) -> str:
+    """An HS256 JWT with default claims for a clerk, overridden by ``claims``."""
+    body = {
+        "sub": "clerk-jay",
+        "role": "clerk",
+        "tenant": TENANT,
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "exp": int(time.time()) + 600,
+        **claims,
+    }
+    secret = body.pop("secret", JWT_SECRET)
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, secret, "HS256")
+
+
+@pytest.fixture(scope="module")
+def module_db(server_uri: str, template_db: str) -> Iterator[str]:
+    """A private copy of the seeded template database shared by this module's tests."""
+    name = f"payables_auth_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_uri, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_db)
+            )
+        )
+    yield make_conninfo(server_uri, dbname=name)
+    with psycopg.connect(server_uri, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="module")
+def server(module_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`langgraph dev` with the token table and JWT settings; yields its base URL."""
+    workdir = tmp_path_factory.mktemp("auth-server")
+    env = server_env(
+        os.environ,
+        module_db,
+        PAYABLES_DATA_DIR=str(workdir / "unused-embedded"),
+        PAYABLES_AUTH_TOKENS=json.dumps(TOKENS),
+        PAYABLES_JWT_SECRET=JWT_SECRET,
+        PAYABLES_JWT_ISSUER=JWT_ISSUER,
+        PAYABLES_JWT_AUDIENCE=JWT_AUDIENCE,
+    )
+    with langgraph_dev(env, workdir) as url:
+        yield url
+
+
+@asynccontextmanager
+async def sdk(url: str, token: str) -> AsyncIterator[LangGraphClient]:
+    """An SDK client presenting ``token``."""
+    async with get_client(
+        url=url, api_key=None, timeout=60, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def http(server: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A plain HTTP client for the server (no proxy: loopback only)."""
+    async with httpx.AsyncClient(base_url=server, trust_env=False, timeout=60) as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def footprint(db_uri: str, thread_id: str | None = None) -> dict[str, int]:
+    """Row counts that any write would change (all threads, or one thread)."""
+    where = "" if thread_id is None else " WHERE thread_id = %(t)s"
+    counts = {}
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        for table in ("runs", "checkpoints", "checkpoint_writes", "approval_decisions"):
+            cur = await conn.execute(f"SELECT count(*) FROM {table}{where}", {"t": thread_id})
+            row = await cur.fetchone()
+            assert row is not None
+            counts[table] = row[0]
+        cur = await conn.execute("SELECT count(*) FROM payments")
+        row = await cur.fetchone()
+        assert row is not None
+        counts["payments"] = row[0]
+        cur = await conn.execute("SELECT count(*) FROM audit_events")
+        row = await cur.fetchone()
+        assert row is not None
+        counts["audit_events"] = row[0]
+    return counts
+
+
+async def thread_count(url: str) -> int:
+    """How many threads the server holds (as admin, who sees all)."""
+    async with sdk(url, token_for("admin")) as admin:
+        return len(await admin.threads.search(limit=1000))
+
+
+async def start_until_interrupt(url: str, token: str, request: str) -> tuple[str, dict[str, Any]]:
+    """As the clerk with ``token``: a new thread run to its approval interrupt."""
+    user = TOKENS[token]["identity"]
+    async with sdk(url, token) as clerk:
+        thread = await clerk.threads.create()
+        thread_id = thread["thread_id"]
+        result = await clerk.runs.wait(
+            thread_id, GRAPH_ID, input={"request": request, "user": user}
+        )
+        assert isinstance(result, dict) and result.get("__interrupt__"), result
+        state = await clerk.threads.get_state(thread_id)
+    [interrupt] = state["interrupts"]
+    return thread_id, interrupt
+
+
+def approve(reviewer_id: str = "someone-else", role: str = "controller") -> dict[str, Any]:
+    """A resume approving the single pending action, claiming ``reviewer_id`` in the body."""
+    return {"decisions": [{"type": "approve"}], "reviewer": {"id": reviewer_id, "role": role}}
+
+
+async def refused(call: Any, status: int) -> str:
+    """Await ``call``; assert the server answered ``status``; return the response text."""
+    with pytest.raises(httpx.HTTPStatusError) as error:
+        await call
+    assert error.value.response.status_code == status, error.value.response.text
+    return error.value.response.text
+
+
+async def decisions(db_uri: str, thread_id: str) -> list[tuple[str, str, str]]:
+    """(reviewer_id, reviewer_role, decision) recorded for ``thread_id``, oldest first."""
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        cur = await conn.execute(
+            "SELECT reviewer_id, reviewer_role, decision FROM approval_decisions"
+            " WHERE thread_id = %s ORDER BY decision_id",
+            (thread_id,),
+        )
+        return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+
+# --- 401: who are you? -------------------------------------------------------------------
+
+
+async def test_missing_or_bad_token_is_401_and_writes_nothing(
+    server: str, http: httpx.AsyncClient, module_db: str
+) -> None:
+    before, threads = await footprint(module_db), await thread_count(server)
+    body = {"assistant_id": GRAPH_ID, "input": {"request": "Pay INV-1005", "user": "clerk-ana"}}
+    attempts: list[dict[str, str]] = [
+        {},
+        bearer("not-a-token"),
+        {"Authorization": "Basic Y2xlcms6YW5h"},
+        {"Authorization": "Bearer"},
+        # Studio's scheme must not open a way around the tokens (disable_studio_auth).
+        {"x-auth-scheme": "langsmith"},
+        bearer(signed(secret="another-secret-" + "y" * 32)),
+    ]
+    for headers in attempts:
+        for method, path, payload in (
+            ("POST", "/threads", {}),
+            ("POST", "/runs/wait", body),
+            ("POST", "/threads/search", {}),
+            ("GET", "/assistants/search", None),
+        ):
+            response = await http.request(method, path, json=payload, headers=headers)
+            assert response.status_code == 401, (headers, path, response.text)
+    missing = await http.post("/threads", json={})
+    assert "Authorization" in missing.json()["detail"]
+    assert await footprint(module_db) == before
+    assert await thread_count(server) == threads
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"aud": "someone-else"}, "audience"),
+        ({"iss": "not-us"}, "issuer"),
+        ({"exp": int(time.time()) - 60}, "expired"),
+        ({"exp": None}, "exp"),
+        ({"role": "owner"}, "role"),
+        ({"tenant": None}, "tenant"),
+    ],
+)
+async def test_bad_jwt_is_401(
+    server: str, http: httpx.AsyncClient, module_db: str, claims: dict[str, Any], reason: str
+) -> None:
+    before = await footprint(module_db)
+    response = await http.post("/threads", json={}, headers=bearer(signed(**claims)))
+    assert response.status_code == 401, response.text
+    assert reason in response.json()["detail"].lower()
+    assert await footprint(module_db) == before
+
+
+async def test_valid_jwt_runs_as_its_subject(server: str, module_db: str) -> None:
+    token = signed(sub="clerk-jay")
+    async with sdk(server, token) as jay:
+        thread = await jay.threads.create()
+        assert thread["metadata"]["owner"] == "clerk-jay"
+        assert thread["metadata"]["tenant"] == TENANT
+        # A JWT clerk is a clerk: another identity in the input is refused.
+        await refused(
+            jay.runs.wait(
+                thread["thread_id"],
+                GRAPH_ID,
+                input={"request": "Pay INV-1005", "user": "clerk-ana"},
+            ),
+            403,
+        )
+    assert (await footprint(module_db, thread["thread_id"]))["checkpoints"] == 0
+
+
+# --- 403 / 404: what may you do? ---------------------------------------------------------
+
+
+async def test_clerk_sees_and_runs_only_own_threads(server: str, module_db: str) -> None:
+    thread_id, _ = await start_until_interrupt(
+        server, "ana", "Validate INV-1002 and pay it if it matches"
+    )
+    before = await footprint(module_db, thread_id)
+    async with sdk(server, token_for("ben")) as ben:
+        await refused(ben.threads.get(thread_id), 404)
+        await refused(ben.threads.get_state(thread_id), 404)
+        assert thread_id not in {t["thread_id"] for t in await ben.threads.search(limit=1000)}
+        await refused(
+            ben.runs.wait(
+                thread_id, GRAPH_ID, input={"request": "Pay INV-1005", "user": "clerk-ben"}
+            ),
+            404,
+        )
+        await refused(ben.threads.update(thread_id, metadata={"owner": "clerk-ben"}), 404)
+    async with sdk(server, token_for("rev-acme")) as other_tenant:
+        await refused(other_tenant.threads.get(thread_id), 404)
+        assert thread_id not in {t["thread_id"] for t in await other_tenant.threads.search()}
+    async with sdk(server, token_for("rev-1")) as reviewer:
+        assert (await reviewer.threads.get(thread_id))["status"] == "interrupted"
+    async with sdk(server, token_for("ana")) as ana:
+        assert (await ana.threads.get(thread_id))["metadata"]["owner"] == "clerk-ana"
+    assert await footprint(module_db, thread_id) == before
+
+
+async def test_clerk_cannot_set_run_settings_or_another_requester(
+    server: str, module_db: str
+) -> None:
+    async with sdk(server, token_for("ana")) as ana:
+        thread_id = (await ana.threads.create())["thread_id"]
+        text = await refused(
+            ana.runs.wait(
+                thread_id,
+                GRAPH_ID,
+                input={"request": "Pay INV-1020", "user": "clerk-ana"},
+                context={"dual_control_threshold": "1000000"},
+            ),
+            403,
+        )
+        assert "dual_control_threshold" in text
+        text = await refused(
+            ana.runs.wait(
+                thread_id, GRAPH_ID, input={"request": "Pay INV-1020", "user": "clerk-ben"}
+            ),
+            403,
+        )
+        assert "clerk-ana" in text
+    assert await footprint(module_db, thread_id) == {
+        "runs": 0,
+        "checkpoints": 0,
+        "checkpoint_writes": 0,
+        "approval_decisions": 0,
+        "payments": (await footprint(module_db))["payments"],
+        "audit_events": (await footprint(module_db))["audit_events"],
+    }
+
+
+async def test_reviewer_cannot_start_threads_or_runs(server: str, module_db: str) -> None:
+    before, threads = await footprint(module_db), await thread_count(server)
+    async with sdk(server, token_for("rev-1")) as reviewer:
+        await refused(reviewer.threads.create(), 403)
+        await refused(
+            reviewer.runs.wait(None, GRAPH_ID, input={"request": "Pay INV-1005", "user": "rev-1"}),
+            403,
+        )
+    assert await footprint(module_db) == before
+    assert await thread_count(server) == threads
+
+
+async def test_clerk_and_requester_cannot_resume_and_reviewer_only_resumes(
+    server: str, module_db: str
+) -> None:
+    thread_id, interrupt = await start_until_interrupt(
+        server, "ana", "Validate INV-1004 and pay it if it matches"
+    )
+    before = await footprint(module_db, thread_id)
+    resume = {"resume": {interrupt["id"]: approve()}}
+    async with sdk(server, token_for("ana")) as owner:
+        assert "clerk cannot resume" in await refused(
+            owner.runs.wait(thread_id, GRAPH_ID, command=resume), 403
+        )
+    async with sdk(server, token_for("ben")) as other_clerk:
+        await refused(other_clerk.runs.wait(thread_id, GRAPH_ID, command=resume), 403)
+    async with sdk(server, token_for("ana-reviews")) as requester:
+        assert "cannot decide" in await refused(
+            requester.runs.wait(thread_id, GRAPH_ID, command=resume), 403
+        )
+    async with sdk(server, token_for("rev-1")) as reviewer:
+        # A reviewer answers the interrupt, nothing else: no goto, no state update, no input.
+        await refused(reviewer.runs.wait(thread_id, GRAPH_ID, command={"goto": "executor"}), 403)
+        await refused(
+            reviewer.runs.wait(thread_id, GRAPH_ID, command={**resume, "update": {"cursor": 99}}),
+            403,
+        )
+        await refused(reviewer.threads.update_state(thread_id, {"cursor": 99}), 403)
+    async with sdk(server, token_for("rev-acme")) as other_tenant:
+        await refused(other_tenant.runs.wait(thread_id, GRAPH_ID, command=resume), 403)
+    assert await footprint(module_db, thread_id) == before
+    async with sdk(server, token_for("rev-1")) as reviewer:
+        assert (await reviewer.threads.get(thread_id))["status"] == "interrupted"
+
+
+async def test_decision_is_recorded_under_the_token_identity(server: str, module_db: str) -> None:
+    thread_id, interrupt = await start_until_interrupt(
+        server, "ana", "Validate INV-1001 and pay it if it matches"
+    )
+    # The body claims a controller named ctl-9; the token says rev-1, a reviewer.
+    resume = {"resume": {interrupt["id"]: approve("ctl-9", "controller")}}
+    async with sdk(server, token_for("rev-1")) as reviewer:
+        await reviewer.runs.wait(thread_id, GRAPH_ID, command=resume)
+        state = await reviewer.threads.get_state(thread_id)
+    values = state["values"]
+    assert isinstance(values, dict) and values["status"] == "completed", values
+    assert [(d["reviewer_id"], d["reviewer_role"]) for d in values["decisions"]] == [
+        ("rev-1", "approver")
+    ]
+    assert await decisions(module_db, thread_id) == [("rev-1", "approver", "approve")]
+    async with await psycopg.AsyncConnection.connect(module_db) as conn:
+        cur = await conn.execute(
+            "SELECT payload FROM audit_events WHERE thread_id = %s AND kind = 'decision'",
+            (thread_id,),
+        )
+        [(payload,)] = await cur.fetchall()
+        cur = await conn.execute("SELECT count(*) FROM payments WHERE thread_id = %s", (thread_id,))
+        paid = await cur.fetchone()
+    assert "rev-1" in json.dumps(payload) and "ctl-9" not in json.dumps(payload)
+    assert paid == (1,)
+
+
+async def test_second_signature_above_dual_control_must_be_a_controller(
+    server: str, module_db: str
+) -> None:
+    thread_id, first = await start_until_interrupt(server, "ben", "Pay INV-1020")
+    [step] = first["value"]["steps"]
+    assert step["min_approvers"] == 2 and step["required_role"] == "controller", step
+    async with sdk(server, token_for("rev-1")) as rev1:
+        result = await rev1.runs.wait(
+            thread_id, GRAPH_ID, command={"resume": {first["id"]: approve()}}
+        )
+        assert isinstance(result, dict) and result.get("__interrupt__"), result
+        [second] = (await rev1.threads.get_state(thread_id))["interrupts"]
+    assert second["value"]["steps"][0]["approved_by"] == [{"id": "rev-1", "role": "approver"}]
+    before = await footprint(module_db, thread_id)
+    resume = {"resume": {second["id"]: approve()}}
+    async with sdk(server, token_for("rev-2")) as rev2:
+        assert "controller" in await refused(
+            rev2.runs.wait(thread_id, GRAPH_ID, command=resume), 403
+        )
+    async with sdk(server, token_for("admin")) as admin:
+        await refused(admin.runs.wait(thread_id, GRAPH_ID, command=resume), 403)
+    assert await footprint(module_db, thread_id) == before
+    async with sdk(server, token_for("ctl-1")) as controller:
+        await controller.runs.wait(thread_id, GRAPH_ID, command=resume)
+        values = (await controller.threads.get_state(thread_id))["values"]
+    assert isinstance(values, dict) and values["status"] == "completed", values
+    assert await decisions(module_db, thread_id) == [
+        ("rev-1", "approver", "approve"),
+        ("ctl-1", "controller", "approve"),
+    ]
+    async with await psycopg.AsyncConnection.connect(module_db) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1020' AND thread_id = %s",
+            (thread_id,),
+        )
+        assert await cur.fetchone() == (1,)
+
+
+async def test_runs_are_recorded_under_the_token_tenant(server: str, module_db: str) -> None:
+    thread_id, _ = await start_until_interrupt(
+        server, "acme-clerk", "Validate INV-1007 and pay it if it matches"
+    )
+    async with await psycopg.AsyncConnection.connect(module_db) as conn:
+        cur = await conn.execute(
+            "SELECT requester, tenant FROM runs WHERE thread_id = %s", (thread_id,)
+        )
+        assert await cur.fetchone() == ("clerk-acme", "acme")
+    async with sdk(server, token_for("rev-1")) as default_tenant:
+        await refused(default_tenant.threads.get(thread_id), 404)
+    async with sdk(server, token_for("rev-acme")) as reviewer:
+        assert (await reviewer.threads.get(thread_id))["metadata"]["tenant"] == "acme"
