@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -298,6 +299,7 @@ async def test_clerk_cannot_set_run_settings_or_another_requester(
 ) -> None:
     async with sdk(server, token_for("ana")) as ana:
         thread_id = (await ana.threads.create())["thread_id"]
+        before = await footprint(module_db)
         text = await refused(
             ana.runs.wait(
                 thread_id,
@@ -320,8 +322,8 @@ async def test_clerk_cannot_set_run_settings_or_another_requester(
         "checkpoints": 0,
         "checkpoint_writes": 0,
         "approval_decisions": 0,
-        "payments": (await footprint(module_db))["payments"],
-        "audit_events": (await footprint(module_db))["audit_events"],
+        "payments": before["payments"],
+        "audit_events": before["audit_events"],
     }
 
 
@@ -448,3 +450,26 @@ async def test_runs_are_recorded_under_the_token_tenant(server: str, module_db: 
         await refused(default_tenant.threads.get(thread_id), 404)
     async with sdk(server, token_for("rev-acme")) as reviewer:
         assert (await reviewer.threads.get(thread_id))["metadata"]["tenant"] == "acme"
+
+
+# --- fail closed -------------------------------------------------------------------------
+
+
+async def test_server_without_token_configuration_refuses_everyone(
+    db_uri: str, tmp_path: Path
+) -> None:
+    before = await footprint(db_uri)
+    env = server_env(os.environ, db_uri, PAYABLES_DATA_DIR=str(tmp_path / "unused-embedded"))
+    for key in ("PAYABLES_AUTH_TOKENS", "PAYABLES_AUTH_TOKENS_FILE", "PAYABLES_JWT_SECRET"):
+        env.pop(key, None)
+    with langgraph_dev(env, tmp_path) as url:
+        async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=60) as http:
+            for headers in ({}, bearer("ana"), bearer(signed())):
+                response = await http.post("/threads", json={}, headers=headers)
+                assert response.status_code == 401, response.text
+                if headers:
+                    assert "PAYABLES_AUTH_TOKENS" in response.json()["detail"]
+            assert (
+                await http.post("/runs/wait", json={"assistant_id": GRAPH_ID})
+            ).status_code == 401
+    assert await footprint(db_uri) == before

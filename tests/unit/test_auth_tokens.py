@@ -1,0 +1,224 @@
+"""server/auth.py without a server: token sources, fail-closed refusals, JWT claims, and the
+approval node's use of the server-verified reviewer (nodes/approval.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from langgraph_sdk import Auth
+
+from nodes.approval import verified_reviewer, with_verified_reviewer
+from runtime.errors import ResumeError
+from server.auth import Identity, run_settings, run_tenant, token_table, verify_token
+from state.approvals import ApprovalRequest, StepRequirement
+
+SECRET = "unit-secret-" + "z" * 32
+JWT_ENV = {
+    "PAYABLES_JWT_SECRET": SECRET,
+    "PAYABLES_JWT_ISSUER": "iss-1",
+    "PAYABLES_JWT_AUDIENCE": "aud-1",
+}
+
+
+def refusal(token: str, environ: dict[str, str]) -> str:
+    """The 401 detail ``verify_token`` raises for ``token`` under ``environ``."""
+    with pytest.raises(Auth.exceptions.HTTPException) as error:
+        verify_token(token, environ)
+    assert error.value.status_code == 401
+    return str(error.value.detail)
+
+
+def test_no_token_source_refuses_everything_and_says_how_to_configure() -> None:
+    detail = refusal("anything", {})
+    assert "No tokens are configured" in detail
+    for setting in ("PAYABLES_AUTH_TOKENS", "PAYABLES_AUTH_TOKENS_FILE", "PAYABLES_JWT_SECRET"):
+        assert setting in detail
+
+
+def test_token_table_from_env_and_unknown_token() -> None:
+    env = {
+        "PAYABLES_AUTH_TOKENS": json.dumps(
+            {"t1": {"identity": "ctl-1", "role": "controller", "tenant": "default"}}
+        )
+    }
+    assert verify_token("t1", env) == Identity("ctl-1", "controller", "default")
+    assert "not a known token" in refusal("t2", env)
+
+
+def test_token_file_is_reread_so_rotation_needs_no_restart(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    env = {"PAYABLES_AUTH_TOKENS_FILE": str(path)}
+    path.write_text(json.dumps({"old": {"identity": "rev-1", "role": "reviewer", "tenant": "t"}}))
+    assert verify_token("old", env).identity == "rev-1"
+    path.write_text(json.dumps({"new": {"identity": "rev-1", "role": "reviewer", "tenant": "t"}}))
+    assert "not a known token" in refusal("old", env)
+    assert verify_token("new", env).role == "reviewer"
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ("[1, 2]", "must be a JSON object"),
+        ("{not json", "is not JSON"),
+        ('{"t": {"identity": "a", "role": "boss", "tenant": "x"}}', "role must be one of"),
+        ('{"t": {"identity": "", "role": "clerk", "tenant": "x"}}', "identity"),
+        ('{"t": {"identity": "a", "role": "clerk"}}', "tenant"),
+    ],
+)
+def test_unusable_token_table_refuses_with_the_reason(table: str, problem: str) -> None:
+    detail = refusal("t", {"PAYABLES_AUTH_TOKENS": table})
+    assert "configuration is unusable" in detail and problem in detail
+
+
+def test_missing_token_file_refuses_with_its_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    assert str(missing) in refusal("t", {"PAYABLES_AUTH_TOKENS_FILE": str(missing)})
+    assert token_table({}) is None
+
+
+def test_jwt_needs_issuer_and_audience_configured() -> None:
+    assert "PAYABLES_JWT_ISSUER" in refusal("t", {"PAYABLES_JWT_SECRET": SECRET})
+
+
+def signed(**claims: Any) -> str:
+    body = {
+        "sub": "clerk-jay",
+        "role": "clerk",
+        "tenant": "default",
+        "iss": "iss-1",
+        "aud": "aud-1",
+        "exp": int(time.time()) + 60,
+        **claims,
+    }
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, SECRET, "HS256")
+
+
+def test_jwt_claims_become_the_identity() -> None:
+    assert verify_token(signed(), JWT_ENV) == Identity("clerk-jay", "clerk", "default")
+
+
+@pytest.mark.parametrize(
+    ("claims", "problem"),
+    [
+        ({"aud": "other"}, "audience"),
+        ({"iss": "other"}, "issuer"),
+        ({"exp": int(time.time()) - 5}, "expired"),
+        ({"exp": None}, "exp"),
+        ({"sub": None}, "sub"),
+        ({"role": "root"}, "role"),
+    ],
+)
+def test_bad_jwt_claims_are_refused(claims: dict[str, Any], problem: str) -> None:
+    assert problem in refusal(signed(**claims), JWT_ENV).lower()
+
+
+def test_unsigned_or_other_algorithm_jwt_is_refused() -> None:
+    unsigned = jwt.encode(
+        {
+            "sub": "x",
+            "role": "admin",
+            "tenant": "t",
+            "iss": "iss-1",
+            "aud": "aud-1",
+            "exp": int(time.time()) + 60,
+        },
+        None,
+        "none",
+    )
+    assert "invalid token" in refusal(unsigned, JWT_ENV).lower()
+
+
+def test_run_settings_names_context_fields_only() -> None:
+    kwargs: dict[str, Any] = {
+        "context": {"dual_control_threshold": "1"},
+        "config": {"configurable": {"tenant": "x", "langgraph_request_id": "r", "thread_id": "t"}},
+    }
+    assert run_settings(kwargs) == {"dual_control_threshold", "tenant"}
+    assert run_settings({"config": {"configurable": {"thread_id": "t"}}}) == set()
+
+
+def test_run_tenant_sets_context_and_configurable() -> None:
+    kwargs: dict[str, Any] = {"context": {}, "config": {"configurable": {"x": 1}}}
+    run_tenant(kwargs, "acme")
+    assert kwargs["context"] == {"tenant": "acme"}
+    assert kwargs["config"]["configurable"] == {"x": 1, "tenant": "acme"}
+
+
+# --- the approval node's side ------------------------------------------------------------
+
+
+class _ProxyLikeUser:
+    """Shaped like langgraph_api's ProxyUser: attributes plus ``dict()``."""
+
+    def __init__(self, **fields: str) -> None:
+        self.fields = fields
+
+    def dict(self) -> dict[str, str]:
+        return dict(self.fields)
+
+
+def dual_request(approved_by: list[dict[str, str]]) -> ApprovalRequest:
+    step = StepRequirement(
+        step_id="s1",
+        tool="schedule_payment",
+        tier="irreversible",
+        min_approvers=2,
+        required_role="controller",
+        reasons=["over dual"],
+        approved_by=approved_by,
+    )
+    return ApprovalRequest(
+        action_requests=[],
+        review_configs=[],
+        evidence=[],
+        steps=[step],
+        requester="clerk-ben",
+        request="Pay INV-1020",
+        error=None,
+    )
+
+
+def test_no_server_user_keeps_the_cli_reviewer() -> None:
+    assert verified_reviewer({}) is None
+    assert verified_reviewer({"langgraph_auth_user": None}) is None
+
+
+def test_server_user_replaces_the_reviewer_in_the_body() -> None:
+    user = _ProxyLikeUser(identity="rev-1", role="reviewer", tenant="default")
+    verified = verified_reviewer({"langgraph_auth_user": user})
+    assert verified == {"id": "rev-1", "role": "approver"}
+    body = {"decisions": [{"type": "approve"}], "reviewer": {"id": "ctl-9", "role": "controller"}}
+    assert with_verified_reviewer(body, verified, dual_request([]))["reviewer"] == verified
+    # Plain dicts (a user stored by a serialising runtime) work the same way.
+    as_dict = {"identity": "ctl-1", "role": "controller", "tenant": "default"}
+    assert verified_reviewer({"langgraph_auth_user": as_dict}) == {
+        "id": "ctl-1",
+        "role": "controller",
+    }
+
+
+def test_clerk_token_cannot_decide() -> None:
+    verified = verified_reviewer(
+        {"langgraph_auth_user": {"identity": "clerk-ana", "role": "clerk", "tenant": "t"}}
+    )
+    assert verified is not None
+    with pytest.raises(ResumeError, match="no reviewer role"):
+        with_verified_reviewer({"decisions": []}, verified, dual_request([]))
+
+
+def test_last_missing_signature_above_dual_control_must_be_the_controllers() -> None:
+    approver = {"id": "rev-2", "role": "approver"}
+    first = dual_request([])
+    assert with_verified_reviewer({}, approver, first)["reviewer"] == approver
+    second = dual_request([{"id": "rev-1", "role": "approver"}])
+    with pytest.raises(ResumeError, match="controller's signature"):
+        with_verified_reviewer({}, approver, second)
+    controller = {"id": "ctl-1", "role": "controller"}
+    assert with_verified_reviewer({}, controller, second)["reviewer"] == controller
+    after_controller = dual_request([{"id": "ctl-1", "role": "controller"}])
+    assert with_verified_reviewer({}, approver, after_controller)["reviewer"] == approver
