@@ -55,6 +55,8 @@ CONFIGURE_HINT = (
 )
 
 auth = Auth()
+# Thread metadata that decides who sees a thread (`visible_threads`).
+OWNERSHIP_KEYS = frozenset({"owner", "tenant"})
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,9 @@ async def update_thread(
     who = caller(ctx)
     if who.role not in ("clerk", "admin"):
         raise _forbidden(f"A {who.role} cannot change threads; resume the approval instead.")
+    claimed = OWNERSHIP_KEYS & set(value.get("metadata") or {})
+    if claimed and who.role != "admin":
+        raise _forbidden(f"Thread {', '.join(sorted(claimed))} is set by the server, not changed.")
     return visible_threads(who)
 
 
@@ -354,6 +359,10 @@ async def create_run(
             f"{str(run_input.get('user'))[:64]!r}); the requester is who the token says."
         )
     run_tenant(kwargs, who.tenant)
+    metadata = value.get("metadata")
+    if isinstance(metadata, dict):
+        # A run that creates its thread (if_not_exists="create") gives it this metadata.
+        metadata.update(owner=who.identity, tenant=who.tenant)
     return visible_threads(who)
 
 

@@ -283,7 +283,7 @@ async def test_clerk_sees_and_runs_only_own_threads(server: str, module_db: str)
             ),
             404,
         )
-        await refused(ben.threads.update(thread_id, metadata={"owner": "clerk-ben"}), 404)
+        await refused(ben.threads.update(thread_id, metadata={"note": "mine now"}), 404)
     async with sdk(server, token_for("rev-acme")) as other_tenant:
         await refused(other_tenant.threads.get(thread_id), 404)
         assert thread_id not in {t["thread_id"] for t in await other_tenant.threads.search()}
@@ -325,6 +325,33 @@ async def test_clerk_cannot_set_run_settings_or_another_requester(
         "payments": before["payments"],
         "audit_events": before["audit_events"],
     }
+
+
+async def test_ownership_metadata_is_the_servers(server: str, module_db: str) -> None:
+    async with sdk(server, token_for("ana")) as ana:
+        thread = await ana.threads.create(metadata={"owner": "clerk-ben", "tenant": "acme"})
+        assert (thread["metadata"]["owner"], thread["metadata"]["tenant"]) == ("clerk-ana", TENANT)
+        text = await refused(
+            ana.threads.update(thread["thread_id"], metadata={"owner": "clerk-ben"}), 403
+        )
+        assert "owner" in text
+        # A run that creates its own thread gives it the token's owner and tenant.
+        new_id = str(uuid.uuid4())
+        await ana.runs.create(
+            new_id,
+            GRAPH_ID,
+            input={"request": "What is our price variance tolerance?", "user": "clerk-ana"},
+            metadata={"owner": "clerk-ben"},
+            if_not_exists="create",
+        )
+        created = await ana.threads.get(new_id)
+        assert (created["metadata"]["owner"], created["metadata"]["tenant"]) == (
+            "clerk-ana",
+            TENANT,
+        )
+        await ana.runs.join(new_id, (await ana.runs.list(new_id))[0]["run_id"])
+    async with sdk(server, token_for("ben")) as ben:
+        await refused(ben.threads.get(new_id), 404)
 
 
 async def test_reviewer_cannot_start_threads_or_runs(server: str, module_db: str) -> None:
