@@ -354,6 +354,27 @@ async def test_ownership_metadata_is_the_servers(server: str, module_db: str) ->
         await refused(ben.threads.get(new_id), 404)
 
 
+async def test_store_and_assistant_writes_are_for_admins(
+    http: httpx.AsyncClient, module_db: str
+) -> None:
+    before = await footprint(module_db)
+    item = {"namespace": ["notes"], "key": "k1", "value": {"text": "hi"}}
+    for token in ("ana", "rev-1", "ctl-1"):
+        response = await http.put("/store/items", json=item, headers=bearer(token))
+        assert response.status_code == 403, response.text
+        response = await http.post(
+            "/assistants", json={"graph_id": GRAPH_ID, "name": "mine"}, headers=bearer(token)
+        )
+        assert response.status_code == 403, response.text
+    query = {"namespace": "notes", "key": "k1"}
+    found = await http.get("/store/items", params=query, headers=bearer("admin"))
+    assert found.status_code == 200 and found.json() is None, found.text
+    assert (await http.put("/store/items", json=item, headers=bearer("admin"))).status_code == 204
+    found = await http.get("/store/items", params=query, headers=bearer("admin"))
+    assert found.json()["value"] == {"text": "hi"}
+    assert await footprint(module_db) == before
+
+
 async def test_reviewer_cannot_start_threads_or_runs(server: str, module_db: str) -> None:
     before, threads = await footprint(module_db), await thread_count(server)
     async with sdk(server, token_for("rev-1")) as reviewer:
