@@ -32,6 +32,7 @@
 
   function text(value) {
     if (value === null || value === undefined || value === "") return "—";
+    if (Array.isArray(value)) return value.map(text).join("; ");
     if (typeof value === "object") return JSON.stringify(value);
     return String(value);
   }
@@ -80,26 +81,25 @@
   }
 
   function chips(items, cls) {
-    return el("div", {}, ...items.map((item) => el("span", { class: cls, text: typeof item === "string" ? item : text(item.kind || item.code || item.source ? [item.kind || item.code, item.source, item.detail || item.message].filter(Boolean).join(": ") : item) })));
+    return el("div", {}, ...items.map((item) => el("span", { class: cls, text: text(item) })));
+  }
+
+  function rowsTable(rows) {
+    const columns = [...new Set(rows.flatMap((row) => Object.keys(row)))];
+    return table(rows, columns);
   }
 
   function evidenceSection(evidence) {
     const parts = [];
     if (evidence.reasoning) parts.push(el("h3", { text: "Agent's reasoning" }), el("p", { class: "reasoning", text: evidence.reasoning }));
     if (evidence.invoice) parts.push(el("h3", { text: "Invoice" }), keyValues(evidence.invoice));
-    if (Array.isArray(evidence.match_table) && evidence.match_table.length) {
-      const columns = [...new Set(evidence.match_table.flatMap((line) => Object.keys(line)))];
-      parts.push(el("h3", { text: "Invoice vs PO vs receipt" }), table(evidence.match_table, columns));
-    }
+    if (Array.isArray(evidence.match_table) && evidence.match_table.length) parts.push(el("h3", { text: "Invoice vs PO vs receipt" }), rowsTable(evidence.match_table));
     if (evidence.verdict) parts.push(el("p", {}, "Match verdict: ", el("strong", { class: "verdict", text: evidence.verdict }), ` · matched total ${text(evidence.matched_total)}`));
-    if (Array.isArray(evidence.exceptions) && evidence.exceptions.length) {
-      const columns = [...new Set(evidence.exceptions.flatMap((e) => Object.keys(e)))];
-      parts.push(el("h3", { text: "Variances and exceptions" }), table(evidence.exceptions, columns));
-    }
+    if (Array.isArray(evidence.exceptions) && evidence.exceptions.length) parts.push(el("h3", { text: "Variances and exceptions" }), rowsTable(evidence.exceptions));
     if (Array.isArray(evidence.notices) && evidence.notices.length) parts.push(el("h3", { text: "Notices" }), el("ul", {}, ...evidence.notices.map((n) => el("li", { text: text(n) }))));
-    const flags = [...(evidence.flags || []), ...(evidence.guard_flags || [])];
-    if (flags.length) parts.push(el("h3", { text: "Flags" }), chips(flags, "flag"));
-    if (Array.isArray(evidence.taint) && evidence.taint.length) parts.push(el("h3", { text: "Taint (untrusted input behind this step)" }), chips(evidence.taint, "flag taint"));
+    if (Array.isArray(evidence.flags) && evidence.flags.length) parts.push(el("h3", { text: "Flags" }), chips(evidence.flags, "flag"));
+    if (Array.isArray(evidence.guard_flags) && evidence.guard_flags.length) parts.push(el("h3", { class: "guard-flags", text: "Guard flags (suspicious content in the documents)" }), rowsTable(evidence.guard_flags));
+    if (Array.isArray(evidence.taint) && evidence.taint.length) parts.push(el("h3", { class: "taint", text: "Taint (arguments that came from untrusted input)" }), rowsTable(evidence.taint));
     if (evidence.vendor) parts.push(el("h3", { text: "Vendor" }), keyValues(evidence.vendor));
     if (evidence.proposed_account) parts.push(el("p", {}, "Proposed account: ", el("strong", { text: masked("account", evidence.proposed_account) })));
     return parts;
@@ -254,6 +254,7 @@
     $("sign-in").hidden = true;
     $("inbox").hidden = false;
     $("interval").textContent = String(REFRESH_S);
+    if (me.role === "clerk") showNotice("Clerks see their own requests here; a reviewer or controller decides them.");
     await refresh();
     timer = setInterval(refresh, REFRESH_S * 1000);
   }

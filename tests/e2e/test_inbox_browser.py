@@ -226,8 +226,9 @@ async def test_reviewer_edits_the_amount_and_rejects_with_a_reason(
     page: Page, server: str, db_uri: str
 ) -> None:
     edited_thread, _ = await _start_paused_run(server)
+    # INV-1014's notes try to instruct the agent: the reviewer sees the guard's flag.
     rejected_thread, _ = await _start_paused_run(
-        server, "Validate INV-1002 and pay it if it matches"
+        server, "Validate INV-1014 and pay it if it matches"
     )
     await _sign_in(page, server, REVIEWER)
     rejected = page.locator(f'article.approval[data-thread="{rejected_thread}"]')
@@ -235,10 +236,17 @@ async def test_reviewer_edits_the_amount_and_rejects_with_a_reason(
     await expect(rejected).to_be_visible(timeout=UI_TIMEOUT_MS)
     await expect(edited).to_be_visible(timeout=UI_TIMEOUT_MS)
 
+    await expect(rejected.locator("h3.guard-flags")).to_be_visible()
+    await expect(rejected).to_contain_text("override_instructions")
+    await expect(rejected).to_contain_text("INV-1014 notes")
+    await expect(rejected).to_contain_text("****5555")  # the account it asks for, masked
+    content = await page.content()
+    for account in ("GB33BUKB20201555555555", "GB88BARC20041558103377", INVOICE_ACCOUNT):
+        assert account not in content
     await rejected.locator("input[type=radio][value=reject]").check()
     await rejected.locator("button.send").click()
     await expect(page.locator("#error")).to_contain_text("Give a reason to reject")
-    await rejected.locator("textarea.reason").fill("Vendor asked us to hold this invoice")
+    await rejected.locator("textarea.reason").fill("Notes try to redirect the payment")
     await rejected.locator("button.send").click()
     await expect(rejected).to_have_count(0, timeout=UI_TIMEOUT_MS)
     await expect(page.locator("#error")).to_be_hidden()
@@ -259,7 +267,7 @@ async def test_reviewer_edits_the_amount_and_rejects_with_a_reason(
         cur = await conn.execute("SELECT invoice_id, amount::text, thread_id FROM payments")
         payments = await cur.fetchall()
     assert decisions == [
-        (rejected_thread, "reject", "Vendor asked us to hold this invoice", None, "rev-1"),
+        (rejected_thread, "reject", "Notes try to redirect the payment", None, "rev-1"),
         (edited_thread, "edit", "", "3000.00", "rev-1"),
     ]
     assert [p for p in payments if p[2] in (edited_thread, rejected_thread)] == [
