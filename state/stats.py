@@ -8,7 +8,9 @@ without ``since``), each by its own clock:
 - node latency: node executions that started in the window (``step_metrics``, written by
   the budget guard; a node paused for a reviewer and its re-run are two executions);
 - tool calls: gated calls recorded in the audit chain in the window (``tool_call`` events;
-  a call re-run after a crash or a resume that ended the same way is recorded once);
+  a call re-run after a crash or a resume that ended the same way is recorded once), of
+  runs in the run index (the audit chain outlives a world replaced by `payables seed`,
+  which forgets the old world's runs and their step rows);
 - approval latency: reviewer decisions taken in the window, each measured from the
   approval request it answers (the latest ``approval_requested`` audit event of its
   thread, for its step, recorded before it).
@@ -149,6 +151,8 @@ async def run_stats(database: Database, *, since: timedelta | None = None) -> di
             "SELECT payload->>'tool' AS tool, (payload->>'ok')::boolean AS ok,"
             " payload->>'error_code' AS code, count(*) AS calls FROM audit_events"
             f" WHERE kind = 'tool_call' AND {_IN_WINDOW.format('created_at')}"
+            # The audit chain outlives a reseeded world; the run index does not.
+            " AND EXISTS (SELECT 1 FROM runs WHERE runs.thread_id = audit_events.thread_id)"
             " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
             window,
         )

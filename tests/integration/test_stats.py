@@ -18,6 +18,7 @@ from runtime.errors import BadInput
 from state.costs import spent_today
 from state.db import Database
 from state.stats import parse_since, reason_kind, run_stats
+from state.world import SAMPLE_WORLD_PATH, load_world, read_world
 from tests.billing import PRICES, billed, read_and_match, stage
 from tests.cli import explain, payables, payables_fails, payables_json
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
@@ -205,6 +206,29 @@ async def test_the_window_leaves_out_older_runs_and_steps(database: Database) ->
     assert recent["containment"] == {"finished": 1, "completed_without_a_human": 0, "rate": 0.0}
     assert everything["since"] is None and recent["since"] is not None
     assert new["status"] == "escalated"
+
+
+async def test_a_reseeded_world_starts_the_statistics_afresh(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        await agent.start("Validate INV-9999", user="clerk-ana")
+    before = await run_stats(database)
+    assert before["runs"]["total"] == 1 and before["tool_calls"]["get_invoice"]["errors"] == 1
+    async with database.connection() as conn:
+        await load_world(conn, read_world(SAMPLE_WORLD_PATH))
+    after = await run_stats(database)
+    assert after["runs"]["total"] == 0
+    assert after["node_latency_ms"] == {} and after["tool_calls"] == {}
+    assert after["containment"]["rate"] is None
+    assert after["cost_per_task_usd"]["failed"] == {
+        "runs": 0,
+        "total_usd": 0.0,
+        "per_task_usd": None,
+    }
+    # The audit chain keeps the old world's calls; statistics follow the run index.
+    (calls,) = await rows(
+        database, "SELECT count(*) AS n FROM audit_events WHERE kind = 'tool_call'"
+    )
+    assert calls["n"] == before["tool_calls"]["get_invoice"]["calls"]
 
 
 async def test_cost_per_successful_and_failed_task_from_billed_steps(database: Database) -> None:
