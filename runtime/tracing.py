@@ -8,16 +8,19 @@ output guard, because graph state holds what a clerk typed (a new bank account, 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from langsmith import Client
 from langsmith.run_helpers import get_current_run_tree, get_tracing_context, tracing_context
 from pydantic import BaseModel
 
 from guards.redaction import redact
+
+log = logging.getLogger(__name__)
 
 
 def tracing_enabled() -> bool:
@@ -82,3 +85,44 @@ def annotate_run(**metadata: Any) -> None:
     run = get_current_run_tree()
     if run is not None:
         run.add_metadata(redact(metadata))
+
+
+@contextmanager
+def child_run(
+    name: str,
+    *,
+    run_type: Literal["tool", "chain"],
+    inputs: dict[str, Any],
+    metadata: dict[str, Any],
+    tags: list[str],
+) -> Iterator[dict[str, Any]]:
+    """A LangSmith run under the running node while the block runs; yields its outputs dict.
+
+    Nothing happens outside a traced run. Tracing is best effort: a LangSmith endpoint that
+    refuses or is down is logged and never fails the call being traced.
+    """
+    outputs: dict[str, Any] = {}
+    parent = get_current_run_tree()
+    child = None
+    if parent is not None:
+        try:
+            child = parent.create_child(
+                name=name, run_type=run_type, inputs=inputs, tags=tags, extra={"metadata": metadata}
+            )
+            child.post()
+        except Exception as exc:  # tracing must not break the traced work
+            log.warning("could not trace %s: %s", name, exc)
+            child = None
+    error: str | None = None
+    try:
+        yield outputs
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if child is not None:
+            try:
+                child.end(outputs=outputs, error=error)
+                child.patch()
+            except Exception as exc:  # tracing must not break the traced work
+                log.warning("could not finish the trace of %s: %s", name, exc)

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict
 
 import psycopg
-from langsmith import trace
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
@@ -46,6 +45,7 @@ from runtime.breakers import BREAKERS, BreakerBoard, BreakerState, CircuitBreake
 from runtime.context import Context
 from runtime.faults import ENV_VAR as FAULTS_ENV_VAR
 from runtime.faults import FAULTS, FaultInjector
+from runtime.tracing import child_run
 from state.audit import record, tool_call_event
 from state.db import Database
 from tools.contract import (
@@ -588,13 +588,13 @@ class ToolGate:
         Each call is its own LangSmith run (type ``tool``) under the node that made it, with
         redacted arguments and the outcome, when tracing is on.
         """
-        with trace(
+        with child_run(
             f"tool:{tool}",
             run_type="tool",
             inputs={"args": redact(args) if isinstance(args, dict) else str(type(args))},
             tags=["tool", tool],
             metadata={"thread_id": thread_id, "step_id": step_id, "route": route},
-        ) as traced_run:
+        ) as traced_outputs:
             outcome = await self._call(
                 thread_id=thread_id,
                 step_id=step_id,
@@ -605,14 +605,12 @@ class ToolGate:
                 run=run,
             )
             error = outcome["error"]
-            traced_run.end(
-                outputs={
-                    "ok": outcome["ok"],
-                    "tier": outcome["tier"],
-                    "replayed": outcome["replayed"],
-                    "error": error["code"] if error else None,
-                    "result": redact(outcome["result"]) if outcome["result"] else None,
-                }
+            traced_outputs.update(
+                ok=outcome["ok"],
+                tier=outcome["tier"],
+                replayed=outcome["replayed"],
+                error=error["code"] if error else None,
+                result=redact(outcome["result"]) if outcome["result"] else None,
             )
             return outcome
 
