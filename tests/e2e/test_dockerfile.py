@@ -2,7 +2,7 @@
 
 There is no Docker engine here to build the image; the test checks what the image would
 run: the graph, the Postgres checkpointer, the auth handler and the inbox app, each at a
-path that exists in the repository (the Dockerfile copies the repo to ``/deps/main``). The
+path that exists in the repository (the Dockerfile copies the repo to ``/deps/<folder>``). The
 CLI runs without network (a private network namespace when available, else a dead proxy),
 so generating the Dockerfile provably pulls and asks nothing.
 """
@@ -24,7 +24,8 @@ from runtime.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 
-IMAGE_ROOT = "/deps/main"
+# langgraph names the folder in the image after the repository's own folder.
+IMAGE_ROOT = f"/deps/{PROJECT_ROOT.name}"
 _ENV_LINE = re.compile(r"^ENV (\w+)='(.*)'$", re.MULTILINE)
 
 
@@ -61,7 +62,7 @@ def _generate(out: Path) -> str:
 
 
 def _repo_file(spec: str) -> Path:
-    """``/deps/main/x/y.py:attr`` -> the repository file the image will hold there."""
+    """``/deps/<folder>/x/y.py:attr`` -> the repository file the image will hold there."""
     path = spec.rpartition(":")[0]
     assert path.startswith(f"{IMAGE_ROOT}/"), spec
     return PROJECT_ROOT / path.removeprefix(f"{IMAGE_ROOT}/")
