@@ -7,26 +7,29 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from evals.report import (
+from evals.scenario import (
+    DEFAULT_SUITES,
+    MODEL_MODES,
+    SCHEMA_PATH,
     THRESHOLDS_PATH,
-    build_report,
-    check_gates,
-    load_thresholds,
-    write_reports,
+    ModelMode,
+    scenario_json_schema,
 )
-from evals.runner import MODEL_MODES, ModelMode
-from evals.scenario import SCHEMA_PATH, scenario_json_schema
-from evals.scoring import ScenarioScore
-from evals.suite import DEFAULT_SUITES, run_jobs, select_jobs
 from runtime.errors import BadInput, PayablesError
 from runtime.settings import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from evals.scoring import ScenarioScore
+
+# The runner, scoring and ragas load only when `payables eval` runs, so that every other
+# command starts without them.
 
 DEFAULT_OUT = PROJECT_ROOT / "reports" / "eval"
 err = Console(stderr=True, soft_wrap=True)
@@ -75,6 +78,9 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
     """Run eval scenarios through the real graph, score them, write reports, check gates."""
+    from evals.report import build_report, check_gates, load_thresholds, write_reports
+    from evals.suite import run_jobs, select_jobs
+
     if model is not None and model not in MODEL_MODES:
         _fail(f"--model must be one of {', '.join(MODEL_MODES)}, got {model!r}.", 2)
     mode: ModelMode | None = model  # type: ignore[assignment]

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from evals.scenario import THRESHOLDS_PATH
 from evals.scoring import ScenarioScore
 from runtime.errors import BadInput
 
 REPORT_JSON = "eval-report.json"
 REPORT_MD = "eval-report.md"
 PREVIOUS_JSON = "eval-report.previous.json"
-THRESHOLDS_PATH = Path(__file__).parent / "thresholds.json"
 
 # Metrics where a higher value is better; the rest (rates of bad things, costs) lower.
 HIGHER_IS_BETTER = {

@@ -16,13 +16,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from langsmith.run_helpers import tracing_context
 from psycopg import sql
 
-from evals.scenario import Scenario, ScriptedDecision, resolve_world
+from evals.scenario import ModelMode, Scenario, ScriptedDecision, resolve_world
 from runtime.agent import Agent, open_agent
 from runtime.context import RULES_MODEL, Context
 from runtime.errors import BadInput, ConfigError, PayablesError
@@ -31,8 +31,6 @@ from state.db import CONNECTION_KWARGS, Database, load_migrations, migrate
 from state.graph_state import Attachment
 from state.world import load_world
 
-ModelMode = Literal["rules", "llm", "compromised"]
-MODEL_MODES: tuple[ModelMode, ...] = ("rules", "llm", "compromised")
 MAX_INTERRUPTS = 8
 """A scenario that pauses more often than this is stopped (it would never end)."""
 

@@ -22,6 +22,14 @@ from state.world import SAMPLE_WORLD_PATH, World, parse_world, read_world
 
 SCHEMA_PATH = Path(__file__).parent / "scenario.schema.json"
 DATASETS_DIR = Path(__file__).parent / "datasets"
+DEFAULT_SUITES = ("golden", "policy_qa", "redteam")
+"""The suites `payables eval` and `make eval` run when none is named."""
+THRESHOLDS_PATH = Path(__file__).parent / "thresholds.json"
+"""The release gates (`payables eval --gate`)."""
+ModelMode = Literal["rules", "llm", "compromised"]
+MODEL_MODES: tuple[ModelMode, ...] = ("rules", "llm", "compromised")
+"""rules: the offline rules model; llm: the configured chat models; compromised: a model
+that obeys every instruction it reads (the red team's headline)."""
 
 # Tables a state assertion may look at: the AP world and what the agent writes to it.
 ASSERTABLE_TABLES = (

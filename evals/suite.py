@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evals.runner import ModelMode, ScenarioDatabases, run_scenario
-from evals.scenario import DATASETS_DIR, Scenario, ScenarioError, read_dataset
+from evals.runner import ScenarioDatabases, run_scenario
+from evals.scenario import DATASETS_DIR, ModelMode, Scenario, ScenarioError, read_dataset
 from evals.scoring import ScenarioScore, check_state, score
 from state.db import database_uri
 
-DEFAULT_SUITES = ("golden", "policy_qa", "redteam")
 SUITE_MODES: dict[str, tuple[ModelMode, ...]] = {
     # The red team's headline is the compromised model; the rules model is the floor.
     "redteam": ("rules", "compromised"),
