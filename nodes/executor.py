@@ -215,7 +215,9 @@ def make_executor(deps: NodeDeps) -> Node:
             await record(
                 deps.database, runtime.context.tenant, thread_id, guard_flag_event(thread_id, flag)
             )
-        update: dict[str, Any] = {"outcomes": [outcome], "cursor": cursor + 1, "flags": flags}
+        update: dict[str, Any] = {"outcomes": [outcome], "cursor": cursor + 1}
+        if flags:  # an empty list would still write the channel: a row per step, no change
+            update["flags"] = flags
         base = stand_in_for(step["step_id"])
         if base is not None:
             update.update(stand_in_done(state, step, base, outcome))

@@ -136,15 +136,12 @@ def make_planner(deps: NodeDeps) -> Node:
         )
         await record(deps.database, ctx.tenant, thread_id, planned)
         annotate_run(route=route, model_path=path, phase=phase, plan_source=source)
-        return Command(
-            goto="executor",
-            update={
-                "plan": plan,
-                "cursor": 0,
-                "notes": notes,
-                "degraded": degraded,
-                "model_path": {"planner": path},
-            },
-        )
+        update: dict[str, Any] = {"plan": plan, "cursor": 0, "model_path": {"planner": path}}
+        # Empty lists would still write their channels (checkpoint rows) and change nothing.
+        if notes:
+            update["notes"] = notes
+        if degraded:
+            update["degraded"] = degraded
+        return Command(goto="executor", update=update)
 
     return planner

@@ -58,7 +58,7 @@ from runtime.tracing import traced
 from state.approvals import ApprovalRequest, parse_resume
 from state.db import Database, default_database, migrate
 from state.deadletters import DeadLetterAction, record_dead_letter
-from state.graph_state import Attachment
+from state.graph_state import Attachment, pending_steps
 from state.runs import list_runs
 from tools.gate import ToolGate
 
@@ -304,7 +304,7 @@ class Agent:
                 )
             except GraphDrained as drained:
                 snapshot = await self.graph.aget_state(self.config(thread_id))
-                raise RunStopped(thread_id, drained.reason, list(snapshot.next)) from None
+                raise RunStopped(thread_id, drained.reason, list(pending_steps(snapshot))) from None
             except BadInput:
                 raise
             except Exception as exc:
@@ -331,7 +331,7 @@ class Agent:
             snapshot = await self.graph.aget_state(self.config(thread_id))
             saved = bool(snapshot.values)
             checkpoint_id = snapshot.config.get("configurable", {}).get("checkpoint_id")
-            next_steps = list(snapshot.next)
+            next_steps = list(pending_steps(snapshot))
             if step is None:
                 failed = [t.name for t in snapshot.tasks if t.error] or next_steps
                 step = failed[0] if failed else None
@@ -510,7 +510,7 @@ class Agent:
                 raise ResumeError(
                     f"Thread {thread_id} is waiting for approval; use `payables resume`."
                 )
-            if not snapshot.next:
+            if not pending_steps(snapshot):
                 status = snapshot.values.get("status", "completed")
                 raise ResumeError(f"Thread {thread_id} already finished (status: {status}).")
             context = context or Context()
@@ -549,7 +549,7 @@ class Agent:
         ]
         if snapshot.interrupts:
             status = "interrupted"
-        elif snapshot.next:
+        elif pending_steps(snapshot):
             status = "failed" if any(t.error for t in snapshot.tasks) else "running"
         else:
             status = values.get("status", "completed")

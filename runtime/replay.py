@@ -28,7 +28,7 @@ from runtime.agent import Agent, RunFailed, RunStopped
 from runtime.context import Context
 from runtime.errors import BadInput, PayablesError
 from state.deadletters import DeadLetterOutcome, claim_dead_letter
-from state.graph_state import Attachment
+from state.graph_state import Attachment, pending_steps
 from state.retention import pruned_run
 
 REPLAYED_CONTEXT_FIELDS = (
@@ -114,7 +114,7 @@ async def replay_dead_letter(
                     "is not re-sent on the reviewer's behalf)"
                 )
                 result.view = await agent.view(thread_id)
-            elif snapshot.values and snapshot.next:
+            elif snapshot.values and pending_steps(snapshot):
                 result.how = "continue"
                 result.view = await agent.continue_run(thread_id, context=context, action="replay")
             elif snapshot.values:

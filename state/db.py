@@ -174,7 +174,7 @@ def redact_uri(uri: str) -> str:
 
 
 IDLE_PING_S = 10.0
-"""A pooled connection idle for longer than this is pinged before it is lent out."""
+"""A pooled connection not lent out for longer than this is pinged before it is lent."""
 
 
 class ConnectionCheck:
@@ -183,18 +183,19 @@ class ConnectionCheck:
     After a Postgres restart (or a killed backend) the idle connections are dead; lending
     one fails its borrower. The server closes those connections when it goes, so reading
     what is waiting on the socket, without a round trip, finds them: first the server's
-    goodbye message, then the end of the stream. A connection idle for longer than
-    `IDLE_PING_S` (which may sit behind a network path that died silently) is also
-    pinged. A connection found dead is discarded and replaced by the pool.
+    goodbye message, then the end of the stream. A connection not lent for longer than
+    `IDLE_PING_S` (it may sit behind a network path that died silently) is also pinged.
+    A connection found dead is discarded and replaced by the pool.
 
     A round trip on every borrow (psycopg_pool's ``check_connection``) would cost two with
     ``prepare_threshold=0``, since an empty query is never cached as prepared: a run
-    borrows some fifty times.
+    borrows some fifty times. (A ``reset`` hook could time returns exactly, but it makes
+    the pool return every connection through a background worker, late.)
     """
 
     def __init__(self) -> None:
-        """No connection has been returned yet."""
-        self._returned_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        """No connection has been lent yet."""
+        self._lent_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Raise if ``conn`` is dead (the pool then replaces it); return quietly if not."""
@@ -203,16 +204,14 @@ class ConnectionCheck:
             pgconn.consume_input()  # raises OperationalError on a closed connection
         if pgconn.status != pq.ConnStatus.OK:
             raise psycopg.OperationalError("the pooled connection is no longer open")
-        returned_at = self._returned_at.get(conn)
-        if returned_at is None or monotonic() - returned_at > IDLE_PING_S:
+        now = monotonic()
+        lent_at = self._lent_at.get(conn)
+        if lent_at is None or now - lent_at > IDLE_PING_S:
             if conn.autocommit:
                 await conn.execute("SELECT 1", prepare=False)
             else:  # a ping outside autocommit would leave a transaction open
                 await AsyncConnectionPool.check_connection(conn)
-
-    async def returned(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Note when ``conn`` came back to the pool (the pool's reset hook)."""
-        self._returned_at[conn] = monotonic()
+        self._lent_at[conn] = now
 
 
 class Database:
@@ -241,7 +240,6 @@ class Database:
         if pool is None or pool.closed:
             # After a Postgres restart the idle connections are dead; checking each on
             # checkout replaces them instead of failing the caller.
-            check = ConnectionCheck()
             pool = AsyncConnectionPool(
                 self.uri,
                 kwargs=CONNECTION_KWARGS,
@@ -249,8 +247,7 @@ class Database:
                 max_size=self.max_size,
                 open=False,
                 name="payables",
-                check=check.check,
-                reset=check.returned,
+                check=ConnectionCheck().check,
             )
             await pool.open(wait=True, timeout=30)
             self._pools[loop_id] = pool
@@ -267,13 +264,6 @@ class Database:
         loop_id = id(asyncio.get_running_loop())
         pool = self._lock_pools.get(loop_id)
         if pool is None or pool.closed:
-            check = ConnectionCheck()
-
-            async def release(conn: psycopg.AsyncConnection[Any]) -> None:
-                # If this fails the pool closes the connection, which releases them too.
-                await conn.execute("SELECT pg_advisory_unlock_all()")
-                await check.returned(conn)
-
             pool = AsyncConnectionPool(
                 self.uri,
                 kwargs=CONNECTION_KWARGS,
@@ -281,8 +271,7 @@ class Database:
                 max_size=self.max_locks,
                 open=False,
                 name="payables-locks",
-                check=check.check,
-                reset=release,
+                check=ConnectionCheck().check,
             )
             await pool.open(wait=True, timeout=30)
             self._lock_pools[loop_id] = pool
@@ -292,15 +281,27 @@ class Database:
     async def lock_connection(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
         """Borrow a connection to hold session-level advisory locks for the block.
 
-        Every session lock it holds is released when it comes back, before anyone else can
-        borrow it, and closing it (or the process dying) releases them as well. These
-        connections are pooled apart from `connection`'s: a run holds one for as long as it
-        runs, and must not starve the pool its own steps borrow from. Reusing them saves
-        a connection set-up (a new Postgres backend) per run.
+        Every session lock it holds is released as the block ends, before the connection
+        goes back to the pool; if that fails the connection is closed instead, which
+        releases them too (as the process dying does). These connections are pooled apart
+        from `connection`'s: a run holds one for as long as it runs, and must not starve
+        the pool its own steps borrow from. Reusing them saves a connection set-up (a new
+        Postgres backend) per run.
         """
         pool = await self._lock_pool()
         async with pool.connection() as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock_all()")
+                except Exception as exc:
+                    # Closed, it goes out of the pool and its locks with it: nothing leaks.
+                    log.warning("closing a lock connection that could not unlock: %s", exc)
+                    await conn.close()
+                except BaseException:  # cancelled while unlocking: same, then go on
+                    await conn.close()
+                    raise
 
     async def close(self) -> None:
         """Close the pools of the running loop, if any."""

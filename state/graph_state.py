@@ -8,9 +8,32 @@ checkpoints deserialize under LangGraph's strict msgpack mode and over the serve
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
+from langgraph.channels import DeltaChannel
+from langgraph.types import StateSnapshot
+
 from tools.gate import ToolOutcome
+
+
+def extend_outcomes(
+    left: list[ToolOutcome], writes: Sequence[list[ToolOutcome]]
+) -> list[ToolOutcome]:
+    """Reducer of `AgentState.outcomes`: append each step's outcomes, in order."""
+    return [*left, *(outcome for write in writes for outcome in write)]
+
+
+def pending_steps(snapshot: StateSnapshot) -> tuple[str, ...]:
+    """The steps a thread's latest checkpoint has not moved past; empty once it finished.
+
+    `StateSnapshot.next` leaves out a step that returned but whose own checkpoint was not
+    written (the process died in between, which checkpoints written behind the next step
+    make likelier): its writes are saved with the earlier checkpoint, and running the
+    thread again applies them and goes on. Such a step counts here: the thread has not
+    finished, and `payables continue` finishes it.
+    """
+    return tuple(task.name for task in snapshot.tasks)
 
 
 def merge_dicts(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
@@ -162,8 +185,13 @@ class AgentState(InputState, total=False):
     """The current phase's plan."""
     cursor: int
     """Index of the next step of `plan` to execute."""
-    outcomes: Annotated[list[ToolOutcome], operator.add]
-    """Every gated call's normalized outcome, in order."""
+    outcomes: Annotated[list[ToolOutcome], DeltaChannel(extend_outcomes)]
+    """Every gated call's normalized outcome, in order.
+
+    A delta channel: a checkpoint stores only the outcomes its own step added, and reading
+    a checkpoint replays the thread's earlier writes, so checkpoint bytes per step stay
+    constant however long the run (a plain list channel stores the whole list again at
+    every step: quadratic in the run's length)."""
     decisions: Annotated[list[Decision], operator.add]
     """Every reviewer decision, in order."""
     replans: int

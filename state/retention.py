@@ -33,6 +33,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from runtime.errors import BadInput
 from state.db import Database
+from state.graph_state import pending_steps
 
 FINISHED_STATUSES = ("completed", "refused", "escalated", "failed")
 """Run statuses after which nothing more can happen to a thread."""
@@ -233,9 +234,9 @@ async def _reason_to_keep(
     snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
     if snapshot.interrupts:
         return "its checkpoint has a pending interrupt (an approval waits on it)"
-    if snapshot.next:
+    if next_steps := pending_steps(snapshot):
         return (
-            f"its checkpoint has a next step ({', '.join(snapshot.next)}); "
+            f"its checkpoint has a next step ({', '.join(next_steps)}); "
             "`payables continue` can finish it"
         )
     return None

@@ -17,6 +17,7 @@ import pytest
 from runtime.agent import AFTER_APPROVAL_DURABILITY, START_DURABILITY, open_agent
 from state import db as state_db
 from state.db import CONNECTION_KWARGS, Database
+from state.graph_state import pending_steps
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +117,32 @@ async def test_new_requests_checkpoint_async_and_resumed_legs_sync(database: Dat
     assert done["status"] == "completed"
     assert done["result"]["invoices"]["INV-1001"]["actions"] == ["staged", "payment_scheduled"]
     assert seen == ["async", "sync"]
+
+
+async def test_a_step_that_returned_without_its_checkpoint_is_still_pending(
+    database: Database, db_uri: str
+) -> None:
+    """A crash between a step's saved writes and its checkpoint (async makes it likelier).
+
+    Dropping the newest checkpoint of a finished run leaves exactly that: the respond
+    step's writes saved against the checkpoint before, and no checkpoint of its own.
+    """
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana")
+        thread = view["thread_id"]
+        assert view["status"] == "completed"
+        async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as conn:
+            await conn.execute(
+                "DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_id ="
+                " (SELECT max(checkpoint_id) FROM checkpoints WHERE thread_id = %s)",
+                (thread, thread),
+            )
+        snapshot = await agent.graph.aget_state(agent.config(thread))
+        assert snapshot.next == ()  # what LangGraph reports ...
+        assert pending_steps(snapshot) == ("respond",)  # ... and what is still to happen
+        assert (await agent.view(thread))["status"] == "running"
+        done = await agent.continue_run(thread)
+        finished = await agent.graph.aget_state(agent.config(thread))
+    assert done["status"] == "completed"
+    assert done["result"]["invoices"]["INV-1002"]["actions"] == ["staged"]
+    assert pending_steps(finished) == ()

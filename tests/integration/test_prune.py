@@ -103,7 +103,11 @@ async def test_prune_deletes_only_old_finished_threads_checkpoints(
     kept = {t["thread_id"]: t["kept_because"] for t in dry["kept"]}
     assert set(kept) == {old_waiting, old_stalled}
     assert "approval" in kept[old_waiting]
-    assert "next step (verifier)" in kept[old_stalled]
+    # Killed entering the verifier: the executor's step may not have its checkpoint yet
+    # (new requests checkpoint behind the next step); either way it can be continued.
+    assert (
+        "next step (verifier)" in kept[old_stalled] or "next step (executor)" in kept[old_stalled]
+    )
     assert {t: held(db_uri, t) for t in before} == before
     assert scalar(db_uri, "SELECT count(*) FROM runs WHERE pruned_at IS NOT NULL") == 0
 
