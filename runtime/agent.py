@@ -26,7 +26,6 @@ ends with `RunFailed`, which names it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -265,17 +264,9 @@ class Agent:
             row = await cur.fetchone()
             if row is None or not row["locked"]:
                 raise ResumeError(busy)
-            try:
-                yield
-            finally:
-                # Unlock now: the pool's reset (which unlocks too) runs in the background
-                # after the connection is returned, and the next resume of this thread may
-                # borrow a different connection before it has run.
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute(
-                        "SELECT pg_advisory_unlock(%s, hashtext(%s))",
-                        (_THREAD_LOCK_CLASS, thread_id),
-                    )
+            # Unlocked as the block ends, before the connection goes back to the pool, so
+            # a back-to-back run of this thread on another connection finds it free.
+            yield
 
     async def _drive(
         self,
