@@ -44,12 +44,12 @@ from bench.models import ReadPlanModels
 from bench.world import clone_invoice_id, fresh_database
 from graphs.payables import build_graph
 from nodes.deps import NodeDeps
-from runtime.agent import Agent, open_agent
+from runtime.agent import AFTER_APPROVAL_DURABILITY, START_DURABILITY, Agent, open_agent
 from runtime.context import Context
 from state.db import CONNECTION_KWARGS, Database
 
-DURABILITY = "sync"
-"""What `runtime.agent.Agent` runs with; the bare graph runs with the same."""
+DURABILITY = {"start": START_DURABILITY, "resume": AFTER_APPROVAL_DURABILITY}
+"""What `runtime.agent.Agent` runs each leg with; the bare graph runs its legs the same."""
 
 APPROVE = {"decisions": [{"type": "approve"}], "reviewer": {"id": "bench-rev", "role": "approver"}}
 """The reviewer's answer in the approval flow (one action, no special role needed)."""
@@ -366,7 +366,7 @@ class Bench:
                 {"request": "bench", "position": 0},
                 config,
                 context=context,
-                durability=DURABILITY,
+                durability=START_DURABILITY,
             )
         )
         resumed = 0.0
@@ -376,7 +376,7 @@ class Bench:
                     Command(resume={"type": "approve"}),
                     config,
                     context=context,
-                    durability=DURABILITY,
+                    durability=AFTER_APPROVAL_DURABILITY,
                 )
             )
             resumed += elapsed

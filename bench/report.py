@@ -48,7 +48,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"{machine['os']}, Python {machine['python']}, PostgreSQL {machine.get('postgres')}, "
         f"langgraph {machine['packages'].get('langgraph')}; load average "
         f"{machine['load_average_1m']:.2f} -> {machine['load_average_1m_after']:.2f}",
-        f"  medians; durability {report['durability']!r}; pool {throughput['pool_size']}",
+        f"  medians; durability: new requests {report['durability']['start']!r}, resumed "
+        f"{report['durability']['resume']!r} (agent and bare alike); pool "
+        f"{throughput['pool_size']}",
         "",
         f"Invoice flow ({invoice['request']}, {invoice['steps']} steps, "
         f"n={invoice['agent_ms']['n']})",

@@ -227,20 +227,36 @@ async def append_event(
     kind: Kind,
     payload: Mapping[str, Any],
     event_key: str | None = None,
+    relaxed: bool = False,
 ) -> Appended:
     """Append one event to ``tenant``'s chain; idempotent per ``event_key``.
 
     Runs inside the caller's transaction when there is one (the per-tenant lock is then
     held until that transaction ends: append last), else in its own. ``payload`` is
-    masked with `mask_payload` before it is stored.
+    masked with `mask_payload` before it is stored. ``relaxed`` lets the transaction
+    commit without waiting for the disk (see `RELAXED_COMMIT`); only for a transaction
+    that moves no money and changes no bank account.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown audit event kind {kind!r}; one of {', '.join(KINDS)}")
     masked = mask_payload(payload)
     if conn.info.transaction_status == pq.TransactionStatus.INTRANS:
-        return await _append(conn, tenant, thread_id, kind, masked, event_key)
+        return await _append(conn, tenant, thread_id, kind, masked, event_key, relaxed)
     async with conn.transaction():
-        return await _append(conn, tenant, thread_id, kind, masked, event_key)
+        return await _append(conn, tenant, thread_id, kind, masked, event_key, relaxed)
+
+
+RELAXED_COMMIT = "off"
+"""``synchronous_commit`` for relaxed appends: the commit returns before its WAL is on disk.
+
+Durability is chosen deliberately. Postgres writes WAL in order, so the next synchronous
+commit (every checkpoint, every payment or bank change, which keep the server's setting)
+puts a relaxed commit on disk too: when a run returns, all it wrote is on disk. Only a
+crash of Postgres itself, during a run, can lose the newest relaxed rows, and then it
+loses everything after them as well: a suffix of each tenant's chain, never a gap, and
+never a row that something durable depends on. The run then continues from its last
+checkpoint and records those events again. This saves a disk flush per event.
+"""
 
 
 async def _append(
@@ -250,9 +266,19 @@ async def _append(
     kind: str,
     payload: Any,
     event_key: str | None,
+    relaxed: bool = False,
 ) -> Appended:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_AUDIT_LOCK_CLASS, tenant))
+    if relaxed:  # one statement: the lock, and this transaction's commit mode
+        await cur.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s)),"
+            " set_config('synchronous_commit', %s, true)",
+            (_AUDIT_LOCK_CLASS, tenant, RELAXED_COMMIT),
+        )
+    else:
+        await cur.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_AUDIT_LOCK_CLASS, tenant)
+        )
     # After the lock, in a new statement (so a new snapshot): any earlier append of this
     # event, the tenant's last committed row, and the payload as JSONB will return it.
     await cur.execute(
@@ -300,8 +326,14 @@ async def record_event(
     kind: Kind,
     payload: Mapping[str, Any],
     event_key: str | None = None,
+    relaxed: bool = False,
 ) -> Appended:
-    """`append_event` on ``target``: a connection, or a database to borrow one from."""
+    """`append_event` on ``target``: a connection, or a database to borrow one from.
+
+    On a database the event gets a transaction of its own, holding nothing else, which
+    commits relaxed (`RELAXED_COMMIT`); on a connection ``relaxed`` says whether the
+    caller's transaction may.
+    """
     if not isinstance(target, Database):
         return await append_event(
             target,
@@ -310,6 +342,7 @@ async def record_event(
             kind=kind,
             payload=payload,
             event_key=event_key,
+            relaxed=relaxed,
         )
     async with target.connection() as conn:
         return await append_event(
@@ -319,6 +352,7 @@ async def record_event(
             kind=kind,
             payload=payload,
             event_key=event_key,
+            relaxed=True,
         )
 
 
@@ -335,9 +369,17 @@ class Event:
 
 
 async def record(
-    target: Database | Conn, tenant: str, thread_id: str | None, event: Event
+    target: Database | Conn,
+    tenant: str,
+    thread_id: str | None,
+    event: Event,
+    *,
+    relaxed: bool = False,
 ) -> Appended:
-    """Append ``event`` to ``tenant``'s chain (the nodes' and the gate's one-line hook)."""
+    """Append ``event`` to ``tenant``'s chain (the nodes' and the gate's one-line hook).
+
+    ``relaxed`` as in `record_event`.
+    """
     return await record_event(
         target,
         tenant=tenant,
@@ -345,6 +387,7 @@ async def record(
         kind=event.kind,
         payload=event.payload,
         event_key=event.key,
+        relaxed=relaxed,
     )
 
 

@@ -143,6 +143,10 @@ BACKEND_ERROR = "backend_error"
 """Error code of a call whose backend kept failing (after any retries)."""
 
 
+_RELAXED_TIERS = frozenset({Tier.READ.value, Tier.REVERSIBLE.value})
+"""Tiers whose call transactions commit without waiting for the disk (see audit)."""
+
+
 def retries_allowed(tier: Tier) -> bool:
     """Whether calls of this tier may be retried after a backend failure.
 
@@ -224,22 +228,27 @@ class _GatedCall:
         """
         events = [*self.failed, outcome]
         if conn is not None:
+            # The call's own transaction: it waits for the disk when it moved money or a
+            # bank account, and commits relaxed otherwise (see state.audit.RELAXED_COMMIT).
+            relaxed = outcome["tier"] in _RELAXED_TIERS
             for event in events:
-                await self._record(conn, event)
+                await self._record(conn, event, relaxed=relaxed)
             return outcome
         async with self.gate.database.connection() as own, own.transaction():
-            for event in events:
-                await self._record(own, event)
+            for event in events:  # nothing but these rows: no side effect to wait for
+                await self._record(own, event, relaxed=True)
         return outcome
 
-    async def _record(self, conn: psycopg.AsyncConnection[Any], outcome: ToolOutcome) -> None:
+    async def _record(
+        self, conn: psycopg.AsyncConnection[Any], outcome: ToolOutcome, *, relaxed: bool
+    ) -> None:
         event = tool_call_event(
             thread_id=self.thread_id,
             raw_args=self.raw_args,
             validated_args=self.validated,
             outcome=outcome,
         )
-        await record(conn, self.run.tenant, self.thread_id, event)
+        await record(conn, self.run.tenant, self.thread_id, event, relaxed=relaxed)
 
     async def attempt(self, spec: ToolSpec[Any, Any], validated: dict[str, Any]) -> _Attempt:
         """One attempt: refused by an open breaker, or one transaction under the timeout."""

@@ -4,6 +4,8 @@
   and one returned a moment ago is lent without a round trip; one idle for long is pinged.
 - A lock connection comes back with its session locks released.
 - A new request's leg writes checkpoints asynchronously; a resumed leg synchronously.
+- Audit rows and calls that need no approval commit without waiting for the disk;
+  payments and bank changes keep the server's setting.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import pytest
 
 from runtime.agent import AFTER_APPROVAL_DURABILITY, START_DURABILITY, open_agent
 from state import db as state_db
+from state.audit import RELAXED_COMMIT, append_event
 from state.db import CONNECTION_KWARGS, Database
 from state.graph_state import pending_steps
+from tools.contract import Tier
+from tools.gate import _RELAXED_TIERS
 
 pytestmark = pytest.mark.integration
 
@@ -146,3 +151,32 @@ async def test_a_step_that_returned_without_its_checkpoint_is_still_pending(
     assert done["status"] == "completed"
     assert done["result"]["invoices"]["INV-1002"]["actions"] == ["staged"]
     assert pending_steps(finished) == ()
+
+
+async def test_relaxed_appends_skip_the_disk_wait_only_for_their_own_transaction(
+    db_uri: str,
+) -> None:
+    async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as conn:
+
+        async def mode() -> str:
+            cur = await conn.execute("SELECT current_setting('synchronous_commit') AS m")
+            row = await cur.fetchone()
+            assert row is not None
+            return str(row["m"])
+
+        server_default = await mode()
+        async with conn.transaction():
+            await append_event(
+                conn, tenant="t", thread_id="x", kind="route", payload={"n": 1}, relaxed=True
+            )
+            assert await mode() == RELAXED_COMMIT == "off"
+        assert await mode() == server_default
+        async with conn.transaction():
+            await append_event(conn, tenant="t", thread_id="x", kind="route", payload={"n": 2})
+            assert await mode() == server_default
+
+
+def test_only_calls_that_need_no_approval_commit_relaxed() -> None:
+    relaxed = {tier for tier in Tier if tier.value in _RELAXED_TIERS}
+    assert relaxed == {Tier.READ, Tier.REVERSIBLE}
+    assert not any(tier.needs_approval for tier in relaxed)

@@ -465,10 +465,12 @@ async def test_the_gate_audits_in_the_side_effects_transaction(
 
     real_record = tools.gate.record
 
-    async def failing_record(target: Any, tenant: str, thread_id: Any, event: Any) -> Any:
+    async def failing_record(
+        target: Any, tenant: str, thread_id: Any, event: Any, **kwargs: Any
+    ) -> Any:
         if event.payload["ok"]:
             raise RuntimeError("audit storage failed")
-        return await real_record(target, tenant, thread_id, event)
+        return await real_record(target, tenant, thread_id, event, **kwargs)
 
     monkeypatch.setattr(tools.gate, "record", failing_record)
     with pytest.raises(RuntimeError, match="audit storage failed"):
