@@ -394,12 +394,12 @@ class Agent:
         ``action`` names the run in traces and in a dead letter if it fails (``replay``
         when a dead letter's replay starts it again).
         """
+        chosen = thread_id is not None  # a fresh uuid4 cannot name an existing thread
         thread_id = checked_id(thread_id or str(uuid.uuid4()), "thread id")
         check_run_input(request, user, attachments or [])
         busy = f"Thread {thread_id} is being started by another process right now."
         async with self.thread_lock(thread_id, busy):
-            snapshot = await self.graph.aget_state(self.config(thread_id))
-            if snapshot.values:
+            if chosen and (await self.graph.aget_state(self.config(thread_id))).values:
                 raise BadInput(
                     f"Thread {thread_id} already exists; start a new request without "
                     "--thread, or answer its approval with `payables resume`."

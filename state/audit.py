@@ -54,10 +54,12 @@ brute-force against).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -121,7 +123,30 @@ def _mask_account_value(value: Any) -> Any:
     return mask_payload(value)
 
 
+_KNOWN_CLEAN: OrderedDict[str, None] = OrderedDict()
+"""Short strings that needed no cleaning (keys, ids, tool names, codes), most recent last.
+
+Payloads repeat them in every event, and cleaning runs a dozen regular expressions. Only
+strings that came out unchanged are kept, so nothing masked is ever remembered."""
+_KNOWN_CLEAN_MAX = 4096
+_SHORT_TEXT = 64
+
+
 def _clean_text(text: str) -> str:
+    if text in _KNOWN_CLEAN:
+        with contextlib.suppress(KeyError):  # another thread's loop may have evicted it
+            _KNOWN_CLEAN.move_to_end(text)
+        return text
+    cleaned = _clean_any_text(text)
+    if cleaned == text and len(text) <= _SHORT_TEXT:
+        _KNOWN_CLEAN[text] = None
+        if len(_KNOWN_CLEAN) > _KNOWN_CLEAN_MAX:
+            with contextlib.suppress(KeyError):
+                _KNOWN_CLEAN.popitem(last=False)
+    return cleaned
+
+
+def _clean_any_text(text: str) -> str:
     if _DIGEST_RE.fullmatch(text):
         return text  # a hash or an idempotency key, not text to mask
     # JSONB refuses NUL and lone surrogates; the audit must never fail on odd input.
