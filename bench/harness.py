@@ -399,15 +399,21 @@ class Bench:
         bare_ms: list[float] = []
         floor_ms: list[float] = []
         bytes_per_run: list[int] = []
+        agent_cpu_ms: list[float] = []
+        bare_cpu_ms: list[float] = []
         for order in rotations(config.reps, 3):
             for kind in order:
                 if kind == 0:
+                    cpu = time.process_time()
                     elapsed, view = await timed(self.validate)
+                    agent_cpu_ms.append((time.process_time() - cpu) * 1000)
                     agent_ms.append(elapsed)
                     sizes = await checkpoint_bytes(self.database, view["thread_id"])
                     bytes_per_run.append(sizes["total"])
                 elif kind == 1:
+                    cpu = time.process_time()
                     elapsed, _ = await self.bare_run(path)
+                    bare_cpu_ms.append((time.process_time() - cpu) * 1000)
                     bare_ms.append(elapsed)
                 else:
                     row_bytes = sizes["total"] // max(steps, 1)
@@ -429,6 +435,8 @@ class Bench:
             "floor_ms_per_step": floor["median"] / steps,
             "ratio_agent_bare": ratio(agent["median"], bare["median"]),
             "ratio_agent_floor": ratio(agent["median"], floor["median"]),
+            "agent_cpu_ms": statistics.median(agent_cpu_ms),
+            "bare_cpu_ms": statistics.median(bare_cpu_ms),
             "checkpoint_bytes_per_run": run_bytes["median"],
             "checkpoint_bytes_per_step": run_bytes["median"] / steps,
             "bare_checkpoint_bytes_per_run": bare_bytes,
@@ -622,6 +630,11 @@ class Bench:
             "stops_scaling_at": stops_scaling_at(levels),
         }
 
+    @staticmethod
+    def cpu_ceiling(cpu_ms_per_run: float) -> float | None:
+        """Runs per second one process can finish at most: one core, ``cpu_ms`` each."""
+        return ratio(1000.0, cpu_ms_per_run)
+
     async def memory(self) -> dict[str, Any]:
         """Resident memory over `BenchConfig.memory_runs` invoice runs, sampled evenly."""
         config = self.config
@@ -704,7 +717,10 @@ async def run_bench(
             "ratio_agent_bare": approval["resume_ratio_agent_bare"],
         },
         "checkpoint_growth": growth,
-        "throughput": throughput,
+        "throughput": {
+            **throughput,
+            "cpu_ceiling_runs_per_s": Bench.cpu_ceiling(invoice["agent_cpu_ms"]),
+        },
         "memory": memory,
     }
     report["targets"] = targets(report)

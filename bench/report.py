@@ -75,6 +75,11 @@ def format_report(report: dict[str, Any]) -> str:
                 ("agent / bare", _x(invoice["ratio_agent_bare"])),
                 ("agent / floor", _x(invoice["ratio_agent_floor"])),
                 (
+                    "process CPU",
+                    f"agent {_ms(invoice['agent_cpu_ms'])}/run, bare "
+                    f"{_ms(invoice['bare_cpu_ms'])}/run",
+                ),
+                (
                     "checkpoint bytes",
                     f"{_bytes(invoice['checkpoint_bytes_per_run'])}/run  "
                     f"{_bytes(invoice['checkpoint_bytes_per_step'])}/step  "
@@ -148,11 +153,18 @@ def format_report(report: dict[str, Any]) -> str:
             ]
             + [
                 (
+                    "CPU ceiling",
+                    "-"
+                    if throughput["cpu_ceiling_runs_per_s"] is None
+                    else f"{throughput['cpu_ceiling_runs_per_s']:.1f} runs/s (one core at the "
+                    "agent's CPU per run)",
+                ),
+                (
                     "stops scaling at",
                     f"{throughput['stops_scaling_at']} concurrent"
                     if throughput["stops_scaling_at"] is not None
                     else "did not stop within the levels measured",
-                )
+                ),
             ]
         ),
         "",

@@ -124,6 +124,9 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
         assert figures["ratio_agent_floor"] > 0
         assert figures["checkpoint_bytes_per_run"] > 0
         assert figures["checkpoint_bytes_per_step"] > 0
+    assert report["invoice_flow"]["agent_cpu_ms"] > 0
+    assert report["invoice_flow"]["bare_cpu_ms"] > 0
+    assert report["throughput"]["cpu_ceiling_runs_per_s"] > 0
     assert "approval" in report["approval_flow"]["path"]
     assert "approval" not in report["invoice_flow"]["path"]
     assert report["resume_latency"]["agent_ms"]["median"] > 0
@@ -152,6 +155,8 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
     ]
     table = format_report(report)
     for heading in (
+        "process CPU",
+        "CPU ceiling",
         "Invoice flow",
         "Approval flow",
         "Checkpoint growth",
