@@ -24,6 +24,8 @@ from pathlib import Path  # noqa: E402
 
 from bench.harness import BenchConfig, run_bench  # noqa: E402
 from bench.report import DEFAULT_JSON, format_report, write_json  # noqa: E402
+from bench.world import BenchError  # noqa: E402
+from runtime.errors import PayablesError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    report = asyncio.run(run_bench(config, log=progress))
+    try:
+        report = asyncio.run(run_bench(config, log=progress))
+    except (BenchError, PayablesError) as exc:
+        print(f"make bench: {exc}", file=sys.stderr)
+        return 1
     print(format_report(report))
     path = write_json(report, args.json)
     print(f"\nwrote {path}")

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from runtime.settings import PROJECT_ROOT
-from state.db import CONNECTION_KWARGS, embedded_uri, migrate
+from state.db import CONNECTION_KWARGS, embedded_uri, migrate, redact_uri
 from state.world import SAMPLE_WORLD_PATH, World, load_world, parse_world
 
 TEMPLATE_INVOICE = "INV-1001"
@@ -29,6 +29,10 @@ TEMPLATE_INVOICE = "INV-1001"
 FIRST_CLONE = 700001
 BENCH_DATA_DIR = PROJECT_ROOT / ".data" / "bench"
 """Where the bench's own embedded Postgres keeps its cluster when DATABASE_URI is unset."""
+
+
+class BenchError(RuntimeError):
+    """The bench cannot run here; the message says why and what to do."""
 
 
 def clone_invoice_id(index: int) -> str:
@@ -83,6 +87,10 @@ def with_dbname(uri: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo("", **info)
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _admin(uri: str, statement: sql.Composed) -> None:
     with psycopg.connect(uri, autocommit=True) as conn:
         conn.execute(statement)
@@ -94,7 +102,20 @@ async def fresh_database(clones: int, server: str | None = None) -> AsyncIterato
     server = server or server_uri()
     name = f"payables_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    _admin(server, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        _admin(server, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as exc:
+        raise BenchError(
+            f"The bench cannot reach Postgres at {redact_uri(server)} ({_one_line(exc)}). "
+            "Check DATABASE_URI, or unset it to bench on an embedded Postgres of its own "
+            "(.data/bench)."
+        ) from exc
+    except psycopg.Error as exc:
+        raise BenchError(
+            f"The bench could not create its private database on {redact_uri(server)} "
+            f"({_one_line(exc)}). It needs a role that may CREATE DATABASE there; or unset "
+            "DATABASE_URI to bench on an embedded Postgres of its own (.data/bench)."
+        ) from exc
     uri = with_dbname(server, name)
     try:
         await migrate(uri)

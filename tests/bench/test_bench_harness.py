@@ -26,7 +26,7 @@ from bench.harness import (
 )
 from bench.models import STEPS_PER_PHASE, ReadPlanModels, phase_of, read_plan_reply
 from bench.report import format_report, write_json
-from bench.world import bench_world, clone_invoice_id
+from bench.world import BenchError, bench_world, clone_invoice_id
 from runtime.context import Context
 
 
@@ -180,3 +180,9 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
             (f"payables_bench_{os.getpid()}_%",),
         ).fetchall()
     assert left == []
+
+
+async def test_an_unreachable_server_is_named_with_what_to_do(tmp_path: Path) -> None:
+    server = f"host={tmp_path} dbname=nowhere"
+    with pytest.raises(BenchError, match=r"cannot reach Postgres.*unset it"):
+        await run_bench(BenchConfig.quick(), log=lambda _: None, server=server)
