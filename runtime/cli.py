@@ -23,8 +23,8 @@ from rich.table import Table
 
 from evals.cli import register as register_eval_commands
 from guards.redaction import redact, redact_text
-from runtime.agent import SHUTDOWN, RunStopped, open_agent
-from runtime.errors import BadInput, NotFound, PayablesError
+from runtime.agent import SHUTDOWN, RunStopped, checked_id, open_agent
+from runtime.errors import BadInput, NotFound, PayablesError, shown
 from runtime.logs import configure_logging
 from runtime.replay import ReplayResult, replay_dead_letter
 from runtime.settings import DEFAULT_RETENTION_DAYS, PROJECT_ROOT, Settings
@@ -659,12 +659,13 @@ def audit_show(
     """One run's audit events in order: time, kind and a one-line summary."""
 
     async def go() -> list[dict[str, Any]]:
+        checked_id(thread, "thread id")
         async with _migrated_database() as database, database.connection() as conn:
             return await timeline(conn, thread)
 
     events = _run(go())
     if not events:
-        _fail(f"No audit events for thread {thread}; `payables threads` lists runs.", 2)
+        _fail(f"No audit events for thread {shown(thread)}; `payables threads` lists runs.", 2)
     if as_json:
         _print_json({"thread_id": thread, "events": events})
         return

@@ -153,6 +153,7 @@ def test_resume_show_and_continue_on_unknown_threads_exit_2(cli_database: str) -
     )
     @example("", (["show"], []))
     @example("[bold]x[/]", (["show"], []))
+    @example("\ud800", (["audit", "show"], []))  # found by CI: audit show skipped the id check
     def unknown(thread: str, command: tuple[list[str], list[str]]) -> None:
         head, rest = command
         result = invoke(*head, thread, *rest)
