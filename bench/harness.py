@@ -196,6 +196,26 @@ def _proc_status(key: str) -> float | None:
     return None
 
 
+def cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all the machine's cores (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [float(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(
+    before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float | None:
+    """Share of all cores busy between two `cpu_times` readings (any process)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def machine() -> dict[str, Any]:
     """Where the figures came from: CPU, cores, memory, OS, Python, library versions, load."""
     cpu = platform.processor() or platform.machine()
@@ -609,14 +629,21 @@ class Bench:
         for concurrency in self.config.concurrency:
             await self._run_many(concurrency, concurrency, None)  # warm the pool to this size
             started = time.perf_counter()
+            cpu = time.process_time()
+            machine_before = cpu_times()
             runs = await self._run_many(None, concurrency, started + self.config.throughput_seconds)
             seconds = time.perf_counter() - started
+            cpu_s = time.process_time() - cpu
+            machine_busy = busy_share(machine_before, cpu_times())
             levels.append(
                 {
                     "concurrency": concurrency,
                     "runs": runs,
                     "seconds": seconds,
                     "runs_per_s": runs / seconds,
+                    "process_cpu_share": cpu_s / seconds,
+                    "machine_cpu_busy": machine_busy,
+                    "cpu_ms_per_run": cpu_s * 1000 / runs if runs else None,
                     "ms_per_run_latency": seconds * 1000 * concurrency / runs if runs else None,
                 }
             )

@@ -147,7 +147,14 @@ def format_report(report: dict[str, Any]) -> str:
                 (
                     f"{level['concurrency']} concurrent",
                     f"{level['runs_per_s']:.2f} runs/s  ({_x(level['speedup'])}, "
-                    f"{level['runs']} runs)",
+                    f"{level['runs']} runs; {_ms(level['cpu_ms_per_run'])} CPU/run, process "
+                    f"{level['process_cpu_share']:.0%} of a core, machine "
+                    + (
+                        "-"
+                        if level["machine_cpu_busy"] is None
+                        else f"{level['machine_cpu_busy']:.0%}"
+                    )
+                    + " busy)",
                 )
                 for level in throughput["levels"]
             ]

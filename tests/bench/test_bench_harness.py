@@ -140,6 +140,8 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
     levels = report["throughput"]["levels"]
     assert [level["concurrency"] for level in levels] == list(config.concurrency)
     assert all(level["runs"] > 0 and level["runs_per_s"] > 0 for level in levels)
+    assert all(level["cpu_ms_per_run"] > 0 for level in levels)
+    assert all(0 <= level["machine_cpu_busy"] <= 1 for level in levels)  # Linux /proc/stat
 
     memory = report["memory"]
     assert memory["runs"] == config.memory_runs
