@@ -9,70 +9,26 @@ server is pointed at a test database through `PAYABLES_DATABASE_URI` (see `runti
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from runtime.settings import PROJECT_ROOT
+# One launcher: the same helpers start the server for `make loadtest`.
+from loadtest.devserver import (
+    _langgraph_command,
+    _ok,
+    _stop,
+    dev_config,
+    free_port,
+)
 
 STARTUP_DEADLINE_S = 90.0
-SHUTDOWN_GRACE_S = 15.0
-# No proxy, ever: the server is on loopback and nothing else may be contacted.
-LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the server may still lose a race for it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _langgraph_command() -> list[str]:
-    script = Path(sys.executable).with_name("langgraph")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "langgraph_cli"]
-
-
-def _absolute(spec: str) -> str:
-    """``./file.py:attr`` from `langgraph.json` as an absolute path into the project."""
-    path, _, attr = spec.rpartition(":")
-    return f"{(PROJECT_ROOT / path).resolve()}:{attr}"
-
-
-def dev_config(workdir: Path) -> Path:
-    """The project's `langgraph.json` with its paths made absolute, written to ``workdir``.
-
-    The server runs in ``workdir``, not the project root: `langgraph dev` keeps its thread
-    and run index in `./.langgraph_api/` (no setting moves it; `disable_persistence` is
-    dropped by the CLI's config validation), and a developer's own `langgraph dev` in the
-    checkout reads and rewrites that folder.
-    """
-    config = json.loads((PROJECT_ROOT / "langgraph.json").read_text())
-    config["graphs"] = {name: _absolute(spec) for name, spec in config["graphs"].items()}
-    config["checkpointer"]["path"] = _absolute(config["checkpointer"]["path"])
-    if "auth" in config:
-        config["auth"]["path"] = _absolute(config["auth"]["path"])
-    if "http" in config and "app" in config["http"]:
-        config["http"]["app"] = _absolute(config["http"]["app"])
-    config["dependencies"] = [str((PROJECT_ROOT / dep).resolve()) for dep in config["dependencies"]]
-    path = workdir / "langgraph.json"
-    path.write_text(json.dumps(config, indent=2))
-    return path
 
 
 def server_env(base: Mapping[str, str], db_uri: str, **extra: str) -> dict[str, str]:
@@ -90,54 +46,6 @@ def server_env(base: Mapping[str, str], db_uri: str, **extra: str) -> dict[str, 
     for key in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGGRAPH_API_KEY"):
         env.pop(key, None)
     return env
-
-
-def _ok(url: str) -> bool:
-    try:
-        with LOCAL_OPENER.open(f"{url}/ok", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:  # URLError, refused, reset, timeout
-        return False
-
-
-def _group_alive(pgid: int) -> list[int]:
-    """Live (non-zombie) processes still in process group ``pgid`` (Linux; else empty)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate the server's whole process group; SIGKILL whatever outlives the grace."""
-    pgid = proc.pid  # start_new_session=True: the child leads its own group
-    for sig, grace in ((signal.SIGTERM, SHUTDOWN_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-        break
-    # Grandchildren (if any) outlive the leader in the same group: sweep them too.
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc.poll() is None:
-        proc.wait(timeout=5)
-    deadline = time.monotonic() + 5
-    while (left := _group_alive(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not left, f"langgraph dev left processes behind: {left}"
 
 
 @contextmanager
