@@ -235,8 +235,14 @@ class Database:
 
     async def pool(self) -> AsyncConnectionPool[Any]:
         """The open pool for the running loop."""
+        return await self._loop_pool(self._pools, "payables", self.max_size)
+
+    async def _loop_pool(
+        self, pools: dict[int, AsyncConnectionPool[Any]], name: str, max_size: int
+    ) -> AsyncConnectionPool[Any]:
+        """The open pool in ``pools`` for the running loop, opened on first use."""
         loop_id = id(asyncio.get_running_loop())
-        pool = self._pools.get(loop_id)
+        pool = pools.get(loop_id)
         if pool is None or pool.closed:
             # After a Postgres restart the idle connections are dead; checking each on
             # checkout replaces them instead of failing the caller.
@@ -244,13 +250,13 @@ class Database:
                 self.uri,
                 kwargs=CONNECTION_KWARGS,
                 min_size=1,
-                max_size=self.max_size,
+                max_size=max_size,
                 open=False,
-                name="payables",
+                name=name,
                 check=ConnectionCheck().check,
             )
             await pool.open(wait=True, timeout=30)
-            self._pools[loop_id] = pool
+            pools[loop_id] = pool
         return pool
 
     @asynccontextmanager
@@ -261,21 +267,7 @@ class Database:
             yield conn
 
     async def _lock_pool(self) -> AsyncConnectionPool[Any]:
-        loop_id = id(asyncio.get_running_loop())
-        pool = self._lock_pools.get(loop_id)
-        if pool is None or pool.closed:
-            pool = AsyncConnectionPool(
-                self.uri,
-                kwargs=CONNECTION_KWARGS,
-                min_size=1,
-                max_size=self.max_locks,
-                open=False,
-                name="payables-locks",
-                check=ConnectionCheck().check,
-            )
-            await pool.open(wait=True, timeout=30)
-            self._lock_pools[loop_id] = pool
-        return pool
+        return await self._loop_pool(self._lock_pools, "payables-locks", self.max_locks)
 
     @asynccontextmanager
     async def lock_connection(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
