@@ -15,8 +15,8 @@
 
 After the node it adds one step, the node's model usage and its time to the run's
 ``usage``; records the step (``step_metrics``, for `payables stats`) and charges its model
-cost to the tenant's day, in one statement (`state.step_metrics`; a node that raised is
-recorded too, as failed, and its exception propagates); records soft warnings when a
+cost to the tenant's day, in one statement when it spent any (`state.step_metrics`; a node
+that raised is recorded too, as failed, and its exception propagates); records soft warnings when a
 budget reaches `Context.budget_warn_fraction`; and, after the planner, stops a planner
 that keeps producing the same plan (``loop_detected``).
 
@@ -60,6 +60,52 @@ STOPPABLE = frozenset({"router", "planner", "executor", "verifier"})
 
 FIRST_NODE = "router"
 """Where a run starts, and so where the tenant's daily cap admits or refuses it."""
+
+LAST_NODE = "respond"
+"""Where every run ends (also when the guard stops it)."""
+
+SPEND_MAX_AGE_S = 1.0
+"""How old the tenant's spend may be for a step to use it without reading it again."""
+
+
+class _SpendSeen:
+    """The tenant's day as each run leg in this process last saw it.
+
+    Every node's guard needs the tenant's spend today. Within one leg of a thread (from
+    its start or resume to its end or next pause) the guard reuses what the leg last
+    saw, admitted, read or charged, while it is younger than `SPEND_MAX_AGE_S`, instead of
+    a statement per node. The leg's own charges are always in it; other processes' spend
+    reaches it within that age (see `state.costs` on what the cap allows in flight). A
+    pause, a failure or the end of the run forgets the thread, so a resume, which may
+    come days later, reads afresh.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, TenantDay]] = {}
+
+    async def read(self, database: Database, tenant: str, thread_id: str) -> TenantDay:
+        seen = self._seen.get(thread_id)
+        if (
+            seen is not None
+            and seen[1].tenant == tenant
+            and monotonic() - seen[0] < (SPEND_MAX_AGE_S)
+        ):
+            return seen[1]
+        today = await spent_today(database, tenant)
+        self.note(thread_id, today)
+        return today
+
+    def note(self, thread_id: str, today: TenantDay) -> None:
+        now = monotonic()
+        if len(self._seen) > 4096:  # legs that ended without reaching respond (drained)
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < SPEND_MAX_AGE_S}
+        self._seen[thread_id] = (now, today)
+
+    def forget(self, thread_id: str) -> None:
+        self._seen.pop(thread_id, None)
+
+
+_SPEND_SEEN = _SpendSeen()
 
 
 @dataclass(frozen=True)
@@ -317,6 +363,7 @@ def guard_node(
         db = database if isinstance(database, Database) else database()
         usage: Usage = state.get("usage", {})
         outcomes = state.get("outcomes", [])
+        thread_id = current_thread_id()
         if name == FIRST_NODE and not state.get("route"):
             admission = await admit_run(
                 db,
@@ -330,8 +377,9 @@ def guard_node(
                 log.warning("run refused: %s", reason)
                 _mark_trace(["tenant_cost_cap"], {"budget_stop": reason})
                 return _stop(state, reason, status="refused")
+            _SPEND_SEEN.note(thread_id, today)
         else:
-            today = await spent_today(db, ctx.tenant)
+            today = await _SPEND_SEEN.read(db, ctx.tenant, thread_id)
         if name in STOPPABLE:
             exhausted = exhausted_reason(name, run_budgets(usage, len(outcomes), ctx, today))
             if exhausted is not None:
@@ -340,7 +388,6 @@ def guard_node(
                 return _stop(state, exhausted)
 
         meter = meter_for(usage, ctx, today, stopped=bool(state.get("budget_stop")))
-        thread_id = current_thread_id()
         started_at = datetime.now(UTC)
         started = monotonic()
 
@@ -362,17 +409,22 @@ def guard_node(
                 result = await node(state, runtime=runtime)
         except GraphBubbleUp:
             # The node paused the run for a reviewer (or handed control up): not a failure.
+            _SPEND_SEEN.forget(thread_id)
             await _record_after_exception(db, step(monotonic() - started, ok=True))
             raise
         except Exception:
             # The models were called (and paid for) even if the node failed afterwards.
+            _SPEND_SEEN.forget(thread_id)
             await _record_after_exception(db, step(monotonic() - started, ok=False))
             raise
         elapsed = monotonic() - started
-        # One statement: the step's row for `payables stats` and its spend for the tenant.
+        # The step's row for `payables stats`, and its spend charged to the tenant if any.
         spent = await record_step(db, step(elapsed, ok=True))
         if spent is not None:
             today = spent
+            _SPEND_SEEN.note(thread_id, today)
+        if name == LAST_NODE:
+            _SPEND_SEEN.forget(thread_id)
         step_usage = Usage(
             steps=1,
             model_calls=meter.model_calls,

@@ -22,8 +22,12 @@ Appends. `append_event` takes an open connection, so a caller can write inside i
 transaction: the gate records a tool call in the same transaction as the side effect and
 its ledger row, so neither commits without the other. Appends of one tenant are
 serialised by ``pg_advisory_xact_lock`` on the tenant (held to the end of the caller's
-transaction); under it the writer reads the tenant's last row and inserts the next one.
-Callers that hold a transaction open should append last, just before committing.
+transaction); under it the tenant's last row is read and the next one inserted. Callers
+that hold a transaction open should append last, just before committing. An append is
+one statement, the database function ``audit_append`` (migration ``0008``): the writer
+hashes the row on the chain head it last saw in this process, and the function inserts it
+only if that is still the head; otherwise it answers with the head and the stored payload,
+and the writer hashes again under the lock (two or three statements).
 An optional ``event_key`` (unique per tenant) makes an append idempotent: LangGraph re-runs
 a node after an interrupt resumes and after a crash, and the same event is recorded once.
 
@@ -265,7 +269,8 @@ async def append_event(
     if kind not in KINDS:
         raise ValueError(f"unknown audit event kind {kind!r}; one of {', '.join(KINDS)}")
     masked = mask_payload(payload)
-    if conn.info.transaction_status == pq.TransactionStatus.INTRANS:
+    if conn.autocommit or conn.info.transaction_status == pq.TransactionStatus.INTRANS:
+        # In autocommit, the one statement is the transaction: the lock lives as long.
         return await _append(conn, tenant, thread_id, kind, masked, event_key, relaxed)
     async with conn.transaction():
         return await _append(conn, tenant, thread_id, kind, masked, event_key, relaxed)
@@ -283,6 +288,33 @@ never a row that something durable depends on. The run then continues from its l
 checkpoint and records those events again. This saves a disk flush per event.
 """
 
+_APPEND = "SELECT * FROM audit_append(%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)"
+"""Migration ``0008_audit_append.sql``: lock, de-duplicate, check the link, insert."""
+
+_HEADS: dict[tuple[str, str, int, str], tuple[int, str]] = {}
+"""The chain head (seq, hash) this process last wrote or saw, per database and tenant.
+
+Only a guess that saves a round trip: `audit_append` checks the link under the lock and
+answers with the real head when the guess is stale (another process appended, or the
+transaction that wrote it rolled back)."""
+
+
+def _jsonb_stable(value: Any) -> bool:
+    """Whether ``value`` comes back from JSONB as Python's own JSON round trip gives it.
+
+    Only floats can differ: JSONB keeps a number's digits, not its spelling, so 1e16 comes
+    back as an int, and -0.0 as 0.0. Finite floats that Python writes without an exponent
+    come back the same; anything else is hashed on what the database returns instead.
+    """
+    if isinstance(value, float):
+        text = repr(value)
+        return math.isfinite(value) and "e" not in text and text != "-0.0"
+    if isinstance(value, Mapping):
+        return all(_jsonb_stable(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_jsonb_stable(v) for v in value)
+    return True
+
 
 async def _append(
     conn: Conn,
@@ -293,54 +325,98 @@ async def _append(
     event_key: str | None,
     relaxed: bool = False,
 ) -> Appended:
-    cur = conn.cursor(row_factory=dict_row)
-    if relaxed:  # one statement: the lock, and this transaction's commit mode
-        await cur.execute(
-            "SELECT pg_advisory_xact_lock(%s, hashtext(%s)),"
-            " set_config('synchronous_commit', %s, true)",
-            (_AUDIT_LOCK_CLASS, tenant, RELAXED_COMMIT),
+    """Append with one `audit_append` call when this process knows the chain's head.
+
+    Otherwise, or when the head has moved, the first call answers with the head, and the
+    append is made under the lock that call took (a transaction is opened for it when
+    the connection is in autocommit): at most three calls, the last one certain.
+    """
+    text = json.dumps(payload)
+    info = conn.info
+    head_key = (info.host, info.dbname, info.port, tenant)
+    # The row hashes the payload as the database returns it (see the module docstring).
+    stored: Any = json.loads(text) if _jsonb_stable(payload) else None
+    call = _AppendCall(conn, tenant, thread_id, kind, event_key, text, relaxed)
+    answer = await call.send(_HEADS.get(head_key) if stored is not None else None, stored)
+    if isinstance(answer, Appended):
+        return call.remember(head_key, answer)
+    if conn.info.transaction_status == pq.TransactionStatus.INTRANS:
+        return call.remember(head_key, await call.under_lock(answer))
+    async with conn.transaction():
+        return call.remember(head_key, await call.under_lock(answer))
+
+
+@dataclass(frozen=True)
+class _AppendCall:
+    """One event to append through `audit_append`."""
+
+    conn: Conn
+    tenant: str
+    thread_id: str | None
+    kind: str
+    event_key: str | None
+    text: str
+    relaxed: bool
+
+    async def send(self, head: tuple[int, str] | None, stored: Any) -> Appended | _Head:
+        """Link the row to ``head`` and append it, or learn the head (``head`` None)."""
+        prev_seq, prev_hash = head if head is not None else (0, GENESIS_HASH)
+        digest = None
+        if head is not None:
+            digest = row_hash(
+                tenant=self.tenant,
+                seq=prev_seq + 1,
+                thread_id=self.thread_id,
+                kind=self.kind,
+                event_key=self.event_key,
+                payload=stored,
+                prev_hash=prev_hash,
+            )
+        cur = await self.conn.cursor(row_factory=dict_row).execute(
+            _APPEND,
+            (
+                _AUDIT_LOCK_CLASS,
+                self.relaxed,
+                self.tenant,
+                self.thread_id,
+                self.kind,
+                self.event_key,
+                self.text,
+                prev_seq,
+                prev_hash,
+                digest,
+            ),
         )
-    else:
-        await cur.execute(
-            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_AUDIT_LOCK_CLASS, tenant)
-        )
-    # After the lock, in a new statement (so a new snapshot): any earlier append of this
-    # event, the tenant's last committed row, and the payload as JSONB will return it.
-    await cur.execute(
-        "SELECT %s::jsonb AS payload, e.id AS existing_id, e.seq AS existing_seq,"
-        " e.hash AS existing_hash, last.seq AS last_seq, last.hash AS last_hash"
-        " FROM (SELECT 1) AS one"
-        " LEFT JOIN audit_events AS e ON e.tenant = %s AND e.event_key = %s"
-        " LEFT JOIN LATERAL (SELECT seq, hash FROM audit_events WHERE tenant = %s"
-        "   ORDER BY seq DESC LIMIT 1) AS last ON true",
-        (json.dumps(payload), tenant, event_key, tenant),
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    if row["existing_id"] is not None:
-        return Appended(row["existing_id"], row["existing_seq"], row["existing_hash"], False)
-    stored = row["payload"]
-    seq = (row["last_seq"] or 0) + 1
-    prev_hash = row["last_hash"] or GENESIS_HASH
-    digest = row_hash(
-        tenant=tenant,
-        seq=seq,
-        thread_id=thread_id,
-        kind=kind,
-        event_key=event_key,
-        payload=stored,
-        prev_hash=prev_hash,
-    )
-    await cur.execute(
-        "INSERT INTO audit_events (tenant, seq, thread_id, kind, event_key, payload,"
-        " prev_hash, hash) VALUES (%s,%s,%s,%s,%s,%s::jsonb,%s,%s)"
-        " ON CONFLICT (tenant, event_key) DO NOTHING RETURNING id",
-        (tenant, seq, thread_id, kind, event_key, json.dumps(stored), prev_hash, digest),
-    )
-    inserted = await cur.fetchone()
-    if inserted is None:  # unreachable under the lock; kept as the database's guarantee
-        raise RuntimeError(f"audit event {event_key!r} appeared while the tenant was locked")
-    return Appended(inserted["id"], seq, digest, created=True)
+        row = await cur.fetchone()
+        assert row is not None  # audit_append always answers one row
+        if row["id"] is not None:
+            return Appended(row["id"], row["seq"], row["hash"], row["created"])
+        return _Head((row["seq"], row["hash"] or GENESIS_HASH), row["payload"])
+
+    async def under_lock(self, seen: _Head) -> Appended:
+        """Append on ``seen``; inside the caller's transaction, so the lock stays held."""
+        answer = await self.send(seen.head, seen.stored)
+        if isinstance(answer, _Head):
+            # The head moved between an autocommit call and this transaction's first; this
+            # transaction holds the lock now, so the head it reported stays put.
+            answer = await self.send(answer.head, answer.stored)
+        if isinstance(answer, _Head):  # unreachable under the lock
+            raise RuntimeError(f"audit chain of tenant {self.tenant!r} moved under its lock")
+        return answer
+
+    @staticmethod
+    def remember(head_key: tuple[str, str, int, str], appended: Appended) -> Appended:
+        if appended.created:
+            _HEADS[head_key] = (appended.seq, appended.hash)
+        return appended
+
+
+@dataclass(frozen=True)
+class _Head:
+    """The chain's head as `audit_append` reported it, and the payload as JSONB stored it."""
+
+    head: tuple[int, str]
+    stored: Any
 
 
 async def record_event(

@@ -8,7 +8,8 @@ cost to the tenant's row as the node finishes. Both are single statements on one
 Admission does not reserve the run's budget: the row holds money actually spent, never
 money a run might spend. Runs admitted at the same moment can therefore together spend
 past the cap, but only by what their nodes in flight spend: before every node the guard
-re-reads the row and limits that node's model calls to what is left of the day. A
+limits that node's model calls to what is left of the day, as read at most a second ago
+(`runtime.budgets.SPEND_MAX_AGE_S`; a run's own charges count at once). A
 reservation would hold the cap exactly, but a run paused for approval (for days) or
 killed would hold money it never spends, and the tenant would be refused for nothing.
 
@@ -103,20 +104,19 @@ async def admit_run(
         "max_cost": Decimal(str(max_cost_usd)),
         "cap": Decimal(str(cap_usd)),
     }
-    async with database.connection() as conn, conn.transaction():
-        # Creates today's row if needed, then locks it, so the check and the count agree.
-        await conn.execute(
-            "INSERT INTO tenant_daily_costs (tenant, day)"
-            f" VALUES (%(tenant)s, {_TODAY}) ON CONFLICT (tenant, day) DO NOTHING",
-            params,
-        )
+    async with database.connection() as conn:
+        # Creates today's row or locks it (ON CONFLICT DO UPDATE), so the check and the
+        # count agree; a new row has spent nothing, so it fits iff the budget does.
         cur = await conn.execute(
-            "UPDATE tenant_daily_costs SET"
-            " runs = runs + CASE WHEN cost_usd + %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
-            " refused_runs = refused_runs"
-            "   + CASE WHEN cost_usd + %(max_cost)s <= %(cap)s THEN 0 ELSE 1 END,"
+            "INSERT INTO tenant_daily_costs AS t (tenant, day, runs, refused_runs)"
+            f" VALUES (%(tenant)s, {_TODAY},"
+            "  CASE WHEN %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
+            "  CASE WHEN %(max_cost)s <= %(cap)s THEN 0 ELSE 1 END)"
+            " ON CONFLICT (tenant, day) DO UPDATE SET"
+            " runs = t.runs + CASE WHEN t.cost_usd + %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
+            " refused_runs = t.refused_runs"
+            "   + CASE WHEN t.cost_usd + %(max_cost)s <= %(cap)s THEN 0 ELSE 1 END,"
             " updated_at = now()"
-            f" WHERE tenant = %(tenant)s AND day = {_TODAY}"
             f" RETURNING {_COLUMNS}, cost_usd + %(max_cost)s <= %(cap)s AS admitted",
             params,
         )

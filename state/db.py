@@ -14,7 +14,7 @@ import asyncio
 import logging
 import warnings
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +232,12 @@ class Database:
         self.max_locks = max_locks
         self._pools: dict[int, AsyncConnectionPool[Any]] = {}
         self._lock_pools: dict[int, AsyncConnectionPool[Any]] = {}
+        self._before_close: list[Callable[[Database], Awaitable[object]]] = []
+
+    def before_close(self, hook: Callable[[Database], Awaitable[object]]) -> None:
+        """Have `close` await ``hook(self)`` first, while the pools are still open (once)."""
+        if hook not in self._before_close:
+            self._before_close.append(hook)
 
     async def pool(self) -> AsyncConnectionPool[Any]:
         """The open pool for the running loop."""
@@ -296,7 +302,9 @@ class Database:
                     raise
 
     async def close(self) -> None:
-        """Close the pools of the running loop, if any."""
+        """Run the `before_close` hooks, then close the pools of the running loop, if any."""
+        for hook in self._before_close:
+            await hook(self)
         loop_id = id(asyncio.get_running_loop())
         for pools in (self._pools, self._lock_pools):
             pool = pools.pop(loop_id, None)

@@ -417,8 +417,14 @@ class _GatedCall:
                     approvers=approvers,
                 )
                 try:
-                    async with conn.transaction():
-                        result = await spec.handler(ctx, spec.args_model.model_validate(validated))
+                    args_model = spec.args_model.model_validate(validated)
+                    if tier is Tier.READ:
+                        # Nothing to undo (reads catch no SQL error), so no savepoint: two
+                        # round trips fewer for most calls.
+                        result = await spec.handler(ctx, args_model)
+                    else:
+                        async with conn.transaction():  # a refusal undoes the call's writes
+                            result = await spec.handler(ctx, args_model)
                 except ToolFailure as failure:
                     if failure.retryable:
                         raise  # a backend failure: the whole attempt rolls back

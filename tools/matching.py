@@ -304,95 +304,89 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
     )
 
 
+_MATCH_INPUTS = """
+SELECT i.invoice_id, i.vendor_id, i.invoice_number, i.po_number, i.invoice_date, i.currency,
+       i.subtotal, i.tax, i.total, i.bank_account, i.status,
+       v.currency AS vendor_currency, v.remit_bank_account, v.status AS vendor_status,
+       p.po_number AS po_found, p.vendor_id AS po_vendor_id, p.currency AS po_currency,
+       p.status AS po_status,
+       COALESCE((SELECT jsonb_agg(jsonb_build_array(l.line_no, l.po_line_no, l.description,
+                                                    l.quantity::text, l.unit_price::text,
+                                                    l.amount::text) ORDER BY l.line_no)
+                 FROM invoice_lines l WHERE l.invoice_id = i.invoice_id), '[]') AS lines,
+       COALESCE((SELECT jsonb_agg(jsonb_build_array(
+                            pl.line_no, pl.description, pl.quantity::text, pl.unit_price::text,
+                            (SELECT COALESCE(SUM(rl.quantity_received), 0)
+                             FROM goods_receipts g
+                             JOIN receipt_lines rl ON rl.receipt_id = g.receipt_id
+                             WHERE g.po_number = pl.po_number AND rl.po_line_no = pl.line_no
+                            )::text) ORDER BY pl.line_no)
+                 FROM po_lines pl WHERE pl.po_number = p.po_number), '[]') AS po_lines,
+       -- Only earlier invoices count as originals, so the first of a pair stays payable.
+       ARRAY(SELECT d.invoice_id FROM invoices d
+             WHERE d.vendor_id = i.vendor_id AND d.invoice_number = i.invoice_number
+               AND d.invoice_id <> i.invoice_id
+               AND (d.invoice_date, d.invoice_id) < (i.invoice_date, i.invoice_id)
+             ORDER BY d.invoice_id) AS duplicates,
+       ARRAY(SELECT pay.payment_id FROM payments pay
+             WHERE pay.invoice_id = i.invoice_id AND pay.status <> 'void'
+             ORDER BY pay.payment_id) AS live_payments
+FROM invoices i
+JOIN vendors v ON v.vendor_id = i.vendor_id  -- invoices.vendor_id is a foreign key
+LEFT JOIN purchase_orders p ON p.po_number = i.po_number
+WHERE i.invoice_id = %s
+"""
+"""Everything a match needs, in one statement: it runs up to three times per staged invoice
+(the match, the gate's approval check, the staging's own re-check). Quantities and prices
+travel as text inside the JSON, so they arrive as exact decimals."""
+
+
 async def load_match_inputs(
     conn: psycopg.AsyncConnection[dict[str, Any]], invoice_id: str
 ) -> MatchInputs | None:
     """Read the invoice, its vendor, PO, receipts, duplicates and payments; None if unknown."""
-    cur = await conn.execute("SELECT * FROM invoices WHERE invoice_id = %s", (invoice_id,))
-    head = await cur.fetchone()
-    if head is None:
+    cur = await conn.execute(_MATCH_INPUTS, (invoice_id,))
+    row = await cur.fetchone()
+    if row is None:
         return None
-    cur = await conn.execute(
-        "SELECT * FROM invoice_lines WHERE invoice_id = %s ORDER BY line_no", (invoice_id,)
-    )
-    inv_lines = tuple(
-        InvoiceLineRec(
-            r["line_no"],
-            r["po_line_no"],
-            r["description"],
-            r["quantity"],
-            r["unit_price"],
-            r["amount"],
-        )
-        for r in await cur.fetchall()
-    )
     invoice = InvoiceRec(
-        head["invoice_id"],
-        head["vendor_id"],
-        head["invoice_number"],
-        head["po_number"],
-        head["invoice_date"],
-        head["currency"].strip(),
-        head["subtotal"],
-        head["tax"],
-        head["total"],
-        head["bank_account"],
-        head["status"],
-        inv_lines,
+        row["invoice_id"],
+        row["vendor_id"],
+        row["invoice_number"],
+        row["po_number"],
+        row["invoice_date"],
+        row["currency"].strip(),
+        row["subtotal"],
+        row["tax"],
+        row["total"],
+        row["bank_account"],
+        row["status"],
+        tuple(
+            InvoiceLineRec(line_no, po_line_no, text, Decimal(qty), Decimal(price), Decimal(amt))
+            for line_no, po_line_no, text, qty, price, amt in row["lines"]
+        ),
     )
-    cur = await conn.execute("SELECT * FROM vendors WHERE vendor_id = %s", (invoice.vendor_id,))
-    v = await cur.fetchone()
-    assert v is not None  # invoices.vendor_id is a foreign key
-    vendor = VendorRec(v["vendor_id"], v["currency"].strip(), v["remit_bank_account"], v["status"])
-
+    vendor = VendorRec(
+        row["vendor_id"],
+        row["vendor_currency"].strip(),
+        row["remit_bank_account"],
+        row["vendor_status"],
+    )
     purchase_order = None
-    if invoice.po_number:
-        cur = await conn.execute(
-            "SELECT * FROM purchase_orders WHERE po_number = %s", (invoice.po_number,)
+    if row["po_found"] is not None:
+        purchase_order = PurchaseOrderRec(
+            row["po_found"],
+            row["po_vendor_id"],
+            row["po_currency"].strip(),
+            row["po_status"],
+            tuple(
+                PoLineRec(line_no, text, Decimal(qty), Decimal(price), Decimal(received))
+                for line_no, text, qty, price, received in row["po_lines"]
+            ),
         )
-        p = await cur.fetchone()
-        if p is not None:
-            cur = await conn.execute(
-                "SELECT l.line_no, l.description, l.quantity, l.unit_price,"
-                " COALESCE(SUM(rl.quantity_received), 0) AS received"
-                " FROM po_lines l"
-                " LEFT JOIN goods_receipts g ON g.po_number = l.po_number"
-                " LEFT JOIN receipt_lines rl"
-                "   ON rl.receipt_id = g.receipt_id AND rl.po_line_no = l.line_no"
-                " WHERE l.po_number = %s GROUP BY l.line_no, l.description, l.quantity,"
-                " l.unit_price ORDER BY l.line_no",
-                (invoice.po_number,),
-            )
-            purchase_order = PurchaseOrderRec(
-                p["po_number"],
-                p["vendor_id"],
-                p["currency"].strip(),
-                p["status"],
-                tuple(
-                    PoLineRec(
-                        r["line_no"],
-                        r["description"],
-                        r["quantity"],
-                        r["unit_price"],
-                        r["received"],
-                    )
-                    for r in await cur.fetchall()
-                ),
-            )
-    # Only earlier invoices count as originals, so the first of a pair stays payable.
-    cur = await conn.execute(
-        "SELECT invoice_id FROM invoices WHERE vendor_id = %s AND invoice_number = %s"
-        " AND invoice_id <> %s AND (invoice_date, invoice_id) < (%s, %s) ORDER BY invoice_id",
-        (invoice.vendor_id, invoice.invoice_number, invoice_id, invoice.invoice_date, invoice_id),
+    return MatchInputs(
+        invoice, vendor, purchase_order, tuple(row["duplicates"]), tuple(row["live_payments"])
     )
-    duplicates = tuple(r["invoice_id"] for r in await cur.fetchall())
-    cur = await conn.execute(
-        "SELECT payment_id FROM payments WHERE invoice_id = %s AND status <> 'void'"
-        " ORDER BY payment_id",
-        (invoice_id,),
-    )
-    live = tuple(r["payment_id"] for r in await cur.fetchall())
-    return MatchInputs(invoice, vendor, purchase_order, duplicates, live)
 
 
 def tolerances_from(ctx: Any) -> Tolerances:

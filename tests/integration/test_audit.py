@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 import psycopg
@@ -17,6 +18,7 @@ from langgraph.types import Command
 from guards.redaction import find_unmasked
 from runtime.agent import Agent, open_agent
 from runtime.context import Context
+from runtime.settings import PROJECT_ROOT
 from state.audit import (
     Appended,
     append_event,
@@ -27,7 +29,7 @@ from state.audit import (
 )
 from state.db import CONNECTION_KWARGS, Database
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
-from tests.cli import payables
+from tests.cli import CLI_TIMEOUT_S, payables
 from tools.gate import ToolGate
 
 pytestmark = pytest.mark.integration
@@ -413,6 +415,63 @@ async def test_concurrent_appends_make_gapless_valid_chains(db_uri: str) -> None
         report = await verify_chain(conn)
     assert seqs == {"acme": list(range(1, 26)), "globex": list(range(1, 13))}
     assert report.ok and report.rows == 37
+
+
+APPEND_ELSEWHERE = """
+import asyncio, os, sys
+import psycopg
+from state.audit import append_event
+from state.db import CONNECTION_KWARGS
+
+async def main() -> None:
+    uri = os.environ["DATABASE_URI"]
+    async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
+        await append_event(
+            conn, tenant="acme", thread_id="other", kind="route", payload={"by": "other"}
+        )
+
+asyncio.run(main())
+"""
+
+
+async def test_an_append_from_another_process_is_followed_not_overwritten(
+    database: Database, cli_env: dict[str, str]
+) -> None:
+    # This process remembers the chain's head after its own append; the other process then
+    # moves it, so the next append here is linked to a stale head and must be redone.
+    async with database.connection() as conn:
+        await append_event(conn, tenant="acme", thread_id="t", kind="route", payload={"n": 1})
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            APPEND_ELSEWHERE,
+            env=cli_env,
+            cwd=PROJECT_ROOT,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, errors = await asyncio.wait_for(child.communicate(), CLI_TIMEOUT_S)
+        assert child.returncode == 0, errors.decode()
+        third = await append_event(conn, tenant="acme", thread_id="t", kind="route", payload={})
+        cur = await conn.execute("SELECT seq, thread_id FROM audit_events ORDER BY seq")
+        rows = [(r["seq"], r["thread_id"]) for r in await cur.fetchall()]
+        report = await verify_chain(conn)
+    assert (third.seq, third.created) == (3, True)
+    assert rows == [(1, "t"), (2, "other"), (3, "t")]
+    assert report.ok and report.rows == 3
+
+
+async def test_numbers_jsonb_spells_differently_still_hash_as_stored(database: Database) -> None:
+    # JSONB keeps digits, not spelling: 1e16 comes back as an int, -0.0 as 0.0, 1e-07 as
+    # 0.0000001. The hash must be over what comes back, or verification would fail.
+    payloads = [{"big": 1e16}, {"zero": -0.0}, {"tiny": 1e-7}, {"plain": 12.5, "n": [1, 2.0]}]
+    async with database.connection() as conn:
+        for n, payload in enumerate(payloads):
+            appended = await append_event(
+                conn, tenant="acme", thread_id="t", kind="route", payload=payload
+            )
+            assert appended.seq == n + 1
+        report = await verify_chain(conn)
+    assert report.ok and report.rows == len(payloads)
 
 
 async def test_an_append_in_a_rolled_back_transaction_leaves_no_gap(database: Database) -> None:
