@@ -142,7 +142,12 @@ async def flush_step_metrics(database: Database) -> int:
     """
     buffers = _BUFFERS.get(asyncio.get_running_loop())
     buffer = buffers.get(database) if buffers is not None else None
-    return await buffer.flush(database) if buffer is not None else 0
+    if buffer is None:
+        return 0
+    if buffer.timer is not None and buffer.timer is not asyncio.current_task():
+        buffer.timer.cancel()  # nothing left for it to write
+        buffer.timer = None
+    return await buffer.flush(database)
 
 
 @dataclass

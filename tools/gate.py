@@ -4,10 +4,12 @@ In order: the tool exists, the route's scope allows it, the arguments validate a
 the contract, the tool's circuit breaker lets the call through, the tier policy holds
 (approvals for irreversible and destructive calls are read from the database and checked
 against `tools.policy`), the idempotency key is claimed, and the handler runs under a
-timeout inside one transaction with its ledger row. Expected failures come back as
-structured, actionable errors; bugs propagate.
+timeout inside one transaction with its ledger row (a read, which writes nothing but its
+audit row, needs none). Expected failures come back as structured, actionable errors;
+bugs propagate.
 
-Under failure, each attempt is one transaction, so a failed attempt leaves nothing behind:
+Under failure, each attempt that writes is one transaction, so a failed attempt leaves
+nothing behind:
 
 - A backend failure (the attempt timed out, a `psycopg.OperationalError`, a `ToolFailure`
   marked retryable, or a fault injected with ``PAYABLES_FAULTS=tool:NAME:error|timeout:P``)
@@ -31,10 +33,12 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict
 
 import psycopg
+from psycopg import pq
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
@@ -230,9 +234,12 @@ class _GatedCall:
         if conn is not None:
             # The call's own transaction: it waits for the disk when it moved money or a
             # bank account, and commits relaxed otherwise (see state.audit.RELAXED_COMMIT).
+            # A read has none; its rows then go in together, as one.
             relaxed = outcome["tier"] in _RELAXED_TIERS
-            for event in events:
-                await self._record(conn, event, relaxed=relaxed)
+            alone = len(events) > 1 and conn.info.transaction_status != pq.TransactionStatus.INTRANS
+            async with conn.transaction() if alone else nullcontext():
+                for event in events:
+                    await self._record(conn, event, relaxed=relaxed)
             return outcome
         async with self.gate.database.connection() as own, own.transaction():
             for event in events:  # nothing but these rows: no side effect to wait for
@@ -349,7 +356,9 @@ class _GatedCall:
             else None
         )
         async with asyncio.timeout(deadline_s), self.gate.database.connection() as conn:
-            async with conn.transaction():
+            # A read writes nothing but its audit row, one statement: it needs no transaction
+            # (under READ COMMITTED its statements would not share a snapshot in one anyway).
+            async with nullcontext() if tier is Tier.READ else conn.transaction():
                 if fault == "error":
                     raise psycopg.OperationalError(
                         f"backend error injected into {tool} by {FAULTS_ENV_VAR}"
@@ -418,9 +427,7 @@ class _GatedCall:
                 )
                 try:
                     args_model = spec.args_model.model_validate(validated)
-                    if tier is Tier.READ:
-                        # Nothing to undo (reads catch no SQL error), so no savepoint: two
-                        # round trips fewer for most calls.
+                    if tier is Tier.READ:  # nothing to undo, and no transaction to save
                         result = await spec.handler(ctx, args_model)
                     else:
                         async with conn.transaction():  # a refusal undoes the call's writes

@@ -1,7 +1,8 @@
 -- Run statistics (`payables stats`, state/stats.py).
 --
--- One row per node execution, written by the budget guard (runtime/budgets.py) in the same
--- statement that adds the node's model spend to the tenant's day (state/step_metrics.py).
+-- One row per node execution, written by the budget guard (runtime/budgets.py): with the
+-- node's model spend added to the tenant's day in one statement when it spent any, else in
+-- batches (state/step_metrics.py).
 -- A node that raised is recorded too (ok = false); a node that paused the run for a
 -- reviewer (interrupt) is recorded as ok, and its re-run after the decision as another row.
 CREATE TABLE step_metrics (
