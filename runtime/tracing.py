@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -92,27 +92,36 @@ def child_run(
     name: str,
     *,
     run_type: Literal["tool", "chain"],
-    inputs: dict[str, Any],
+    inputs: Callable[[], dict[str, Any]],
     metadata: dict[str, Any],
     tags: list[str],
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[dict[str, Any] | None]:
     """A LangSmith run under the running node while the block runs; yields its outputs dict.
 
-    Nothing happens outside a traced run. Tracing is best effort: a LangSmith endpoint that
-    refuses or is down is logged and never fails the call being traced.
+    Nothing happens outside a traced run: ``inputs`` is not even called, and the block gets
+    None instead of a dict, so it spends nothing on outputs nobody sends (redacting them
+    costs more than the rest of a tool call's bookkeeping). Tracing is best effort: a
+    LangSmith endpoint that refuses or is down is logged and never fails the call being
+    traced.
     """
-    outputs: dict[str, Any] = {}
     parent = get_current_run_tree()
+    if parent is None:
+        yield None
+        return
+    outputs: dict[str, Any] = {}
     child = None
-    if parent is not None:
-        try:
-            child = parent.create_child(
-                name=name, run_type=run_type, inputs=inputs, tags=tags, extra={"metadata": metadata}
-            )
-            child.post()
-        except Exception as exc:  # tracing must not break the traced work
-            log.warning("could not trace %s: %s", name, exc)
-            child = None
+    try:
+        child = parent.create_child(
+            name=name,
+            run_type=run_type,
+            inputs=inputs(),
+            tags=tags,
+            extra={"metadata": metadata},
+        )
+        child.post()
+    except Exception as exc:  # tracing must not break the traced work
+        log.warning("could not trace %s: %s", name, exc)
+        child = None
     error: str | None = None
     try:
         yield outputs

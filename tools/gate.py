@@ -613,7 +613,7 @@ class ToolGate:
         with child_run(
             f"tool:{tool}",
             run_type="tool",
-            inputs={"args": redact(args) if isinstance(args, dict) else str(type(args))},
+            inputs=lambda: {"args": redact(args) if isinstance(args, dict) else str(type(args))},
             tags=["tool", tool],
             metadata={"thread_id": thread_id, "step_id": step_id, "route": route},
         ) as traced_outputs:
@@ -626,14 +626,15 @@ class ToolGate:
                 args=args,
                 run=run,
             )
-            error = outcome["error"]
-            traced_outputs.update(
-                ok=outcome["ok"],
-                tier=outcome["tier"],
-                replayed=outcome["replayed"],
-                error=error["code"] if error else None,
-                result=redact(outcome["result"]) if outcome["result"] else None,
-            )
+            if traced_outputs is not None:
+                error = outcome["error"]
+                traced_outputs.update(
+                    ok=outcome["ok"],
+                    tier=outcome["tier"],
+                    replayed=outcome["replayed"],
+                    error=error["code"] if error else None,
+                    result=redact(outcome["result"]) if outcome["result"] else None,
+                )
             return outcome
 
     async def _call(
