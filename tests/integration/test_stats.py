@@ -7,7 +7,10 @@ requests from the audit chain, the decisions from the approval node.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ from runtime.errors import BadInput
 from state.costs import spent_today
 from state.db import Database
 from state.stats import parse_since, reason_kind, run_stats
+from state.step_metrics import FLUSH_DELAY_S, StepMetric, flush_step_metrics, record_step
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
 from tests.billing import PRICES, billed, read_and_match, stage
 from tests.cli import explain, payables, payables_fails, payables_json
@@ -326,3 +330,62 @@ async def test_stats_command_prints_json_and_refuses_a_bad_since(
     assert "cost per successful task: $0.0000 (1 runs" in text.stdout
     error = payables_fails(cli_env, "stats", "--since", "yesterday")
     assert "--since 'yesterday' is not a duration" in error and "24h" in error
+
+
+# --- how step rows reach the table --------------------------------------------------------
+
+
+def unpaid_step(node: str) -> StepMetric:
+    return StepMetric(
+        thread_id="t-steps",
+        tenant="acme",
+        node=node,
+        started_at=datetime.now(UTC),
+        duration_ms=1.5,
+        model_calls=0,
+        tokens=0,
+        cost_usd=0.0,
+        ok=True,
+    )
+
+
+async def step_nodes(database: Database) -> list[str]:
+    found = await rows(database, "SELECT node FROM step_metrics ORDER BY id")
+    return [r["node"] for r in found]
+
+
+async def test_unpaid_steps_wait_and_are_written_together(database: Database) -> None:
+    assert await record_step(database, unpaid_step("router")) is None
+    assert await step_nodes(database) == []  # waiting in the buffer, not written one by one
+    # Without the Agent's flush (a LangGraph server), the buffer writes on its own.
+    deadline = time.monotonic() + 10 * FLUSH_DELAY_S + 5
+    while await step_nodes(database) != ["router"]:
+        assert time.monotonic() < deadline, "the waiting step row was never written"
+        await asyncio.sleep(FLUSH_DELAY_S / 5)
+    for node in ("planner", "executor", "verifier"):
+        await record_step(database, unpaid_step(node))
+    assert await flush_step_metrics(database) == 3  # one statement for the three
+    await record_step(database, unpaid_step("respond"))
+    await database.close()  # closing writes what waits
+    assert await step_nodes(database) == ["router", "planner", "executor", "verifier", "respond"]
+
+
+async def test_a_paid_step_is_written_at_once_with_its_charge(database: Database) -> None:
+    paid = replace(unpaid_step("planner"), model_calls=2, tokens=900, cost_usd=0.25)
+    today = await record_step(database, paid)
+    assert today is not None and today.cost_usd == pytest.approx(0.25)
+    assert await step_nodes(database) == ["planner"]
+    assert (await spent_today(database, "acme")).model_calls == 2
+
+
+async def test_a_failed_write_of_waiting_rows_says_how_many_were_lost(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with database.connection() as conn:  # every insert into step_metrics now fails
+        await conn.execute("ALTER TABLE step_metrics ADD CONSTRAINT refuse CHECK (false) NOT VALID")
+    await record_step(database, unpaid_step("router"))
+    await record_step(database, unpaid_step("planner"))
+    with caplog.at_level("WARNING", logger="state.step_metrics"):
+        assert await flush_step_metrics(database) == 0
+    assert "could not write 2 step_metrics rows" in caplog.text
+    assert "refuse" in caplog.text  # the database's reason, for whoever reads the log
