@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg._connection_base import BaseConnection
 
 from runtime.agent import AFTER_APPROVAL_DURABILITY, START_DURABILITY, open_agent
 from state import db as state_db
@@ -180,3 +181,62 @@ def test_only_calls_that_need_no_approval_commit_relaxed() -> None:
     relaxed = {tier for tier in Tier if tier.value in _RELAXED_TIERS}
     assert relaxed == {Tier.READ, Tier.REVERSIBLE}
     assert not any(tier.needs_approval for tier in relaxed)
+
+
+class Statements:
+    """Counts what this process sends Postgres: statements and transaction commands."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[str] = []
+        for cls, name in (
+            (psycopg.AsyncCursor, "execute"),
+            (psycopg.AsyncCursor, "executemany"),
+        ):
+            monkeypatch.setattr(cls, name, self._counting(getattr(cls, name)))
+        exec_command = BaseConnection._exec_command
+
+        def command(conn: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
+            self.sent.append(sql.decode() if isinstance(sql, bytes) else str(sql))
+            return exec_command(conn, sql, *args, **kwargs)
+
+        monkeypatch.setattr(BaseConnection, "_exec_command", command)
+
+    def _counting(self, method: Any) -> Any:
+        async def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            self.sent.append(query if isinstance(query, str) else repr(query))
+            return await method(cursor, query, *args, **kwargs)
+
+        return counted
+
+
+async def test_an_audit_append_is_one_statement_once_the_head_is_known(
+    db_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as conn:
+        await append_event(conn, tenant="t", thread_id="x", kind="route", payload={"n": 1})
+        counter = Statements(monkeypatch)
+        await append_event(conn, tenant="t", thread_id="x", kind="route", payload={"n": 2})
+        async with conn.transaction():
+            await append_event(conn, tenant="t", thread_id="x", kind="route", payload={"n": 3})
+    assert [s.split("(")[0] for s in counter.sent] == [
+        "SELECT * FROM audit_append",
+        "BEGIN",
+        "SELECT * FROM audit_append",
+        "COMMIT",
+    ]
+
+
+async def test_an_invoice_flow_run_stays_within_its_round_trips(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 146 before the performance work, 71 after (bare LangGraph: about 40): a change that
+    # adds statements to every run shows here, with the list to see which.
+    async with open_agent(database=database) as agent:
+        await agent.start("Validate INV-1002", user="clerk-ana")  # warm: pools, chain head
+        counter = Statements(monkeypatch)
+        view = await agent.start("Validate INV-1002", user="clerk-ana")
+    assert view["status"] == "completed"
+    sent = "\n".join(counter.sent)
+    assert len(counter.sent) <= 75, f"{len(counter.sent)} round trips:\n{sent}"
+    assert not any("FROM tenant_daily_costs WHERE" in s for s in counter.sent)  # spend reused
+    assert sum("INSERT INTO step_metrics" in s for s in counter.sent) == 1
