@@ -15,7 +15,7 @@ export RAGAS_DO_NOT_TRACK ?= true
 export LANGGRAPH_CLI_NO_ANALYTICS ?= 1
 export LANGGRAPH_NO_VERSION_CHECK ?= true
 
-.PHONY: help install demo dev test check format format-check lint typecheck eval bench loadtest clean
+.PHONY: help install demo dev test check format format-check lint typecheck eval bench profile loadtest clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -65,6 +65,10 @@ eval: install ## Run the eval suites (golden, policy_qa, redteam) offline, write
 BENCH_ARGS ?=
 bench: install ## Agent overhead vs bare LangGraph and plain psycopg; prints a table, writes reports/bench/bench.json
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+PROFILE_RUNS ?= 200
+profile: install ## Where invoice-flow runs spend their time (pyinstrument); prints a tree, writes reports/bench/profile.html
+	$(BIN)/python -m bench --profile $(PROFILE_RUNS)
 
 LOADTEST_ARGS ?=
 loadtest: install ## Bounded load test on a local langgraph dev (8 clients x 5 runs, 120 s); prints throughput, p50/p95, errors

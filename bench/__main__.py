@@ -23,6 +23,7 @@ from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from bench.harness import BenchConfig, run_bench  # noqa: E402
+from bench.profile import profile_invoice_flow, write_html  # noqa: E402
 from bench.report import DEFAULT_JSON, format_report, write_json  # noqa: E402
 from bench.world import BenchError  # noqa: E402
 from runtime.errors import PayablesError  # noqa: E402
@@ -36,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-runs", type=int, help="runs in the memory test")
     parser.add_argument("--throughput-seconds", type=float, help="seconds per concurrency level")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="RUNS",
+        help="instead of the bench, profile RUNS invoice-flow runs (pyinstrument); writes"
+        " reports/bench/profile.html",
+    )
     args = parser.parse_args(argv)
     config = BenchConfig.quick() if args.quick else BenchConfig()
     if args.reps is not None:
@@ -49,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    if args.profile is not None:
+        try:
+            tree, page = asyncio.run(profile_invoice_flow(args.profile, log=progress))
+        except (ValueError, BenchError, PayablesError) as exc:
+            print(f"make bench: {exc}", file=sys.stderr)
+            return 1
+        print(tree)
+        print(f"\nwrote {write_html(page)}")
+        return 0
     try:
         report = asyncio.run(run_bench(config, log=progress))
     except (BenchError, PayablesError) as exc:

@@ -25,6 +25,7 @@ from bench.harness import (
     summary,
 )
 from bench.models import STEPS_PER_PHASE, ReadPlanModels, phase_of, read_plan_reply
+from bench.profile import profile_invoice_flow, write_html
 from bench.report import format_report, write_json
 from bench.world import BenchError, bench_world, clone_invoice_id
 from runtime.context import Context
@@ -188,3 +189,14 @@ async def test_an_unreachable_server_is_named_with_what_to_do(tmp_path: Path) ->
     server = f"host={tmp_path} dbname=nowhere"
     with pytest.raises(BenchError, match=r"cannot reach Postgres.*unset it"):
         await run_bench(BenchConfig.quick(), log=lambda _: None, server=server)
+
+
+@pytest.mark.integration
+async def test_the_profile_shows_the_agents_own_frames(server_uri: str, tmp_path: Path) -> None:
+    tree, page = await profile_invoice_flow(2, log=lambda _: None, server=server_uri)
+    assert tree.startswith("2 invoice-flow runs:") and "ms CPU per run" in tree
+    assert "guarded" in tree and "runtime/budgets.py" in tree  # the guard wraps every node
+    written = write_html(page, tmp_path / "profile.html")
+    assert "pyinstrument" in written.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="at least one run"):
+        await profile_invoice_flow(0, log=lambda _: None, server=server_uri)
