@@ -19,7 +19,7 @@ from psycopg._connection_base import BaseConnection
 
 from runtime.agent import AFTER_APPROVAL_DURABILITY, START_DURABILITY, open_agent
 from state import db as state_db
-from state.audit import RELAXED_COMMIT, append_event
+from state.audit import RELAXED_COMMIT, append_event, verify_chain
 from state.db import CONNECTION_KWARGS, Database
 from state.graph_state import pending_steps
 from tools.contract import Tier
@@ -240,3 +240,24 @@ async def test_an_invoice_flow_run_stays_within_its_round_trips(
     assert len(counter.sent) <= 75, f"{len(counter.sent)} round trips:\n{sent}"
     assert not any("FROM tenant_daily_costs WHERE" in s for s in counter.sent)  # spend reused
     assert sum("INSERT INTO step_metrics" in s for s in counter.sent) == 1
+
+
+async def test_concurrent_appends_in_one_process_take_turns_instead_of_missing(
+    db_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = Database(db_uri, max_size=8)
+
+    async def append(n: int) -> None:
+        async with database.connection() as conn:
+            await append_event(conn, tenant="t", thread_id="x", kind="route", payload={"n": n})
+
+    try:
+        await append(0)  # the head is known from here on
+        counter = Statements(monkeypatch)
+        await asyncio.gather(*(append(n) for n in range(1, 21)))
+        async with database.connection() as conn:
+            report = await verify_chain(conn)
+    finally:
+        await database.close()
+    assert sum("audit_append" in s for s in counter.sent) == 20  # one call each, no retries
+    assert report.ok and report.rows == 21
