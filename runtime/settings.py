@@ -35,7 +35,9 @@ class Settings:
     """Where the embedded Postgres keeps its cluster (`PAYABLES_DATA_DIR`, default `.data/`)."""
 
     pool_max_size: int
-    """Upper bound on pooled connections per process (`PAYABLES_POOL_MAX_SIZE`)."""
+    """Upper bound on pooled connections per process (`PAYABLES_POOL_MAX_SIZE`, default 20:
+    two per run at LangGraph's default of 10 runs at once per worker, since a run's step and
+    its asynchronous checkpoint write each hold one)."""
 
     retention_days: int = DEFAULT_RETENTION_DAYS
     """Finished threads' checkpoints older than this many days may be pruned
@@ -44,7 +46,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """Read settings from the environment, failing loudly on malformed values."""
-        raw_pool = os.environ.get("PAYABLES_POOL_MAX_SIZE", "10")
+        raw_pool = os.environ.get("PAYABLES_POOL_MAX_SIZE", "20")
         try:
             pool_max_size = int(raw_pool)
         except ValueError as exc:
