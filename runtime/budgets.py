@@ -16,9 +16,10 @@
 After the node it adds one step, the node's model usage and its time to the run's
 ``usage``; records the step (``step_metrics``, for `payables stats`) and charges its model
 cost to the tenant's day, in one statement when it spent any (`state.step_metrics`; a node
-that raised is recorded too, as failed, and its exception propagates); records soft warnings when a
-budget reaches `Context.budget_warn_fraction`; and, after the planner, stops a planner
-that keeps producing the same plan (``loop_detected``).
+that raised is recorded too, as failed, and its exception propagates); records soft
+warnings when a budget reaches `Context.budget_warn_fraction`; and, after the planner,
+stops a planner that keeps producing the same plan (``loop_detected``). The tenant's
+spend before each node is what the run's leg last saw, at most `SPEND_MAX_AGE_S` old.
 
 Approval and respond are never stopped: stopping approval would drop a reviewer's
 decision, and respond writes the partial result. Once the guard has stopped a run,
@@ -88,7 +89,7 @@ class _SpendSeen:
         if (
             seen is not None
             and seen[1].tenant == tenant
-            and monotonic() - seen[0] < (SPEND_MAX_AGE_S)
+            and monotonic() - seen[0] < SPEND_MAX_AGE_S
         ):
             return seen[1]
         today = await spent_today(database, tenant)

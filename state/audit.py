@@ -27,7 +27,7 @@ that hold a transaction open should append last, just before committing. An appe
 one statement, the database function ``audit_append`` (migration ``0008``): the writer
 hashes the row on the chain head it last saw in this process, and the function inserts it
 only if that is still the head; otherwise it answers with the head and the stored payload,
-and the writer hashes again under the lock (two or three statements).
+and the writer hashes again (at most four statements, the last one under the lock).
 An optional ``event_key`` (unique per tenant) makes an append idempotent: LangGraph re-runs
 a node after an interrupt resumes and after a crash, and the same event is recorded once.
 
@@ -407,7 +407,7 @@ class _AppendCall:
             _APPEND,
             (
                 _AUDIT_LOCK_CLASS,
-                self.relaxed,
+                RELAXED_COMMIT if self.relaxed else None,
                 self.tenant,
                 self.thread_id,
                 self.kind,

@@ -174,9 +174,11 @@ class _Buffer:
         try:
             await asyncio.sleep(FLUSH_DELAY_S)
         finally:
-            # Also when cancelled (the loop shutting down): write what waits, then stop.
-            self.timer = None
-            await self.flush(database)
+            # Also when cancelled: by the loop shutting down (write what waits, then stop),
+            # or by an explicit flush, which wrote it all and may have started a new timer.
+            if self.timer is asyncio.current_task():
+                self.timer = None
+                await self.flush(database)
 
     async def flush(self, database: Database) -> int:
         rows, self.rows = self.rows, []

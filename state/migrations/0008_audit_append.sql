@@ -12,7 +12,7 @@
 -- committed before the lock was granted.
 CREATE FUNCTION audit_append(
     p_lock_class INTEGER,
-    p_relaxed BOOLEAN,
+    p_synchronous_commit TEXT,
     p_tenant TEXT,
     p_thread_id TEXT,
     p_kind TEXT,
@@ -29,8 +29,8 @@ DECLARE
     new_id BIGINT;
 BEGIN
     PERFORM pg_advisory_xact_lock(p_lock_class, hashtext(p_tenant));
-    IF p_relaxed THEN
-        PERFORM set_config('synchronous_commit', 'off', true);
+    IF p_synchronous_commit IS NOT NULL THEN  -- this transaction's commit mode
+        PERFORM set_config('synchronous_commit', p_synchronous_commit, true);
     END IF;
     IF p_event_key IS NOT NULL THEN
         RETURN QUERY SELECT e.id, e.seq, e.hash, false, e.payload FROM audit_events AS e
