@@ -18,7 +18,7 @@ from runtime.models import ask_model
 from runtime.prompts import RESPOND_SYSTEM
 from runtime.rules_model import extractive_answer
 from state.audit import outcome_event, record
-from state.graph_state import AgentState
+from state.graph_state import AgentState, appended
 from state.routes import Route
 from state.runs import record_run
 from tools.gate import ToolOutcome
@@ -211,14 +211,13 @@ def make_respond(deps: NodeDeps) -> Node:
             current_thread_id(), status=status, reason=reason, route=state.get("route")
         )
         await record(deps.database, ctx.tenant, current_thread_id(), ended)
-        return {
+        update: dict[str, Any] = {
             "status": status,
             "reason": reason,
             "result": result,
             "summary": summary,
             "model_path": {"respond": path},
-            "notes": notes,
-            "degraded": degraded,
         }
+        return {**update, **appended(notes=notes, degraded=degraded)}
 
     return respond

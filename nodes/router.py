@@ -18,7 +18,7 @@ from runtime.prompts import ROUTER_SYSTEM
 from runtime.rules_model import RouteDecision, extract_entities, rules_route
 from runtime.tracing import annotate_run
 from state.audit import guard_flag_event, record, request_received_event, route_event
-from state.graph_state import AgentState, Entities
+from state.graph_state import AgentState, Entities, appended
 from state.routes import TOOL_ROUTES, Route
 from state.runs import record_run
 
@@ -151,12 +151,14 @@ def make_router(deps: NodeDeps) -> Node:
             "route_confidence": decision.confidence,
             "entities": entities,
             "model_path": {"router": path},
-            "notes": notes,
-            "degraded": [answer.degraded] if answer.degraded else [],
-            "flags": flags,
             "cursor": 0,
             "replans": 0,
         }
+        update.update(
+            appended(
+                notes=notes, degraded=[answer.degraded] if answer.degraded else [], flags=flags
+            )
+        )
         routed = route_event(
             thread_id,
             route=route.value,

@@ -36,6 +36,14 @@ def pending_steps(snapshot: StateSnapshot) -> tuple[str, ...]:
     return tuple(task.name for task in snapshot.tasks)
 
 
+def appended(**channels: list[Any]) -> dict[str, list[Any]]:
+    """The appended channels (``operator.add`` lists) of an update that add something.
+
+    An empty list changes no state, but LangGraph would still write and version it.
+    """
+    return {name: items for name, items in channels.items() if items}
+
+
 def merge_dicts(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
     """Reducer: later keys win."""
     return {**left, **right}
