@@ -423,15 +423,44 @@ import psycopg
 from state.audit import append_event
 from state.db import CONNECTION_KWARGS
 
-async def main() -> None:
+async def main(name: str, count: int) -> None:
     uri = os.environ["DATABASE_URI"]
     async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
-        await append_event(
-            conn, tenant="acme", thread_id="other", kind="route", payload={"by": "other"}
-        )
+        print("ready", flush=True)
+        sys.stdin.readline()  # start together with the other processes
+        for n in range(count):
+            await append_event(
+                conn, tenant="acme", thread_id=name, kind="route", payload={"n": n}
+            )
 
-asyncio.run(main())
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
+
+
+async def append_elsewhere(env: dict[str, str], names: list[str], count: int) -> None:
+    """Append ``count`` events to tenant acme's chain from one process per name, at once."""
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            APPEND_ELSEWHERE,
+            name,
+            str(count),
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for name in names
+    ]
+    for child in children:  # every one connected, then all go
+        assert child.stdout is not None
+        ready = await asyncio.wait_for(child.stdout.readline(), CLI_TIMEOUT_S)
+        assert ready == b"ready\n", ready
+    for child in children:
+        _, errors = await asyncio.wait_for(child.communicate(b"go\n"), CLI_TIMEOUT_S)
+        assert child.returncode == 0, errors.decode()
 
 
 async def test_an_append_from_another_process_is_followed_not_overwritten(
@@ -441,16 +470,7 @@ async def test_an_append_from_another_process_is_followed_not_overwritten(
     # moves it, so the next append here is linked to a stale head and must be redone.
     async with database.connection() as conn:
         await append_event(conn, tenant="acme", thread_id="t", kind="route", payload={"n": 1})
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            APPEND_ELSEWHERE,
-            env=cli_env,
-            cwd=PROJECT_ROOT,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, errors = await asyncio.wait_for(child.communicate(), CLI_TIMEOUT_S)
-        assert child.returncode == 0, errors.decode()
+        await append_elsewhere(cli_env, ["other"], 1)
         third = await append_event(conn, tenant="acme", thread_id="t", kind="route", payload={})
         cur = await conn.execute("SELECT seq, thread_id FROM audit_events ORDER BY seq")
         rows = [(r["seq"], r["thread_id"]) for r in await cur.fetchall()]
@@ -458,6 +478,21 @@ async def test_an_append_from_another_process_is_followed_not_overwritten(
     assert (third.seq, third.created) == (3, True)
     assert rows == [(1, "t"), (2, "other"), (3, "t")]
     assert report.ok and report.rows == 3
+
+
+async def test_processes_appending_at_once_make_one_gapless_valid_chain(
+    database: Database, cli_env: dict[str, str]
+) -> None:
+    # Each process guesses the head from its own last append; the others keep moving it,
+    # so guesses miss and are redone (again, then under the lock), never linked twice.
+    await append_elsewhere(cli_env, ["p0", "p1", "p2"], 100)
+    async with database.connection() as conn:
+        cur = await conn.execute("SELECT seq, thread_id FROM audit_events ORDER BY seq")
+        rows = [(r["seq"], r["thread_id"]) for r in await cur.fetchall()]
+        report = await verify_chain(conn)
+    assert [seq for seq, _ in rows] == list(range(1, 301))
+    assert sorted({thread for _, thread in rows}) == ["p0", "p1", "p2"]
+    assert report.ok and report.rows == 300
 
 
 async def test_numbers_jsonb_spells_differently_still_hash_as_stored(database: Database) -> None:
