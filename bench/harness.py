@@ -15,6 +15,7 @@ Figures:
   bytes per step at each length and the growth exponent (1 = linear, 2 = quadratic);
 - throughput: completed invoice runs per second with 1, 4, 16, 64 concurrent runs (threads,
   in LangGraph's sense) on one event loop sharing one pool, and where it stops scaling;
+- the same with 1 and 2 worker processes (`bench.worker`), each with its own pool;
 - resume latency: `Agent.resume` from the call to the completion it runs to;
 - memory: the process's resident set over a long series of runs, and its growth per run.
 """
@@ -25,9 +26,11 @@ import asyncio
 import functools
 import gc
 import itertools
+import json
 import os
 import platform
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -46,6 +49,7 @@ from graphs.payables import build_graph
 from nodes.deps import NodeDeps
 from runtime.agent import AFTER_APPROVAL_DURABILITY, START_DURABILITY, Agent, open_agent
 from runtime.context import Context
+from runtime.settings import PROJECT_ROOT
 from state.db import CONNECTION_KWARGS, Database
 
 DURABILITY = {"start": START_DURABILITY, "resume": AFTER_APPROVAL_DURABILITY}
@@ -71,6 +75,10 @@ class BenchConfig:
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
     throughput_seconds: float = 8.0
     """How long each concurrency level keeps starting runs."""
+    processes: tuple[int, ...] = (1, 2)
+    """Worker processes in the multi-process leg (one per core scales a CPU-bound run)."""
+    process_concurrency: int = 8
+    """Runs in flight in each worker process (one process is at its CPU ceiling by then)."""
     memory_runs: int = 1000
     memory_concurrency: int = 16
     memory_samples: int = 10
@@ -102,6 +110,7 @@ class BenchConfig:
             growth_reps=1,
             concurrency=(1, 2, 4),
             throughput_seconds=0.5,
+            process_concurrency=2,
             memory_runs=12,
             memory_concurrency=4,
             memory_samples=3,
@@ -329,6 +338,67 @@ async def graph_path(agent: Agent, thread_id: str) -> tuple[str, ...]:
     """The nodes a finished run executed, in order (from its checkpoint history)."""
     history = await agent.history(thread_id)
     return tuple(n for h in history for n in h["next"] if n != "__start__")
+
+
+async def run_many(
+    run: Callable[[], Awaitable[Any]], count: int | None, concurrency: int, until: float | None
+) -> int:
+    """``run`` with ``concurrency`` runs in flight: ``count`` runs, or until ``until``."""
+    done = 0
+    budget = itertools.count() if count is None else iter(range(count))
+
+    async def worker() -> None:
+        nonlocal done
+        while True:
+            if until is not None and time.perf_counter() >= until:
+                return
+            if next(budget, None) is None:
+                return
+            await run()
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+async def _run_workers(count: int, args: list[str]) -> list[dict[str, Any]]:
+    """Start ``count`` `bench.worker` processes, release them together, return their figures."""
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.worker",
+            *args,
+            cwd=PROJECT_ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            ready = await asyncio.wait_for(worker.stdout.readline(), WORKER_START_S)
+            if ready != b"ready\n":
+                _, errors = await worker.communicate()
+                raise RuntimeError(f"a bench worker failed to start: {errors.decode()[-2000:]}")
+        outputs = await asyncio.gather(*(worker.communicate(b"go\n") for worker in workers))
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+    results = []
+    for worker, (out, errors) in zip(workers, outputs, strict=True):
+        if worker.returncode != 0:
+            raise RuntimeError(f"a bench worker failed: {errors.decode()[-2000:]}")
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return results
+
+
+WORKER_START_S = 120.0
+"""How long a worker may take to import, connect and warm up before it is given up on."""
 
 
 class Invoices:
@@ -608,22 +678,8 @@ class Bench:
         }
 
     async def _run_many(self, count: int | None, concurrency: int, until: float | None) -> int:
-        """Run invoice flows with ``concurrency`` workers: ``count`` runs, or until ``until``."""
-        done = 0
-        budget = itertools.count() if count is None else iter(range(count))
-
-        async def worker() -> None:
-            nonlocal done
-            while True:
-                if until is not None and time.perf_counter() >= until:
-                    return
-                if next(budget, None) is None:
-                    return
-                await self.validate()
-                done += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done
+        """`run_many` of this bench's invoice flow."""
+        return await run_many(self.validate, count, concurrency, until)
 
     async def throughput(self) -> dict[str, Any]:
         """Completed invoice runs per second at each concurrency level."""
@@ -658,6 +714,48 @@ class Bench:
             "pool_size": self.config.pool_size,
             "stops_scaling_at": stops_scaling_at(levels),
         }
+
+    async def processes(self) -> dict[str, Any]:
+        """Completed invoice runs per second with 1, 2, ... worker processes at once.
+
+        Each worker (`bench.worker`) opens its own agent and pool on this bench's database,
+        warms up, and starts when all are ready. Runs before the single-process throughput
+        leg, while this process holds few connections (each worker holds up to two per run
+        in flight plus one lock connection per run).
+        """
+        config = self.config
+        levels: list[dict[str, Any]] = []
+        for count in config.processes:
+            machine_before = cpu_times()
+            results = await _run_workers(
+                count,
+                [
+                    self.database.uri,
+                    str(config.process_concurrency),
+                    str(config.throughput_seconds),
+                    str(2 * config.process_concurrency),
+                    str(config.validate_invoices),
+                ],
+            )
+            machine_busy = busy_share(machine_before, cpu_times())
+            runs = sum(r["runs"] for r in results)
+            rate = sum(r["runs"] / r["seconds"] for r in results)
+            levels.append(
+                {
+                    "processes": count,
+                    "runs": runs,
+                    "runs_per_s": rate,
+                    "cpu_ms_per_run": sum(r["cpu_s"] for r in results) * 1000 / runs
+                    if runs
+                    else None,
+                    "machine_cpu_busy": machine_busy,
+                }
+            )
+            self.log(f"  {count} process(es): {rate:.2f} runs/s")
+        base = levels[0]["runs_per_s"]
+        for level in levels:
+            level["speedup"] = ratio(level["runs_per_s"], base)
+        return {"levels": levels, "concurrency_per_process": config.process_concurrency}
 
     @staticmethod
     def cpu_ceiling(cpu_ms_per_run: float) -> float | None:
@@ -726,6 +824,8 @@ async def run_bench(
                 approval = await bench.approval_flow()
                 log("checkpoint growth ...")
                 growth = await bench.checkpoint_growth()
+                log("processes ...")
+                processes = await bench.processes()
                 log("throughput ...")
                 throughput = await bench.throughput()
                 log("memory ...")
@@ -750,6 +850,7 @@ async def run_bench(
             **throughput,
             "cpu_ceiling_runs_per_s": Bench.cpu_ceiling(invoice["agent_cpu_ms"]),
         },
+        "processes": processes,
         "memory": memory,
     }
     report["targets"] = targets(report)

@@ -41,6 +41,7 @@ def format_report(report: dict[str, Any]) -> str:
     approval = report["approval_flow"]
     growth = report["checkpoint_growth"]
     throughput = report["throughput"]
+    processes = report["processes"]
     memory = report["memory"]
     lines = [
         f"payables bench, {report['started_at']} ({report['duration_s']:.0f} s)",
@@ -172,6 +173,25 @@ def format_report(report: dict[str, Any]) -> str:
                     if throughput["stops_scaling_at"] is not None
                     else "did not stop within the levels measured",
                 ),
+            ]
+        ),
+        "",
+        f"Processes (invoice flow, {processes['concurrency_per_process']} in flight per process,"
+        " each its own pool)",
+        *_rows(
+            [
+                (
+                    f"{level['processes']} process" + ("es" if level["processes"] > 1 else ""),
+                    f"{level['runs_per_s']:.2f} runs/s  ({_x(level['speedup'])}, "
+                    f"{level['runs']} runs; {_ms(level['cpu_ms_per_run'])} CPU/run, machine "
+                    + (
+                        "-"
+                        if level["machine_cpu_busy"] is None
+                        else f"{level['machine_cpu_busy']:.0%}"
+                    )
+                    + " busy)",
+                )
+                for level in processes["levels"]
             ]
         ),
         "",

@@ -144,6 +144,11 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
     assert all(level["cpu_ms_per_run"] > 0 for level in levels)
     assert all(0 <= level["machine_cpu_busy"] <= 1 for level in levels)  # Linux /proc/stat
 
+    processes = report["processes"]
+    assert [level["processes"] for level in processes["levels"]] == list(config.processes)
+    assert all(level["runs"] > 0 and level["cpu_ms_per_run"] > 0 for level in processes["levels"])
+    assert processes["levels"][0]["speedup"] == 1.0
+
     memory = report["memory"]
     assert memory["runs"] == config.memory_runs
     assert len(memory["samples"]) == config.memory_samples
@@ -164,6 +169,7 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
         "Approval flow",
         "Checkpoint growth",
         "Throughput",
+        "Processes",
         "Memory",
         "Targets",
         "agent / bare",
