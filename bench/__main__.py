@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from bench import go_offline
 
-# Offline, like the tests: no tracing, no telemetry, no real model.
-os.environ.setdefault("LANGSMITH_TRACING", "false")
-os.environ.setdefault("LANGCHAIN_TRACING_V2", "false")
-for _model in (
-    "PAYABLES_MODEL",
-    "PAYABLES_ROUTER_MODEL",
-    "PAYABLES_PLANNER_MODEL",
-    "PAYABLES_RESPOND_MODEL",
-):
-    os.environ[_model] = "rules"
+go_offline()
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402

@@ -8,14 +8,9 @@ flows for the given seconds and prints one JSON line: runs, seconds and CPU seco
 
 from __future__ import annotations
 
-import os
+from bench import go_offline
 
-# Offline, like the bench itself.
-os.environ.setdefault("LANGSMITH_TRACING", "false")
-os.environ.setdefault("LANGCHAIN_TRACING_V2", "false")
-for _model in ("PAYABLES_MODEL", "PAYABLES_ROUTER_MODEL", "PAYABLES_PLANNER_MODEL"):
-    os.environ[_model] = "rules"
-os.environ["PAYABLES_RESPOND_MODEL"] = "rules"
+go_offline()
 
 import asyncio  # noqa: E402
 import itertools  # noqa: E402
