@@ -123,32 +123,47 @@ def _langgraph_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "langgraph_cli"]
 
 
+API_KEY_VARIABLES = ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGGRAPH_API_KEY")
+"""Taken out of the server's environment: nothing it runs may reach a hosted service."""
+
+
 @contextmanager
 def dev_server(database_uri: str, env: Mapping[str, str], workdir: Path) -> Iterator[str]:
     """Run `langgraph dev` against ``database_uri`` with ``env``; yield its base URL.
 
     The log is written to ``workdir/langgraph-dev.log``; its tail is in every error.
     """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     child_env = {**env, **OFFLINE_ENV, "PAYABLES_DATABASE_URI": database_uri}
-    for key in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGGRAPH_API_KEY"):
+    for key in API_KEY_VARIABLES:
         child_env.pop(key, None)
     workdir.mkdir(parents=True, exist_ok=True)
+    with launch(child_env, workdir, workdir / "langgraph-dev.log") as url:
+        yield url
+
+
+@contextmanager
+def launch(env: Mapping[str, str], serve_dir: Path, log_path: Path) -> Iterator[str]:
+    """Run `langgraph dev` with exactly ``env`` in ``serve_dir`` on a free loopback port.
+
+    Yields the base URL once ``/ok`` answers; output goes to ``log_path``. Raises
+    `DevServerError` with the log's tail when the server exits, loses its port or does not
+    answer within `STARTUP_DEADLINE_S`. Stops the whole process group afterwards.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     command = [
         *_langgraph_command(),
         "dev",
         *("--host", "127.0.0.1", "--port", str(port)),
         "--no-browser",
         "--no-reload",
-        *("--config", str(dev_config(workdir))),
+        *("--config", str(dev_config(serve_dir))),
     ]
-    log_path = workdir / "langgraph-dev.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             command,
-            cwd=workdir,
-            env=child_env,
+            cwd=serve_dir,
+            env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -160,13 +175,15 @@ def dev_server(database_uri: str, env: Mapping[str, str], workdir: Path) -> Iter
 
     try:
         deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while not _ok(url):
+        while True:
             # langgraph dev silently moves to another port when ours is taken; then
             # whatever answers on ours is not this server.
             if "already in use" in output():
                 raise DevServerError(
                     f"port {port} was taken before langgraph dev bound it:\n{output()}"
                 )
+            if _ok(url):
+                break
             if proc.poll() is not None:
                 raise DevServerError(f"langgraph dev exited with {proc.returncode}:\n{output()}")
             if time.monotonic() > deadline:

@@ -9,26 +9,14 @@ server is pointed at a test database through `PAYABLES_DATABASE_URI` (see `runti
 
 from __future__ import annotations
 
-import re
-import subprocess
-import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
-# One launcher: the same helpers start the server for `make loadtest`.
-from loadtest.devserver import (
-    _langgraph_command,
-    _ok,
-    _stop,
-    dev_config,
-    free_port,
-)
-
-STARTUP_DEADLINE_S = 90.0
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# One launcher: the same code starts the server for `make loadtest`.
+from loadtest.devserver import API_KEY_VARIABLES, OFFLINE_ENV, DevServerError, launch
 
 
 def server_env(base: Mapping[str, str], db_uri: str, **extra: str) -> dict[str, str]:
@@ -37,13 +25,10 @@ def server_env(base: Mapping[str, str], db_uri: str, **extra: str) -> dict[str, 
         **base,
         "DATABASE_URI": db_uri,
         "PAYABLES_DATABASE_URI": db_uri,
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-        "LANGGRAPH_NO_VERSION_CHECK": "true",  # else it asks pypi.org for a newer version
-        "LANGSMITH_TRACING": "false",
-        "LANGCHAIN_TRACING_V2": "false",
+        **OFFLINE_ENV,  # LANGGRAPH_NO_VERSION_CHECK: else it asks pypi.org for a newer version
         **extra,
     }
-    for key in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGGRAPH_API_KEY"):
+    for key in API_KEY_VARIABLES:
         env.pop(key, None)
     return env
 
@@ -55,54 +40,11 @@ def langgraph_dev(env: Mapping[str, str], workdir: Path) -> Iterator[str]:
     The server's output goes to ``workdir/langgraph-dev.log``; a start-up failure fails
     the test with its tail.
     """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     serve_dir = workdir / "server"
     serve_dir.mkdir(parents=True)
-    command = [
-        *_langgraph_command(),
-        "dev",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-browser",
-        "--no-reload",
-        "--config",
-        str(dev_config(serve_dir)),
-    ]
-    log_path = workdir / "langgraph-dev.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            cwd=serve_dir,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def output() -> str:
-        return _ANSI.sub("", log_path.read_text(errors="replace"))[-8000:]
-
-    try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while True:
-            # langgraph dev silently moves to another port when the one asked for is
-            # taken; then whatever answers on ours is not this server.
-            if "already in use" in output():
-                pytest.fail(f"port {port} was taken before langgraph dev bound it:\n{output()}")
-            if _ok(url):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"langgraph dev exited with {proc.returncode}:\n{output()}")
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"langgraph dev did not answer {url}/ok within {STARTUP_DEADLINE_S:.0f}s:"
-                    f"\n{output()}"
-                )
-            time.sleep(0.25)
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(launch(env, serve_dir, workdir / "langgraph-dev.log"))
+        except DevServerError as exc:
+            pytest.fail(str(exc))
         yield url
-    finally:
-        _stop(proc)
