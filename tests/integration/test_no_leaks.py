@@ -7,18 +7,15 @@ scanned for the full values.
 
 from __future__ import annotations
 
-import gzip
 import logging
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 from runtime.agent import open_agent
 from runtime.tracing import redacting_client
 from state.db import Database
+from tests.trace_capture import captured_text
 
 pytestmark = pytest.mark.integration
 
@@ -27,39 +24,8 @@ NEW_ACCOUNT = "NL23KNAB0257394811"
 SECRET = "sk-live0123456789abcdefXYZ"
 
 
-class _Capture(BaseHTTPRequestHandler):
-    bodies: ClassVar[list[bytes]] = []
-
-    def do_GET(self) -> None:
-        self.send_response(404)
-        self.end_headers()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        type(self).bodies.append(body)
-        self.send_response(202)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-@pytest.fixture
-def capture_server() -> Iterator[str]:
-    _Capture.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 async def test_accounts_and_secrets_never_leave(
-    database: Database, capture_server: str, caplog: pytest.LogCaptureFixture
+    database: Database, trace_endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with database.connection() as conn:
         await conn.execute(
@@ -68,7 +34,7 @@ async def test_accounts_and_secrets_never_leave(
         )
         cur = await conn.execute("SELECT remit_bank_account FROM vendors")
         masters = [row["remit_bank_account"] for row in await cur.fetchall()]
-    client = redacting_client(api_url=capture_server, api_key="test-key", auto_batch_tracing=False)
+    client = redacting_client(api_url=trace_endpoint, api_key="test-key", auto_batch_tracing=False)
     caplog.set_level(logging.DEBUG)
     views: list[dict[str, Any]] = []
     async with open_agent(database=database, tracing_client=client) as agent:
@@ -108,7 +74,8 @@ async def test_accounts_and_secrets_never_leave(
             listed = [dict(r) for r in await cur.fetchall()]
     client.flush()
     assert views[-2]["status"] == "completed", views[-2]["reason"]
-    assert _Capture.bodies, "no trace reached the capture endpoint"
+    traces = captured_text()
+    assert traces, "no trace reached the capture endpoint"
 
     from state.runs import list_runs
 
@@ -116,7 +83,7 @@ async def test_accounts_and_secrets_never_leave(
         "cli views": repr(views),
         "run listing": repr(await list_runs(database)),
         "logs": "\n".join(r.getMessage() for r in caplog.records),
-        "traces": b"\n".join(_Capture.bodies).decode("utf-8", "replace"),
+        "traces": traces,
     }
     assert listed  # the index itself keeps the clerk's words for the bank-change rule
     secrets = [ATTACKER, NEW_ACCOUNT, SECRET, *masters]
