@@ -434,6 +434,8 @@ class Bench:
     invoices: Invoices
     bare: Any = None
     log: Callable[[str], None] = print
+    path: tuple[str, ...] = ()
+    """The invoice flow's steps, as `invoice_flow` recorded them (the bare graph follows)."""
 
     def __post_init__(self) -> None:
         saver = self.agent.graph.checkpointer
@@ -482,7 +484,7 @@ class Bench:
         config = self.config
         for _ in range(config.warmup):
             view = await self.validate()
-        path = await graph_path(self.agent, view["thread_id"])
+        path = self.path = await graph_path(self.agent, view["thread_id"])
         sizes = await checkpoint_bytes(self.database, view["thread_id"])
         steps = len(path)
         for _ in range(config.warmup):
@@ -682,7 +684,18 @@ class Bench:
         return await run_many(self.validate, count, concurrency, until)
 
     async def throughput(self) -> dict[str, Any]:
-        """Completed invoice runs per second at each concurrency level."""
+        """Completed invoice runs per second at each concurrency level, agent and bare.
+
+        The bare graph (on the path `invoice_flow` recorded) runs the same levels right
+        after the agent: how far LangGraph itself scales on one event loop here.
+        """
+        if not self.path:
+            raise RuntimeError("throughput needs the invoice flow's path: run invoice_flow first")
+        path = self.path
+
+        async def bare() -> None:
+            await self.bare_run(path)
+
         levels: list[dict[str, Any]] = []
         for concurrency in self.config.concurrency:
             await self._run_many(concurrency, concurrency, None)  # warm the pool to this size
@@ -693,9 +706,16 @@ class Bench:
             seconds = time.perf_counter() - started
             cpu_s = time.process_time() - cpu
             machine_busy = busy_share(machine_before, cpu_times())
+            await run_many(bare, concurrency, concurrency, None)
+            bare_started = time.perf_counter()
+            bare_runs = await run_many(
+                bare, None, concurrency, bare_started + self.config.throughput_seconds
+            )
+            bare_seconds = time.perf_counter() - bare_started
             levels.append(
                 {
                     "concurrency": concurrency,
+                    "bare_runs_per_s": bare_runs / bare_seconds,
                     "runs": runs,
                     "seconds": seconds,
                     "runs_per_s": runs / seconds,
@@ -705,10 +725,15 @@ class Bench:
                     "ms_per_run_latency": seconds * 1000 * concurrency / runs if runs else None,
                 }
             )
-            self.log(f"  throughput x{concurrency}: {runs / seconds:.2f} runs/s")
+            self.log(
+                f"  throughput x{concurrency}: {runs / seconds:.2f} runs/s "
+                f"(bare {bare_runs / bare_seconds:.2f})"
+            )
         base = levels[0]["runs_per_s"]
+        bare_base = levels[0]["bare_runs_per_s"]
         for level in levels:
             level["speedup"] = ratio(level["runs_per_s"], base)
+            level["bare_speedup"] = ratio(level["bare_runs_per_s"], bare_base)
         return {
             "levels": levels,
             "pool_size": self.config.pool_size,

@@ -161,6 +161,13 @@ def format_report(report: dict[str, Any]) -> str:
             ]
             + [
                 (
+                    "bare LangGraph",
+                    " / ".join(f"{level['bare_runs_per_s']:.2f}" for level in throughput["levels"])
+                    + " runs/s  ("
+                    + " / ".join(_x(level["bare_speedup"]) for level in throughput["levels"])
+                    + "; the same levels, nodes doing nothing)",
+                ),
+                (
                     "CPU ceiling",
                     "-"
                     if throughput["cpu_ceiling_runs_per_s"] is None

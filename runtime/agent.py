@@ -31,7 +31,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,7 +42,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.errors import GraphDrained
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import RunControl
-from langgraph.types import Command, Durability
+from langgraph.types import Command, Durability, Interrupt
 from langsmith import Client
 
 from graphs.payables import TRANSIENT_DB_RETRY, build_graph, is_transient_db_error
@@ -72,6 +72,23 @@ START_DURABILITY: Durability = "async"
 """Checkpoints of a new request's leg: written behind the next step (no money moves yet)."""
 AFTER_APPROVAL_DURABILITY: Durability = "sync"
 """Checkpoints of resumed and continued legs, where approved irreversible actions run."""
+
+VIEW_KEYS = (
+    "route",
+    "status",
+    "request",
+    "user",
+    "plan",
+    "model_path",
+    "reason",
+    "summary",
+    "result",
+    "flags",
+)
+"""The state channels `Agent.view` shows; a leg returns them (`Agent._drive`)."""
+
+_INTERRUPTED = "__interrupt__"
+"""The key of a leg's output that lists its interrupts (LangGraph's ``ainvoke``, v1)."""
 
 _TASK_NOTE = re.compile(r"During task with name '([^']+)'")
 
@@ -279,21 +296,29 @@ class Agent:
         action: DeadLetterAction,
         replay_input: Any,
         durability: Durability,
-    ) -> None:
+    ) -> dict[str, Any] | None:
         """Run the graph on ``thread_id`` until it ends, pauses, stops or fails.
 
-        A stop request ends it with `RunStopped` after the step in flight has checkpointed;
-        an unexpected failure is recorded as a dead letter and ends it with `RunFailed`.
-        ``durability`` is the leg's (see the module docs).
+        Returns the state's `VIEW_KEYS` as the leg left them, with ``__interrupt__`` when
+        it paused (None when the leg emitted no state). A stop request ends it with
+        `RunStopped` after the step in flight has checkpointed; an unexpected failure is
+        recorded as a dead letter and ends it with `RunFailed`. ``durability`` is the
+        leg's (see the module docs).
         """
         if self.shutdown.requested:
             raise RunStopped(thread_id, self.shutdown.reason or "shutdown", [], started=False)
         config = self.traced_config(thread_id, context, actor=actor, action=action)
         with self.shutdown.control() as control, traced(self.tracing_client):
             try:
-                await self.graph.ainvoke(
-                    graph_input, config, context=context, durability=durability, control=control
+                output: dict[str, Any] | None = await self.graph.ainvoke(
+                    graph_input,
+                    config,
+                    context=context,
+                    durability=durability,
+                    control=control,
+                    output_keys=VIEW_KEYS,
                 )
+                return output
             except GraphDrained as drained:
                 snapshot = await self.graph.aget_state(self.config(thread_id))
                 raise RunStopped(thread_id, drained.reason, list(pending_steps(snapshot))) from None
@@ -410,7 +435,7 @@ class Agent:
                 )
             context = context or Context()
             run_input = {"request": request, "user": user, "attachments": attachments or []}
-            await self._drive(
+            output = await self._drive(
                 thread_id,
                 run_input,
                 context=context,
@@ -419,7 +444,7 @@ class Agent:
                 replay_input=run_input,
                 durability=START_DURABILITY,
             )
-            return await self.view(thread_id)
+            return await self.view_after(thread_id, output)
 
     async def pending(self, thread_id: str) -> list[tuple[str, ApprovalRequest]]:
         """The thread's pending approval interrupts as ``(interrupt_id, request)``."""
@@ -471,7 +496,7 @@ class Agent:
             # Refuse here what the approval node would refuse, so the caller gets an error
             # (exit 2) instead of a run that pauses again with an error in its payload.
             validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
-            await self._drive(
+            output = await self._drive(
                 thread_id,
                 Command(resume={target.id: value}),
                 context=context,
@@ -480,7 +505,7 @@ class Agent:
                 replay_input={"interrupt_id": target.id, "value": value},
                 durability=AFTER_APPROVAL_DURABILITY,
             )
-            return await self.view(thread_id)
+            return await self.view_after(thread_id, output)
 
     async def continue_run(
         self,
@@ -509,7 +534,7 @@ class Agent:
                 status = snapshot.values.get("status", "completed")
                 raise ResumeError(f"Thread {thread_id} already finished (status: {status}).")
             context = context or Context()
-            await self._drive(
+            output = await self._drive(
                 thread_id,
                 None,
                 context=context,
@@ -518,7 +543,17 @@ class Agent:
                 replay_input=None,
                 durability=AFTER_APPROVAL_DURABILITY,
             )
+            return await self.view_after(thread_id, output)
+
+    async def view_after(self, thread_id: str, output: dict[str, Any] | None) -> dict[str, Any]:
+        """`view` of a thread whose leg just returned ``output`` (see `_drive`).
+
+        A leg that ran to the end left nothing pending, so its output is the view's whole
+        source and the checkpoint need not be read back; a paused leg's view is read.
+        """
+        if not output or _INTERRUPTED in output:
             return await self.view(thread_id)
+        return self._view_of(thread_id, output, [], status=output.get("status", "completed"))
 
     async def view(self, thread_id: str) -> dict[str, Any]:
         """The thread as the CLI's ``--json`` prints it."""
@@ -526,6 +561,22 @@ class Agent:
         if not snapshot.values:
             raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
         values = snapshot.values
+        if snapshot.interrupts:
+            status = "interrupted"
+        elif pending_steps(snapshot):
+            status = "failed" if any(t.error for t in snapshot.tasks) else "running"
+        else:
+            status = values.get("status", "completed")
+        return self._view_of(thread_id, values, snapshot.interrupts, status=status)
+
+    @staticmethod
+    def _view_of(
+        thread_id: str,
+        values: dict[str, Any],
+        interrupts: Sequence[Interrupt],
+        *,
+        status: str,
+    ) -> dict[str, Any]:
         pending = [
             {
                 "interrupt_id": i.id,
@@ -537,17 +588,11 @@ class Agent:
                 "requester": i.value["requester"],
                 "error": i.value.get("error"),
             }
-            for i in snapshot.interrupts
+            for i in interrupts
             for action, evidence, step in zip(
                 i.value["action_requests"], i.value["evidence"], i.value["steps"], strict=True
             )
         ]
-        if snapshot.interrupts:
-            status = "interrupted"
-        elif pending_steps(snapshot):
-            status = "failed" if any(t.error for t in snapshot.tasks) else "running"
-        else:
-            status = values.get("status", "completed")
         plan = values.get("plan")
         return {
             "thread_id": thread_id,

@@ -335,8 +335,24 @@ async def _one(
     return await cur.fetchone()
 
 
-async def _invoice_row(ctx: CallContext, invoice_id: str, *, lock: bool = False) -> dict[str, Any]:
-    sql = "SELECT * FROM invoices WHERE invoice_id = %s" + (" FOR UPDATE" if lock else "")
+_INVOICE_WITH_LINES = """
+SELECT i.*,
+       COALESCE((SELECT jsonb_agg(jsonb_build_array(l.line_no, l.po_line_no, l.description,
+                                                    l.quantity::text, l.unit_price::text,
+                                                    l.amount::text) ORDER BY l.line_no)
+                 FROM invoice_lines l WHERE l.invoice_id = i.invoice_id), '[]') AS lines
+FROM invoices i WHERE i.invoice_id = %s
+"""
+"""An invoice and its lines in one statement (one snapshot); amounts travel as exact text."""
+
+
+async def _invoice_row(
+    ctx: CallContext, invoice_id: str, *, lock: bool = False, with_lines: bool = False
+) -> dict[str, Any]:
+    if with_lines:
+        sql = _INVOICE_WITH_LINES
+    else:
+        sql = "SELECT * FROM invoices WHERE invoice_id = %s" + (" FOR UPDATE" if lock else "")
     row = await _one(ctx.conn, sql, (invoice_id,))
     if row is None:
         raise ToolFailure(
@@ -360,20 +376,17 @@ async def _clerk_words(ctx: CallContext) -> str:
 
 async def get_invoice(ctx: CallContext, args: InvoiceArgs) -> InvoiceView:
     """Fetch an invoice with its lines."""
-    row = await _invoice_row(ctx, args.invoice_id)
-    cur = await ctx.conn.execute(
-        "SELECT * FROM invoice_lines WHERE invoice_id = %s ORDER BY line_no", (args.invoice_id,)
-    )
+    row = await _invoice_row(ctx, args.invoice_id, with_lines=True)
     lines = [
         InvoiceLineView(
-            line_no=r["line_no"],
-            po_line_no=r["po_line_no"],
-            description=r["description"],
-            quantity=_s(r["quantity"]),
-            unit_price=_s(r["unit_price"]),
-            amount=_s(r["amount"]),
+            line_no=line_no,
+            po_line_no=po_line_no,
+            description=description,
+            quantity=_s(quantity),
+            unit_price=_s(unit_price),
+            amount=_s(amount),
         )
-        for r in await cur.fetchall()
+        for line_no, po_line_no, description, quantity, unit_price, amount in row["lines"]
     ]
     return InvoiceView(
         invoice_id=row["invoice_id"],

@@ -367,15 +367,11 @@ class _GatedCall:
                     # Overrun the deadline: asyncio.timeout cancels this like a hung backend.
                     await asyncio.sleep(deadline_s + 1)
                 if key is not None:
-                    # Racing callers with the same key queue here until the first commits.
-                    await conn.execute(
-                        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,)
-                    )
-                    cur = await conn.execute(
-                        "SELECT result FROM tool_calls WHERE idempotency_key = %s", (key,)
-                    )
+                    # Racing callers with the same key queue here until the first commits
+                    # (migration 0009: the key's lock, then the lookup, in one call).
+                    cur = await conn.execute("SELECT tool_call_claim(%s) AS result", (key,))
                     done = await cur.fetchone()
-                    if done is not None:
+                    if done is not None and done["result"] is not None:
                         replay = _outcome(
                             self.step_id,
                             tool,

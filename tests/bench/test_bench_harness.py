@@ -141,6 +141,8 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
     levels = report["throughput"]["levels"]
     assert [level["concurrency"] for level in levels] == list(config.concurrency)
     assert all(level["runs"] > 0 and level["runs_per_s"] > 0 for level in levels)
+    assert all(level["bare_runs_per_s"] > 0 for level in levels)
+    assert levels[0]["speedup"] == levels[0]["bare_speedup"] == 1.0
     assert all(level["cpu_ms_per_run"] > 0 for level in levels)
     assert all(0 <= level["machine_cpu_busy"] <= 1 for level in levels)  # Linux /proc/stat
 
@@ -165,6 +167,7 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
     for heading in (
         "process CPU",
         "CPU ceiling",
+        "the same levels, nodes doing nothing",
         "Invoice flow",
         "Approval flow",
         "Checkpoint growth",

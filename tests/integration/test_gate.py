@@ -211,3 +211,29 @@ async def test_business_failure_is_structured_and_changes_nothing(database: Data
     assert "flag_exception" in outcome["error"]["hint"]
     assert await count(database, "SELECT count(*) FROM tool_calls") == 0
     assert await count(database, "SELECT count(*) FROM invoices WHERE status = 'staged'") == 0
+
+
+async def test_get_invoice_reads_every_line_with_exact_amounts(database: Database) -> None:
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT line_no, po_line_no, description, quantity, unit_price, amount"
+            " FROM invoice_lines WHERE invoice_id = 'INV-1001' ORDER BY line_no"
+        )
+        stored = await cur.fetchall()
+    outcome = await gate_with(database).call(
+        thread_id="t",
+        step_id="s1",
+        route="invoice_processing",
+        requester="clerk",
+        tool="get_invoice",
+        args={"invoice_id": "INV-1001"},
+        run=RUN,
+    )
+    assert outcome["ok"], outcome["error"]
+    lines = outcome["result"]["lines"]
+    assert len(stored) >= 2 and len(lines) == len(stored)
+    for line, row in zip(lines, stored, strict=True):
+        assert line["line_no"] == row["line_no"] and line["po_line_no"] == row["po_line_no"]
+        assert line["description"] == row["description"]
+        for column in ("quantity", "unit_price", "amount"):
+            assert line[column] == str(row[column])  # Decimal's own text: no float rounding
