@@ -13,7 +13,7 @@ from state.db import Database
 from tests.approvals import grant
 from tools.ap import AP_TOOLS
 from tools.contract import CallContext, Tier, ToolArgs, ToolResult, ToolSpec
-from tools.gate import ToolGate
+from tools.gate import ToolGate, ToolOutcome
 from tools.registry import ToolRegistry
 
 pytestmark = pytest.mark.integration
@@ -48,6 +48,21 @@ def gate_with(database: Database, *extra: ToolSpec[Any, Any]) -> ToolGate:
     return ToolGate(database, ToolRegistry([*AP_TOOLS, *extra]))
 
 
+async def clerk_call(
+    gate: ToolGate, tool: str, args: dict[str, Any], *, step_id: str
+) -> ToolOutcome:
+    """A clerk's call of ``tool`` on thread ``t``, routed as invoice processing."""
+    return await gate.call(
+        thread_id="t",
+        step_id=step_id,
+        route="invoice_processing",
+        requester="clerk",
+        tool=tool,
+        args=args,
+        run=RUN,
+    )
+
+
 async def count(database: Database, sql: str) -> int:
     async with database.connection() as conn:
         cur = await conn.execute(sql)
@@ -67,15 +82,7 @@ async def test_timeout_rolls_back_and_says_retry(database: Database) -> None:
         handler=slow_note,
         timeout_s=0.3,
     )
-    outcome = await gate_with(database, slow).call(
-        thread_id="t",
-        step_id="s1",
-        route="invoice_processing",
-        requester="clerk",
-        tool="slow_note",
-        args={"text": "x"},
-        run=RUN,
-    )
+    outcome = await clerk_call(gate_with(database, slow), "slow_note", {"text": "x"}, step_id="s1")
     assert outcome["ok"] is False and outcome["error"] is not None
     assert outcome["error"]["code"] == "timeout" and outcome["error"]["retryable"]
     assert await count(database, "SELECT count(*) FROM invoice_exceptions") == 0
@@ -84,17 +91,9 @@ async def test_timeout_rolls_back_and_says_retry(database: Database) -> None:
 
 async def test_same_key_replays_instead_of_writing_again(database: Database) -> None:
     gate = ToolGate(database)
-    call = {
-        "thread_id": "t",
-        "step_id": "p2s1",
-        "route": "invoice_processing",
-        "requester": "clerk",
-        "tool": "flag_exception",
-        "run": RUN,
-        "args": {"invoice_id": "INV-1019", "codes": ["duplicate_invoice"], "detail": "dup"},
-    }
-    first = await gate.call(**call)
-    second = await gate.call(**call)
+    args = {"invoice_id": "INV-1019", "codes": ["duplicate_invoice"], "detail": "dup"}
+    first = await clerk_call(gate, "flag_exception", args, step_id="p2s1")
+    second = await clerk_call(gate, "flag_exception", args, step_id="p2s1")
     assert first["ok"] and not first["replayed"]
     assert second["ok"] and second["replayed"]
     assert second["result"] == first["result"]
@@ -104,30 +103,21 @@ async def test_same_key_replays_instead_of_writing_again(database: Database) -> 
 
 async def test_racing_calls_with_one_key_write_once(database: Database) -> None:
     gate = ToolGate(database)
-    call = {
-        "thread_id": "t",
-        "step_id": "p2s1",
-        "route": "invoice_processing",
-        "requester": "clerk",
-        "tool": "stage_invoice",
-        "run": RUN,
-        "args": {"invoice_id": "INV-1001"},
-    }
-    outcomes = await asyncio.gather(*(gate.call(**call) for _ in range(5)))
+    args = {"invoice_id": "INV-1001"}
+    outcomes = await asyncio.gather(
+        *(clerk_call(gate, "stage_invoice", args, step_id="p2s1") for _ in range(5))
+    )
     assert all(o["ok"] for o in outcomes)
     assert sum(not o["replayed"] for o in outcomes) == 1
     assert await count(database, "SELECT count(*) FROM tool_calls") == 1
 
 
 async def test_irreversible_call_without_approval_is_refused(database: Database) -> None:
-    outcome = await ToolGate(database).call(
-        thread_id="t",
+    outcome = await clerk_call(
+        ToolGate(database),
+        "schedule_payment",
+        {"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD"},
         step_id="p2s2",
-        route="invoice_processing",
-        requester="clerk",
-        tool="schedule_payment",
-        args={"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD"},
-        run=RUN,
     )
     assert outcome["error"] is not None and outcome["error"]["code"] == "approval_required"
     assert await count(database, "SELECT count(*) FROM payments WHERE thread_id = 't'") == 0
@@ -150,25 +140,11 @@ async def test_approval_is_bound_to_the_exact_args(database: Database) -> None:
             reviewer="rev",
             role="approver",
         )
-    other = await gate.call(
-        thread_id="t",
-        step_id="p2s2",
-        route="invoice_processing",
-        requester="clerk",
-        tool="schedule_payment",
-        args={**approved, "amount": "2.00"},
-        run=RUN,
+    other = await clerk_call(
+        gate, "schedule_payment", {**approved, "amount": "2.00"}, step_id="p2s2"
     )
     assert other["error"] is not None and other["error"]["code"] == "approval_required"
-    same = await gate.call(
-        thread_id="t",
-        step_id="p2s2",
-        route="invoice_processing",
-        requester="clerk",
-        tool="schedule_payment",
-        args=approved,
-        run=RUN,
-    )
+    same = await clerk_call(gate, "schedule_payment", approved, step_id="p2s2")
     assert same["ok"], same["error"]
     assert await count(database, "SELECT count(*) FROM payments WHERE thread_id = 't'") == 1
 
@@ -184,27 +160,13 @@ async def test_requester_approval_does_not_count(database: Database) -> None:
             reviewer="clerk",
             role="controller",
         )
-    outcome = await ToolGate(database).call(
-        thread_id="t",
-        step_id="p2s2",
-        route="invoice_processing",
-        requester="clerk",
-        tool="schedule_payment",
-        args=args,
-        run=RUN,
-    )
+    outcome = await clerk_call(ToolGate(database), "schedule_payment", args, step_id="p2s2")
     assert outcome["error"] is not None and outcome["error"]["code"] == "approval_required"
 
 
 async def test_business_failure_is_structured_and_changes_nothing(database: Database) -> None:
-    outcome = await ToolGate(database).call(
-        thread_id="t",
-        step_id="p2s1",
-        route="invoice_processing",
-        requester="clerk",
-        tool="stage_invoice",
-        args={"invoice_id": "INV-1019"},
-        run=RUN,
+    outcome = await clerk_call(
+        ToolGate(database), "stage_invoice", {"invoice_id": "INV-1019"}, step_id="p2s1"
     )
     assert outcome["error"] is not None
     assert outcome["error"]["code"] == "match_exceptions"
@@ -220,16 +182,10 @@ async def test_get_invoice_reads_every_line_with_exact_amounts(database: Databas
             " FROM invoice_lines WHERE invoice_id = 'INV-1001' ORDER BY line_no"
         )
         stored = await cur.fetchall()
-    outcome = await gate_with(database).call(
-        thread_id="t",
-        step_id="s1",
-        route="invoice_processing",
-        requester="clerk",
-        tool="get_invoice",
-        args={"invoice_id": "INV-1001"},
-        run=RUN,
+    outcome = await clerk_call(
+        gate_with(database), "get_invoice", {"invoice_id": "INV-1001"}, step_id="s1"
     )
-    assert outcome["ok"], outcome["error"]
+    assert outcome["ok"] and outcome["result"] is not None, outcome["error"]
     lines = outcome["result"]["lines"]
     assert len(stored) >= 2 and len(lines) == len(stored)
     for line, row in zip(lines, stored, strict=True):
