@@ -26,6 +26,13 @@ _SPREAD_ACCOUNT_RE = re.compile(
 )
 # Bare account numbers: 10+ digits not part of an amount or an id with a dash.
 DIGITS_RE = re.compile(r"(?<![\d.,\-])\d{10,}(?![\d.,])")
+# The ids this system mints: UUIDs (threads, checkpoints, runs) and 32- or 64-digit hex
+# (interrupt ids, digests, idempotency keys). Their hex can hold 10+ digits in a row after a
+# letter ("...-d39359504819"), which is not an account; masking it broke the id.
+_MINTED_ID_RE = re.compile(
+    r"(?<![\w\-])(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"|[0-9a-f]{64}|[0-9a-f]{32})(?![\w\-])"
+)
 MASKED_ACCOUNT_RE = re.compile(r"\*{4}[A-Z0-9]{4}\b")
 SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{12,}"), "[secret]"),
@@ -95,7 +102,19 @@ def redact_text(text: str) -> str:
         )
     text = ACCOUNT_RE.sub(lambda m: mask_account(m.group(0)) or "", text)
     text = _SPREAD_ACCOUNT_RE.sub(_mask_if_valid, text)
-    return DIGITS_RE.sub(lambda m: "****" + m.group(0)[-4:], text)
+    return _mask_bare_digits(text)
+
+
+def _mask_bare_digits(text: str) -> str:
+    """`DIGITS_RE` runs masked to their last four, except inside an id the system minted."""
+    ids = [m.span() for m in _MINTED_ID_RE.finditer(text)]
+
+    def mask(match: re.Match[str]) -> str:
+        if any(start <= match.start() < end for start, end in ids):
+            return match.group(0)
+        return "****" + match.group(0)[-4:]
+
+    return DIGITS_RE.sub(mask, text)
 
 
 def _mask_if_valid(match: re.Match[str]) -> str:

@@ -26,6 +26,23 @@ def test_accounts_cards_and_secrets_are_masked() -> None:
     assert find_unmasked(text)
 
 
+@pytest.mark.parametrize(
+    "minted",
+    [
+        "1f1f0b56-e4fd-6d63-8004-d39359504819",  # a checkpoint id that was masked before
+        "5f3c0e1d2b7a49e8c1234567890abcde",  # an interrupt id's shape
+        "c0ffee" + "1234567890" * 5 + "abcdefab",  # a sha256 digest's shape
+    ],
+)
+def test_ids_the_system_mints_survive_while_accounts_beside_them_do_not(minted: str) -> None:
+    payload = {"checkpoint_id": minted, "note": f"see {minted}; account 12345678901"}
+    assert redact(payload) == {
+        "checkpoint_id": minted,
+        "note": f"see {minted}; account ****8901",
+    }
+    assert redact_text(f"x{minted}") != f"x{minted}"  # glued to other text: not an id
+
+
 def test_redact_walks_nested_values() -> None:
     value = {"a": ["NL23KNAB0257394811", {"b": ("token=abc123secret",)}], "n": 5}
     assert redact(value) == {"a": ["****4811", {"b": ("token=[secret]",)}], "n": 5}
