@@ -237,7 +237,12 @@ def make_executor(deps: NodeDeps) -> Node:
             # A failed step ends the phase: later steps may depend on it. The verifier
             # decides between re-planning and escalation.
             return Command(goto="verifier", update=update)
-        return Command(goto="executor", update=update)
+        # After the phase's last step, straight to the verifier: an executor step with
+        # nothing left to run would only route there, at the price of a checkpoint.
+        following: Literal["executor", "verifier"] = (
+            "executor" if cursor + 1 < len(plan["steps"]) else "verifier"
+        )
+        return Command(goto=following, update=update)
 
     return executor
 
