@@ -47,7 +47,7 @@ def test_sigterm_in_the_payment_step_checkpoints_it_and_continue_pays_once(
     stopped = payables_json(cli_env, "show", thread, "--history")
     assert stopped["status"] == "running"
     last = stopped["history"][-1]
-    assert last["next"] == ["executor"], last  # the payment step is in the checkpoint
+    assert last["next"] == ["verifier"], last  # the payment step (the last) is checkpointed
     assert stopped["pending_approvals"] == []
 
     done = payables_json(cli_env, "continue", thread)
