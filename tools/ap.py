@@ -20,6 +20,7 @@ from guards.redaction import find_unmasked, mask_account
 from state.routes import Route
 from tools.contract import CallContext, Tier, ToolArgs, ToolFailure, ToolResult, ToolSpec
 from tools.matching import (
+    MatchInputs,
     MatchResult,
     compute_three_way_match,
     load_match_inputs,
@@ -347,12 +348,9 @@ FROM invoices i WHERE i.invoice_id = %s
 
 
 async def _invoice_row(
-    ctx: CallContext, invoice_id: str, *, lock: bool = False, with_lines: bool = False
+    ctx: CallContext, invoice_id: str, *, with_lines: bool = False
 ) -> dict[str, Any]:
-    if with_lines:
-        sql = _INVOICE_WITH_LINES
-    else:
-        sql = "SELECT * FROM invoices WHERE invoice_id = %s" + (" FOR UPDATE" if lock else "")
+    sql = _INVOICE_WITH_LINES if with_lines else "SELECT * FROM invoices WHERE invoice_id = %s"
     row = await _one(ctx.conn, sql, (invoice_id,))
     if row is None:
         raise ToolFailure(
@@ -579,27 +577,33 @@ async def payment_status(ctx: CallContext, args: InvoiceArgs) -> PaymentStatusVi
     )
 
 
-async def _match_for(ctx: CallContext, invoice_id: str) -> MatchResult:
-    inputs = await load_match_inputs(ctx.conn, invoice_id)
-    if inputs is None:
-        raise ToolFailure("invoice_not_found", f"No invoice {invoice_id!r} exists.")
-    return compute_three_way_match(inputs, tolerances_from(ctx.run))
+def _locked_invoice(ctx: CallContext, invoice_id: str) -> MatchInputs:
+    """The invoice the gate locked and read for this call (`CallContext.invoice`)."""
+    if ctx.invoice is None:
+        raise ToolFailure(
+            "invoice_not_found",
+            f"No invoice {invoice_id!r} exists.",
+            hint="Check the id with find_invoices.",
+        )
+    if ctx.invoice.invoice.invoice_id != invoice_id:  # the gate reads the call's own invoice_id
+        raise RuntimeError(f"the gate read {ctx.invoice.invoice.invoice_id}, not {invoice_id}")
+    return ctx.invoice
 
 
 async def stage_invoice(ctx: CallContext, args: StageInvoiceArgs) -> InvoiceStatusChange:
     """Mark a matched invoice as staged for payment (reversible)."""
-    row = await _invoice_row(ctx, args.invoice_id, lock=True)
-    if row["status"] == "staged":
+    inputs = _locked_invoice(ctx, args.invoice_id)
+    status = inputs.invoice.status
+    if status == "staged":
         return InvoiceStatusChange(
             invoice_id=args.invoice_id, previous_status="staged", status="staged"
         )
-    if row["status"] not in {"received", "flagged"}:
+    if status not in {"received", "flagged"}:
         raise ToolFailure(
             "invalid_status",
-            f"{args.invoice_id} is {row['status']}; only "
-            "received or flagged invoices can be staged.",
+            f"{args.invoice_id} is {status}; only received or flagged invoices can be staged.",
         )
-    match = await _match_for(ctx, args.invoice_id)
+    match = compute_three_way_match(inputs, tolerances_from(ctx.run))
     blocking = [e.code for e in match.exceptions if e.blocking]
     if blocking:
         raise ToolFailure(
@@ -610,17 +614,13 @@ async def stage_invoice(ctx: CallContext, args: StageInvoiceArgs) -> InvoiceStat
     await ctx.conn.execute(
         "UPDATE invoices SET status = 'staged' WHERE invoice_id = %s", (args.invoice_id,)
     )
-    return InvoiceStatusChange(
-        invoice_id=args.invoice_id, previous_status=row["status"], status="staged"
-    )
+    return InvoiceStatusChange(invoice_id=args.invoice_id, previous_status=status, status="staged")
 
 
 async def flag_exception(ctx: CallContext, args: FlagExceptionArgs) -> ExceptionRecorded:
     """Queue an invoice exception for people and mark the invoice flagged (reversible)."""
-    row = await _invoice_row(ctx, args.invoice_id, lock=True)
-    if row["status"] in {"scheduled", "paid"}:
-        status = row["status"]
-    else:
+    status = _locked_invoice(ctx, args.invoice_id).invoice.status
+    if status not in {"scheduled", "paid"}:
         status = "flagged"
         await ctx.conn.execute(
             "UPDATE invoices SET status = 'flagged' WHERE invoice_id = %s", (args.invoice_id,)
@@ -648,57 +648,54 @@ async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> Payme
             f"{args.invoice_id} is not one of the invoices the clerk asked to pay.",
             hint="Only invoices named in the request are paid; start a new request for others.",
         )
-    row = await _invoice_row(ctx, args.invoice_id, lock=True)
-    if row["status"] != "staged":
-        code = "already_paid" if row["status"] in {"scheduled", "paid"} else "not_staged"
+    inputs = _locked_invoice(ctx, args.invoice_id)
+    invoice, vendor = inputs.invoice, inputs.vendor
+    if invoice.status != "staged":
+        code = "already_paid" if invoice.status in {"scheduled", "paid"} else "not_staged"
         raise ToolFailure(
             code,
-            f"{args.invoice_id} is {row['status']}; only staged invoices "
+            f"{args.invoice_id} is {invoice.status}; only staged invoices "
             "can be scheduled for payment.",
             hint="Stage it first." if code == "not_staged" else "",
         )
-    match = await _match_for(ctx, args.invoice_id)
+    match = compute_three_way_match(inputs, tolerances_from(ctx.run))
     blocking = [e.code for e in match.exceptions if e.blocking]
     if blocking:
         raise ToolFailure(
             "match_exceptions", f"{args.invoice_id} cannot be paid: {', '.join(blocking)}."
         )
-    if args.currency != row["currency"].strip():
+    if args.currency != invoice.currency:
         raise ToolFailure(
             "currency_mismatch",
-            f"Payment currency {args.currency} differs from invoice "
-            f"currency {row['currency'].strip()}.",
+            f"Payment currency {args.currency} differs from invoice currency {invoice.currency}.",
         )
-    if args.amount > row["total"]:
+    if args.amount > invoice.total:
         raise ToolFailure(
-            "amount_over_invoice", f"Amount {args.amount} exceeds the invoice total {row['total']}."
+            "amount_over_invoice",
+            f"Amount {args.amount} exceeds the invoice total {invoice.total}.",
         )
-    vendor = await _one(
-        ctx.conn, "SELECT remit_bank_account FROM vendors WHERE vendor_id = %s", (row["vendor_id"],)
-    )
-    assert vendor is not None and ctx.idempotency_key is not None
-    pay_on = args.pay_on or row["due_date"] or (date.today() + timedelta(days=30))
+    assert ctx.idempotency_key is not None
+    pay_on = args.pay_on or invoice.due_date or (date.today() + timedelta(days=30))
     payment_id = "PAY-" + ctx.idempotency_key[-12:].upper()
     approved_by = json.dumps([{"id": r.id, "role": r.role} for r in ctx.approvers])
-    try:
-        async with ctx.conn.transaction():
-            await ctx.conn.execute(
-                "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency,"
-                " payee_account, pay_on, status, idempotency_key, thread_id, approved_by)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,'scheduled',%s,%s,%s)",
-                (
-                    payment_id,
-                    args.invoice_id,
-                    row["vendor_id"],
-                    args.amount,
-                    args.currency,
-                    vendor["remit_bank_account"],
-                    pay_on,
-                    ctx.idempotency_key,
-                    ctx.thread_id,
-                    approved_by,
-                ),
-            )
+    try:  # the refusal this raises rolls the gate's transaction back: no savepoint needed
+        await ctx.conn.execute(
+            "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency,"
+            " payee_account, pay_on, status, idempotency_key, thread_id, approved_by)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,'scheduled',%s,%s,%s)",
+            (
+                payment_id,
+                args.invoice_id,
+                invoice.vendor_id,
+                args.amount,
+                args.currency,
+                vendor.remit_bank_account,
+                pay_on,
+                ctx.idempotency_key,
+                ctx.thread_id,
+                approved_by,
+            ),
+        )
     except psycopg.errors.UniqueViolation as exc:
         raise ToolFailure("already_paid", f"{args.invoice_id} already has a live payment.") from exc
     await ctx.conn.execute(
@@ -707,11 +704,11 @@ async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> Payme
     return PaymentScheduled(
         payment_id=payment_id,
         invoice_id=args.invoice_id,
-        vendor_id=row["vendor_id"],
+        vendor_id=invoice.vendor_id,
         amount=str(args.amount),
         currency=args.currency,
         pay_on=str(pay_on),
-        payee_account_masked=mask_account(vendor["remit_bank_account"]) or "",
+        payee_account_masked=mask_account(vendor.remit_bank_account) or "",
         status="scheduled",
     )
 

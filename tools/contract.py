@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from runtime.context import Context
 from runtime.errors import PayablesError
+from tools.matching import MatchInputs
 
 
 class Tier(StrEnum):
@@ -108,6 +109,10 @@ class CallContext:
     run: Context
     idempotency_key: str | None = None
     approvers: tuple[Reviewer, ...] = ()
+    invoice: MatchInputs | None = None
+    """For a write whose arguments name an ``invoice_id``: that invoice's match inputs, read
+    after the gate locked its row in this transaction (None when no such invoice exists).
+    Handlers that change an invoice decide on this read rather than reading it again."""
 
 
 ArgsT = TypeVar("ArgsT", bound=ToolArgs)

@@ -62,7 +62,7 @@ from tools.contract import (
     canonical_json,
     idempotency_key,
 )
-from tools.matching import MatchResult, compute_three_way_match, load_match_inputs, tolerances_from
+from tools.matching import MatchInputs, compute_three_way_match, load_match_inputs, tolerances_from
 from tools.policy import ApprovalRequirement, approval_requirement
 from tools.registry import DEFAULT_REGISTRY, ToolRegistry
 
@@ -356,109 +356,141 @@ class _GatedCall:
             else None
         )
         async with asyncio.timeout(deadline_s), self.gate.database.connection() as conn:
-            # A read writes nothing but its audit row, one statement: it needs no transaction
-            # (under READ COMMITTED its statements would not share a snapshot in one anyway).
-            async with nullcontext() if tier is Tier.READ else conn.transaction():
-                if fault == "error":
-                    raise psycopg.OperationalError(
-                        f"backend error injected into {tool} by {FAULTS_ENV_VAR}"
-                    )
-                if fault == "timeout":
-                    # Overrun the deadline: asyncio.timeout cancels this like a hung backend.
-                    await asyncio.sleep(deadline_s + 1)
-                if key is not None:
-                    # Racing callers with the same key queue here until the first commits
-                    # (migration 0009: the key's lock, then the lookup, in one call).
-                    cur = await conn.execute("SELECT tool_call_claim(%s) AS result", (key,))
-                    done = await cur.fetchone()
-                    if done is not None and done["result"] is not None:
-                        replay = _outcome(
+            try:
+                # A read writes nothing but its audit row, one statement: it needs no
+                # transaction (under READ COMMITTED its statements would not share a
+                # snapshot in one anyway).
+                async with nullcontext() if tier is Tier.READ else conn.transaction():
+                    return await self._in_transaction(conn, spec, validated, key, fault)
+            except _Refused as refused:
+                # It left the call's transaction by raising, which rolled back whatever the
+                # handler wrote; a refusal changes nothing, so its row needs no transaction.
+                return await self.audit(refused.outcome, conn)
+
+    async def _in_transaction(
+        self,
+        conn: psycopg.AsyncConnection[dict[str, Any]],
+        spec: ToolSpec[Any, Any],
+        validated: dict[str, Any],
+        key: str | None,
+        fault: str | None,
+    ) -> ToolOutcome:
+        tool, tier = spec.name, spec.tier
+        if fault == "error":
+            raise psycopg.OperationalError(
+                f"backend error injected into {tool} by {FAULTS_ENV_VAR}"
+            )
+        if fault == "timeout":
+            # Overrun the deadline: asyncio.timeout cancels this like a hung backend.
+            await asyncio.sleep(math.inf)
+        invoice: MatchInputs | None = None
+        approvers: tuple[Reviewer, ...] = ()
+        if key is not None:  # every write is keyed (`Tier.needs_idempotency_key`)
+            invoice_id = _named_invoice(validated)
+            # Racing callers with the same key queue here until the first commits; a new
+            # call then locks the invoice it names (migrations 0009 and 0010).
+            cur = await conn.execute("SELECT tool_call_claim(%s, %s) AS result", (key, invoice_id))
+            done = await cur.fetchone()
+            if done is not None and done["result"] is not None:
+                replay = _outcome(
+                    self.step_id,
+                    tool,
+                    tier.value,
+                    validated,
+                    result=done["result"],
+                    key=key,
+                    replayed=True,
+                )
+                return await self.audit(replay, conn)
+            if invoice_id is not None:  # read after the lock: nothing can change it now
+                invoice = await load_match_inputs(conn, invoice_id)
+            requirement = self.gate.requirement_given(spec, validated, self.run, invoice)
+            if requirement.required:
+                approvers, rejections = await self.gate.approvers(
+                    conn, self.thread_id, self.step_id, tool, validated
+                )
+                if rejections:
+                    raise _Refused(
+                        refusal(
                             self.step_id,
                             tool,
                             tier.value,
                             validated,
-                            result=done["result"],
-                            key=key,
-                            replayed=True,
+                            "rejected",
+                            "A reviewer rejected this call: " + "; ".join(rejections) + ".",
                         )
-                        return await self.audit(replay, conn)
-                approvers: tuple[Reviewer, ...] = ()
-                if tier is not Tier.READ:
-                    requirement = await self.gate.requirement(conn, spec, validated, self.run)
-                    if requirement.required:
-                        approvers, rejections = await self.gate.approvers(
-                            conn, self.thread_id, self.step_id, tool, validated
-                        )
-                        if rejections:
-                            refused = refusal(
-                                self.step_id,
-                                tool,
-                                tier.value,
-                                validated,
-                                "rejected",
-                                "A reviewer rejected this call: " + "; ".join(rejections) + ".",
-                            )
-                            return await self.audit(refused, conn)
-                        unmet = requirement.unmet(approvers, self.requester)
-                        if unmet:
-                            refused = refusal(
-                                self.step_id,
-                                tool,
-                                tier.value,
-                                validated,
-                                "approval_required",
-                                f"{tool} needs approval: {'; '.join(unmet)}.",
-                                hint="Only the approval step can grant this; "
-                                "reasons: " + "; ".join(requirement.reasons),
-                            )
-                            return await self.audit(refused, conn)
-                ctx = CallContext(
-                    conn=conn,
-                    thread_id=self.thread_id,
-                    step_id=self.step_id,
-                    requester=self.requester,
-                    run=self.run,
-                    idempotency_key=key,
-                    approvers=approvers,
-                )
-                try:
-                    args_model = spec.args_model.model_validate(validated)
-                    if tier is Tier.READ:  # nothing to undo, and no transaction to save
-                        result = await spec.handler(ctx, args_model)
-                    else:
-                        async with conn.transaction():  # a refusal undoes the call's writes
-                            result = await spec.handler(ctx, args_model)
-                except ToolFailure as failure:
-                    if failure.retryable:
-                        raise  # a backend failure: the whole attempt rolls back
-                    refused = refusal(
-                        self.step_id,
-                        tool,
-                        tier.value,
-                        validated,
-                        failure.code,
-                        failure.message,
-                        failure.hint,
-                        failure.retryable,
                     )
-                    return await self.audit(refused, conn)
-                payload = spec.result_model.model_validate(result).model_dump(mode="json")
-                if key is not None:
-                    await conn.execute(
-                        "INSERT INTO tool_calls (idempotency_key, thread_id, step_id, tool,"
-                        " args, tier, result) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                        (
-                            key,
-                            self.thread_id,
+                unmet = requirement.unmet(approvers, self.requester)
+                if unmet:
+                    raise _Refused(
+                        refusal(
                             self.step_id,
                             tool,
-                            canonical_json(validated),
                             tier.value,
-                            canonical_json(payload),
-                        ),
+                            validated,
+                            "approval_required",
+                            f"{tool} needs approval: {'; '.join(unmet)}.",
+                            hint="Only the approval step can grant this; "
+                            "reasons: " + "; ".join(requirement.reasons),
+                        )
                     )
-                ran = _outcome(self.step_id, tool, tier.value, validated, result=payload, key=key)
-                return await self.audit(ran, conn)  # last in the transaction: holds the chain lock
+        ctx = CallContext(
+            conn=conn,
+            thread_id=self.thread_id,
+            step_id=self.step_id,
+            requester=self.requester,
+            run=self.run,
+            idempotency_key=key,
+            approvers=approvers,
+            invoice=invoice,
+        )
+        try:
+            result = await spec.handler(ctx, spec.args_model.model_validate(validated))
+        except ToolFailure as failure:
+            if failure.retryable:
+                raise  # a backend failure: the whole attempt rolls back
+            raise _Refused(
+                refusal(
+                    self.step_id,
+                    tool,
+                    tier.value,
+                    validated,
+                    failure.code,
+                    failure.message,
+                    failure.hint,
+                    failure.retryable,
+                )
+            ) from failure
+        payload = spec.result_model.model_validate(result).model_dump(mode="json")
+        if key is not None:
+            await conn.execute(
+                "INSERT INTO tool_calls (idempotency_key, thread_id, step_id, tool,"
+                " args, tier, result) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    key,
+                    self.thread_id,
+                    self.step_id,
+                    tool,
+                    canonical_json(validated),
+                    tier.value,
+                    canonical_json(payload),
+                ),
+            )
+        ran = _outcome(self.step_id, tool, tier.value, validated, result=payload, key=key)
+        return await self.audit(ran, conn)  # last in the transaction: holds the chain lock
+
+
+class _Refused(Exception):
+    """A call refused inside its transaction, raised so that the transaction rolls back."""
+
+    def __init__(self, outcome: ToolOutcome) -> None:
+        super().__init__(outcome["error"]["code"] if outcome["error"] else "refused")
+        self.outcome = outcome
+
+
+def _named_invoice(args: dict[str, Any]) -> str | None:
+    invoice_id = args.get("invoice_id")
+    return invoice_id if isinstance(invoice_id, str) else None
 
 
 class ToolGate:
@@ -530,6 +562,14 @@ class ToolGate:
             )
         return spec, validated.model_dump(mode="json")
 
+    @staticmethod
+    def requirement_given(
+        spec: ToolSpec[Any, Any], args: dict[str, Any], run: Context, invoice: MatchInputs | None
+    ) -> ApprovalRequirement:
+        """The approval requirement for a validated call, given the invoice it names as read."""
+        match = compute_three_way_match(invoice, tolerances_from(run)) if invoice else None
+        return approval_requirement(spec.name, spec.tier, args, run, match)
+
     async def requirement(
         self,
         conn: psycopg.AsyncConnection[dict[str, Any]],
@@ -538,13 +578,9 @@ class ToolGate:
         run: Context,
     ) -> ApprovalRequirement:
         """The approval requirement for a validated call, from database facts."""
-        match: MatchResult | None = None
-        invoice_id = args.get("invoice_id")
-        if isinstance(invoice_id, str) and spec.tier is not Tier.READ:
-            inputs = await load_match_inputs(conn, invoice_id)
-            if inputs is not None:
-                match = compute_three_way_match(inputs, tolerances_from(run))
-        return approval_requirement(spec.name, spec.tier, args, run, match)
+        invoice_id = _named_invoice(args) if spec.tier is not Tier.READ else None
+        invoice = await load_match_inputs(conn, invoice_id) if invoice_id else None
+        return self.requirement_given(spec, args, run, invoice)
 
     async def requirement_for(
         self, route: str, tool: str, args: dict[str, Any], run: Context

@@ -63,6 +63,7 @@ class InvoiceRec:
     bank_account: str | None
     status: str
     lines: tuple[InvoiceLineRec, ...]
+    due_date: date | None = None
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
 
 _MATCH_INPUTS = """
 SELECT i.invoice_id, i.vendor_id, i.invoice_number, i.po_number, i.invoice_date, i.currency,
-       i.subtotal, i.tax, i.total, i.bank_account, i.status,
+       i.subtotal, i.tax, i.total, i.bank_account, i.status, i.due_date,
        v.currency AS vendor_currency, v.remit_bank_account, v.status AS vendor_status,
        p.po_number AS po_found, p.vendor_id AS po_vendor_id, p.currency AS po_currency,
        p.status AS po_status,
@@ -336,9 +337,10 @@ JOIN vendors v ON v.vendor_id = i.vendor_id  -- invoices.vendor_id is a foreign 
 LEFT JOIN purchase_orders p ON p.po_number = i.po_number
 WHERE i.invoice_id = %s
 """
-"""Everything a match needs, in one statement: it runs up to three times per staged invoice
-(the match, the gate's approval check, the staging's own re-check). Quantities and prices
-travel as text inside the JSON, so they arrive as exact decimals."""
+"""Everything a match needs, in one statement: it runs twice per staged invoice (the match
+tool, and the gate's read under the invoice's lock, which the approval check and the handler
+share). Quantities and prices travel as text inside the JSON, so they arrive as exact
+decimals."""
 
 
 async def load_match_inputs(
@@ -365,6 +367,7 @@ async def load_match_inputs(
             InvoiceLineRec(line_no, po_line_no, text, Decimal(qty), Decimal(price), Decimal(amt))
             for line_no, po_line_no, text, qty, price, amt in row["lines"]
         ),
+        row["due_date"],
     )
     vendor = VendorRec(
         row["vendor_id"],

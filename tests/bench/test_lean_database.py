@@ -229,7 +229,7 @@ async def test_an_audit_append_is_one_statement_once_the_head_is_known(
 async def test_an_invoice_flow_run_stays_within_its_round_trips(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 146 before the performance work, 62 after (bare LangGraph: about 40): a change that
+    # 146 before the performance work, 55 after (bare LangGraph: about 33): a change that
     # adds statements to every run shows here, with the list to see which.
     async with open_agent(database=database) as agent:
         await agent.start("Validate INV-1002", user="clerk-ana")  # warm: pools, chain head
@@ -237,7 +237,7 @@ async def test_an_invoice_flow_run_stays_within_its_round_trips(
         view = await agent.start("Validate INV-1002", user="clerk-ana")
     assert view["status"] == "completed"
     sent = "\n".join(counter.sent)
-    assert len(counter.sent) <= 66, f"{len(counter.sent)} round trips:\n{sent}"
+    assert len(counter.sent) <= 58, f"{len(counter.sent)} round trips:\n{sent}"
     assert not any("FROM tenant_daily_costs WHERE" in s for s in counter.sent)  # spend reused
     assert sum("INSERT INTO step_metrics" in s for s in counter.sent) == 1
 

@@ -12,7 +12,7 @@ from runtime.context import Context
 from state.db import Database
 from tests.approvals import grant
 from tools.ap import AP_TOOLS
-from tools.contract import CallContext, Tier, ToolArgs, ToolResult, ToolSpec
+from tools.contract import CallContext, Tier, ToolArgs, ToolFailure, ToolResult, ToolSpec
 from tools.gate import ToolGate, ToolOutcome
 from tools.registry import ToolRegistry
 
@@ -42,6 +42,16 @@ async def slow_note(ctx: CallContext, args: NoteArgs) -> NoteResult:
     )
     await asyncio.sleep(5)
     return NoteResult(count=1)
+
+
+async def note_then_refuse(ctx: CallContext, args: NoteArgs) -> NoteResult:
+    """Write an exception row, then refuse the call (as a handler's business rule would)."""
+    await ctx.conn.execute(
+        "INSERT INTO invoice_exceptions (invoice_id, codes, detail, idempotency_key)"
+        " VALUES ('INV-1001', ARRAY['note'], %s, %s)",
+        (args.text, ctx.idempotency_key),
+    )
+    raise ToolFailure("note_refused", "The note was refused after it was written.")
 
 
 def gate_with(database: Database, *extra: ToolSpec[Any, Any]) -> ToolGate:
@@ -193,3 +203,55 @@ async def test_get_invoice_reads_every_line_with_exact_amounts(database: Databas
         assert line["description"] == row["description"]
         for column in ("quantity", "unit_price", "amount"):
             assert line[column] == str(row[column])  # Decimal's own text: no float rounding
+
+
+async def test_a_refused_call_leaves_nothing_its_handler_wrote(database: Database) -> None:
+    refusing = ToolSpec(
+        name="note_then_refuse",
+        description="Write a note, then refuse (test tool).",
+        args_model=NoteArgs,
+        result_model=NoteResult,
+        tier=Tier.REVERSIBLE,
+        scopes=frozenset({"invoice_processing"}),
+        handler=note_then_refuse,
+    )
+    gate = gate_with(database, refusing)
+    outcome = await clerk_call(gate, "note_then_refuse", {"text": "x"}, step_id="s1")
+    assert outcome["error"] is not None and outcome["error"]["code"] == "note_refused"
+    assert not outcome["error"]["retryable"]
+    assert await count(database, "SELECT count(*) FROM invoice_exceptions") == 0
+    assert await count(database, "SELECT count(*) FROM tool_calls") == 0
+    refusals = "SELECT count(*) FROM audit_events WHERE payload->>'error_code' = 'note_refused'"
+    assert await count(database, refusals) == 1  # the refusal itself is on record
+    assert gate.breaker("note_then_refuse", RUN).failures == 0  # the backend did answer
+
+
+async def test_the_approval_check_reads_the_invoice_under_its_lock(database: Database) -> None:
+    """A change that commits while the call waits for the invoice is what the check sees.
+
+    Here the invoice's remittance account changes to one that is not the vendor master's,
+    which makes staging need a controller's approval; deciding on a read from before the
+    lock would stage it without one.
+    """
+    gate = ToolGate(database)
+    async with database.connection() as holder:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM invoices WHERE invoice_id = 'INV-1001' FOR UPDATE")
+            call = asyncio.create_task(
+                clerk_call(gate, "stage_invoice", {"invoice_id": "INV-1001"}, step_id="p2s1")
+            )
+            while not await count(
+                database,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            ):
+                assert not call.done(), call.result()
+                await asyncio.sleep(0.01)
+            await holder.execute(
+                "UPDATE invoices SET bank_account = 'DE00999999999999999999'"
+                " WHERE invoice_id = 'INV-1001'"
+            )
+        outcome = await call
+    assert outcome["error"] is not None, "staged without the approval its new account needs"
+    assert outcome["error"]["code"] == "approval_required"
+    assert "account" in outcome["error"]["hint"]
+    assert await count(database, "SELECT count(*) FROM invoices WHERE status = 'staged'") == 0
