@@ -410,29 +410,21 @@ class _GatedCall:
                     conn, self.thread_id, self.step_id, tool, validated
                 )
                 if rejections:
-                    raise _Refused(
-                        refusal(
-                            self.step_id,
-                            tool,
-                            tier.value,
-                            validated,
-                            "rejected",
-                            "A reviewer rejected this call: " + "; ".join(rejections) + ".",
-                        )
+                    raise self.refused(
+                        spec,
+                        validated,
+                        "rejected",
+                        "A reviewer rejected this call: " + "; ".join(rejections) + ".",
                     )
                 unmet = requirement.unmet(approvers, self.requester)
                 if unmet:
-                    raise _Refused(
-                        refusal(
-                            self.step_id,
-                            tool,
-                            tier.value,
-                            validated,
-                            "approval_required",
-                            f"{tool} needs approval: {'; '.join(unmet)}.",
-                            hint="Only the approval step can grant this; "
-                            "reasons: " + "; ".join(requirement.reasons),
-                        )
+                    raise self.refused(
+                        spec,
+                        validated,
+                        "approval_required",
+                        f"{tool} needs approval: {'; '.join(unmet)}.",
+                        hint="Only the approval step can grant this; "
+                        "reasons: " + "; ".join(requirement.reasons),
                     )
         ctx = CallContext(
             conn=conn,
@@ -449,17 +441,8 @@ class _GatedCall:
         except ToolFailure as failure:
             if failure.retryable:
                 raise  # a backend failure: the whole attempt rolls back
-            raise _Refused(
-                refusal(
-                    self.step_id,
-                    tool,
-                    tier.value,
-                    validated,
-                    failure.code,
-                    failure.message,
-                    failure.hint,
-                    failure.retryable,
-                )
+            raise self.refused(
+                spec, validated, failure.code, failure.message, hint=failure.hint
             ) from failure
         payload = spec.result_model.model_validate(result).model_dump(mode="json")
         if key is not None:
@@ -478,6 +461,20 @@ class _GatedCall:
             )
         ran = _outcome(self.step_id, tool, tier.value, validated, result=payload, key=key)
         return await self.audit(ran, conn)  # last in the transaction: holds the chain lock
+
+    def refused(
+        self,
+        spec: ToolSpec[Any, Any],
+        validated: dict[str, Any],
+        code: str,
+        message: str,
+        *,
+        hint: str = "",
+    ) -> _Refused:
+        """A refusal (not retryable) to raise out of the call's transaction."""
+        return _Refused(
+            refusal(self.step_id, spec.name, spec.tier.value, validated, code, message, hint)
+        )
 
 
 class _Refused(Exception):

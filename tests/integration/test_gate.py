@@ -54,6 +54,20 @@ async def note_then_refuse(ctx: CallContext, args: NoteArgs) -> NoteResult:
     raise ToolFailure("note_refused", "The note was refused after it was written.")
 
 
+def note_tool(name: str, handler: Any, *, timeout_s: float | None = None) -> ToolSpec[Any, Any]:
+    """A reversible test tool on the invoice route that writes notes through ``handler``."""
+    return ToolSpec(
+        name=name,
+        description=f"{handler.__doc__} (test tool)",
+        args_model=NoteArgs,
+        result_model=NoteResult,
+        tier=Tier.REVERSIBLE,
+        scopes=frozenset({"invoice_processing"}),
+        handler=handler,
+        timeout_s=timeout_s,
+    )
+
+
 def gate_with(database: Database, *extra: ToolSpec[Any, Any]) -> ToolGate:
     return ToolGate(database, ToolRegistry([*AP_TOOLS, *extra]))
 
@@ -82,16 +96,7 @@ async def count(database: Database, sql: str) -> int:
 
 
 async def test_timeout_rolls_back_and_says_retry(database: Database) -> None:
-    slow = ToolSpec(
-        name="slow_note",
-        description="Write a note slowly (test tool).",
-        args_model=NoteArgs,
-        result_model=NoteResult,
-        tier=Tier.REVERSIBLE,
-        scopes=frozenset({"invoice_processing"}),
-        handler=slow_note,
-        timeout_s=0.3,
-    )
+    slow = note_tool("slow_note", slow_note, timeout_s=0.3)
     outcome = await clerk_call(gate_with(database, slow), "slow_note", {"text": "x"}, step_id="s1")
     assert outcome["ok"] is False and outcome["error"] is not None
     assert outcome["error"]["code"] == "timeout" and outcome["error"]["retryable"]
@@ -206,16 +211,7 @@ async def test_get_invoice_reads_every_line_with_exact_amounts(database: Databas
 
 
 async def test_a_refused_call_leaves_nothing_its_handler_wrote(database: Database) -> None:
-    refusing = ToolSpec(
-        name="note_then_refuse",
-        description="Write a note, then refuse (test tool).",
-        args_model=NoteArgs,
-        result_model=NoteResult,
-        tier=Tier.REVERSIBLE,
-        scopes=frozenset({"invoice_processing"}),
-        handler=note_then_refuse,
-    )
-    gate = gate_with(database, refusing)
+    gate = gate_with(database, note_tool("note_then_refuse", note_then_refuse))
     outcome = await clerk_call(gate, "note_then_refuse", {"text": "x"}, step_id="s1")
     assert outcome["error"] is not None and outcome["error"]["code"] == "note_refused"
     assert not outcome["error"]["retryable"]
