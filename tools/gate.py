@@ -1,12 +1,13 @@
 """The one gate every tool call passes: nothing reaches a handler any other way.
 
 In order: the tool exists, the route's scope allows it, the arguments validate against
-the contract, the tool's circuit breaker lets the call through, the tier policy holds
-(approvals for irreversible and destructive calls are read from the database and checked
-against `tools.policy`), the idempotency key is claimed, and the handler runs under a
-timeout inside one transaction with its ledger row (a read, which writes nothing but its
-audit row, needs none). Expected failures come back as structured, actionable errors;
-bugs propagate.
+the contract, the tool's circuit breaker lets the call through, the idempotency key is
+claimed (for a write, which also locks and then reads the invoice it names), the tier
+policy holds (approvals for irreversible and destructive calls are read from the database
+and checked against `tools.policy`, on that read), and the handler runs under a timeout
+inside one transaction with its ledger row (a read, which writes nothing but its audit
+row, needs none). Expected failures come back as structured, actionable errors; bugs
+propagate.
 
 Under failure, each attempt that writes is one transaction, so a failed attempt leaves
 nothing behind:
@@ -375,6 +376,7 @@ class _GatedCall:
         key: str | None,
         fault: str | None,
     ) -> ToolOutcome:
+        """Claim, check approvals, run the handler and record it; a refusal raises `_Refused`."""
         tool, tier = spec.name, spec.tier
         if fault == "error":
             raise psycopg.OperationalError(
@@ -402,7 +404,7 @@ class _GatedCall:
                     replayed=True,
                 )
                 return await self.audit(replay, conn)
-            if invoice_id is not None:  # read after the lock: nothing can change it now
+            if invoice_id is not None:  # after the lock: no write to the invoice slips in
                 invoice = await load_match_inputs(conn, invoice_id)
             requirement = self.gate.requirement_given(spec, validated, self.run, invoice)
             if requirement.required:
