@@ -10,6 +10,9 @@ the machine's load at that moment weighs on all three alike.
 Figures:
 
 - wall time per run and per graph step, agent and bare; ratios agent/bare, agent/floor;
+- for the invoice flow, the state replay (`bench.bare_graph.build_state_replay_graph`): the
+  bare graph writing the agent's recorded state, which splits agent - bare into the cost of
+  the agent's state and the cost of its nodes;
 - checkpoint bytes per run and per step (checkpoint rows, channel blobs, pending writes);
 - checkpoint growth for runs of 5, 20 and 50 planned steps (`bench.models.ReadPlanner`):
   bytes per step at each length and the growth exponent (1 = linear, 2 = quadratic);
@@ -40,9 +43,15 @@ from importlib import metadata
 from typing import Any
 
 import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command
 
-from bench.bare_graph import BareContext, build_bare_graph
+from bench.bare_graph import (
+    BareContext,
+    build_bare_graph,
+    build_state_replay_graph,
+    recorded_updates,
+)
 from bench.models import ReadPlanModels
 from bench.world import clone_invoice_id, fresh_database
 from graphs.payables import build_graph
@@ -437,9 +446,12 @@ class Bench:
     path: tuple[str, ...] = ()
     """The invoice flow's steps, as `invoice_flow` recorded them (the bare graph follows)."""
 
+    replay: Any = None
+
     def __post_init__(self) -> None:
         saver = self.agent.graph.checkpointer
         self.bare = build_bare_graph(saver)
+        self.replay = build_state_replay_graph(saver)
 
     async def validate(self) -> dict[str, Any]:
         """One invoice-flow run; it must complete with the invoice staged."""
@@ -479,6 +491,40 @@ class Bench:
             raise RuntimeError(f"bare run stopped early at {state.next}")
         return first, resumed
 
+    async def replay_run(self, context: BareContext) -> str:
+        """One state-replay run along ``context.path``, writing ``context.updates``; its thread."""
+        thread_id = f"replay-{uuid.uuid4()}"
+        await self.replay.ainvoke(
+            {"request": "bench", "user": CLERK, "position": 0},
+            {"configurable": {"thread_id": thread_id}},
+            context=context,
+            durability=START_DURABILITY,
+        )
+        return thread_id
+
+    async def recorded_updates(self, thread_id: str, path: tuple[str, ...]) -> BareContext:
+        """The replay's context: ``path`` and the state updates the agent's run wrote."""
+        saver = self.agent.graph.checkpointer
+        assert isinstance(saver, BaseCheckpointSaver)  # the agent always has one
+        serde = saver.serde
+        async with self.database.connection() as conn:
+            cur = await conn.execute(
+                "SELECT checkpoint_id, task_path, channel, type, blob FROM checkpoint_writes"
+                " WHERE thread_id = %s AND checkpoint_ns = '' ORDER BY checkpoint_id, task_id, idx",
+                (thread_id,),
+            )
+            rows = await cur.fetchall()
+        writes = [
+            (
+                row["checkpoint_id"],
+                row["task_path"].rsplit(", ", 1)[-1],
+                row["channel"],
+                serde.loads_typed((row["type"], row["blob"])),
+            )
+            for row in rows
+        ]
+        return BareContext(path=path, updates=recorded_updates(writes, path))
+
     async def invoice_flow(self) -> dict[str, Any]:
         """Invoice flow: agent vs bare vs floor, side by side."""
         config = self.config
@@ -487,15 +533,19 @@ class Bench:
         path = self.path = await graph_path(self.agent, view["thread_id"])
         sizes = await checkpoint_bytes(self.database, view["thread_id"])
         steps = len(path)
+        replay = await self.recorded_updates(view["thread_id"], path)
         for _ in range(config.warmup):
             await self.bare_run(path)
+            await self.replay_run(replay)
         agent_ms: list[float] = []
         bare_ms: list[float] = []
         floor_ms: list[float] = []
+        replay_ms: list[float] = []
         bytes_per_run: list[int] = []
         agent_cpu_ms: list[float] = []
         bare_cpu_ms: list[float] = []
-        for order in rotations(config.reps, 3):
+        replay_cpu_ms: list[float] = []
+        for order in rotations(config.reps, 4):
             for kind in order:
                 if kind == 0:
                     cpu = time.process_time()
@@ -509,6 +559,11 @@ class Bench:
                     elapsed, _ = await self.bare_run(path)
                     bare_cpu_ms.append((time.process_time() - cpu) * 1000)
                     bare_ms.append(elapsed)
+                elif kind == 2:
+                    cpu = time.process_time()
+                    elapsed, _ = await timed(functools.partial(self.replay_run, replay))
+                    replay_cpu_ms.append((time.process_time() - cpu) * 1000)
+                    replay_ms.append(elapsed)
                 else:
                     row_bytes = sizes["total"] // max(steps, 1)
                     floor_ms.append(await self.floor.commit_rows(steps, row_bytes))
@@ -516,6 +571,7 @@ class Bench:
         agent = summary(agent_ms)
         bare = summary(bare_ms)
         floor = summary(floor_ms)
+        state = summary(replay_ms)
         run_bytes = summary(bytes_per_run)
         return {
             "request": "Validate INV-<clean match>",
@@ -529,8 +585,12 @@ class Bench:
             "floor_ms_per_step": floor["median"] / steps,
             "ratio_agent_bare": ratio(agent["median"], bare["median"]),
             "ratio_agent_floor": ratio(agent["median"], floor["median"]),
+            "state_replay_ms": state,
+            "state_ms": state["median"] - bare["median"],
+            "nodes_ms": agent["median"] - state["median"],
             "agent_cpu_ms": statistics.median(agent_cpu_ms),
             "bare_cpu_ms": statistics.median(bare_cpu_ms),
+            "state_replay_cpu_ms": statistics.median(replay_cpu_ms),
             "checkpoint_bytes_per_run": run_bytes["median"],
             "checkpoint_bytes_per_step": run_bytes["median"] / steps,
             "bare_checkpoint_bytes_per_run": bare_bytes,

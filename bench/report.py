@@ -73,12 +73,23 @@ def format_report(report: dict[str, Any]) -> str:
                     f"{_ms(invoice['floor_ms']['median'])}/run  "
                     f"{_ms(invoice['floor_ms_per_step'])}/step",
                 ),
+                (
+                    "bare + agent's state",
+                    f"{_ms(invoice['state_replay_ms']['median'])}/run  (bare nodes writing the"
+                    " agent's recorded state)",
+                ),
                 ("agent / bare", _x(invoice["ratio_agent_bare"])),
                 ("agent / floor", _x(invoice["ratio_agent_floor"])),
                 (
+                    "agent - bare",
+                    f"{_ms(invoice['state_ms'] + invoice['nodes_ms'])}/run: its state "
+                    f"{_ms(invoice['state_ms'])}, its nodes {_ms(invoice['nodes_ms'])}",
+                ),
+                (
                     "process CPU",
                     f"agent {_ms(invoice['agent_cpu_ms'])}/run, bare "
-                    f"{_ms(invoice['bare_cpu_ms'])}/run",
+                    f"{_ms(invoice['bare_cpu_ms'])}/run, bare + agent's state "
+                    f"{_ms(invoice['state_replay_cpu_ms'])}/run",
                 ),
                 (
                     "checkpoint bytes",

@@ -136,8 +136,13 @@ def make_planner(deps: NodeDeps) -> Node:
         )
         await record(deps.database, ctx.tenant, thread_id, planned)
         annotate_run(route=route, model_path=path, phase=phase, plan_source=source)
-        update: dict[str, Any] = {"plan": plan, "cursor": 0, "model_path": {"planner": path}}
-        # Empty lists would still write their channels (checkpoint rows) and change nothing.
+        update: dict[str, Any] = {"plan": plan}
+        # A write that changes nothing (an empty list, the cursor already at 0, the path the
+        # last phase had) still costs a checkpoint row and a new channel version.
+        if state.get("cursor", 0):
+            update["cursor"] = 0
+        if state.get("model_path", {}).get("planner") != path:
+            update["model_path"] = {"planner": path}
         if notes:
             update["notes"] = notes
         if degraded:

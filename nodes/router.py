@@ -87,8 +87,6 @@ def make_router(deps: NodeDeps) -> Node:
                     "status": "refused",
                     "reason": verdict.reason,
                     "model_path": {"router": "rules"},
-                    "cursor": 0,
-                    "replans": 0,
                 },
             )
 
@@ -151,8 +149,6 @@ def make_router(deps: NodeDeps) -> Node:
             "route_confidence": decision.confidence,
             "entities": entities,
             "model_path": {"router": path},
-            "cursor": 0,
-            "replans": 0,
         }
         update.update(
             appended(

@@ -434,7 +434,9 @@ class Agent:
                     "--thread, or answer its approval with `payables resume`."
                 )
             context = context or Context()
-            run_input = {"request": request, "user": user, "attachments": attachments or []}
+            run_input: dict[str, Any] = {"request": request, "user": user}
+            if attachments:  # an empty list would still be a checkpoint blob
+                run_input["attachments"] = attachments
             output = await self._drive(
                 thread_id,
                 run_input,

@@ -15,8 +15,13 @@ import psycopg
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
+from bench.bare_graph import recorded_updates
 from bench.harness import (
+    Bench,
     BenchConfig,
+    Floor,
+    Invoices,
+    graph_path,
     growth_exponent,
     ratio,
     rotations,
@@ -27,8 +32,10 @@ from bench.harness import (
 from bench.models import STEPS_PER_PHASE, ReadPlanModels, phase_of, read_plan_reply
 from bench.profile import profile_invoice_flow, write_html
 from bench.report import format_report, write_json
-from bench.world import BenchError, bench_world, clone_invoice_id
+from bench.world import BenchError, bench_world, clone_invoice_id, fresh_database
+from runtime.agent import open_agent
 from runtime.context import Context
+from state.db import Database
 
 
 def test_summary_takes_the_median_and_the_p90() -> None:
@@ -108,6 +115,61 @@ def test_read_planner_reads_the_phase_from_the_prompt() -> None:
     assert served is not None and served[0] == "bench-read-planner-5"
 
 
+def test_recorded_updates_are_the_steps_writes_without_input_or_routing() -> None:
+    writes = [
+        ("c0", "__start__", "request", "Validate INV-1"),
+        ("c0", "__start__", "branch:to:router", None),
+        ("c1", "router", "route", "invoice_processing"),
+        ("c1", "router", "branch:to:executor", None),
+        ("c2", "executor", "cursor", 1),
+        ("c3", "executor", "cursor", 2),
+    ]
+    path = ("router", "executor", "executor")
+
+    assert recorded_updates(writes, path) == (
+        {"route": "invoice_processing"},
+        {"cursor": 1},
+        {"cursor": 2},
+    )
+    with pytest.raises(ValueError, match="not the path"):
+        recorded_updates(writes, ("router", "executor"))
+
+
+@pytest.mark.integration
+async def test_the_state_replay_ends_in_the_agents_state(server_uri: str) -> None:
+    config = BenchConfig.quick()
+    async with fresh_database(config.clones, server_uri) as uri:
+        database = Database(uri, max_size=config.pool_size)
+        floor = await Floor.open(uri)
+        try:
+            async with open_agent(database=database) as agent:
+                bench = Bench(agent, database, floor, config, Invoices(config), log=lambda _: None)
+                view = await bench.validate()
+                path = await graph_path(agent, view["thread_id"])
+                replayed = await bench.replay_run(
+                    await bench.recorded_updates(view["thread_id"], path)
+                )
+                agent_state = await agent.graph.aget_state(agent.config(view["thread_id"]))
+                replay_state = await bench.replay.aget_state(
+                    {"configurable": {"thread_id": replayed}}
+                )
+                replay_history = [
+                    h
+                    async for h in bench.replay.aget_state_history(
+                        {"configurable": {"thread_id": replayed}}
+                    )
+                ]
+        finally:
+            await floor.close()
+
+    def own(values: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in values.items() if k not in ("request", "position")}
+
+    assert agent_state.values["outcomes"]  # the run called tools: there is state to replay
+    assert own(replay_state.values) == own(agent_state.values)
+    assert len(replay_history) == len(path) + 2  # the input, one per step, the end
+
+
 @pytest.mark.integration
 async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path) -> None:
     config = BenchConfig.quick()
@@ -125,8 +187,14 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
         assert figures["ratio_agent_floor"] > 0
         assert figures["checkpoint_bytes_per_run"] > 0
         assert figures["checkpoint_bytes_per_step"] > 0
-    assert report["invoice_flow"]["agent_cpu_ms"] > 0
-    assert report["invoice_flow"]["bare_cpu_ms"] > 0
+    invoice = report["invoice_flow"]
+    assert invoice["agent_cpu_ms"] > 0
+    assert invoice["bare_cpu_ms"] > 0
+    assert invoice["state_replay_cpu_ms"] > 0
+    assert invoice["state_replay_ms"]["n"] == config.reps
+    assert invoice["state_ms"] + invoice["nodes_ms"] == pytest.approx(
+        invoice["agent_ms"]["median"] - invoice["bare_ms"]["median"]
+    )
     assert report["throughput"]["cpu_ceiling_runs_per_s"] > 0
     assert "approval" in report["approval_flow"]["path"]
     assert "approval" not in report["invoice_flow"]["path"]
