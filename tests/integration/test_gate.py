@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import psycopg
 import pytest
 from pydantic import Field
 
@@ -251,3 +252,22 @@ async def test_the_approval_check_reads_the_invoice_under_its_lock(database: Dat
     assert outcome["error"]["code"] == "approval_required"
     assert "account" in outcome["error"]["hint"]
     assert await count(database, "SELECT count(*) FROM invoices WHERE status = 'staged'") == 0
+
+
+async def test_the_previous_releases_claim_still_works_during_a_rolling_deploy(
+    database: Database,
+) -> None:
+    """Old containers call ``tool_call_claim(key)``; it must exist and share the new lock."""
+    gate = ToolGate(database)
+    staged = await clerk_call(gate, "stage_invoice", {"invoice_id": "INV-1001"}, step_id="p2s1")
+    key = staged["idempotency_key"]
+    async with database.connection() as old, database.connection() as new:
+        async with old.transaction():
+            cur = await old.execute("SELECT tool_call_claim(%s) AS result", (key,))
+            assert (await cur.fetchone())["result"] == staged["result"]
+            cur = await old.execute("SELECT tool_call_claim('never-called') AS result")
+            assert (await cur.fetchone())["result"] is None
+            # The old and the new claim take the same key lock: a new claim waits for it.
+            await new.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                await new.execute("SELECT tool_call_claim('never-called', NULL)")
