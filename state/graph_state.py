@@ -147,7 +147,8 @@ class InputState(TypedDict):
     user: NotRequired[str]
     """Who asked; never allowed to approve their own request."""
     attachments: NotRequired[list[Attachment]]
-    """Third-party documents forwarded with the request; data, never instructions."""
+    """Third-party documents forwarded with the request; data, never instructions (absent:
+    none)."""
 
 
 class OutputState(TypedDict, total=False):
@@ -192,7 +193,7 @@ class AgentState(InputState, total=False):
     plan: Plan
     """The current phase's plan."""
     cursor: int
-    """Index of the next step of `plan` to execute."""
+    """Index of the next step of `plan` to execute (absent: 0, the first)."""
     outcomes: Annotated[list[ToolOutcome], DeltaChannel(extend_outcomes)]
     """Every gated call's normalized outcome, in order.
 
@@ -203,7 +204,7 @@ class AgentState(InputState, total=False):
     decisions: Annotated[list[Decision], operator.add]
     """Every reviewer decision, in order."""
     replans: int
-    """Re-plans caused by failures (bounded by Context.max_replans)."""
+    """Re-plans caused by failures (bounded by Context.max_replans; absent: none yet)."""
     flags: Annotated[list[dict[str, Any]], operator.add]
     """Guard flags: suspected injection or PII, each with source, score and evidence."""
     notes: Annotated[list[str], operator.add]
