@@ -192,9 +192,7 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
     assert invoice["bare_cpu_ms"] > 0
     assert invoice["state_replay_cpu_ms"] > 0
     assert invoice["state_replay_ms"]["n"] == config.reps
-    assert invoice["state_ms"] + invoice["nodes_ms"] == pytest.approx(
-        invoice["agent_ms"]["median"] - invoice["bare_ms"]["median"]
-    )
+    assert invoice["state_replay_ms"]["median"] > 0
     assert report["throughput"]["cpu_ceiling_runs_per_s"] > 0
     assert "approval" in report["approval_flow"]["path"]
     assert "approval" not in report["invoice_flow"]["path"]
@@ -245,6 +243,8 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
         "Targets",
         "agent / bare",
         "agent / floor",
+        "bare + agent's state",
+        "agent - bare",
         "resume latency",
     ):
         assert heading in table
