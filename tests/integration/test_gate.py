@@ -268,6 +268,7 @@ async def test_the_previous_releases_claim_still_works_during_a_rolling_deploy(
             cur = await old.execute("SELECT tool_call_claim('never-called') AS result")
             assert (await cur.fetchone())["result"] is None
             # The old and the new claim take the same key lock: a new claim waits for it.
-            await new.execute("SET lock_timeout = '200ms'")
             with pytest.raises(psycopg.errors.LockNotAvailable):
-                await new.execute("SELECT tool_call_claim('never-called', NULL)")
+                async with new.transaction():
+                    await new.execute("SET LOCAL lock_timeout = '200ms'")
+                    await new.execute("SELECT tool_call_claim('never-called', NULL)")
