@@ -8,12 +8,16 @@ depends on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import RunnableLambda
+from langchain_openai import ChatOpenAI
 
 from runtime import models as models_module
 from runtime.breakers import BREAKERS, BreakerBoard, BreakerState
@@ -24,6 +28,7 @@ from runtime.models import (
     ModelAnswer,
     OpenAIModelProvider,
     ask_model,
+    call_structured,
     injected_error,
     is_retryable,
     price_per_1k,
@@ -548,6 +553,137 @@ async def test_faults_reach_the_real_openai_provider_without_a_request(
     client: Any = chosen[1]
     assert client.max_retries == 0  # our retries only; the SDK's would multiply them
     assert client.request_timeout == 12.0
+
+
+# --- the structured call through the real client ---------------------------------------------
+
+# Taken before the suite's guard (tests/conftest.py) replaces it: these tests answer the
+# client's HTTP requests in process, so no request can leave.
+_REAL_AGENERATE = ChatOpenAI._agenerate
+
+
+class InProcessChatOpenAI(ChatOpenAI):
+    """`ChatOpenAI` whose HTTP requests an in-process handler answers (httpx's MockTransport)."""
+
+    _agenerate = _REAL_AGENERATE
+
+
+def completion(arguments: str, *, usage: tuple[int, int] = (50, 10)) -> dict[str, Any]:
+    """An OpenAI chat completion carrying one RouteDecision tool call with ``arguments``."""
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "RouteDecision", "arguments": arguments},
+                        }
+                    ],
+                },
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage[0],
+            "completion_tokens": usage[1],
+            "total_tokens": sum(usage),
+        },
+    }
+
+
+class OpenAIServer:
+    """Answers chat completion requests with ``replies`` in order; keeps the request bodies."""
+
+    def __init__(self, *replies: dict[str, Any]) -> None:
+        self.replies = list(replies)
+        self.requests: list[dict[str, Any]] = []
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(json.loads(request.content))
+        return httpx2.Response(200, json=self.replies.pop(0))
+
+    def model(self) -> ChatOpenAI:
+        return InProcessChatOpenAI(
+            model="gpt-4o-mini",
+            api_key="sk-test-not-a-key",
+            max_retries=0,
+            http_async_client=httpx2.AsyncClient(transport=httpx2.MockTransport(self.handle)),
+        )
+
+
+async def test_the_openai_client_is_asked_for_the_schema_tool_and_its_reply_is_charged() -> None:
+    server = OpenAIServer(completion(json.dumps(ROUTE), usage=(50, 10)))
+    models = ScriptedModels(router=server.model())  # type: ignore[arg-type]
+    context = ctx(model_prices={"scripted-router": (0.001, 0.002)})
+    answer, meter = await ask(models, context)
+    assert isinstance(answer.parsed, RouteDecision)
+    assert answer.parsed.invoice_ids == ["INV-1002"]
+    assert answer.path == "model:scripted-router"
+    (sent,) = server.requests
+    assert [tool["function"]["name"] for tool in sent["tools"]] == ["RouteDecision"]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "RouteDecision"}}
+    assert sent["parallel_tool_calls"] is False
+    assert (meter.model_calls, meter.input_tokens, meter.output_tokens) == (1, 50, 10)
+    assert meter.cost_usd == pytest.approx(50 / 1000 * 0.001 + 10 / 1000 * 0.002)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        pytest.param('{"route": "invoice_processing", "confid', "not valid JSON", id="bad-json"),
+        pytest.param('{"confidence": 0.9}', "did not match the schema", id="wrong-schema"),
+    ],
+)
+async def test_unusable_openai_output_is_repaired_and_every_attempt_is_charged(
+    arguments: str, complaint: str
+) -> None:
+    server = OpenAIServer(completion(arguments), completion(json.dumps(ROUTE)))
+    answer, meter = await ask(ScriptedModels(router=server.model()), ctx(), repairs=1)  # type: ignore[arg-type]
+    assert isinstance(answer.parsed, RouteDecision)
+    assert answer.path == "model:scripted-router (repaired 1x)"
+    assert meter.model_calls == 2 and meter.input_tokens == 100
+    repair = server.requests[1]["messages"][-1]
+    assert repair["role"] == "tool" and repair["tool_call_id"] == "call_1"
+    assert complaint in repair["content"]
+
+
+class RawOnlyModel(ScriptedChatModel):
+    """A model whose structured runnable is not ``model | parser`` unless asked for the raw
+    reply too (as a provider's own ``with_structured_output`` may be)."""
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        structured = super().with_structured_output(schema, **kwargs)
+        if kwargs.get("include_raw"):
+            return structured
+        return RunnableLambda(lambda messages: messages) | structured
+
+
+@pytest.mark.parametrize(
+    ("reply", "parsed"),
+    [
+        pytest.param(lambda: good(usage=(30, 5)), True, id="usable"),
+        pytest.param(lambda: tool_reply("RouteDecision", {"confidence": 2}), False, id="unusable"),
+    ],
+)
+async def test_a_structured_runnable_of_another_shape_is_called_with_the_raw_reply(
+    reply: Any, parsed: bool
+) -> None:
+    sent = reply()
+    result = await call_structured(RawOnlyModel([sent]), RouteDecision, list(MESSAGES))
+    assert result.raw == sent
+    assert isinstance(result.parsed, RouteDecision) is parsed
+    assert (result.error is None) is parsed
+    if not parsed:
+        assert result.error is not None and "did not match the schema" in result.error
 
 
 # --- budgets and usage -----------------------------------------------------------------------
