@@ -34,6 +34,16 @@ def _rows(rows: list[tuple[str, str]]) -> list[str]:
     return [f"  {label.ljust(width)}  {value}" for label, value in rows]
 
 
+def _level(level: dict[str, Any]) -> str:
+    """One throughput level: runs per second, gain over one run, CPU and load."""
+    busy = level["machine_cpu_busy"]
+    return (
+        f"{level['runs_per_s']:.2f} runs/s  ({_x(level['speedup'])}, {level['runs']} runs; "
+        f"{_ms(level['cpu_ms_per_run'])} CPU/run, process {level['process_cpu_share']:.0%} of "
+        f"a core, machine {'-' if busy is None else f'{busy:.0%}'} busy)"
+    )
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The figures as a table, with the ratios and the targets."""
     machine = report["machine"]
@@ -41,6 +51,7 @@ def format_report(report: dict[str, Any]) -> str:
     approval = report["approval_flow"]
     growth = report["checkpoint_growth"]
     throughput = report["throughput"]
+    waiting = report["model_latency_throughput"]
     processes = report["processes"]
     memory = report["memory"]
     lines = [
@@ -156,18 +167,7 @@ def format_report(report: dict[str, Any]) -> str:
         "Throughput (invoice flow, concurrent runs on one event loop, one pool)",
         *_rows(
             [
-                (
-                    f"{level['concurrency']} concurrent",
-                    f"{level['runs_per_s']:.2f} runs/s  ({_x(level['speedup'])}, "
-                    f"{level['runs']} runs; {_ms(level['cpu_ms_per_run'])} CPU/run, process "
-                    f"{level['process_cpu_share']:.0%} of a core, machine "
-                    + (
-                        "-"
-                        if level["machine_cpu_busy"] is None
-                        else f"{level['machine_cpu_busy']:.0%}"
-                    )
-                    + " busy)",
-                )
+                (f"{level['concurrency']} concurrent", _level(level))
                 for level in throughput["levels"]
             ]
             + [
@@ -189,6 +189,21 @@ def format_report(report: dict[str, Any]) -> str:
                     "stops scaling at",
                     f"{throughput['stops_scaling_at']} concurrent"
                     if throughput["stops_scaling_at"] is not None
+                    else "did not stop within the levels measured",
+                ),
+            ]
+        ),
+        "",
+        f"Throughput with model latency (invoice flow; router and respond models answer in "
+        f"{waiting['model_latency_s'] * 1000:.0f} ms, {waiting['model_calls_per_run']} calls "
+        "per run)",
+        *_rows(
+            [(f"{level['concurrency']} concurrent", _level(level)) for level in waiting["levels"]]
+            + [
+                (
+                    "stops scaling at",
+                    f"{waiting['stops_scaling_at']} concurrent"
+                    if waiting["stops_scaling_at"] is not None
                     else "did not stop within the levels measured",
                 ),
             ]

@@ -6,6 +6,7 @@ The smoke run checks that every figure the report promises is there and consiste
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -29,7 +30,14 @@ from bench.harness import (
     stops_scaling_at,
     summary,
 )
-from bench.models import STEPS_PER_PHASE, ReadPlanModels, phase_of, read_plan_reply
+from bench.models import (
+    LATENT_TOKENS,
+    STEPS_PER_PHASE,
+    LatentModels,
+    ReadPlanModels,
+    phase_of,
+    read_plan_reply,
+)
 from bench.profile import profile_invoice_flow, write_html
 from bench.report import format_report, write_json
 from bench.world import BenchError, bench_world, clone_invoice_id, fresh_database
@@ -113,6 +121,30 @@ def test_read_planner_reads_the_phase_from_the_prompt() -> None:
     assert models.chat("router", Context()) is None
     served = models.chat("planner", Context())
     assert served is not None and served[0] == "bench-read-planner-5"
+
+
+async def test_latent_models_answer_router_and_respond_after_their_latency() -> None:
+    models = LatentModels(0.05)
+    assert models.chat("planner", Context()) is None  # the rules model plans
+    routed = models.chat("router", Context())
+    summarised = models.chat("respond", Context())
+    assert routed is not None and routed[0] == "bench-latent-router"
+    assert summarised is not None and summarised[0] == "bench-latent-respond"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    route, summary = await asyncio.gather(
+        routed[1].ainvoke([SystemMessage("route"), HumanMessage("Validate INV-1002")]),
+        summarised[1].ainvoke([HumanMessage(json.dumps({"status": "escalated"}))]),
+    )
+    waited = loop.time() - started
+    assert waited >= 0.05  # the replies came after the latency
+    assert route.tool_calls[0]["name"] == "RouteDecision"
+    assert route.tool_calls[0]["args"]["invoice_ids"] == ["INV-1002"]
+    assert summary.tool_calls[0]["args"] == {"summary": "The run ended escalated."}
+    assert route.usage_metadata is not None
+    assert (route.usage_metadata["input_tokens"], route.usage_metadata["output_tokens"]) == (
+        LATENT_TOKENS
+    )
 
 
 def test_recorded_updates_are_the_steps_writes_without_input_or_routing() -> None:
@@ -212,6 +244,12 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
     assert all(level["cpu_ms_per_run"] > 0 for level in levels)
     assert all(0 <= level["machine_cpu_busy"] <= 1 for level in levels)  # Linux /proc/stat
 
+    waiting = report["model_latency_throughput"]
+    assert waiting["model_latency_s"] == config.model_latency_s
+    assert [level["concurrency"] for level in waiting["levels"]] == list(config.concurrency)
+    assert all(level["runs"] > 0 and level["cpu_ms_per_run"] > 0 for level in waiting["levels"])
+    assert waiting["levels"][0]["speedup"] == 1.0
+
     processes = report["processes"]
     assert [level["processes"] for level in processes["levels"]] == list(config.processes)
     assert all(level["runs"] > 0 and level["cpu_ms_per_run"] > 0 for level in processes["levels"])
@@ -227,6 +265,7 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
         "agent / bare LangGraph <= 1.5x (invoice flow)",
         "checkpoint bytes per step bounded by a constant (5 -> 50 steps)",
         "throughput with 16 concurrent runs >= 3x one",
+        "the same, runs waiting on a model (20 ms per call)",
         "no memory growth per run (< 1 KiB/run after warm-up)",
     ]
     table = format_report(report)
@@ -238,6 +277,7 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
         "Approval flow",
         "Checkpoint growth",
         "Throughput",
+        "Throughput with model latency",
         "Processes",
         "Memory",
         "Targets",
