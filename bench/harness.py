@@ -5,7 +5,7 @@ invoice flow (``Validate INV-…``: a clean match, staged, no approval) and the 
 (``Pay INV-…``: run to the approval interrupt, then resume with an approval) every
 repetition runs the agent, the bare graph on the same path (`bench.bare_graph`) and the
 floor (plain psycopg commits of the same bytes) one after the other, in rotating order, so
-the machine's load at that moment weighs on all three alike.
+the machine's load at that moment weighs on all of them alike.
 
 Figures:
 
@@ -13,6 +13,8 @@ Figures:
 - for the invoice flow, the state replay (`bench.bare_graph.build_state_replay_graph`): the
   bare graph writing the agent's recorded state, which splits agent - bare into the cost of
   the agent's state and the cost of its nodes;
+- for the invoice flow, the agent with router and respond served by instant scripted models
+  (`bench.models.LatentModel`, no wait): the CPU a model call costs the agent around it;
 - checkpoint bytes per run and per step (checkpoint rows, channel blobs, pending writes);
 - checkpoint growth for runs of 5, 20 and 50 planned steps (`bench.models.ReadPlanner`):
   bytes per step at each length and the growth exponent (1 = linear, 2 = quadratic);
@@ -487,14 +489,34 @@ class Bench:
         self.bare = build_bare_graph(saver)
         self.replay = build_state_replay_graph(saver)
 
-    async def validate(self) -> dict[str, Any]:
-        """One invoice-flow run; it must complete with the invoice staged."""
+    async def validate(self, agent: Agent | None = None) -> dict[str, Any]:
+        """One invoice-flow run (by the bench's agent, or ``agent``); it must complete."""
         invoice = self.invoices.to_validate()
-        view = await self.agent.start(f"Validate {invoice}", user=CLERK)
+        view = await (agent or self.agent).start(f"Validate {invoice}", user=CLERK)
         if view["status"] != "completed":
             raise RuntimeError(
                 f"invoice flow on {invoice} ended {view['status']}: {view['reason']}"
             )
+        return view
+
+    def served_by_models(self, latency_s: float) -> Agent:
+        """The bench's agent with router and respond served by `LatentModel`s.
+
+        Same gate, database and checkpointer; each model call takes ``latency_s``.
+        """
+        gate = self.agent.gate
+        graph = build_graph(
+            NodeDeps(gate=gate, models=LatentModels(latency_s)),
+            checkpointer=self.agent.graph.checkpointer,
+        )
+        return Agent(graph=graph, database=self.database, gate=gate)
+
+    async def validate_with_models(self, agent: Agent) -> dict[str, Any]:
+        """One invoice-flow run of ``agent`` (`served_by_models`); the models must serve."""
+        view = await self.validate(agent)
+        served = view["result"].get("model_path", {})
+        if not all(str(served.get(role, "")).startswith("model:") for role in LATENT_ROLES):
+            raise RuntimeError(f"the latent models did not serve the run: {served}")
         return view
 
     async def bare_run(self, path: tuple[str, ...], resumes: int = 0) -> tuple[float, float]:
@@ -568,9 +590,11 @@ class Bench:
         sizes = await checkpoint_bytes(self.database, view["thread_id"])
         steps = len(path)
         replay = await self.recorded_updates(view["thread_id"], path)
+        modelled = self.served_by_models(0.0)
         for _ in range(config.warmup):
             await self.bare_run(path)
             await self.replay_run(replay)
+            await self.validate_with_models(modelled)
         agent_ms: list[float] = []
         bare_ms: list[float] = []
         floor_ms: list[float] = []
@@ -579,7 +603,9 @@ class Bench:
         agent_cpu_ms: list[float] = []
         bare_cpu_ms: list[float] = []
         replay_cpu_ms: list[float] = []
-        for order in rotations(config.reps, 4):
+        modelled_ms: list[float] = []
+        modelled_cpu_ms: list[float] = []
+        for order in rotations(config.reps, 5):
             for kind in order:
                 if kind == 0:
                     cpu = time.process_time()
@@ -598,9 +624,15 @@ class Bench:
                     elapsed, _ = await timed(functools.partial(self.replay_run, replay))
                     replay_cpu_ms.append((time.process_time() - cpu) * 1000)
                     replay_ms.append(elapsed)
-                else:
+                elif kind == 3:
                     row_bytes = sizes["total"] // max(steps, 1)
                     floor_ms.append(await self.floor.commit_rows(steps, row_bytes))
+                else:
+                    cpu = time.process_time()
+                    with_models = functools.partial(self.validate_with_models, modelled)
+                    elapsed, _ = await timed(with_models)
+                    modelled_cpu_ms.append((time.process_time() - cpu) * 1000)
+                    modelled_ms.append(elapsed)
         bare_bytes = await self._last_bare_thread_bytes()
         agent = summary(agent_ms)
         bare = summary(bare_ms)
@@ -625,6 +657,12 @@ class Bench:
             "agent_cpu_ms": statistics.median(agent_cpu_ms),
             "bare_cpu_ms": statistics.median(bare_cpu_ms),
             "state_replay_cpu_ms": statistics.median(replay_cpu_ms),
+            "with_models_ms": summary(modelled_ms),
+            "with_models_cpu_ms": statistics.median(modelled_cpu_ms),
+            "cpu_ms_per_model_call": (
+                statistics.median(modelled_cpu_ms) - statistics.median(agent_cpu_ms)
+            )
+            / len(LATENT_ROLES),
             "checkpoint_bytes_per_run": run_bytes["median"],
             "checkpoint_bytes_per_step": run_bytes["median"] / steps,
             "bare_checkpoint_bytes_per_run": bare_bytes,
@@ -821,25 +859,11 @@ class Bench:
         process's CPU is used up. The model calls are metered and charged like a hosted
         model's (`bench.models.LATENT_TOKENS`).
         """
-        gate = self.agent.gate
         latency = self.config.model_latency_s
-        graph = build_graph(
-            NodeDeps(gate=gate, models=LatentModels(latency)),
-            checkpointer=self.agent.graph.checkpointer,
-        )
-        waiting = Agent(graph=graph, database=self.database, gate=gate)
+        waiting = self.served_by_models(latency)
 
         async def run() -> None:
-            invoice = self.invoices.to_validate()
-            view = await waiting.start(f"Validate {invoice}", user=CLERK)
-            served = view["result"].get("model_path", {})
-            if view["status"] != "completed" or not all(
-                str(served.get(role, "")).startswith("model:") for role in ("router", "respond")
-            ):
-                raise RuntimeError(
-                    f"model-latency run on {invoice} ended {view['status']} with models "
-                    f"{served}: {view['reason']}"
-                )
+            await self.validate_with_models(waiting)
 
         levels: list[dict[str, Any]] = []
         for concurrency in self.config.concurrency:

@@ -103,6 +103,13 @@ def format_report(report: dict[str, Any]) -> str:
                     f"{_ms(invoice['state_replay_cpu_ms'])}/run",
                 ),
                 (
+                    "agent, models serving",
+                    f"{_ms(invoice['with_models_ms']['median'])}/run, CPU "
+                    f"{_ms(invoice['with_models_cpu_ms'])}/run (router and respond by instant "
+                    f"scripted models): {_ms(invoice['cpu_ms_per_model_call'])} CPU per model "
+                    "call",
+                ),
+                (
                     "checkpoint bytes",
                     f"{_bytes(invoice['checkpoint_bytes_per_run'])}/run  "
                     f"{_bytes(invoice['checkpoint_bytes_per_step'])}/step  "
