@@ -8,10 +8,11 @@ stays quiet), at most `STEPS_PER_PHASE` per phase, the last phase final. It read
 phase number from the planner's own prompt, so it keeps no state between calls and any
 number of runs may share it.
 
-`LatentModels` serves the router and respond roles with `LatentModel`, which answers what
-the rules model would after a fixed wait, as a hosted model does: runs that spend most of
-their time waiting on a model, for the throughput leg that measures how far one process
-overlaps them.
+`LatentModels` serves the router and respond roles with real `ChatOpenAI` clients whose
+requests an in-process endpoint (`LatentOpenAI`) answers after a fixed wait, as a hosted
+model does, with what the rules model would decide: runs that spend most of their time
+waiting on a model (how far one process overlaps them), and, with no wait, what a model
+call costs the agent's CPU, client included.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ import time
 import uuid
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+import httpx2
+from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from bench.world import clone_invoice_id
 from runtime.context import Context
@@ -115,77 +119,114 @@ LATENT_ROLES: tuple[Role, ...] = ("router", "respond")
 depend on the results so far (a scripted model could only copy them)."""
 
 LATENT_TOKENS = (600, 60)
-"""(input, output) tokens each `LatentModel` reply reports, about a router call's size, so
-the run meters and charges its model spend as it would with a hosted model."""
+"""(input, output) tokens each reply of `LatentOpenAI` reports, about a router call's size,
+so the run meters and charges its model spend as it would with a hosted model."""
+
+_LATENT_TOOLS = {"RouteDecision": "router", "Summary": "respond"}
+"""The tool (schema) each role's structured call forces, and the role."""
 
 
-def latent_reply(role: Role, messages: list[BaseMessage]) -> AIMessage:
-    """What `LatentModel` answers for ``role``: the rules model's decision as a tool call.
+def latent_arguments(tool: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The arguments `LatentOpenAI` answers for ``tool``: what the rules model would decide.
 
-    The router's reply is `rules_route` on the request the router shows the model; the
-    summary names the status respond reports.
+    ``RouteDecision`` is `rules_route` on the request the router shows the model (its last
+    message); ``Summary`` names the status respond reports.
     """
-    text = str(messages[-1].content)
-    if role == "router":
-        name, args = "RouteDecision", rules_route(text).model_dump(mode="json")
-    elif role == "respond":
-        status = json.loads(text).get("status", "completed")
-        name, args = "Summary", {"summary": f"The run ended {status}."}
-    else:
-        raise ValueError(f"LatentModel serves {', '.join(LATENT_ROLES)}, not {role!r}")
-    return AIMessage(
-        content="",
-        tool_calls=[{"name": name, "args": args, "id": f"call_{uuid.uuid4().hex[:8]}"}],
-        usage_metadata={
-            "input_tokens": LATENT_TOKENS[0],
-            "output_tokens": LATENT_TOKENS[1],
+    text = str(messages[-1].get("content") or "")
+    if tool == "RouteDecision":
+        return rules_route(text).model_dump(mode="json")
+    if tool == "Summary":
+        return {"summary": f"The run ended {json.loads(text).get('status', 'completed')}."}
+    raise ValueError(f"LatentOpenAI answers {', '.join(_LATENT_TOOLS)}, not {tool!r}")
+
+
+def latent_completion(request: dict[str, Any]) -> dict[str, Any]:
+    """The chat completion `LatentOpenAI` returns for the body of a structured call."""
+    choice = request.get("tool_choice")
+    if not isinstance(choice, dict):
+        raise ValueError(f"LatentOpenAI needs a forced tool choice, got {choice!r}")
+    tool = choice["function"]["name"]
+    arguments = latent_arguments(tool, request["messages"])
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request["model"],
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{uuid.uuid4().hex[:8]}",
+                            "type": "function",
+                            "function": {"name": tool, "arguments": json.dumps(arguments)},
+                        }
+                    ],
+                },
+            }
+        ],
+        "usage": {
+            "prompt_tokens": LATENT_TOKENS[0],
+            "completion_tokens": LATENT_TOKENS[1],
             "total_tokens": sum(LATENT_TOKENS),
         },
-    )
+    }
 
 
-class LatentModel(BaseChatModel):
-    """Answers ``role``'s structured call after ``latency_s``, as a hosted model would."""
+class InProcessChatOpenAI(ChatOpenAI):
+    """`ChatOpenAI` whose HTTP requests an in-process handler answers (httpx's MockTransport).
 
-    role: Role
-    latency_s: float
+    Its async call is ChatOpenAI's own, taken when this module is imported, so a guard that
+    later replaces ChatOpenAI's calls to keep tests off the network (tests/conftest.py)
+    leaves this client, which cannot reach the network, working.
+    """
 
-    @property
-    def _llm_type(self) -> str:
-        return "bench-latent"
+    _agenerate = ChatOpenAI._agenerate
 
-    def bind_tools(self, tools: Any, **kwargs: Any) -> LatentModel:
-        """The reply is fixed by the role; the tools offered do not change it."""
-        return self
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        time.sleep(self.latency_s)
-        return ChatResult(generations=[ChatGeneration(message=latent_reply(self.role, messages))])
+class LatentOpenAI:
+    """An OpenAI-compatible chat completions endpoint inside the process, and its clients.
 
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
+    Each request is answered after ``latency_s``, as a hosted model answers, with the tool
+    call the request forces (`latent_completion`) and its token usage. The clients are
+    real `ChatOpenAI`s (`InProcessChatOpenAI`): the client's request building, tool binding
+    and reply parsing run as against the API; only the network is replaced.
+    """
+
+    def __init__(self, latency_s: float) -> None:
+        """Answer every request after ``latency_s`` seconds."""
+        self.latency_s = latency_s
+        self.requests = 0
+
+    async def handle(self, request: httpx2.Request) -> httpx2.Response:
+        """Answer one chat completion request."""
+        self.requests += 1
         await asyncio.sleep(self.latency_s)  # the wait the event loop overlaps with other runs
-        return ChatResult(generations=[ChatGeneration(message=latent_reply(self.role, messages))])
+        return httpx2.Response(200, json=latent_completion(json.loads(request.content)))
+
+    def client(self, name: str) -> ChatOpenAI:
+        """A `ChatOpenAI` for model ``name`` whose requests `handle` answers."""
+        return InProcessChatOpenAI(
+            model=name,
+            api_key=SecretStr("bench-not-a-key"),
+            base_url="http://latent-openai.invalid/v1",
+            temperature=0,
+            max_retries=0,
+            http_async_client=httpx2.AsyncClient(transport=httpx2.MockTransport(self.handle)),
+        )
 
 
 class LatentModels:
-    """A `runtime.models.ModelProvider`: `LatentModel` routes and summarises, rules plan."""
+    """A `runtime.models.ModelProvider`: `LatentOpenAI` routes and summarises, rules plan."""
 
     def __init__(self, latency_s: float) -> None:
         """Each model call takes ``latency_s`` seconds."""
-        self.latency_s = latency_s
-        self.models = {role: LatentModel(role=role, latency_s=latency_s) for role in LATENT_ROLES}
+        self.server = LatentOpenAI(latency_s)
+        self.models = {role: self.server.client(f"bench-latent-{role}") for role in LATENT_ROLES}
 
     def chat(self, role: Role, context: Context) -> tuple[str, BaseChatModel] | None:
         """The latent model for router and respond; None (rules) for the planner."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_openai import ChatOpenAI
 
 from bench.bare_graph import recorded_updates
 from bench.harness import (
@@ -41,8 +42,11 @@ from bench.models import (
 from bench.profile import profile_invoice_flow, write_html
 from bench.report import format_report, write_json
 from bench.world import BenchError, bench_world, clone_invoice_id, fresh_database
+from nodes.respond import Summary
 from runtime.agent import open_agent
 from runtime.context import Context
+from runtime.models import call_structured, tokens_of
+from runtime.rules_model import RouteDecision
 from state.db import Database
 
 
@@ -123,28 +127,31 @@ def test_read_planner_reads_the_phase_from_the_prompt() -> None:
     assert served is not None and served[0] == "bench-read-planner-5"
 
 
-async def test_latent_models_answer_router_and_respond_after_their_latency() -> None:
+async def test_latent_models_are_openai_clients_answered_in_process_after_the_latency() -> None:
     models = LatentModels(0.05)
     assert models.chat("planner", Context()) is None  # the rules model plans
     routed = models.chat("router", Context())
     summarised = models.chat("respond", Context())
     assert routed is not None and routed[0] == "bench-latent-router"
     assert summarised is not None and summarised[0] == "bench-latent-respond"
+    assert isinstance(routed[1], ChatOpenAI)
     loop = asyncio.get_running_loop()
     started = loop.time()
     route, summary = await asyncio.gather(
-        routed[1].ainvoke([SystemMessage("route"), HumanMessage("Validate INV-1002")]),
-        summarised[1].ainvoke([HumanMessage(json.dumps({"status": "escalated"}))]),
+        call_structured(
+            routed[1], RouteDecision, [SystemMessage("route"), HumanMessage("Validate INV-1002")]
+        ),
+        call_structured(
+            summarised[1], Summary, [HumanMessage(json.dumps({"status": "escalated"}))]
+        ),
     )
-    waited = loop.time() - started
-    assert waited >= 0.05  # the replies came after the latency
-    assert route.tool_calls[0]["name"] == "RouteDecision"
-    assert route.tool_calls[0]["args"]["invoice_ids"] == ["INV-1002"]
-    assert summary.tool_calls[0]["args"] == {"summary": "The run ended escalated."}
-    assert route.usage_metadata is not None
-    assert (route.usage_metadata["input_tokens"], route.usage_metadata["output_tokens"]) == (
-        LATENT_TOKENS
-    )
+    assert loop.time() - started >= 0.05  # the replies came after the latency
+    assert models.server.requests == 2
+    assert isinstance(route.parsed, RouteDecision)
+    assert route.parsed.invoice_ids == ["INV-1002"]
+    assert isinstance(summary.parsed, Summary)
+    assert summary.parsed.summary == "The run ended escalated."
+    assert tokens_of(route.raw) == LATENT_TOKENS
 
 
 def test_recorded_updates_are_the_steps_writes_without_input_or_routing() -> None:

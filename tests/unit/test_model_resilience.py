@@ -19,6 +19,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
 
+from nodes.respond import Summary
 from runtime import models as models_module
 from runtime.breakers import BREAKERS, BreakerBoard, BreakerState
 from runtime.context import DEFAULT_MODEL_PRICES, Context
@@ -33,6 +34,7 @@ from runtime.models import (
     is_retryable,
     price_per_1k,
     repair_messages,
+    structured_runnable,
 )
 from runtime.rules_model import RouteDecision
 from runtime.usage import Meter, metering
@@ -654,6 +656,18 @@ async def test_unusable_openai_output_is_repaired_and_every_attempt_is_charged(
     repair = server.requests[1]["messages"][-1]
     assert repair["role"] == "tool" and repair["tool_call_id"] == "call_1"
     assert complaint in repair["content"]
+
+
+def test_a_models_structured_runnable_is_built_once_and_the_cache_stays_bounded() -> None:
+    model = OpenAIServer().model()
+    first = structured_runnable(model, RouteDecision)
+    assert structured_runnable(model, RouteDecision) is first
+    assert structured_runnable(model, Summary) is not first
+    assert structured_runnable(OpenAIServer().model(), RouteDecision) is not first
+    for _ in range(100):
+        structured_runnable(ScriptedChatModel([]), RouteDecision)
+    assert len(models_module._structured) == models_module._STRUCTURED_CACHE_SIZE
+    assert structured_runnable(model, RouteDecision) is not first  # evicted, built anew
 
 
 class RawOnlyModel(ScriptedChatModel):
