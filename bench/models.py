@@ -41,6 +41,7 @@ STEPS_PER_PHASE = 10
 """Steps per planning phase (the planner accepts at most 12)."""
 
 _PHASE = re.compile(r"^Phase: (\d+)$", re.MULTILINE)
+_STATUS = re.compile(r'"status": "(\w+)"')
 
 
 def phase_of(messages: list[BaseMessage]) -> int:
@@ -122,8 +123,8 @@ LATENT_TOKENS = (600, 60)
 """(input, output) tokens each reply of `LatentOpenAI` reports, about a router call's size,
 so the run meters and charges its model spend as it would with a hosted model."""
 
-_LATENT_TOOLS = {"RouteDecision": "router", "Summary": "respond"}
-"""The tool (schema) each role's structured call forces, and the role."""
+_LATENT_TOOLS = ("RouteDecision", "Summary")
+"""The tools (schemas) the router's and respond's structured calls force."""
 
 
 def latent_arguments(tool: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -135,23 +136,25 @@ def latent_arguments(tool: str, messages: list[dict[str, Any]]) -> dict[str, Any
     text = str(messages[-1].get("content") or "")
     if tool == "RouteDecision":
         return rules_route(text).model_dump(mode="json")
-    if tool == "Summary":
-        return {"summary": f"The run ended {json.loads(text).get('status', 'completed')}."}
+    if tool == "Summary":  # respond sends its result as JSON, cut at 20,000 characters
+        status = _STATUS.search(text)
+        return {"summary": f"The run ended {status.group(1) if status else 'completed'}."}
     raise ValueError(f"LatentOpenAI answers {', '.join(_LATENT_TOOLS)}, not {tool!r}")
 
 
-def latent_completion(request: dict[str, Any]) -> dict[str, Any]:
-    """The chat completion `LatentOpenAI` returns for the body of a structured call."""
-    choice = request.get("tool_choice")
-    if not isinstance(choice, dict):
-        raise ValueError(f"LatentOpenAI needs a forced tool choice, got {choice!r}")
-    tool = choice["function"]["name"]
-    arguments = latent_arguments(tool, request["messages"])
+def tool_call_completion(
+    model: str, tool: str, arguments: str, usage: tuple[int, int] = LATENT_TOKENS
+) -> dict[str, Any]:
+    """An OpenAI chat completion carrying one call of ``tool`` with ``arguments``.
+
+    ``arguments`` is JSON text, as the API sends it (so it may be malformed); ``usage`` is
+    (prompt, completion) tokens.
+    """
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": request["model"],
+        "model": model,
         "choices": [
             {
                 "index": 0,
@@ -163,18 +166,28 @@ def latent_completion(request: dict[str, Any]) -> dict[str, Any]:
                         {
                             "id": f"call_{uuid.uuid4().hex[:8]}",
                             "type": "function",
-                            "function": {"name": tool, "arguments": json.dumps(arguments)},
+                            "function": {"name": tool, "arguments": arguments},
                         }
                     ],
                 },
             }
         ],
         "usage": {
-            "prompt_tokens": LATENT_TOKENS[0],
-            "completion_tokens": LATENT_TOKENS[1],
-            "total_tokens": sum(LATENT_TOKENS),
+            "prompt_tokens": usage[0],
+            "completion_tokens": usage[1],
+            "total_tokens": sum(usage),
         },
     }
+
+
+def latent_completion(request: dict[str, Any]) -> dict[str, Any]:
+    """The chat completion `LatentOpenAI` returns for the body of a structured call."""
+    choice = request.get("tool_choice")
+    if not isinstance(choice, dict):
+        raise ValueError(f"LatentOpenAI needs a forced tool choice, got {choice!r}")
+    tool = choice["function"]["name"]
+    arguments = latent_arguments(tool, request["messages"])
+    return tool_call_completion(request["model"], tool, json.dumps(arguments))
 
 
 class InProcessChatOpenAI(ChatOpenAI):

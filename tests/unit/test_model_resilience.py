@@ -19,6 +19,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
 
+from bench.models import InProcessChatOpenAI, tool_call_completion
 from nodes.respond import Summary
 from runtime import models as models_module
 from runtime.breakers import BREAKERS, BreakerBoard, BreakerState
@@ -559,47 +560,10 @@ async def test_faults_reach_the_real_openai_provider_without_a_request(
 
 # --- the structured call through the real client ---------------------------------------------
 
-# Taken before the suite's guard (tests/conftest.py) replaces it: these tests answer the
-# client's HTTP requests in process, so no request can leave.
-_REAL_AGENERATE = ChatOpenAI._agenerate
-
-
-class InProcessChatOpenAI(ChatOpenAI):
-    """`ChatOpenAI` whose HTTP requests an in-process handler answers (httpx's MockTransport)."""
-
-    _agenerate = _REAL_AGENERATE
-
 
 def completion(arguments: str, *, usage: tuple[int, int] = (50, 10)) -> dict[str, Any]:
     """An OpenAI chat completion carrying one RouteDecision tool call with ``arguments``."""
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "gpt-4o-mini",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "tool_calls",
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_1",
-                            "type": "function",
-                            "function": {"name": "RouteDecision", "arguments": arguments},
-                        }
-                    ],
-                },
-            }
-        ],
-        "usage": {
-            "prompt_tokens": usage[0],
-            "completion_tokens": usage[1],
-            "total_tokens": sum(usage),
-        },
-    }
+    return tool_call_completion("gpt-4o-mini", "RouteDecision", arguments, usage)
 
 
 class OpenAIServer:
@@ -648,13 +612,16 @@ async def test_the_openai_client_is_asked_for_the_schema_tool_and_its_reply_is_c
 async def test_unusable_openai_output_is_repaired_and_every_attempt_is_charged(
     arguments: str, complaint: str
 ) -> None:
-    server = OpenAIServer(completion(arguments), completion(json.dumps(ROUTE)))
-    answer, meter = await ask(ScriptedModels(router=server.model()), ctx(), repairs=1)  # type: ignore[arg-type]
+    unusable = completion(arguments)
+    server = OpenAIServer(unusable, completion(json.dumps(ROUTE)))
+    models = ScriptedModels(router=server.model())  # type: ignore[arg-type]
+    answer, meter = await ask(models, ctx(), repairs=1)
     assert isinstance(answer.parsed, RouteDecision)
     assert answer.path == "model:scripted-router (repaired 1x)"
     assert meter.model_calls == 2 and meter.input_tokens == 100
     repair = server.requests[1]["messages"][-1]
-    assert repair["role"] == "tool" and repair["tool_call_id"] == "call_1"
+    (call,) = unusable["choices"][0]["message"]["tool_calls"]
+    assert repair["role"] == "tool" and repair["tool_call_id"] == call["id"]
     assert complaint in repair["content"]
 
 
