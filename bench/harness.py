@@ -13,8 +13,9 @@ Figures:
 - for the invoice flow, the state replay (`bench.bare_graph.build_state_replay_graph`): the
   bare graph writing the agent's recorded state, which splits agent - bare into the cost of
   the agent's state and the cost of its nodes;
-- for the invoice flow, the agent with router and respond served by instant scripted models
-  (`bench.models.LatentModel`, no wait): the CPU a model call costs the agent around it;
+- for the invoice flow, the agent with router and respond served by models that answer at
+  once (`bench.models.LatentModels`: real `ChatOpenAI` clients answered in process): the
+  CPU a model call costs the agent, client included;
 - checkpoint bytes per run and per step (checkpoint rows, channel blobs, pending writes);
 - checkpoint growth for runs of 5, 20 and 50 planned steps (`bench.models.ReadPlanner`):
   bytes per step at each length and the growth exponent (1 = linear, 2 = quadratic);
@@ -23,7 +24,7 @@ Figures:
 - the same with 1 and 2 worker processes (`bench.worker`), each with its own pool;
 - the same levels with runs that wait on a model (`bench.models.LatentModels`: router and
   respond answer after a fixed latency, as a hosted model does): how far one process
-  overlaps runs when most of a run is waiting, and the CPU a model call costs the agent;
+  overlaps runs when most of a run is waiting;
 - resume latency: `Agent.resume` from the call to the completion it runs to;
 - memory: the process's resident set over a long series of runs, and its growth per run.
 """
@@ -500,9 +501,10 @@ class Bench:
         return view
 
     def served_by_models(self, latency_s: float) -> Agent:
-        """The bench's agent with router and respond served by `LatentModel`s.
+        """The bench's agent with router and respond served by `bench.models.LatentModels`.
 
-        Same gate, database and checkpointer; each model call takes ``latency_s``.
+        Same gate, database and checkpointer; each model call is answered after
+        ``latency_s``.
         """
         gate = self.agent.gate
         graph = build_graph(
@@ -853,7 +855,7 @@ class Bench:
     async def model_latency_throughput(self) -> dict[str, Any]:
         """Completed invoice runs per second at each level when runs wait on a model.
 
-        Router and respond are served by `bench.models.LatentModel`, which answers after
+        Router and respond are served by `bench.models.LatentModels`, answered after
         `BenchConfig.model_latency_s` (the planner stays on the rules model), so most of a
         run is waiting; one event loop overlaps the waits of concurrent runs until the
         process's CPU is used up. The model calls are metered and charged like a hosted

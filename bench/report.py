@@ -105,9 +105,9 @@ def format_report(report: dict[str, Any]) -> str:
                 (
                     "agent, models serving",
                     f"{_ms(invoice['with_models_ms']['median'])}/run, CPU "
-                    f"{_ms(invoice['with_models_cpu_ms'])}/run (router and respond by instant "
-                    f"scripted models): {_ms(invoice['cpu_ms_per_model_call'])} CPU per model "
-                    "call",
+                    f"{_ms(invoice['with_models_cpu_ms'])}/run (router and respond by "
+                    "ChatOpenAI, answered at once in process): "
+                    f"{_ms(invoice['cpu_ms_per_model_call'])} CPU per model call",
                 ),
                 (
                     "checkpoint bytes",

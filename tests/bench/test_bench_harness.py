@@ -234,9 +234,6 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
     assert invoice["state_replay_ms"]["median"] > 0
     assert invoice["with_models_ms"]["n"] == config.reps
     assert invoice["with_models_cpu_ms"] > 0
-    assert invoice["cpu_ms_per_model_call"] == pytest.approx(
-        (invoice["with_models_cpu_ms"] - invoice["agent_cpu_ms"]) / 2
-    )
     assert report["throughput"]["cpu_ceiling_runs_per_s"] > 0
     assert "approval" in report["approval_flow"]["path"]
     assert "approval" not in report["invoice_flow"]["path"]
