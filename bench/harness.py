@@ -185,6 +185,13 @@ def stops_scaling_at(levels: Sequence[dict[str, Any]], gain: float = 1.1) -> int
     return None
 
 
+def add_speedups(levels: Sequence[dict[str, Any]], rate: str, speedup: str) -> None:
+    """Set each level's ``speedup``: its ``rate`` over the first level's."""
+    base = levels[0][rate]
+    for level in levels:
+        level[speedup] = ratio(level[rate], base)
+
+
 async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
     """Milliseconds ``call`` took, and what it returned."""
     started = time.perf_counter()
@@ -841,11 +848,8 @@ class Bench:
                 f"  throughput x{concurrency}: {level['runs_per_s']:.2f} runs/s "
                 f"(bare {bare_level['runs_per_s']:.2f})"
             )
-        base = levels[0]["runs_per_s"]
-        bare_base = levels[0]["bare_runs_per_s"]
-        for level in levels:
-            level["speedup"] = ratio(level["runs_per_s"], base)
-            level["bare_speedup"] = ratio(level["bare_runs_per_s"], bare_base)
+        add_speedups(levels, "runs_per_s", "speedup")
+        add_speedups(levels, "bare_runs_per_s", "bare_speedup")
         return {
             "levels": levels,
             "pool_size": self.config.pool_size,
@@ -872,9 +876,7 @@ class Bench:
             level = await throughput_level(run, concurrency, self.config.throughput_seconds)
             levels.append(level)
             self.log(f"  with model latency x{concurrency}: {level['runs_per_s']:.2f} runs/s")
-        base = levels[0]["runs_per_s"]
-        for level in levels:
-            level["speedup"] = ratio(level["runs_per_s"], base)
+        add_speedups(levels, "runs_per_s", "speedup")
         return {
             "model_latency_s": latency,
             "model_calls_per_run": len(LATENT_ROLES),
@@ -919,9 +921,7 @@ class Bench:
                 }
             )
             self.log(f"  {count} process(es): {rate:.2f} runs/s")
-        base = levels[0]["runs_per_s"]
-        for level in levels:
-            level["speedup"] = ratio(level["runs_per_s"], base)
+        add_speedups(levels, "runs_per_s", "speedup")
         return {"levels": levels, "concurrency_per_process": config.process_concurrency}
 
     @staticmethod

@@ -239,9 +239,9 @@ class LatentModels:
     def __init__(self, latency_s: float) -> None:
         """Each model call takes ``latency_s`` seconds."""
         self.server = LatentOpenAI(latency_s)
-        self.models = {role: self.server.client(f"bench-latent-{role}") for role in LATENT_ROLES}
+        names = {role: f"bench-latent-{role}" for role in LATENT_ROLES}
+        self.models = {role: (name, self.server.client(name)) for role, name in names.items()}
 
     def chat(self, role: Role, context: Context) -> tuple[str, BaseChatModel] | None:
-        """The latent model for router and respond; None (rules) for the planner."""
-        model = self.models.get(role)
-        return None if model is None else (f"bench-latent-{role}", model)
+        """(name, client) for router and respond; None (rules) for the planner."""
+        return self.models.get(role)

@@ -44,6 +44,13 @@ def _level(level: dict[str, Any]) -> str:
     )
 
 
+def _stops_scaling(figures: dict[str, Any]) -> tuple[str, str]:
+    """The row saying at which concurrency a throughput leg stopped scaling."""
+    level = figures["stops_scaling_at"]
+    found = "did not stop within the levels measured" if level is None else f"{level} concurrent"
+    return ("stops scaling at", found)
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The figures as a table, with the ratios and the targets."""
     machine = report["machine"]
@@ -192,12 +199,7 @@ def format_report(report: dict[str, Any]) -> str:
                     else f"{throughput['cpu_ceiling_runs_per_s']:.1f} runs/s (one core at the "
                     "agent's CPU per run)",
                 ),
-                (
-                    "stops scaling at",
-                    f"{throughput['stops_scaling_at']} concurrent"
-                    if throughput["stops_scaling_at"] is not None
-                    else "did not stop within the levels measured",
-                ),
+                _stops_scaling(throughput),
             ]
         ),
         "",
@@ -207,12 +209,7 @@ def format_report(report: dict[str, Any]) -> str:
         *_rows(
             [(f"{level['concurrency']} concurrent", _level(level)) for level in waiting["levels"]]
             + [
-                (
-                    "stops scaling at",
-                    f"{waiting['stops_scaling_at']} concurrent"
-                    if waiting["stops_scaling_at"] is not None
-                    else "did not stop within the levels measured",
-                ),
+                _stops_scaling(waiting),
             ]
         ),
         "",
