@@ -59,7 +59,6 @@ from state.db import Database, default_database, migrate
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
 from state.runs import list_runs
-from state.step_metrics import flush_step_metrics
 from tools.gate import ToolGate
 
 log = logging.getLogger(__name__)
@@ -328,9 +327,6 @@ class Agent:
                 raise await self._dead_letter(
                     thread_id, exc, context=context, action=action, replay_input=replay_input
                 ) from exc
-            finally:
-                # The leg's step rows are in the table once the call returns.
-                await flush_step_metrics(self.database)
 
     async def _dead_letter(
         self,

@@ -7,11 +7,12 @@ checkpoints deserialize under LangGraph's strict msgpack mode and over the serve
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, Self, TypedDict
 
-from langgraph.channels import DeltaChannel
+from langgraph.channels import BinaryOperatorAggregate, DeltaChannel
 from langgraph.types import StateSnapshot
 
 from tools.gate import ToolOutcome
@@ -79,6 +80,31 @@ def add_usage(left: Usage, right: Usage) -> Usage:
     warnings += [w for w in right.get("warnings", []) if w not in warnings]
     merged["warnings"] = warnings
     return merged
+
+
+class JsonTextAggregate(BinaryOperatorAggregate[Any]):
+    """A reducer channel whose checkpoint is its value as JSON text.
+
+    The Postgres saver keeps a text value inline in the checkpoint's row, and every other
+    value as a row of ``checkpoint_blobs`` per version (serialized in a worker thread). For
+    a small dict that changes at every step (`AgentState.usage`), that row and that thread
+    hand-off cost more than the value: about a millisecond per run. Nodes, reducers, the
+    server API and Studio see the dict; only the checkpoint holds text. Reading also takes
+    the dict that threads checkpointed before this channel hold; code from before it would
+    read text where it expects a dict, so it must not serve the same threads (see the
+    README's Deployment notes).
+    """
+
+    def checkpoint(self) -> Any:
+        """The value as compact JSON text (unchanged while the channel is empty)."""
+        value = super().checkpoint()
+        return value if not isinstance(value, dict) else json.dumps(value, separators=(",", ":"))
+
+    def from_checkpoint(self, checkpoint: Any) -> Self:
+        """The channel holding ``checkpoint``: JSON text, or a dict written before."""
+        if isinstance(checkpoint, str):
+            checkpoint = json.loads(checkpoint)
+        return super().from_checkpoint(checkpoint)
 
 
 class PlanStep(TypedDict):
@@ -211,8 +237,10 @@ class AgentState(InputState, total=False):
     """Things a reviewer or engineer should know (plan repairs, model fallbacks)."""
     model_path: Annotated[dict[str, str], merge_dicts]
     """Which model served each role."""
-    usage: Annotated[Usage, add_usage]
-    """Budgets consumed so far (added to by the budget guard around every node)."""
+    usage: Annotated[Usage, JsonTextAggregate(Usage, add_usage)]
+    """Budgets consumed so far (added to by the budget guard around every node).
+
+    Checkpointed as JSON text (`JsonTextAggregate`): it changes at every step."""
     degraded: Annotated[list[str], operator.add]
     """How the run fell back (rules model for an unavailable model, read-only for a tool
     whose breaker is open); copied into the result so the clerk knows."""

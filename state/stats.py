@@ -6,7 +6,8 @@ without ``since``), each by its own clock:
 - runs (by status and route, cost per task, containment, escalation reasons): runs whose
   row was created in the window (``runs.created_at``), in their current status;
 - node latency: node executions that started in the window (``step_metrics``, written by
-  the budget guard; a node paused for a reviewer and its re-run are two executions);
+  the budget guard; a node paused for a reviewer and its re-run are two executions; a
+  running process writes its rows in batches, within `state.step_metrics.FLUSH_DELAY_S`);
 - tool calls: gated calls recorded in the audit chain in the window (``tool_call`` events;
   a call re-run after a crash or a resume that ended the same way is recorded once), of
   runs in the run index (the audit chain outlives a world replaced by `payables seed`,
@@ -32,6 +33,7 @@ from typing import Any
 from guards.redaction import redact_text
 from runtime.errors import BadInput
 from state.db import Database
+from state.step_metrics import flush_step_metrics
 
 FINISHED = ("completed", "escalated", "failed", "refused")
 """Statuses a run ends in (``running`` and ``interrupted`` runs have not ended)."""
@@ -101,7 +103,13 @@ _IN_WINDOW = "(%(cutoff)s::timestamptz IS NULL OR {} >= %(cutoff)s::timestamptz)
 
 
 async def run_stats(database: Database, *, since: timedelta | None = None) -> dict[str, Any]:
-    """Every statistic of runs in the window ``since`` (all time when None) as JSON data."""
+    """Every statistic of runs in the window ``since`` (all time when None) as JSON data.
+
+    Step rows this process still holds (`state.step_metrics`) are written first, so its
+    own steps count; other processes' reach the table within
+    `state.step_metrics.FLUSH_DELAY_S`.
+    """
+    await flush_step_metrics(database)
     async with database.connection() as conn:
         cur = await conn.execute(
             "SELECT now() AS until, now() - %(since)s::interval AS cutoff", {"since": since}

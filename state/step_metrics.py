@@ -7,18 +7,19 @@ checks: most of them) is observability only. It waits in a buffer of its databas
 event loop and goes to Postgres with the others in one multi-row insert that does not wait
 for the disk (``synchronous_commit=off``):
 
-- at the end of every run leg (`flush_step_metrics`, called by `runtime.agent.Agent`),
-  so a run's rows are in the table when the call that ran it returns;
+- `FLUSH_DELAY_S` after the first waiting row, so runs that end close together share a
+  statement (one per half second, however many runs finish in it);
 - once `FLUSH_ROWS` rows wait;
-- `FLUSH_DELAY_S` after the first waiting row otherwise (a LangGraph server runs graphs
-  without the Agent);
+- before `payables stats` reads (`flush_step_metrics`, called by `state.stats.run_stats`),
+  so a process counts its own steps;
 - when the database closes (`state.db.Database.close`).
 
 A process that dies loses its unwritten rows, at most the last `FLUSH_DELAY_S` of unpaid
 steps: `payables stats` then undercounts that process's last steps, and nothing else
 depends on them (budgets live in the checkpointed ``usage``; money in the tenant's row).
 A failed write is logged with the number of rows lost. This saves a statement and a disk
-flush per step, about a tenth of a run's statements.
+flush per step (about a tenth of a run's statements) and, by not writing at the end of
+each run, one more per run.
 """
 
 from __future__ import annotations

@@ -191,6 +191,7 @@ async def test_the_window_leaves_out_older_runs_and_steps(database: Database) ->
     async with open_agent(database=database) as agent:
         old = await agent.start("Validate INV-1002", user="clerk-ana")
         new = await agent.start("Validate INV-9999", user="clerk-ana")
+    await flush_step_metrics(database)  # the step rows waiting in this process, to age them
     async with database.connection() as conn:
         await conn.execute(
             "UPDATE runs SET created_at = created_at - interval '2 days' WHERE thread_id = %s",
@@ -273,6 +274,7 @@ async def test_a_node_that_raises_is_recorded_as_failed(
     async with open_agent(database=database) as agent:
         with pytest.raises(RunFailed, match="failed in verifier"):
             await agent.start("Validate INV-1002", user="clerk-ana")
+    await flush_step_metrics(database)
     failed = await rows(database, "SELECT node, ok FROM step_metrics WHERE NOT ok")
     assert failed == [{"node": "verifier", "ok": False}]
     stats = await run_stats(database)
