@@ -233,7 +233,7 @@ async def test_an_audit_append_is_one_statement_once_the_head_is_known(
 async def test_an_invoice_flow_run_stays_within_its_round_trips(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 146 before the performance work, 48 after (bare LangGraph: about 33): a change that
+    # 146 before the performance work, 48 after (bare LangGraph: 23): a change that
     # adds statements to every run shows here, with the list to see which.
     async with open_agent(database=database) as agent:
         await agent.start("Validate INV-1002", user="clerk-ana")  # warm: pools, chain head
