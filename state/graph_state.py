@@ -89,19 +89,21 @@ class JsonTextAggregate(BinaryOperatorAggregate[Any]):
     value as a row of ``checkpoint_blobs`` per version (serialized in a worker thread). For
     a small dict that changes at every step (`AgentState.usage`), that row and that thread
     hand-off cost more than the value: about a millisecond per run. Nodes, reducers, the
-    server API and Studio see the dict; only the checkpoint holds text. Reading also takes
-    the dict that threads checkpointed before this channel hold; code from before it would
-    read text where it expects a dict, so it must not serve the same threads (see the
-    README's Deployment notes).
+    server API and Studio see the value; only the checkpoint holds text, so the value must
+    be plain JSON (as all of `AgentState` is). Reading also takes the dict that threads
+    checkpointed before this channel hold; code from before it would read text where it
+    expects a dict, so it must not serve the same threads (see the README's Deployment
+    notes).
     """
 
     def checkpoint(self) -> Any:
-        """The value as compact JSON text (unchanged while the channel is empty)."""
-        value = super().checkpoint()
-        return value if not isinstance(value, dict) else json.dumps(value, separators=(",", ":"))
+        """The value as compact JSON text (the empty marker while the channel is empty)."""
+        if not self.is_available():
+            return super().checkpoint()
+        return json.dumps(self.get(), separators=(",", ":"))
 
     def from_checkpoint(self, checkpoint: Any) -> Self:
-        """The channel holding ``checkpoint``: JSON text, or a dict written before."""
+        """The channel holding ``checkpoint``: JSON text, or a value checkpointed before."""
         if isinstance(checkpoint, str):
             checkpoint = json.loads(checkpoint)
         return super().from_checkpoint(checkpoint)

@@ -191,7 +191,6 @@ async def test_the_window_leaves_out_older_runs_and_steps(database: Database) ->
     async with open_agent(database=database) as agent:
         old = await agent.start("Validate INV-1002", user="clerk-ana")
         new = await agent.start("Validate INV-9999", user="clerk-ana")
-    await flush_step_metrics(database)  # the step rows waiting in this process, to age them
     async with database.connection() as conn:
         await conn.execute(
             "UPDATE runs SET created_at = created_at - interval '2 days' WHERE thread_id = %s",
@@ -274,7 +273,6 @@ async def test_a_node_that_raises_is_recorded_as_failed(
     async with open_agent(database=database) as agent:
         with pytest.raises(RunFailed, match="failed in verifier"):
             await agent.start("Validate INV-1002", user="clerk-ana")
-    await flush_step_metrics(database)
     failed = await rows(database, "SELECT node, ok FROM step_metrics WHERE NOT ok")
     assert failed == [{"node": "verifier", "ok": False}]
     stats = await run_stats(database)
@@ -370,6 +368,19 @@ async def test_unpaid_steps_wait_and_are_written_together(database: Database) ->
     await record_step(database, unpaid_step("respond"))
     await database.close()  # closing writes what waits
     assert await step_nodes(database) == ["router", "planner", "executor", "verifier", "respond"]
+
+
+async def test_stats_count_the_step_rows_still_waiting_in_this_process(
+    database: Database,
+) -> None:
+    await record_step(database, unpaid_step("router"))
+    await record_step(database, unpaid_step("planner"))
+    assert await step_nodes(database) == []  # the batch has not been written yet
+    stats = await run_stats(database)
+    assert {node: figures["steps"] for node, figures in stats["node_latency_ms"].items()} == {
+        "router": 1,
+        "planner": 1,
+    }
 
 
 async def test_a_paid_step_is_written_at_once_with_its_charge(database: Database) -> None:
