@@ -141,6 +141,9 @@ async def test_run_interrupts_then_approval_pays_once(
     values = state["values"]
     assert isinstance(values, dict)
     assert values["status"] == "completed", values
+    # Checkpointed as text (`state.graph_state.JsonTextAggregate`); the API serves the dict.
+    usage = values["usage"]
+    assert isinstance(usage, dict) and usage["steps"] >= values["result"]["usage"]["steps"] > 0
     invoice = values["result"]["invoices"]["INV-1001"]
     assert "payment_scheduled" in invoice["actions"], invoice
     assert (await client.threads.get(thread_id))["status"] == "idle"
