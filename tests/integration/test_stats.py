@@ -357,7 +357,7 @@ async def step_nodes(database: Database) -> list[str]:
 async def test_unpaid_steps_wait_and_are_written_together(database: Database) -> None:
     assert await record_step(database, unpaid_step("router")) is None
     assert await step_nodes(database) == []  # waiting in the buffer, not written one by one
-    # Without the Agent's flush (a LangGraph server), the buffer writes on its own.
+    # With nothing else to flush it, the buffer writes on its own.
     deadline = time.monotonic() + 10 * FLUSH_DELAY_S + 5
     while await step_nodes(database) != ["router"]:
         assert time.monotonic() < deadline, "the waiting step row was never written"
