@@ -11,7 +11,10 @@ not re-send it.
 Statuses: ``open`` (not replayed yet), ``replayed`` (a replay finished the run or brought
 it to its next approval), ``failed_again`` (the replay failed too; a newer dead letter
 holds that failure), ``resolved`` (nothing was left to replay: the thread had finished by
-other means, or it waits for a reviewer).
+other means, or it waits for a reviewer). A thread that finishes by a later run (resuming
+again, ``payables continue``, the LangGraph server) resolves its open dead letters as its
+final status reaches the run index (a trigger, migration 0012), except the one a replay
+holds, which the replay marks itself.
 """
 
 from __future__ import annotations

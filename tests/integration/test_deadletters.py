@@ -9,9 +9,10 @@ the agent stores.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
-from typing import Any
+from typing import Any, get_args
 
 import psycopg
 import pytest
@@ -21,6 +22,9 @@ from runtime.agent import context_payload
 from runtime.context import Context
 from state.db import Database
 from state.deadletters import claim_dead_letter, record_dead_letter
+from state.retention import FINISHED_STATUSES
+from state.routes import RunStatus
+from state.runs import record_run
 from tests.cli import explain, payables, payables_fails, payables_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -277,6 +281,86 @@ async def test_two_replays_of_one_dead_letter_cannot_run_together(
     assert "being replayed by another process" in stderr
     assert scalar(db_uri, "SELECT count(*) FROM runs WHERE thread_id = 'held'") == 0
     assert dead_letter_row(db_uri, number)["status"] == "open"
+
+
+async def test_a_thread_finished_by_a_later_run_closes_its_dead_letters(
+    cli_env: dict[str, str], db_uri: str
+) -> None:
+    """Resuming again (or `continue`) finishes the thread; its dead letters do not linger."""
+    thread = "recovers"
+    run = ("run", PAY_REQUEST, "--user", "clerk-ana", "--thread", thread)
+    fails_at(cli_env, "raise:before:verifier", *run)
+    failed_start = only_open_dead_letter(cli_env)["dead_letter_id"]
+
+    paused = payables_json(cli_env, "continue", thread)
+    assert paused["status"] == "interrupted"
+    # Paused at an approval, the thread has not got past everything yet: still open.
+    assert dead_letter_row(db_uri, failed_start)["status"] == "open"
+    fails_at(cli_env, "raise:after:approval", "resume", thread, *APPROVE)
+    listed = payables_json(cli_env, "deadletters", "list")["dead_letters"]
+    failed_resume = max(d["dead_letter_id"] for d in listed)
+    assert sorted(d["dead_letter_id"] for d in listed) == [failed_start, failed_resume]
+
+    done = payables_json(cli_env, "resume", thread, *APPROVE)
+    assert done["status"] == "completed", done["reason"]
+    assert payments(db_uri, "INV-1001") == 1
+    assert payables_json(cli_env, "deadletters", "list")["dead_letters"] == []
+    for number in (failed_start, failed_resume):
+        row = dead_letter_row(db_uri, number)
+        assert row["status"] == "resolved"
+        assert (
+            row["replay_note"]
+            == f"not replayed: thread {thread} finished (completed) by a later run"
+        )
+    again = plain(payables_fails(cli_env, "deadletters", "replay", str(failed_resume)))
+    assert "already handled (resolved" in again
+    forced = payables_json(cli_env, "deadletters", "replay", str(failed_resume), "--force")
+    assert (forced["outcome"], forced["how"]) == ("resolved", "nothing")
+    assert payments(db_uri, "INV-1001") == 1
+
+
+async def test_only_a_final_status_in_the_run_index_resolves_the_threads_dead_letters(
+    database: Database, db_uri: str
+) -> None:
+    """Every status a run can record; the LangGraph server's runs record theirs the same way."""
+    for status in get_args(RunStatus):
+        thread = f"status-{status}"
+        number = await start_dead_letter(database, thread, "Validate INV-1002")
+        other_thread = await start_dead_letter(database, f"other-{status}", "Validate INV-1002")
+        await record_run(
+            database,
+            thread_id=thread,
+            request="Validate INV-1002",
+            requester="clerk-ana",
+            tenant="default",
+            route="validate",
+            status=status,
+        )
+        expected = "resolved" if status in FINISHED_STATUSES else "open"
+        assert dead_letter_row(db_uri, number)["status"] == expected, status
+        assert dead_letter_row(db_uri, other_thread)["status"] == "open", status
+
+
+async def test_the_run_a_replay_drives_does_not_wait_for_the_replays_own_claim(
+    database: Database, db_uri: str
+) -> None:
+    """A replay holds its dead letter locked while its run ends; that run must not block."""
+    replayed = await start_dead_letter(database, "replaying", "Validate INV-1002")
+    older = await start_dead_letter(database, "replaying", "Validate INV-1002")
+    async with claim_dead_letter(database, replayed) as claim:
+        finished = record_run(
+            database,
+            thread_id="replaying",
+            request="Validate INV-1002",
+            requester="clerk-ana",
+            tenant="default",
+            route="validate",
+            status="completed",
+        )
+        await asyncio.wait_for(finished, timeout=30)
+        await claim.finish("replayed", "replayed with `start`: the run is now completed")
+    assert dead_letter_row(db_uri, replayed)["status"] == "replayed"
+    assert dead_letter_row(db_uri, older)["status"] == "resolved"
 
 
 def test_show_prints_the_payload_as_json(cli_env: dict[str, str]) -> None:
