@@ -34,9 +34,7 @@ from langgraph.graph.state import CompiledStateGraph
 from runtime.errors import BadInput
 from state.db import Database
 from state.graph_state import pending_steps
-
-FINISHED_STATUSES = ("completed", "refused", "escalated", "failed")
-"""Run statuses after which nothing more can happen to a thread."""
+from state.routes import FINISHED_STATUSES
 
 ThreadLock = Callable[[str], AbstractAsyncContextManager[Any]]
 """Takes a thread's run lock (`runtime.agent.Agent.thread_lock`); raises `BadInput` if busy."""

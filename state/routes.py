@@ -32,3 +32,7 @@ TOOL_ROUTES = frozenset(
 )
 
 RunStatus = Literal["running", "interrupted", "completed", "refused", "escalated", "failed"]
+
+FINISHED_STATUSES: tuple[RunStatus, ...] = ("completed", "refused", "escalated", "failed")
+"""Statuses a run ends in: nothing more happens to the thread (``running`` and
+``interrupted`` runs have not ended). Migration 0012's trigger spells the same list out."""

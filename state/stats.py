@@ -33,10 +33,8 @@ from typing import Any
 from guards.redaction import redact_text
 from runtime.errors import BadInput
 from state.db import Database
+from state.routes import FINISHED_STATUSES
 from state.step_metrics import flush_step_metrics
-
-FINISHED = ("completed", "escalated", "failed", "refused")
-"""Statuses a run ends in (``running`` and ``interrupted`` runs have not ended)."""
 
 UNSUCCESSFUL = ("escalated", "failed", "refused")
 """Finished runs that did not complete; their reasons are counted."""
@@ -149,7 +147,7 @@ async def run_stats(database: Database, *, since: timedelta | None = None) -> di
             " SELECT status = 'completed' AS successful, count(*) AS runs,"
             " COALESCE(sum(cost.cost_usd), 0) AS cost_usd"
             " FROM finished LEFT JOIN cost USING (thread_id) GROUP BY 1",
-            {**window, "finished": list(FINISHED)},
+            {**window, "finished": list(FINISHED_STATUSES)},
         )
         costs = {True: (0, 0.0), False: (0, 0.0)}
         for r in await cur.fetchall():
@@ -189,7 +187,7 @@ async def run_stats(database: Database, *, since: timedelta | None = None) -> di
             "   (SELECT 1 FROM approval_decisions AS d WHERE d.thread_id = r.thread_id))"
             " AS contained FROM runs AS r"
             f" WHERE {_IN_WINDOW.format('r.created_at')}",
-            {**window, "finished": list(FINISHED)},
+            {**window, "finished": list(FINISHED_STATUSES)},
         )
         containment = await cur.fetchone()
         assert containment is not None

@@ -22,8 +22,7 @@ from runtime.agent import context_payload
 from runtime.context import Context
 from state.db import Database
 from state.deadletters import claim_dead_letter, record_dead_letter
-from state.retention import FINISHED_STATUSES
-from state.routes import RunStatus
+from state.routes import FINISHED_STATUSES, RunStatus
 from state.runs import record_run
 from tests.cli import explain, payables, payables_fails, payables_json
 
