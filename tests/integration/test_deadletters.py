@@ -325,7 +325,9 @@ async def test_only_a_final_status_in_the_run_index_resolves_the_threads_dead_le
     for status in get_args(RunStatus):
         thread = f"status-{status}"
         number = await start_dead_letter(database, thread, "Validate INV-1002")
-        other_thread = await start_dead_letter(database, f"other-{status}", "Validate INV-1002")
+        other_threads_letter = await start_dead_letter(
+            database, f"other-{status}", "Validate INV-1002"
+        )
         await record_run(
             database,
             thread_id=thread,
@@ -337,7 +339,7 @@ async def test_only_a_final_status_in_the_run_index_resolves_the_threads_dead_le
         )
         expected = "resolved" if status in FINISHED_STATUSES else "open"
         assert dead_letter_row(db_uri, number)["status"] == expected, status
-        assert dead_letter_row(db_uri, other_thread)["status"] == "open", status
+        assert dead_letter_row(db_uri, other_threads_letter)["status"] == "open", status
 
 
 async def test_the_run_a_replay_drives_does_not_wait_for_the_replays_own_claim(
