@@ -1,8 +1,9 @@
 """Masking for everything that leaves the agent: results, CLI output, logs, audit rows.
 
 Bank accounts keep their last four characters; secrets (API keys, bearer tokens, database
-passwords) are replaced whole. Card numbers are found with LangChain's PII detector, which
-checks the Luhn sum, so ordinary long numbers are left alone.
+passwords) are replaced whole. Card numbers are found with LangChain's PII detector, and
+in the other printed groupings (4-6-5, dotted) by `_GROUPED_CARD_RE`; both check the Luhn
+sum, so ordinary long numbers are left alone.
 """
 
 from __future__ import annotations
@@ -12,17 +13,24 @@ import re
 from typing import TypeVar
 
 from langchain.agents.middleware.pii import detect_credit_card
-from stdnum import iban
+from stdnum import iban, luhn
 
 T = TypeVar("T")
 
 # IBAN-like: country code, check digits, 10-30 alphanumerics, optionally printed in groups.
 ACCOUNT_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]){10,30}\b")
-# The same with any single separator between characters ("N L 9 1 ...", "DE49-1002-..."),
-# matched case-insensitively; only checksum-valid IBANs count, so prose does not.
+# The same with up to three separators between characters ("N L 9 1 ...", "DE49-1002-...",
+# "GB29  NWBK", "GB29 - NWBK"), matched case-insensitively; only checksum-valid IBANs count,
+# so prose does not.
+_SEP = r"[\s.\-_/]{0,3}"
 _SPREAD_ACCOUNT_RE = re.compile(
-    r"(?<![A-Z0-9])[A-Z][\s.\-_/]?[A-Z][\s.\-_/]?\d[\s.\-_/]?\d(?:[\s.\-_/]?[A-Z0-9]){10,30}",
+    rf"(?<![A-Z0-9])[A-Z]{_SEP}[A-Z]{_SEP}\d{_SEP}\d(?:{_SEP}[A-Z0-9]){{10,30}}",
     re.IGNORECASE,
+)
+# Card numbers in the groupings LangChain's detector does not read: Amex and Diners' 4-6-5
+# and 4-6-4, and 4-4-4-4(-3) with dots; the Luhn sum decides.
+_GROUPED_CARD_RE = re.compile(
+    r"(?<![\d.,\-])\d{4}([ .\-])(?:\d{6}\1\d{4,5}|\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?)(?![\d]|[.,\-]\d)"
 )
 # Bare account numbers: 10+ digits not part of an amount or an id with a dash.
 DIGITS_RE = re.compile(r"(?<![\d.,\-])\d{10,}(?![\d.,])")
@@ -39,8 +47,16 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\blsv2_[A-Za-z0-9_]{8,}"), "[secret]"),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "[secret]"),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._\-]{8,}"), "Bearer [secret]"),
-    (re.compile(r"(?i)\b(api[_-]?key|token|secret|password)(\s*[:=]\s*)\S+"), r"\1\2[secret]"),
-    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/\s@]+:)[^@\s]+@"), r"\1***@"),
+    # Also as an environment variable (OPENAI_API_KEY=...) or a JSON field ("password": "...").
+    (
+        re.compile(
+            r"(?i)(?<![a-z0-9])([a-z0-9_]*(?:api[_-]?key|token|secret|password)[\"']?)"
+            r"(\s*[:=]\s*[\"']?)[^\s\"',}]+"
+        ),
+        r"\1\2[secret]",
+    ),
+    # Up to the last "@" before the host: a password may hold "@" itself.
+    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/\s@]+:)[^\s/]+@"), r"\1***@"),
 )
 
 
@@ -100,6 +116,7 @@ def redact_text(text: str) -> str:
         text = (
             text[: match["start"]] + "[card ****" + match["value"][-4:] + "]" + text[match["end"] :]
         )
+    text = _GROUPED_CARD_RE.sub(_mask_if_card, text)
     text = ACCOUNT_RE.sub(lambda m: mask_account(m.group(0)) or "", text)
     text = _SPREAD_ACCOUNT_RE.sub(_mask_if_valid, text)
     return _mask_bare_digits(text)
@@ -118,8 +135,25 @@ def _mask_bare_digits(text: str) -> str:
 
 
 def _mask_if_valid(match: re.Match[str]) -> str:
-    valid = _longest_valid_iban(re.sub(r"[^A-Z0-9]", "", match.group(0).upper()))
-    return "****" + valid[-4:] if valid else match.group(0)
+    raw = match.group(0)
+    valid = _longest_valid_iban(re.sub(r"[^A-Z0-9]", "", raw.upper()))
+    if not valid:
+        return raw
+    # Keep what follows the account's last character: "gb29 ... 19 and pay" keeps " and pay".
+    seen = end = 0
+    while seen < len(valid):
+        seen += raw[end].isalnum()
+        end += 1
+    return "****" + valid[-4:] + raw[end:]
+
+
+def _grouped_cards(text: str) -> list[re.Match[str]]:
+    return [m for m in _GROUPED_CARD_RE.finditer(text) if luhn.is_valid(re.sub(r"\D", "", m[0]))]
+
+
+def _mask_if_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    return f"[card ****{digits[-4:]}]" if luhn.is_valid(digits) else match.group(0)
 
 
 def redact(value: T) -> T:
@@ -140,6 +174,7 @@ def find_unmasked(text: str) -> list[str]:
     found = [m.group(0) for m in ACCOUNT_RE.finditer(text)]
     found += find_hidden_accounts(text)
     found += [m["value"] for m in detect_credit_card(text)]
+    found += [m.group(0) for m in _grouped_cards(text)]
     found += [m.group(0) for pattern, _ in SECRET_PATTERNS[:4] for m in pattern.finditer(text)]
     return found
 

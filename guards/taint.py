@@ -22,6 +22,19 @@ def _normalize(text: str) -> str:
     return re.sub(r"[\s,]", "", text).upper()
 
 
+def _occurs_in(variants: set[str]) -> re.Pattern[str]:
+    """Any of ``variants`` as a whole token of an upper-cased text.
+
+    Spaces and commas may sit between its characters ("GB29 NWBK ...", "12,000.00"). A
+    whole token: "2000.00" is not in "12000.00", "1001" is not in "INV-1001", and "2000" is
+    not in "2000.50".
+    """
+    spelled = ("[\\s,]*".join(map(re.escape, v)) for v in sorted(variants, key=len, reverse=True))
+    return re.compile(
+        r"(?<![0-9A-Z.])(?<![0-9A-Z]-)(?:" + "|".join(spelled) + r")(?![0-9A-Z])(?!\.\d)"
+    )
+
+
 @dataclass(frozen=True)
 class TaintFinding:
     """One argument value traced to third-party text only."""
@@ -63,16 +76,17 @@ def find_taint(
     args: dict[str, Any], *, trusted: list[str], untrusted: list[tuple[str, str]]
 ) -> list[TaintFinding]:
     """Argument values present in ``untrusted`` texts and absent from every ``trusted`` one."""
-    trusted_norm = [_normalize(t) for t in trusted]
-    untrusted_norm = [(source, _normalize(text)) for source, text in untrusted]
+    trusted_upper = [t.upper() for t in trusted]
+    untrusted_upper = [(source, text.upper()) for source, text in untrusted]
     findings = []
     for name, value in _scalars(args):
         if len(value) < _MIN_LEN or _WORDLIKE.match(value):
             continue  # words and short tokens carry no provenance signal
         variants = _variants(value)
-        sources = tuple(
-            source for source, text in untrusted_norm if any(v in text for v in variants)
-        )
-        if sources and not any(v in t for v in variants for t in trusted_norm):
+        if not variants:
+            continue
+        occurs = _occurs_in(variants).search
+        sources = tuple(source for source, text in untrusted_upper if occurs(text))
+        if sources and not any(occurs(t) for t in trusted_upper):
             findings.append(TaintFinding(name, value, sources))
     return findings

@@ -11,6 +11,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import BaseModel, Field
 
+from guards.input_checks import split_pasted
 from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import planner_view, wrapped_attachments
 from runtime.context import Context
@@ -82,10 +83,13 @@ def make_planner(deps: NodeDeps) -> Node:
 
         if deps.models.chat("planner", ctx) is not None:
             tools = [t.as_openai_tool()["function"] for t in deps.gate.registry.for_route(route)]
+            # Only the clerk's own words go in <request>: text pasted between fences is a
+            # third party's and reaches the model wrapped as untrusted, with the attachments.
+            own_words, _ = split_pasted(state["request"])
             messages: list[Any] = [
                 SystemMessage(PLANNER_SYSTEM.format(route=route, tools=json.dumps(tools))),
                 HumanMessage(
-                    f"Request:\n<request>\n{state['request']}\n</request>\n"
+                    f"Request:\n<request>\n{own_words}\n</request>\n"
                     f"Entities: {json.dumps(entities)}\nPhase: {phase}\n"
                     f"Results so far:\n{_results_digest(state)}\n"
                     + "Attachments:\n"

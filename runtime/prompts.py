@@ -1,8 +1,12 @@
-"""Prompts as named, versioned constants. Bump `PROMPT_VERSION` whenever one changes."""
+"""Prompts as named, versioned constants.
+
+Bump `PROMPT_VERSION` whenever one changes, or what the nodes put around them (the planner's
+request block, say).
+"""
 
 from __future__ import annotations
 
-PROMPT_VERSION = "2026-11-23.1"
+PROMPT_VERSION = "2026-12-06.1"
 
 ROUTER_SYSTEM = """\
 You classify requests sent to an accounts-payable agent.
