@@ -64,7 +64,7 @@ async def approved_payment(agent: Agent) -> str:
 
 
 async def approved_bank_change(agent: Agent, request: str = CHANGE_REQUEST) -> str:
-    """The V-006 bank change, approved by two controllers (dual control): the thread id."""
+    """The V-006 bank change, signed by two controllers (dual control): the thread id."""
     view = await agent.start(request, user="clerk-ana")
     thread = str(view["thread_id"])
     for reviewer in ("ctl-1", "ctl-2"):

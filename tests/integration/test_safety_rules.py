@@ -11,6 +11,7 @@ from runtime.context import Context
 from state.db import Database
 from tests.approvals import grant
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply, tool_reply
+from tools.ap import _names_invoice
 from tools.gate import ToolGate
 
 pytestmark = pytest.mark.integration
@@ -128,6 +129,119 @@ async def test_the_gate_refuses_an_account_the_clerk_never_gave(database: Databa
     assert outcome["error"] is not None
     assert outcome["error"]["code"] == "account_not_from_requester"
     assert await scalar(database, "SELECT count(*) FROM vendor_bank_changes") == 0
+
+
+async def add_run(database: Database, request: str) -> None:
+    async with database.connection() as conn:
+        await conn.execute(
+            "INSERT INTO runs (thread_id, request, requester, tenant, status)"
+            " VALUES ('t', %s, 'clerk', 'default', 'running')",
+            (request,),
+        )
+
+
+@pytest.mark.parametrize(
+    ("request_text", "proposed", "accepted"),
+    [
+        ("Change V-006 to NL23KNAB0257394811 per call", "NL23KNAB0257394811", True),
+        ("Change V-006 to NL23 KNAB 0257 3948 11 per call", "NL23KNAB0257394811", True),
+        ("Change V-006 to NL23KNAB0257394811 per call", "NL23KNAB025739481", False),  # a part
+        ("Change V-006 to NL23KNAB0257394811 per call", "0257394811PERCALL", False),  # run on
+        ("Change V-006 to account 0001-2345-6789 per call", "000123456789", True),
+        ("Change V-006 to account 0001 2345 6789 per call", "123456789PER", False),
+    ],
+)
+async def test_a_bank_change_takes_exactly_an_account_the_clerk_gave(
+    database: Database, request_text: str, proposed: str, accepted: bool
+) -> None:
+    await add_run(database, request_text)
+    args = {"vendor_id": "V-006", "new_account": proposed, "reason": "called back"}
+    async with database.connection() as conn:
+        for reviewer in ("ctl-1", "ctl-2"):
+            await grant(
+                conn,
+                step_id="s1",
+                tool="update_vendor_bank_account",
+                args=args,
+                reviewer=reviewer,
+                role="controller",
+            )
+    outcome = await ToolGate(database).call(
+        thread_id="t",
+        step_id="s1",
+        route="vendor_change",
+        requester="clerk",
+        tool="update_vendor_bank_account",
+        args=args,
+        run=Context(),
+    )
+    changed = await scalar(
+        database, "SELECT count(*) FROM vendors WHERE remit_bank_account = %s", proposed
+    )
+    if accepted:
+        assert outcome["error"] is None, outcome["error"]
+        assert changed == 1
+    else:
+        assert outcome["error"] is not None
+        assert outcome["error"]["code"] == "account_not_from_requester"
+        assert changed == 0
+
+
+async def test_only_invoices_the_clerk_named_whole_are_paid(database: Database) -> None:
+    """Naming INV-1001 does not name INV-100, another (matching, staged) invoice."""
+    async with database.connection() as conn:
+        await conn.execute(
+            "INSERT INTO invoices (invoice_id, vendor_id, invoice_number, po_number,"
+            " invoice_date, due_date, currency, subtotal, tax, total, bank_account, notes,"
+            " document_text, status)"
+            " SELECT 'INV-100', vendor_id, 'OTHER-77', po_number, invoice_date, due_date,"
+            " currency, subtotal, tax, total, bank_account, '', '', 'staged'"
+            " FROM invoices WHERE invoice_id = 'INV-1001'"
+        )
+        await conn.execute(
+            "INSERT INTO invoice_lines SELECT 'INV-100', line_no, po_line_no, description,"
+            " quantity, unit_price, amount FROM invoice_lines WHERE invoice_id = 'INV-1001'"
+        )
+    total = await scalar(database, "SELECT total::text FROM invoices WHERE invoice_id='INV-100'")
+    await add_run(database, "Pay INV-1001")
+    args = {"invoice_id": "INV-100", "amount": total, "currency": "USD", "pay_on": None}
+    async with database.connection() as conn:
+        await grant(
+            conn,
+            step_id="s2",
+            tool="schedule_payment",
+            args=args,
+            reviewer="rev-1",
+            role="approver",
+        )
+    outcome = await ToolGate(database).call(
+        thread_id="t",
+        step_id="s2",
+        route="invoice_processing",
+        requester="clerk",
+        tool="schedule_payment",
+        args=args,
+        run=Context(),
+    )
+    assert outcome["error"] is not None
+    assert outcome["error"]["code"] == "invoice_not_requested"
+    assert await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-100'") == 0
+
+
+@pytest.mark.parametrize(
+    ("words", "named"),
+    [
+        ("Pay INV-1001", True),
+        ("pay inv 1001 please", True),
+        ("Pay INV1001.", True),
+        ("Pay INV-10011", False),
+        ("Pay INV-1001-2", False),
+        ("Pay XINV-1001", False),
+        ("Pay PO-INV-1001", False),
+    ],
+)
+def test_an_invoice_is_named_only_as_a_whole_id(words: str, named: bool) -> None:
+    assert _names_invoice(words, "INV-1001") is named
 
 
 async def test_injected_invoice_text_is_flagged_and_shown_to_the_reviewer(
