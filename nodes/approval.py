@@ -152,7 +152,8 @@ async def pending_approval(
         evidence=evidence,
         steps=requirements,
         requester=requester,
-        request=state["request"],
+        # The inbox shows it to every reviewer: the clerk's words can hold a full account.
+        request=redact(state["request"]),
         error=None,
     )
     return request, steps
@@ -169,7 +170,13 @@ def make_approval(deps: NodeDeps) -> Node:
         thread_id = current_thread_id()
         request, steps = await pending_approval(gate, state, runtime.context, thread_id)
         if not steps:
-            # Nothing needs a person after all (for example, approved in a race): go on.
+            # Nothing needs a person after all (approved in a race, say), unless this node
+            # is re-running after its own answer committed: a reject in it ends the run.
+            cursor = state.get("cursor", 0)
+            ahead = [s["step_id"] for s in state["plan"]["steps"][cursor:]]
+            recorded = await recorded_rejection(deps.database, thread_id, ahead)
+            if recorded is not None:
+                return Command(goto="respond", update={"status": "completed", "reason": recorded})
             return Command(goto="executor")
         await record_run(
             deps.database,
@@ -201,7 +208,9 @@ def make_approval(deps: NodeDeps) -> Node:
         decisions: list[Decision] = []
         new_steps = list(state["plan"]["steps"])
         cursor = state.get("cursor", 0)
-        async with deps.database.connection() as conn:
+        # One answer commits whole: a retry after a failure part-way (a dropped connection)
+        # must not find some of its decisions recorded and the rest, a reject say, lost.
+        async with deps.database.connection() as conn, conn.transaction():
             for offset, (step, decision) in enumerate(zip(steps, resume.decisions, strict=True)):
                 args = edited.get(offset)
                 if args is None:
@@ -252,13 +261,33 @@ def make_approval(deps: NodeDeps) -> Node:
         if rejected:
             first = rejected[0]
             update["status"] = "completed"
-            update["reason"] = (
-                f"Rejected by {first['reviewer_id']} ({first['reviewer_role']}): {first['reason']}"
+            update["reason"] = rejection_reason(
+                first["reviewer_id"], first["reviewer_role"], first["reason"]
             )
             return Command(goto="respond", update=update)
         return Command(goto="executor", update=update)
 
     return approval
+
+
+def rejection_reason(reviewer_id: str, reviewer_role: str, reason: str) -> str:
+    """The run's reason when a reviewer rejects a step."""
+    return f"Rejected by {reviewer_id} ({reviewer_role}): {reason}"
+
+
+async def recorded_rejection(database: Database, thread_id: str, step_ids: list[str]) -> str | None:
+    """The reason of the first reject recorded for any of ``step_ids``, or None."""
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT reviewer_id, reviewer_role, reason FROM approval_decisions"
+            " WHERE thread_id = %s AND step_id = ANY(%s) AND decision = 'reject'"
+            " ORDER BY decision_id LIMIT 1",
+            (thread_id, step_ids),
+        )
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    return rejection_reason(row["reviewer_id"], row["reviewer_role"], row["reason"])
 
 
 # A server token's role as the approval records it (server/auth.py APPROVAL_ROLES): the
