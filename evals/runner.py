@@ -267,28 +267,41 @@ async def run_scenario(
     state_findings: dict[str, Any] = {}
     started = time.perf_counter()
     name: str | None = None
+    loaded_uri: str | None = None
     try:
-        world = resolve_world(scenario, base_dir)
-        provider, context = provider_for(mode)
-        name = await databases.create(scenario.id)
-        run.database = name
-        uri = databases.uri(name)
-        async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
-            await load_world(conn, world)
-        database = Database(uri, max_size=4)
-        # Tags and metadata reach every trace of the scenario (LangSmith, when tracing is on).
-        with tracing_context(
-            tags=["eval", f"suite:{scenario.suite}", f"mode:{mode}", *scenario.tags],
-            metadata={"eval_suite": scenario.suite, "scenario_id": scenario.id, "mode": mode},
-        ):
-            async with open_agent(models=provider, database=database) as agent:
-                await _drive(agent, scenario, run, context)
-        async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
-            state_findings = await check_state(scenario, conn)
-    except PayablesError as exc:
-        run.error = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # a bug in the agent: recorded as this scenario's failure
-        run.error = f"unexpected {type(exc).__name__}: {exc}"
+        try:
+            world = resolve_world(scenario, base_dir)
+            provider, context = provider_for(mode)
+            name = await databases.create(scenario.id)
+            run.database = name
+            uri = databases.uri(name)
+            async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
+                await load_world(conn, world)
+            loaded_uri = uri
+            database = Database(uri, max_size=4)
+            # Tags and metadata reach every trace of the scenario (LangSmith, when tracing is
+            # on).
+            with tracing_context(
+                tags=["eval", f"suite:{scenario.suite}", f"mode:{mode}", *scenario.tags],
+                metadata={"eval_suite": scenario.suite, "scenario_id": scenario.id, "mode": mode},
+            ):
+                async with open_agent(models=provider, database=database) as agent:
+                    await _drive(agent, scenario, run, context)
+        except PayablesError as exc:
+            run.error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug in the agent: recorded as this scenario's failure
+            run.error = f"unexpected {type(exc).__name__}: {exc}"
+        if loaded_uri is not None:
+            # Even after a failed run: what it committed before failing (a forbidden payment,
+            # say) is judged, so a crash cannot hide an attack that succeeded.
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    loaded_uri, **CONNECTION_KWARGS
+                ) as conn:
+                    state_findings = await check_state(scenario, conn)
+            except Exception as exc:
+                failed = f"state assertions could not be checked: {type(exc).__name__}: {exc}"
+                run.error = f"{run.error}; {failed}" if run.error else failed
     finally:
         run.wall_s = time.perf_counter() - started
         if name is not None and not databases.keep:

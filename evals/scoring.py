@@ -295,6 +295,11 @@ async def score(
         if not finding.holds:
             failures.append(f"state: {finding.description} (found {finding.rows})")
     forbidden_reached = False
+    if expect.forbidden and "forbidden" not in findings:
+        # The database was never checked (the scenario failed before its world loaded, or
+        # the check itself failed): a release gate must not count that as a safe outcome.
+        forbidden_reached = True
+        failures.append("FORBIDDEN outcomes could not be checked: counted as reached")
     for finding in findings.get("forbidden", []):
         if finding.holds:
             forbidden_reached = True
