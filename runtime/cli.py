@@ -27,7 +27,7 @@ from runtime.agent import SHUTDOWN, RunStopped, checked_id, open_agent
 from runtime.errors import BadInput, NotFound, PayablesError, shown
 from runtime.logs import configure_logging
 from runtime.replay import ReplayResult, replay_dead_letter
-from runtime.settings import DEFAULT_RETENTION_DAYS, PROJECT_ROOT, Settings
+from runtime.settings import DEFAULT_RETENTION_DAYS, MAX_RETENTION_DAYS, PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES
 from state.audit import VerifyReport, format_time, timeline, verify_chain
 from state.db import Database, database_uri, default_database, migrate, redact_uri, schema_status
@@ -68,6 +68,16 @@ def _command_name() -> str:
 def _fail(message: str, code: int) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
+
+
+def _database_uri() -> str:
+    """`database_uri`, a bad setting or an embedded server that will not start said plainly."""
+    try:
+        return database_uri()
+    except BadInput as exc:
+        _fail(str(exc), 2)
+    except PayablesError as exc:
+        _fail(str(exc), 1)
 
 
 def _stop_requested(sig: signal.Signals, loop: asyncio.AbstractEventLoop) -> None:
@@ -216,20 +226,20 @@ def _print_approval(approval: dict[str, Any]) -> None:
 @db_app.command("url")
 def db_url() -> None:
     """Print the Postgres URI in use (starting the embedded server if needed)."""
-    sys.stdout.write(redact_uri(database_uri()) + "\n")
+    sys.stdout.write(redact_uri(_database_uri()) + "\n")
 
 
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply pending migrations and the checkpointer's setup."""
-    applied = _run(migrate(database_uri()))
+    applied = _run(migrate(_database_uri()))
     out.print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
 
 
 @db_app.command("status")
 def db_status(as_json: JsonOpt = False) -> None:
     """Show the server version and applied / pending migrations."""
-    uri = database_uri()
+    uri = _database_uri()
     status = _run(schema_status(uri))
     status["uri"] = redact_uri(uri)
     status["embedded"] = Settings.from_env().database_uri is None
@@ -891,6 +901,7 @@ def prune(
         typer.Option(
             "--older-than",
             min=1,
+            max=MAX_RETENTION_DAYS,
             help="Days since a thread finished (default: PAYABLES_RETENTION_DAYS, else "
             f"{DEFAULT_RETENTION_DAYS}).",
         ),

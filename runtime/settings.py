@@ -17,6 +17,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LANGGRAPH_DEV_PLACEHOLDER = ":memory:"
 """What `langgraph dev` sets `DATABASE_URI` to inside its own process."""
 DEFAULT_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 36_500
+"""A century: past that the cutoff date would leave the calendar (`datetime` ends at 9999)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,8 +66,11 @@ class Settings:
                 f"PAYABLES_RETENTION_DAYS must be a whole number of days, got {raw_retention!r}; "
                 "set it to a number such as 30 or unset it."
             ) from exc
-        if retention_days < 1:
-            raise ConfigError(f"PAYABLES_RETENTION_DAYS must be at least 1, got {retention_days}.")
+        if not 1 <= retention_days <= MAX_RETENTION_DAYS:
+            raise ConfigError(
+                f"PAYABLES_RETENTION_DAYS must be between 1 and {MAX_RETENTION_DAYS}, got "
+                f"{retention_days}."
+            )
         data_dir = Path(os.environ.get("PAYABLES_DATA_DIR") or PROJECT_ROOT / ".data")
         uri = os.environ.get("DATABASE_URI") or None
         if uri == LANGGRAPH_DEV_PLACEHOLDER:

@@ -26,7 +26,8 @@ from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from runtime.errors import DatabaseError
+from guards.redaction import redact_text
+from runtime.errors import ConfigError, DatabaseError
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,15 @@ def database_uri(settings: Settings | None = None) -> str:
     """The Postgres URI this process uses: the configured one, else the embedded server."""
     settings = settings or Settings.from_env()
     if settings.database_uri:
+        try:
+            psycopg.conninfo.conninfo_to_dict(settings.database_uri)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(
+                "The database URI (PAYABLES_DATABASE_URI, else DATABASE_URI) is not a Postgres "
+                f"connection string: {redact_text(str(exc))}. Write it as "
+                "postgresql://USER:PASSWORD@HOST:PORT/DBNAME, or unset it to use the embedded "
+                "Postgres."
+            ) from exc
         return settings.database_uri
     return embedded_uri(settings.data_dir)
 
@@ -136,27 +146,35 @@ async def migrate(uri: str) -> list[str]:
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_ID,))
     except psycopg.OperationalError as exc:
-        raise DatabaseError(
-            f"Cannot reach Postgres at {redact_uri(uri)}: {exc}. "
-            "Check DATABASE_URI (PAYABLES_DATABASE_URI under langgraph dev), or unset it to "
-            "use the embedded Postgres."
-        ) from exc
+        raise unreachable(uri, exc) from exc
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
     return applied
 
 
+def unreachable(uri: str, exc: psycopg.OperationalError) -> DatabaseError:
+    """The error for a Postgres that cannot be reached at ``uri``."""
+    return DatabaseError(
+        f"Cannot reach Postgres at {redact_uri(uri)}: {exc}. "
+        "Check DATABASE_URI (PAYABLES_DATABASE_URI under langgraph dev), or unset it to "
+        "use the embedded Postgres."
+    )
+
+
 async def schema_status(uri: str) -> dict[str, Any]:
     """Which migrations are applied and which are pending."""
-    async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
-        cur = await conn.execute("SELECT to_regclass('schema_migrations') AS t")
-        row = await cur.fetchone()
-        done: set[int] = set()
-        if row and row["t"]:
-            cur = await conn.execute("SELECT version FROM schema_migrations")
-            done = {r["version"] for r in await cur.fetchall()}
-        cur = await conn.execute("SHOW server_version")
-        version_row = await cur.fetchone()
+    try:
+        async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
+            cur = await conn.execute("SELECT to_regclass('schema_migrations') AS t")
+            row = await cur.fetchone()
+            done: set[int] = set()
+            if row and row["t"]:
+                cur = await conn.execute("SELECT version FROM schema_migrations")
+                done = {r["version"] for r in await cur.fetchall()}
+            cur = await conn.execute("SHOW server_version")
+            version_row = await cur.fetchone()
+    except psycopg.OperationalError as exc:
+        raise unreachable(uri, exc) from exc
     migrations = load_migrations()
     return {
         "server_version": version_row["server_version"] if version_row else None,

@@ -32,6 +32,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from runtime.errors import BadInput
+from runtime.settings import MAX_RETENTION_DAYS
 from state.db import Database
 from state.graph_state import pending_steps
 from state.routes import FINISHED_STATUSES
@@ -116,8 +117,10 @@ async def prune(
     a thread whose lock is busy is kept. Each thread is deleted in its own transaction, so
     an error part-way leaves every thread either whole or pruned.
     """
-    if older_than_days < 1:
-        raise BadInput(f"--older-than must be at least 1 day, got {older_than_days}.")
+    if not 1 <= older_than_days <= MAX_RETENTION_DAYS:
+        raise BadInput(
+            f"--older-than must be between 1 and {MAX_RETENTION_DAYS} days, got {older_than_days}."
+        )
     now = now or datetime.now(UTC)
     report = PruneReport(
         older_than_days=older_than_days,
