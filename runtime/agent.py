@@ -58,6 +58,7 @@ from state.approvals import ApprovalRequest, parse_resume
 from state.db import Database, default_database, migrate
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
+from state.retention import pruned_run
 from state.runs import list_runs
 from tools.gate import ToolGate
 
@@ -429,6 +430,15 @@ class Agent:
                     f"Thread {thread_id} already exists; start a new request without "
                     "--thread, or answer its approval with `payables resume`."
                 )
+            pruned = await pruned_run(self.database, thread_id) if chosen else None
+            if pruned is not None:
+                # Its run index row, approvals and audit rows outlive the checkpoints: a new
+                # request under the same id would be judged against the old one's.
+                raise BadInput(
+                    f"Thread {thread_id} was used by an earlier request and pruned on "
+                    f"{pruned['pruned_at']:%Y-%m-%d}; thread ids are not reused. Start the "
+                    "request without --thread, or with a new id."
+                )
             context = context or Context()
             run_input: dict[str, Any] = {"request": request, "user": user}
             if attachments:  # an empty list would still be a checkpoint blob
@@ -473,10 +483,16 @@ class Agent:
             # Read under the lock: a rival may have resolved the interrupt meanwhile.
             snapshot = await self.graph.aget_state(self.config(thread_id))
             if not snapshot.values:
-                raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
+                raise await self._no_checkpoint(thread_id)
             interrupts = list(snapshot.interrupts)
+            if not interrupts and pending_steps(snapshot):
+                raise ResumeError(
+                    f"Thread {thread_id} has no pending approval: it was answered, and the "
+                    f"run stopped before it finished. `payables continue {thread_id}` "
+                    "finishes it."
+                )
             if not interrupts:
-                status = snapshot.values.get("status") or "running"
+                status = snapshot.values.get("status") or "completed"
                 raise ResumeError(
                     f"Thread {thread_id} has no pending approval (status: {status}); "
                     "it was already resolved. `payables show` prints its result."
@@ -490,7 +506,7 @@ class Agent:
                     )
             target = interrupts[0]
             resume = parse_resume(value, target.value)
-            context = context or Context()
+            context = context or await self.thread_context(thread_id)
             # Refuse here what the approval node would refuse, so the caller gets an error
             # (exit 2) instead of a run that pauses again with an error in its payload.
             validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
@@ -523,7 +539,7 @@ class Agent:
         async with self.thread_lock(thread_id, busy):
             snapshot = await self.graph.aget_state(self.config(thread_id))
             if not snapshot.values:
-                raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
+                raise await self._no_checkpoint(thread_id)
             if snapshot.interrupts:
                 raise ResumeError(
                     f"Thread {thread_id} is waiting for approval; use `payables resume`."
@@ -531,7 +547,7 @@ class Agent:
             if not pending_steps(snapshot):
                 status = snapshot.values.get("status", "completed")
                 raise ResumeError(f"Thread {thread_id} already finished (status: {status}).")
-            context = context or Context()
+            context = context or await self.thread_context(thread_id)
             output = await self._drive(
                 thread_id,
                 None,
@@ -542,6 +558,29 @@ class Agent:
                 durability=AFTER_APPROVAL_DURABILITY,
             )
             return await self.view_after(thread_id, output)
+
+    async def thread_context(self, thread_id: str) -> Context:
+        """The context to go on with a thread in: its own tenant, from the run index.
+
+        Its audit rows, costs and daily cap belong to the tenant it was started in, whoever
+        answers it and whatever ``PAYABLES_TENANT`` says here; the other settings are this
+        process's.
+        """
+        async with self.database.connection() as conn:
+            cur = await conn.execute("SELECT tenant FROM runs WHERE thread_id = %s", (thread_id,))
+            row = await cur.fetchone()
+        return Context(tenant=row["tenant"]) if row is not None else Context()
+
+    async def _no_checkpoint(self, thread_id: str) -> NotFound:
+        """The error for a thread with no checkpoint: unknown, or pruned."""
+        pruned = await pruned_run(self.database, thread_id)
+        if pruned is None:
+            return NotFound(f"No thread {thread_id}; `payables threads` lists them.")
+        return NotFound(
+            f"Thread {thread_id} finished ({pruned['status']}) and was pruned on "
+            f"{pruned['pruned_at']:%Y-%m-%d}: its checkpoints are gone, so nothing is left to "
+            f"resume or continue. `payables show {thread_id}` prints what was kept."
+        )
 
     async def view_after(self, thread_id: str, output: dict[str, Any] | None) -> dict[str, Any]:
         """`view` of a thread whose leg just returned ``output`` (see `_drive`).
@@ -634,7 +673,7 @@ class Agent:
 
     async def pending_everywhere(self) -> list[dict[str, Any]]:
         """Pending approvals across every thread that the run index says is interrupted."""
-        rows = await list_runs(self.database, status="interrupted", limit=500)
+        rows = await list_runs(self.database, status="interrupted", limit=None)
         found = []
         for row in rows:
             view = await self.view(row["thread_id"])

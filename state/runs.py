@@ -40,15 +40,28 @@ async def record_run(
         )
 
 
+# The run index says "running" until respond records how a run ended; one that failed on
+# the way is recorded as an open dead letter instead (replay or `continue` finish it).
+SHOWN_STATUS = (
+    "CASE WHEN runs.status = 'running' AND EXISTS (SELECT 1 FROM dead_letters AS d"
+    " WHERE d.thread_id = runs.thread_id AND d.status = 'open') THEN 'failed'"
+    " ELSE runs.status END"
+)
+
+
 async def list_runs(
-    database: Database, *, status: str | None = None, limit: int = 100
+    database: Database, *, status: str | None = None, limit: int | None = 100
 ) -> list[dict[str, Any]]:
-    """Most recently updated runs first, optionally only those in ``status``."""
+    """Most recently updated runs first, optionally only those in ``status``.
+
+    ``limit`` None lists them all. A run the index still calls running but whose failure
+    is an open dead letter is listed as failed, as `payables show` says of it.
+    """
     async with database.connection() as conn:
         cur = await conn.execute(
-            "SELECT thread_id, request, requester, tenant, route, status, summary,"
-            " created_at, updated_at FROM runs WHERE (%s::text IS NULL OR status = %s)"
-            " ORDER BY updated_at DESC LIMIT %s",
+            "SELECT * FROM (SELECT thread_id, request, requester, tenant, route,"
+            f" {SHOWN_STATUS} AS status, summary, created_at, updated_at FROM runs) AS runs"
+            " WHERE (%s::text IS NULL OR status = %s) ORDER BY updated_at DESC LIMIT %s",
             (status, status, limit),
         )
         return [

@@ -34,6 +34,7 @@ from guards.redaction import redact_text
 from runtime.errors import BadInput
 from state.db import Database
 from state.routes import FINISHED_STATUSES
+from state.runs import SHOWN_STATUS
 from state.step_metrics import flush_step_metrics
 
 UNSUCCESSFUL = ("escalated", "failed", "refused")
@@ -118,9 +119,9 @@ async def run_stats(database: Database, *, since: timedelta | None = None) -> di
         window = {"cutoff": row["cutoff"]}
 
         cur = await conn.execute(
-            "SELECT status, COALESCE(route, '') AS route, count(*) AS runs FROM runs"
-            f" WHERE {_IN_WINDOW.format('created_at')}"
-            " GROUP BY status, route ORDER BY status, route",
+            f"SELECT {SHOWN_STATUS} AS status, COALESCE(route, '') AS route, count(*) AS runs"
+            f" FROM runs WHERE {_IN_WINDOW.format('created_at')}"
+            " GROUP BY 1, 2 ORDER BY 1, 2",
             window,
         )
         by_status_route = [

@@ -46,7 +46,9 @@ def test_kill_after_the_payment_commits_then_continue_pays_once(
     stalled = payables_json(cli_env, "show", thread)
     assert stalled["status"] == "running"
     assert stalled["pending_approvals"] == []
-    assert "already resolved" in payables_fails(cli_env, "resume", thread, *APPROVE)
+    # The approval was answered: a second answer is refused and pointed to `continue`.
+    refused = " ".join(payables_fails(cli_env, "resume", thread, *APPROVE).split())
+    assert "it was answered" in refused and f"payables continue {thread}" in refused
 
     done = payables_json(cli_env, "continue", thread)
     assert done["status"] == "completed", done["reason"]

@@ -1,0 +1,114 @@
+"""What an operator is told when a command cannot do what was asked: a message, no traceback.
+
+Each case here once ended in a traceback or in advice that led nowhere (a "No thread" for a
+thread `payables threads` lists, "already resolved" for a run that still has to finish).
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import psycopg
+import pytest
+
+from runtime.agent import open_agent
+from state.db import Database
+from tests.cli import explain, payables, payables_json
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+PAY_REQUEST = "Validate INV-1001 and pay it if it matches"
+APPROVE = ("--approve", "--reviewer", "rev-1", "--role", "approver")
+
+
+def scalar(db_uri: str, sql: str, *params: Any) -> Any:
+    with psycopg.connect(db_uri) as conn:
+        row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def pruned_thread(cli_env: dict[str, str], db_uri: str, database: Database) -> str:
+    """A thread that finished 40 days ago and was pruned: its run index row stays."""
+    async with open_agent(database=database) as agent:
+        old = await agent.start("Validate INV-1002", user="clerk-ana")
+    assert old["status"] == "completed", old
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE runs SET updated_at = now() - interval '40 days' WHERE thread_id = %s",
+            (old["thread_id"],),
+        )
+    assert payables_json(cli_env, "prune", "--older-than", "30")["pruned"]["threads"] == 1
+    return str(old["thread_id"])
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_prune_with_an_age_past_the_calendar_says_what_is_allowed(
+    cli_env: dict[str, str], how: str
+) -> None:
+    if how == "flag":
+        proc = payables(cli_env, "prune", "--older-than", "1000000", "--dry-run")
+    else:
+        proc = payables({**cli_env, "PAYABLES_RETENTION_DAYS": "1000000"}, "prune", "--dry-run")
+    assert proc.returncode == 2, explain(proc)
+    assert "Traceback" not in proc.stderr, explain(proc)
+    assert "36500" in " ".join(proc.stderr.split()), explain(proc)
+
+
+@pytest.mark.parametrize(
+    ("uri", "command", "code", "says"),
+    [
+        ("postgresql://postgres@127.0.0.1:1/payables", ("db", "status"), 1, "Cannot reach"),
+        ("postgres:/localhost/payables", ("db", "status"), 2, "not a Postgres connection"),
+        ("postgres:/localhost/payables", ("db", "url"), 2, "not a Postgres connection"),
+        ("postgres:/localhost/payables", ("threads",), 2, "not a Postgres connection"),
+    ],
+)
+def test_a_bad_or_unreachable_database_uri_is_named(
+    cli_env: dict[str, str], uri: str, command: tuple[str, ...], code: int, says: str
+) -> None:
+    proc = payables({**cli_env, "DATABASE_URI": uri}, *command)
+    assert proc.returncode == code, explain(proc)
+    assert "Traceback" not in proc.stderr and says in " ".join(proc.stderr.split()), explain(proc)
+
+
+@pytest.mark.parametrize("command", [("continue",), ("resume", *APPROVE)])
+async def test_a_pruned_thread_is_said_to_be_pruned(
+    cli_env: dict[str, str], db_uri: str, database: Database, command: tuple[str, ...]
+) -> None:
+    thread = await pruned_thread(cli_env, db_uri, database)
+    proc = payables(cli_env, command[0], thread, *command[1:])
+    assert proc.returncode == 2, explain(proc)
+    text = " ".join(proc.stderr.split())
+    assert "was pruned on" in text and "No thread" not in text, text
+
+
+async def test_a_pruned_thread_id_is_not_reused_for_a_new_request(
+    cli_env: dict[str, str], db_uri: str, database: Database
+) -> None:
+    """Its run index row, approvals and audit rows outlive the checkpoints."""
+    thread = await pruned_thread(cli_env, db_uri, database)
+    proc = payables(cli_env, "run", PAY_REQUEST, "--thread", thread, "--user", "clerk-ben")
+    assert proc.returncode == 2, explain(proc)
+    assert "thread ids are not reused" in " ".join(proc.stderr.split()), explain(proc)
+    assert scalar(db_uri, "SELECT request FROM runs WHERE thread_id = %s", thread) == (
+        "Validate INV-1002"
+    )
+
+
+def test_resume_after_a_crash_past_the_approval_points_to_continue(
+    cli_env: dict[str, str], db_uri: str
+) -> None:
+    thread = payables_json(cli_env, "run", PAY_REQUEST, "--user", "clerk-ana")["thread_id"]
+    # The reviewer's process dies after the decision was checkpointed, before the payment.
+    proc = payables(
+        {**cli_env, "PAYABLES_FAILPOINTS": "before:executor"}, "resume", thread, *APPROVE
+    )
+    assert proc.returncode == -signal.SIGKILL, explain(proc)
+    again = payables(cli_env, "resume", thread, *APPROVE)
+    assert again.returncode == 2, explain(again)
+    text = " ".join(again.stderr.split())
+    assert "already resolved" not in text and f"continue {thread}" in text, text
+    assert payables_json(cli_env, "continue", thread)["status"] == "completed"
+    assert scalar(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1
