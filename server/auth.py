@@ -224,7 +224,8 @@ def visible_threads(who: Identity) -> Auth.types.FilterType | None:
     if who.role == "admin":
         return None
     if who.role == "clerk":
-        return {"owner": who.identity}
+        # Identities are unique within a tenant only: a namesake elsewhere is someone else.
+        return {"owner": who.identity, "tenant": who.tenant}
     return {"tenant": who.tenant}
 
 

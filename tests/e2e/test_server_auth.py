@@ -40,6 +40,8 @@ TOKENS: dict[str, dict[str, str]] = {
     "ana": {"identity": "clerk-ana", "role": "clerk", "tenant": TENANT},
     "ben": {"identity": "clerk-ben", "role": "clerk", "tenant": TENANT},
     "acme-clerk": {"identity": "clerk-acme", "role": "clerk", "tenant": "acme"},
+    # The same identity string in another tenant is another clerk.
+    "ana-at-acme": {"identity": "clerk-ana", "role": "clerk", "tenant": "acme"},
     "rev-1": {"identity": "rev-1", "role": "reviewer", "tenant": TENANT},
     "rev-2": {"identity": "rev-2", "role": "reviewer", "tenant": TENANT},
     "rev-acme": {"identity": "rev-acme", "role": "reviewer", "tenant": "acme"},
@@ -287,6 +289,9 @@ async def test_clerk_sees_and_runs_only_own_threads(server: str, module_db: str)
     async with sdk(server, token_for("rev-acme")) as other_tenant:
         await refused(other_tenant.threads.get(thread_id), 404)
         assert thread_id not in {t["thread_id"] for t in await other_tenant.threads.search()}
+    async with sdk(server, token_for("ana-at-acme")) as namesake:
+        await refused(namesake.threads.get(thread_id), 404)
+        assert thread_id not in {t["thread_id"] for t in await namesake.threads.search()}
     async with sdk(server, token_for("rev-1")) as reviewer:
         assert (await reviewer.threads.get(thread_id))["status"] == "interrupted"
     async with sdk(server, token_for("ana")) as ana:
