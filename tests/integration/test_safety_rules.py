@@ -100,37 +100,6 @@ async def test_a_model_swapping_in_the_attachments_account_is_blocked(
     assert ATTACKER not in str(view)
 
 
-async def test_the_gate_refuses_an_account_the_clerk_never_gave(database: Database) -> None:
-    """Defense in depth: even with approvals on record, the tool checks the clerk's words."""
-    args = {"vendor_id": "V-006", "new_account": ATTACKER, "reason": "x"}
-    async with database.connection() as conn:
-        await conn.execute(
-            "INSERT INTO runs (thread_id, request, requester, tenant, status) VALUES"
-            " ('t', 'Change V-006 to NL23KNAB0257394811', 'clerk', 'default', 'running')"
-        )
-        for reviewer in ("ctl-1", "ctl-2"):
-            await grant(
-                conn,
-                step_id="s1",
-                tool="update_vendor_bank_account",
-                args=args,
-                reviewer=reviewer,
-                role="controller",
-            )
-    outcome = await ToolGate(database).call(
-        thread_id="t",
-        step_id="s1",
-        route="vendor_change",
-        requester="clerk",
-        tool="update_vendor_bank_account",
-        args=args,
-        run=Context(),
-    )
-    assert outcome["error"] is not None
-    assert outcome["error"]["code"] == "account_not_from_requester"
-    assert await scalar(database, "SELECT count(*) FROM vendor_bank_changes") == 0
-
-
 async def add_run(database: Database, request: str) -> None:
     async with database.connection() as conn:
         await conn.execute(
@@ -143,6 +112,7 @@ async def add_run(database: Database, request: str) -> None:
 @pytest.mark.parametrize(
     ("request_text", "proposed", "accepted"),
     [
+        ("Change V-006 to NL23KNAB0257394811", ATTACKER, False),  # never given
         ("Change V-006 to NL23KNAB0257394811 per call", "NL23KNAB0257394811", True),
         ("Change V-006 to NL23 KNAB 0257 3948 11 per call", "NL23KNAB0257394811", True),
         ("Change V-006 to NL23KNAB0257394811 per call", "NL23KNAB025739481", False),  # a part
@@ -154,6 +124,7 @@ async def add_run(database: Database, request: str) -> None:
 async def test_a_bank_change_takes_exactly_an_account_the_clerk_gave(
     database: Database, request_text: str, proposed: str, accepted: bool
 ) -> None:
+    """Defense in depth: even with approvals on record, the tool checks the clerk's words."""
     await add_run(database, request_text)
     args = {"vendor_id": "V-006", "new_account": proposed, "reason": "called back"}
     async with database.connection() as conn:
@@ -185,6 +156,7 @@ async def test_a_bank_change_takes_exactly_an_account_the_clerk_gave(
         assert outcome["error"] is not None
         assert outcome["error"]["code"] == "account_not_from_requester"
         assert changed == 0
+        assert await scalar(database, "SELECT count(*) FROM vendor_bank_changes") == 0
 
 
 async def test_only_invoices_the_clerk_named_whole_are_paid(database: Database) -> None:
