@@ -249,7 +249,9 @@ async def search_assistants(ctx: Auth.types.AuthContext, value: Any) -> None:
 
 
 @auth.on.threads.create
-async def create_thread(ctx: Auth.types.AuthContext, value: Auth.types.ThreadsCreate) -> None:
+async def create_thread(
+    ctx: Auth.types.AuthContext, value: Auth.types.ThreadsCreate
+) -> Auth.types.FilterType | None:
     """Clerks (and admins) start threads; the thread records its owner and tenant."""
     who = caller(ctx)
     if who.role not in ("clerk", "admin"):
@@ -257,6 +259,9 @@ async def create_thread(ctx: Auth.types.AuthContext, value: Auth.types.ThreadsCr
     metadata = value.setdefault("metadata", {})
     metadata["owner"] = who.identity
     metadata["tenant"] = who.tenant
+    # A create naming an existing thread (if_exists="do_nothing") returns that thread: the
+    # filter keeps one the caller may not read out of reach, as `read_thread` does.
+    return visible_threads(who)
 
 
 @auth.on.threads.read

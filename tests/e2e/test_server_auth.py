@@ -332,6 +332,26 @@ async def test_clerk_cannot_set_run_settings_or_another_requester(
     }
 
 
+@pytest.mark.parametrize("intruder", ["ben", "acme-clerk"])
+async def test_creating_a_thread_under_anothers_id_does_not_return_it(
+    server: str, http: httpx.AsyncClient, intruder: str
+) -> None:
+    """POST /threads naming an existing id returns that thread (if_exists="do_nothing"):
+    only when the caller may read it."""
+    thread_id, _ = await start_until_interrupt(
+        server, token_for("ana"), "Validate INV-1001 and pay it if it matches"
+    )
+    headers = bearer(token_for(intruder))
+    assert (await http.get(f"/threads/{thread_id}", headers=headers)).status_code == 404
+    created = await http.post(
+        "/threads", json={"thread_id": thread_id, "if_exists": "do_nothing"}, headers=headers
+    )
+    assert created.status_code >= 400, created.text[:300]
+    assert "INV-1001" not in created.text and "clerk-ana" not in created.text
+    async with sdk(server, token_for("ana")) as ana:
+        assert (await ana.threads.get(thread_id))["metadata"]["owner"] == "clerk-ana"
+
+
 async def test_ownership_metadata_is_the_servers(server: str, module_db: str) -> None:
     async with sdk(server, token_for("ana")) as ana:
         thread = await ana.threads.create(metadata={"owner": "clerk-ben", "tenant": "acme"})
