@@ -165,7 +165,12 @@ def make_executor(deps: NodeDeps) -> Node:
         normalized = checked[1] if isinstance(checked, tuple) else step["args"]
         stop = budget_stop(state, step["tool"], normalized, runtime.context)
         if stop is not None:
-            return Command(goto="respond", update={"status": "escalated", "reason": stop})
+            # `budget_stop` set, as the budget guard's own stops set it: respond then writes
+            # its summary by rules, so a stopped run spends nothing more on models.
+            return Command(
+                goto="respond",
+                update={"status": "escalated", "reason": stop, "budget_stop": stop},
+            )
         thread_id = current_thread_id()
         spec = deps.gate.registry.get(step["tool"])
         if spec is not None and spec.tier.needs_approval:

@@ -82,6 +82,26 @@ async def test_the_tool_call_budget_is_checked_before_each_call(database: Databa
     assert any(w.startswith("tool calls budget: ") for w in view["result"]["usage"]["warnings"])
 
 
+@pytest.mark.parametrize("stop", ["tool_calls", "identical_calls"])
+async def test_a_run_the_executor_stops_spends_nothing_more_on_models(
+    database: Database, stop: str
+) -> None:
+    """Its summary comes from the rules, as after the budget guard's own stops."""
+    respond = ScriptedChatModel([])
+    if stop == "tool_calls":
+        models, context = ScriptedModels(respond=respond), Context(max_tool_calls=2)
+    else:
+        same = ("get_invoice", {"invoice_id": "INV-1002"})
+        planner = ScriptedChatModel([plan_reply(False, same, same, same)])
+        models, context = ScriptedModels(planner=planner, respond=respond), Context()
+    async with open_agent(models=models, database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana", context=context)
+    assert view["status"] == "escalated", view["reason"]
+    assert ("budget_exhausted" if stop == "tool_calls" else "loop_detected") in view["reason"]
+    assert respond.received == []
+    assert view["result"]["usage"]["model_calls"] == (0 if stop == "tool_calls" else 1)
+
+
 async def test_normal_runs_stay_within_the_defaults(database: Database) -> None:
     async with open_agent(database=database) as agent:
         view = await agent.start("Validate INV-1002", user="clerk-ana")
