@@ -119,7 +119,10 @@ class Invoice(_Strict):
 
     invoice_id: Ident = Field(description="Our id for the document, e.g. INV-1001.")
     vendor_id: Ident
-    invoice_number: str = Field(min_length=1, description="The vendor's own invoice number.")
+    # Indexed (one number per vendor), and Postgres caps an index row at about 2.7 kB.
+    invoice_number: str = Field(
+        min_length=1, max_length=200, description="The vendor's own invoice number."
+    )
     po_number: str | None = Field(default=None, description="PO the vendor cites, if any.")
     invoice_date: date
     due_date: date | None = None
@@ -313,7 +316,7 @@ async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[s
     try:
         async with conn.transaction():
             await _replace_world(conn, world)
-    except (psycopg.IntegrityError, psycopg.DataError) as exc:
+    except (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
         # Validation should catch every such problem first; if one slips through, the
         # transaction has rolled back and the user still gets a message, not a traceback.
         detail = exc.diag.message_detail or ""

@@ -9,6 +9,8 @@ tables directly with psycopg.
 from __future__ import annotations
 
 import json
+import random
+import string
 import subprocess
 import sys
 import uuid
@@ -19,8 +21,10 @@ import psycopg
 import pytest
 
 from guards.redaction import redact_text
+from runtime.errors import WorldFileError
 from runtime.settings import PROJECT_ROOT
-from state.world import SAMPLE_WORLD_PATH
+from state.db import CONNECTION_KWARGS
+from state.world import SAMPLE_WORLD_PATH, load_world, read_world
 from tests.cli import CLI_TIMEOUT_S, payables_fails, payables_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -495,6 +499,36 @@ def test_seed_rejects_an_unknown_vendor_and_keeps_the_world(
     assert (
         scalar(db_uri, "SELECT vendor_id FROM invoices WHERE invoice_id = %s", bad_invoice) == keep
     )
+
+
+def incompressible(length: int) -> str:
+    rng = random.Random(7)
+    return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(length))
+
+
+def test_seed_names_an_invoice_number_too_long_to_index(
+    cli_env: dict[str, str], db_uri: str, tmp_path: Path
+) -> None:
+    before = _world_counts(db_uri)
+    world = json.loads(SAMPLE_WORLD_PATH.read_text())
+    world["invoices"][0]["invoice_number"] = incompressible(6000)
+    path = tmp_path / "world-long-number.json"
+    path.write_text(json.dumps(world))
+    stderr = " ".join(payables_fails(cli_env, "seed", "--world", str(path)).split())
+    assert "invoice_number" in stderr and "200 characters" in stderr, stderr
+    assert _world_counts(db_uri) == before
+
+
+async def test_a_world_the_database_cannot_index_is_refused_whole(db_uri: str) -> None:
+    """The backstop behind validation: Postgres's own limits become a message, not a crash."""
+    world = read_world(SAMPLE_WORLD_PATH)
+    first = world.invoices[0].model_copy(update={"invoice_number": incompressible(6000)})
+    too_big = world.model_copy(update={"invoices": [first, *world.invoices[1:]]})
+    before = _world_counts(db_uri)
+    async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as conn:
+        with pytest.raises(WorldFileError, match="nothing was changed"):
+            await load_world(conn, too_big)
+    assert _world_counts(db_uri) == before
 
 
 # --- 11. vendor bank change ------------------------------------------------------------
