@@ -142,7 +142,8 @@ class Context:
     """Allowed unit-price variance between invoice and PO, in percent."""
 
     amount_tolerance: str = field(default_factory=lambda: _env("PAYABLES_AMOUNT_TOLERANCE", "1.00"))
-    """Allowed absolute difference between invoice total and the matched total."""
+    """Allowed absolute difference between an invoice's total and its lines plus tax, and
+    between a line's amount and its quantity times unit price."""
 
     max_plan_repairs: int = 2
     """How many times an invalid model plan is sent back for repair before the rules plan."""

@@ -20,11 +20,13 @@ BLOCKING = frozenset(
         "invoice_not_found",
         "no_po_reference",
         "po_not_found",
+        "po_not_open",
         "vendor_mismatch",
         "currency_mismatch",
         "quantity_over_received",
         "quantity_over_ordered",
         "unmatched_line",
+        "line_amount_mismatch",
         "total_mismatch",
         "duplicate_invoice",
         "already_paid",
@@ -68,13 +70,18 @@ class InvoiceRec:
 
 @dataclass(frozen=True)
 class PoLineRec:
-    """A purchase-order line with what has been received against it."""
+    """A purchase-order line with what has been received and billed against it.
+
+    ``billed_elsewhere`` is what other invoices we accepted (staged, scheduled or paid)
+    bill on the line: goods are paid for once, whichever invoice asks.
+    """
 
     line_no: int
     description: str
     quantity: Decimal
     unit_price: Decimal
     received: Decimal
+    billed_elsewhere: Decimal = Decimal("0")
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,8 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
     elif po is None:
         add("po_not_found", f"The invoice cites {inv.po_number}, which does not exist.")
     if po is not None:
+        if po.status != "open":
+            add("po_not_open", f"{po.po_number} is {po.status}; only an open PO is invoiced.")
         if po.vendor_id != inv.vendor_id:
             add(
                 "vendor_mismatch",
@@ -218,9 +227,18 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
     po_lines = {line.line_no: line for line in po.lines} if po else {}
     comparisons: list[LineComparison] = []
     matched_total = Decimal("0")
+    # What this invoice bills per PO line so far: two lines citing one PO line add up.
+    billed_here: dict[int, Decimal] = {}
     for line in inv.lines:
         po_line = po_lines.get(line.po_line_no) if line.po_line_no is not None else None
         variance: Decimal | None = None
+        if abs(line.quantity * line.unit_price - line.amount) > tol.amount_abs:
+            add(
+                "line_amount_mismatch",
+                f"Line {line.line_no}: {line.quantity} x {line.unit_price} is "
+                f"{line.quantity * line.unit_price}, the line says {line.amount}.",
+                line.line_no,
+            )
         if po is not None and po_line is None:
             add(
                 "unmatched_line",
@@ -228,29 +246,44 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
                 line.line_no,
             )
         if po_line is not None:
+            difference = line.unit_price - po_line.unit_price
             if po_line.unit_price > 0:
-                variance = _pct(line.unit_price - po_line.unit_price, po_line.unit_price)
-                if abs(variance) > tol.price_pct * 100:
-                    add(
-                        "price_variance_over_tolerance",
-                        f"Line {line.line_no}: billed {line.unit_price} vs PO {po_line.unit_price}"
-                        f" ({variance:+}%), tolerance {tol.price_pct * 100:.2f}%.",
-                        line.line_no,
-                    )
-                elif variance != 0:
-                    notices.append(
-                        f"Line {line.line_no}: price variance {variance:+}% within tolerance."
-                    )
-            if line.quantity > po_line.quantity:
+                variance = _pct(difference, po_line.unit_price)
+            # Compared unrounded: 2.0049% is over a 2% tolerance, though it shows as 2.00.
+            if abs(difference) > po_line.unit_price * tol.price_pct:
+                shown_variance = f"{variance:+}%" if variance is not None else "PO price 0"
                 add(
-                    "quantity_over_ordered",
-                    f"Line {line.line_no}: billed {line.quantity}, ordered {po_line.quantity}.",
+                    "price_variance_over_tolerance",
+                    f"Line {line.line_no}: billed {line.unit_price} vs PO {po_line.unit_price}"
+                    f" ({shown_variance}), tolerance {tol.price_pct * 100:.2f}%.",
                     line.line_no,
                 )
-            elif line.quantity > po_line.received:
+            elif variance is not None and variance != 0:
+                notices.append(
+                    f"Line {line.line_no}: price variance {variance:+}% within tolerance."
+                )
+            billed = billed_here.get(po_line.line_no, Decimal("0")) + line.quantity
+            billed_here[po_line.line_no] = billed
+            # Quantities billed on this PO line by this invoice so far, and by others.
+            total_billed = billed + po_line.billed_elsewhere
+            so_far = f"billed {line.quantity}"
+            if total_billed != line.quantity:
+                so_far += f" ({total_billed} on PO line {po_line.line_no} in all"
+                so_far += (
+                    f", {po_line.billed_elsewhere} by invoices already accepted)"
+                    if po_line.billed_elsewhere
+                    else ")"
+                )
+            if total_billed > po_line.quantity:
+                add(
+                    "quantity_over_ordered",
+                    f"Line {line.line_no}: {so_far}, ordered {po_line.quantity}.",
+                    line.line_no,
+                )
+            elif total_billed > po_line.received:
                 add(
                     "quantity_over_received",
-                    f"Line {line.line_no}: billed {line.quantity}, received {po_line.received}.",
+                    f"Line {line.line_no}: {so_far}, received {po_line.received}.",
                     line.line_no,
                 )
             matched_total += (min(line.quantity, po_line.received) * po_line.unit_price).quantize(
@@ -321,13 +354,26 @@ SELECT i.invoice_id, i.vendor_id, i.invoice_number, i.po_number, i.invoice_date,
                              FROM goods_receipts g
                              JOIN receipt_lines rl ON rl.receipt_id = g.receipt_id
                              WHERE g.po_number = pl.po_number AND rl.po_line_no = pl.line_no
+                            )::text,
+                            (SELECT COALESCE(SUM(ol.quantity), 0)
+                             FROM invoices o JOIN invoice_lines ol ON ol.invoice_id = o.invoice_id
+                             WHERE o.po_number = pl.po_number AND ol.po_line_no = pl.line_no
+                               AND o.invoice_id <> i.invoice_id
+                               AND o.status IN ('staged', 'scheduled', 'paid')
                             )::text) ORDER BY pl.line_no)
                  FROM po_lines pl WHERE pl.po_number = p.po_number), '[]') AS po_lines,
-       -- Only earlier invoices count as originals, so the first of a pair stays payable.
+       -- Another invoice with the same vendor number, written in any case or grouping, is
+       -- an original if it came earlier or if we already accepted it (staged, scheduled,
+       -- paid): the first of a pair stays payable, and a backdated copy of a paid one is not.
        ARRAY(SELECT d.invoice_id FROM invoices d
-             WHERE d.vendor_id = i.vendor_id AND d.invoice_number = i.invoice_number
+             WHERE d.vendor_id = i.vendor_id
+               AND upper(regexp_replace(d.invoice_number, '[[:space:]._/-]', '', 'g'))
+                   = upper(regexp_replace(i.invoice_number, '[[:space:]._/-]', '', 'g'))
                AND d.invoice_id <> i.invoice_id
-               AND (d.invoice_date, d.invoice_id) < (i.invoice_date, i.invoice_id)
+               AND ((d.invoice_date, d.invoice_id) < (i.invoice_date, i.invoice_id)
+                    OR d.status IN ('staged', 'scheduled', 'paid')
+                    OR EXISTS (SELECT 1 FROM payments dp
+                               WHERE dp.invoice_id = d.invoice_id AND dp.status <> 'void'))
              ORDER BY d.invoice_id) AS duplicates,
        ARRAY(SELECT pay.payment_id FROM payments pay
              WHERE pay.invoice_id = i.invoice_id AND pay.status <> 'void'
@@ -383,8 +429,10 @@ async def load_match_inputs(
             row["po_currency"].strip(),
             row["po_status"],
             tuple(
-                PoLineRec(line_no, text, Decimal(qty), Decimal(price), Decimal(received))
-                for line_no, text, qty, price, received in row["po_lines"]
+                PoLineRec(
+                    line_no, text, Decimal(qty), Decimal(price), Decimal(received), Decimal(other)
+                )
+                for line_no, text, qty, price, received, other in row["po_lines"]
             ),
         )
     return MatchInputs(

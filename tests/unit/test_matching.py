@@ -180,3 +180,80 @@ def test_several_problems_are_all_reported() -> None:
         "bank_account_mismatch",
     }
     assert result.verdict == "exception"
+
+
+# --- what an invoice cannot get past (each once passed as a clean match) -------------------
+
+
+def test_a_line_amount_that_is_not_quantity_times_price_blocks() -> None:
+    """10 x 10.00 billed as 10,000.00 (lines and total agree with each other)."""
+    base = inputs(qty="10", ordered="10", received="10")
+    line = replace(base.invoice.lines[0], amount=D("10000.00"))
+    invoice = replace(base.invoice, lines=(line,), subtotal=D("10000.00"), total=D("10000.00"))
+    result = compute_three_way_match(replace(base, invoice=invoice), TOL)
+    assert (result.verdict, codes(result)) == ("exception", {"line_amount_mismatch"})
+    # Within the amount tolerance, rounding of a line is not a mismatch.
+    line = replace(base.invoice.lines[0], quantity=D("3"), unit_price=D("33.333"))
+    line = replace(line, amount=D("100.00"))
+    invoice = replace(base.invoice, lines=(line,), subtotal=D("100.00"), total=D("100.00"))
+    assert "line_amount_mismatch" not in codes(
+        compute_three_way_match(replace(base, invoice=invoice), TOL)
+    )
+
+
+def test_two_lines_citing_one_po_line_are_billed_together() -> None:
+    """Ordered and received 100; billed 100 on each of two lines citing PO line 1."""
+    base = inputs()
+    second = InvoiceLineRec(2, 1, "widget again", D("100"), D("10.00"), D("1000.00"))
+    invoice = replace(
+        base.invoice,
+        lines=(base.invoice.lines[0], second),
+        subtotal=D("2000.00"),
+        total=D("2000.00"),
+    )
+    result = compute_three_way_match(replace(base, invoice=invoice), TOL)
+    assert (result.verdict, codes(result)) == ("exception", {"quantity_over_ordered"})
+    assert [e.line_no for e in result.exceptions] == [2]
+
+
+def test_goods_billed_by_an_invoice_already_accepted_are_not_billed_again() -> None:
+    base = inputs(qty="60")
+    assert base.purchase_order is not None
+    billed = replace(base.purchase_order.lines[0], billed_elsewhere=D("50"))
+    po = replace(base.purchase_order, lines=(billed,))
+    result = compute_three_way_match(replace(base, purchase_order=po), TOL)
+    assert (result.verdict, codes(result)) == ("exception", {"quantity_over_ordered"})
+    assert "50 by invoices already accepted" in result.exceptions[0].detail
+    # What is left of the line can still be billed.
+    fits = compute_three_way_match(replace(inputs(qty="50"), purchase_order=po), TOL)
+    assert fits.verdict == "match"
+
+
+@pytest.mark.parametrize("status", ["closed", "cancelled"])
+def test_an_invoice_on_a_po_that_is_not_open_blocks(status: str) -> None:
+    base = inputs()
+    assert base.purchase_order is not None
+    po = replace(base.purchase_order, status=status)
+    result = compute_three_way_match(replace(base, purchase_order=po), TOL)
+    assert (result.verdict, codes(result)) == ("exception", {"po_not_open"})
+
+
+def test_a_price_billed_on_a_free_po_line_is_a_variance() -> None:
+    base = inputs(price="500.00", qty="10", ordered="10", received="10")
+    assert base.purchase_order is not None
+    po = replace(base.purchase_order, lines=(PoLineRec(1, "widget", D("10"), D("0.00"), D("10")),))
+    result = compute_three_way_match(replace(base, purchase_order=po), TOL)
+    assert (result.verdict, codes(result)) == ("review", {"price_variance_over_tolerance"})
+    assert "PO price 0" in result.exceptions[0].detail
+
+
+def test_a_price_variance_is_compared_before_it_is_rounded() -> None:
+    """PO 10,000.00 a unit, 2% tolerance: 10,200.49 is 2.0049% over (shown as 2.00)."""
+    po_line = PoLineRec(1, "widget", D("1000"), D("10000.00"), D("1000"))
+    for price, over in (("10200.49", True), ("10200.00", False)):
+        base = inputs(price=price, qty="1000", ordered="1000", received="1000")
+        assert base.purchase_order is not None
+        po = replace(base.purchase_order, lines=(po_line,))
+        result = compute_three_way_match(replace(base, purchase_order=po), TOL)
+        assert ("price_variance_over_tolerance" in codes(result)) is over, price
+        assert result.lines[0].price_variance_pct == "2.00"
