@@ -33,7 +33,7 @@ install: $(VENV)/.installed ## Create .venv with the locked dependencies (instal
 demo: install ## Start the embedded Postgres, seed the sample world, run the sample inbox
 	$(BIN)/payables demo
 
-dev: install ## Serve the graph with `langgraph dev` (Postgres checkpointer) on 127.0.0.1:$(DEV_PORT)
+dev: install ## Serve the graph with `langgraph dev` (Postgres checkpointer) on 127.0.0.1:2024 (DEV_PORT=...)
 	@echo "API:    http://127.0.0.1:$(DEV_PORT)  (OpenAPI docs: http://127.0.0.1:$(DEV_PORT)/docs)"
 	@echo "Inbox:  http://127.0.0.1:$(DEV_PORT)/inbox  (sign in with a token from PAYABLES_AUTH_TOKENS)"
 	@echo "Studio: https://smith.langchain.com/studio/?baseUrl=http://127.0.0.1:$(DEV_PORT)"

@@ -211,6 +211,13 @@ def make_approval(deps: NodeDeps) -> Node:
         # One answer commits whole: a retry after a failure part-way (a dropped connection)
         # must not find some of its decisions recorded and the rest, a reject say, lost.
         async with deps.database.connection() as conn, conn.transaction():
+            # With the answer, the run index stops saying the thread waits: should the run
+            # stop before its next checkpoint, `threads` says running, as `show` does.
+            await conn.execute(
+                "UPDATE runs SET status = 'running', summary = %s, reason = '', updated_at = now()"
+                " WHERE thread_id = %s",
+                (f"approval answered by {resume.reviewer.id}", thread_id),
+            )
             for offset, (step, decision) in enumerate(zip(steps, resume.decisions, strict=True)):
                 args = edited.get(offset)
                 if args is None:

@@ -43,24 +43,34 @@ def request_flags(request: str, attachments: list[Attachment]) -> list[dict[str,
         found = scan(text, f"pasted text {index}")
         if found:
             flags.append(found.as_dict())
-    cards = detect_credit_card(request)
-    accounts = [a for a in extract_accounts(request) if iban.is_valid(a)]
-    if cards or accounts:
-        flags.append(
-            {
-                "kind": "pii",
-                "source": "request",
-                "score": 1.0,
-                "rules": ["card_number"] * bool(cards) + ["bank_account"] * bool(accounts),
-                "evidence": [f"card ****{c['value'][-4:]}" for c in cards]
-                + [f"account {mask_account(a)}" for a in accounts],
-            }
-        )
+    pii = pii_flag(request, "request")
+    if pii:
+        flags.append(pii)
     for attachment in attachments:
-        found = scan(attachment["text"], f"attachment {attachment['name']}")
+        source = f"attachment {attachment['name']}"
+        found = scan(attachment["text"], source)
         if found:
             flags.append(found.as_dict())
+        pii = pii_flag(attachment["text"], source)
+        if pii:
+            flags.append(pii)
     return flags
+
+
+def pii_flag(text: str, source: str) -> dict[str, Any] | None:
+    """A flag naming the card numbers and valid IBANs in ``text`` (masked), or None."""
+    cards = detect_credit_card(text)
+    accounts = [a for a in extract_accounts(text) if iban.is_valid(a)]
+    if not (cards or accounts):
+        return None
+    return {
+        "kind": "pii",
+        "source": source,
+        "score": 1.0,
+        "rules": ["card_number"] * bool(cards) + ["bank_account"] * bool(accounts),
+        "evidence": [f"card ****{c['value'][-4:]}" for c in cards]
+        + [f"account {mask_account(a)}" for a in accounts],
+    }
 
 
 def outcome_flags(outcome: ToolOutcome) -> list[dict[str, Any]]:

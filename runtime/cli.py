@@ -19,7 +19,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from evals.cli import register as register_eval_commands
 from guards.redaction import redact, redact_text
@@ -429,6 +429,12 @@ def resume(
     as_json: JsonOpt = False,
 ) -> None:
     """Approve, edit or reject a pending approval, then continue the run."""
+    if role not in REVIEWER_ROLES:
+        _fail(
+            f"--role must be one of {', '.join(sorted(REVIEWER_ROLES))}, got {shown(role)} "
+            "(a server token's reviewer role signs as approver).",
+            2,
+        )
 
     async def go() -> dict[str, Any]:
         async with open_agent() as agent:
@@ -477,7 +483,10 @@ def threads(
     if as_json:
         _print_json({"threads": rows})
         return
-    table = Table("thread", "status", "route", "requester", "request", "updated")
+    # Whole ids, however narrow the terminal: `show`, `resume` and `audit show` take them.
+    widest = max((len(row["thread_id"]) for row in rows), default=6)
+    thread = Column("thread", no_wrap=True, min_width=widest)
+    table = Table(thread, "status", "route", "requester", "request", "updated")
     for row in rows:
         table.add_row(
             row["thread_id"],
@@ -580,7 +589,7 @@ def _print_stats(report: dict[str, Any]) -> None:
         c = cost[outcome]
         out.print(
             f"cost per {outcome} task: {_money(c['per_task_usd'])} "
-            f"({c['runs']} runs, {_money(c['total_usd'])} in all)"
+            f"({c['runs']} run{'' if c['runs'] == 1 else 's'}, {_money(c['total_usd'])} in all)"
         )
     table = Table(
         "tool",

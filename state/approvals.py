@@ -124,8 +124,8 @@ def parse_resume(value: Any, request: ApprovalRequest) -> ResumeIn:
             for e in exc.errors(include_url=False)
         )
         raise ResumeError(
-            f'Malformed resume: {problems}. Expected {{"decisions": [{{"type": '
-            '"approve"}}], "reviewer": {"id": "...", "role": "controller"}}.'
+            f"Malformed resume: {problems}. Expected "
+            '{"decisions": [{"type": "approve"}], "reviewer": {"id": "...", "role": "controller"}}.'
         ) from exc
     actions = request["action_requests"]
     if len(resume.decisions) != len(actions):
@@ -164,8 +164,10 @@ def parse_resume(value: Any, request: ApprovalRequest) -> ResumeIn:
         if decision.type in ("approve", "edit") and any(
             a["id"] == reviewer.id for a in step["approved_by"]
         ):
+            role = step["required_role"]
+            missing = f"a {role}'s signature" if role else "another signature"
             raise ResumeError(
-                f"{shown(reviewer.id)} already approved {action['name']}; dual control needs a "
-                "different reviewer."
+                f"{shown(reviewer.id)} already approved {action['name']}; the same reviewer "
+                f"counts once, so {missing} must come from a different reviewer."
             )
     return resume

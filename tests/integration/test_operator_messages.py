@@ -106,9 +106,21 @@ def test_resume_after_a_crash_past_the_approval_points_to_continue(
         {**cli_env, "PAYABLES_FAILPOINTS": "before:executor"}, "resume", thread, *APPROVE
     )
     assert proc.returncode == -signal.SIGKILL, explain(proc)
+    # The index no longer says it waits for an approval: `threads` agrees with `show`.
+    listed = {r["thread_id"]: r["status"] for r in payables_json(cli_env, "threads")["threads"]}
+    assert listed[thread] == payables_json(cli_env, "show", thread)["status"] == "running"
     again = payables(cli_env, "resume", thread, *APPROVE)
     assert again.returncode == 2, explain(again)
     text = " ".join(again.stderr.split())
     assert "already resolved" not in text and f"continue {thread}" in text, text
     assert payables_json(cli_env, "continue", thread)["status"] == "completed"
     assert scalar(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1
+
+
+def test_resume_names_the_roles_a_reviewer_can_sign_as(cli_env: dict[str, str]) -> None:
+    proc = payables(
+        cli_env, "resume", "t-any", "--approve", "--reviewer", "r", "--role", "reviewer"
+    )
+    assert proc.returncode == 2, explain(proc)
+    text = " ".join(proc.stderr.split())
+    assert "--role must be one of approver, clerk, controller, got reviewer" in text, text

@@ -327,7 +327,7 @@ async def test_stats_command_prints_json_and_refuses_a_bad_since(
     text = payables(cli_env, "stats", "--since", "24h")
     assert text.returncode == 0, explain(text)
     assert "containment: 100.0% (1 of 1 finished runs completed without a human)" in text.stdout
-    assert "cost per successful task: $0.0000 (1 runs" in text.stdout
+    assert "cost per successful task: $0.0000 (1 run," in text.stdout
     error = payables_fails(cli_env, "stats", "--since", "yesterday")
     assert "--since 'yesterday' is not a duration" in error and "24h" in error
 

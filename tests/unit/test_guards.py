@@ -10,6 +10,7 @@ from guards.injection import REQUEST_INTENT_RULES, scan
 from guards.redaction import extract_accounts, find_unmasked, mask_account, redact, redact_text
 from guards.taint import find_taint
 from guards.untrusted import untrusted_texts, wrap, wrap_result
+from nodes.safety import request_flags
 
 
 def test_accounts_cards_and_secrets_are_masked() -> None:
@@ -226,3 +227,12 @@ def test_prompt_echo_is_detected_but_ordinary_text_is_not() -> None:
 
     assert echoes_system_prompt("Sure! " + PLANNER_SYSTEM.format(route="x", tools="[]"))
     assert not echoes_system_prompt("INV-1002 matched its PO and receipts and is staged.")
+
+
+def test_an_attachment_carrying_an_account_or_a_card_is_flagged_as_pii() -> None:
+    letter = {"name": "letter.txt", "text": "Please pay to DE89 3704 0044 0532 0130 00 now."}
+    flags = request_flags("Validate INV-1009", [letter])
+    [pii] = [f for f in flags if f["kind"] == "pii"]
+    assert pii["source"] == "attachment letter.txt"
+    assert pii["rules"] == ["bank_account"] and pii["evidence"] == ["account ****3000"]
+    assert request_flags("Validate INV-1009", []) == []

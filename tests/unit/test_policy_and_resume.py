@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -136,6 +137,13 @@ def test_valid_resume_parses() -> None:
 def test_bad_resume_is_refused_with_a_reason(value: Any, message: str) -> None:
     with pytest.raises(ResumeError, match=message):
         parse_resume(value, request())
+
+
+def test_a_malformed_resume_is_shown_a_well_formed_example() -> None:
+    with pytest.raises(ResumeError) as refused:
+        parse_resume("yes", request())
+    example = str(refused.value).split("Expected ", 1)[1].rstrip(".")
+    assert parse_resume(json.loads(example), request()).reviewer.role == "controller"
 
 
 def test_same_reviewer_cannot_approve_twice() -> None:
