@@ -147,13 +147,19 @@ def _mask_if_valid(match: re.Match[str]) -> str:
     return "****" + valid[-4:] + raw[end:]
 
 
+def _card_digits(match: re.Match[str]) -> str | None:
+    """The digits of a `_GROUPED_CARD_RE` match if they pass the Luhn sum, else None."""
+    digits = re.sub(r"\D", "", match.group(0))
+    return digits if luhn.is_valid(digits) else None
+
+
 def _grouped_cards(text: str) -> list[re.Match[str]]:
-    return [m for m in _GROUPED_CARD_RE.finditer(text) if luhn.is_valid(re.sub(r"\D", "", m[0]))]
+    return [m for m in _GROUPED_CARD_RE.finditer(text) if _card_digits(m)]
 
 
 def _mask_if_card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    return f"[card ****{digits[-4:]}]" if luhn.is_valid(digits) else match.group(0)
+    digits = _card_digits(match)
+    return f"[card ****{digits[-4:]}]" if digits else match.group(0)
 
 
 def redact(value: T) -> T:

@@ -176,6 +176,17 @@ def _pct(numerator: Decimal, denominator: Decimal) -> Decimal:
     return (numerator / denominator * 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
 
+def _billed(line: InvoiceLineRec, po_line: PoLineRec, total_billed: Decimal) -> str:
+    """What a line bills, with the PO line's total when other lines or invoices add to it."""
+    said = f"Line {line.line_no}: billed {line.quantity}"
+    if total_billed == line.quantity:
+        return said
+    said += f" ({total_billed} on PO line {po_line.line_no} in all"
+    if po_line.billed_elsewhere:
+        said += f", {po_line.billed_elsewhere} by invoices already accepted"
+    return said + ")"
+
+
 def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult:
     """Compare invoice, PO and receipts; every finding is named, none is dropped."""
     inv = inputs.invoice
@@ -266,24 +277,16 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
             billed_here[po_line.line_no] = billed
             # Quantities billed on this PO line by this invoice so far, and by others.
             total_billed = billed + po_line.billed_elsewhere
-            so_far = f"billed {line.quantity}"
-            if total_billed != line.quantity:
-                so_far += f" ({total_billed} on PO line {po_line.line_no} in all"
-                so_far += (
-                    f", {po_line.billed_elsewhere} by invoices already accepted)"
-                    if po_line.billed_elsewhere
-                    else ")"
-                )
             if total_billed > po_line.quantity:
                 add(
                     "quantity_over_ordered",
-                    f"Line {line.line_no}: {so_far}, ordered {po_line.quantity}.",
+                    f"{_billed(line, po_line, total_billed)}, ordered {po_line.quantity}.",
                     line.line_no,
                 )
             elif total_billed > po_line.received:
                 add(
                     "quantity_over_received",
-                    f"Line {line.line_no}: {so_far}, received {po_line.received}.",
+                    f"{_billed(line, po_line, total_billed)}, received {po_line.received}.",
                     line.line_no,
                 )
             matched_total += (min(line.quantity, po_line.received) * po_line.unit_price).quantize(
