@@ -109,6 +109,30 @@ async def add_run(database: Database, request: str) -> None:
         )
 
 
+async def approved_call(
+    database: Database,
+    *,
+    route: str,
+    step_id: str,
+    tool: str,
+    args: dict[str, Any],
+    reviewers: tuple[tuple[str, str], ...],
+) -> Any:
+    """``tool(args)`` through the gate, with each ``(reviewer, role)``'s approval on record."""
+    async with database.connection() as conn:
+        for reviewer, role in reviewers:
+            await grant(conn, step_id=step_id, tool=tool, args=args, reviewer=reviewer, role=role)
+    return await ToolGate(database).call(
+        thread_id="t",
+        step_id=step_id,
+        route=route,
+        requester="clerk",
+        tool=tool,
+        args=args,
+        run=Context(),
+    )
+
+
 @pytest.mark.parametrize(
     ("request_text", "proposed", "accepted"),
     [
@@ -127,24 +151,13 @@ async def test_a_bank_change_takes_exactly_an_account_the_clerk_gave(
     """Defense in depth: even with approvals on record, the tool checks the clerk's words."""
     await add_run(database, request_text)
     args = {"vendor_id": "V-006", "new_account": proposed, "reason": "called back"}
-    async with database.connection() as conn:
-        for reviewer in ("ctl-1", "ctl-2"):
-            await grant(
-                conn,
-                step_id="s1",
-                tool="update_vendor_bank_account",
-                args=args,
-                reviewer=reviewer,
-                role="controller",
-            )
-    outcome = await ToolGate(database).call(
-        thread_id="t",
-        step_id="s1",
+    outcome = await approved_call(
+        database,
         route="vendor_change",
-        requester="clerk",
+        step_id="s1",
         tool="update_vendor_bank_account",
         args=args,
-        run=Context(),
+        reviewers=(("ctl-1", "controller"), ("ctl-2", "controller")),
     )
     changed = await scalar(
         database, "SELECT count(*) FROM vendors WHERE remit_bank_account = %s", proposed
@@ -177,23 +190,13 @@ async def test_only_invoices_the_clerk_named_whole_are_paid(database: Database) 
     total = await scalar(database, "SELECT total::text FROM invoices WHERE invoice_id='INV-100'")
     await add_run(database, "Pay INV-1001")
     args = {"invoice_id": "INV-100", "amount": total, "currency": "USD", "pay_on": None}
-    async with database.connection() as conn:
-        await grant(
-            conn,
-            step_id="s2",
-            tool="schedule_payment",
-            args=args,
-            reviewer="rev-1",
-            role="approver",
-        )
-    outcome = await ToolGate(database).call(
-        thread_id="t",
-        step_id="s2",
+    outcome = await approved_call(
+        database,
         route="invoice_processing",
-        requester="clerk",
+        step_id="s2",
         tool="schedule_payment",
         args=args,
-        run=Context(),
+        reviewers=(("rev-1", "approver"),),
     )
     assert outcome["error"] is not None
     assert outcome["error"]["code"] == "invoice_not_requested"
@@ -305,23 +308,13 @@ async def test_vendor_email_cannot_carry_account_numbers(database: Database) -> 
         "subject": "Details",
         "body": f"Other vendors are paid to {ATTACKER}.",
     }
-    async with database.connection() as conn:
-        await grant(
-            conn,
-            step_id="s1",
-            tool="send_vendor_email",
-            args=args,
-            reviewer="ctl-1",
-            role="controller",
-        )
-    outcome = await ToolGate(database).call(
-        thread_id="t",
-        step_id="s1",
+    outcome = await approved_call(
+        database,
         route="vendor_change",
-        requester="clerk",
+        step_id="s1",
         tool="send_vendor_email",
         args=args,
-        run=Context(),
+        reviewers=(("ctl-1", "controller"),),
     )
     assert outcome["error"] is not None and outcome["error"]["code"] == "sensitive_content"
     assert await scalar(database, "SELECT count(*) FROM email_outbox") == 0
