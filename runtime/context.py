@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
@@ -110,6 +111,46 @@ def _decimal(name: str, value: object) -> Decimal:
     return result
 
 
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_FX_HINT = (
+    "set it to comma-separated CURRENCY=RATE pairs such as EUR=1.08,GBP=1.27, "
+    "one unit of each currency in the approval currency"
+)
+
+
+def _fx_rates(raw: str, approval_currency: str) -> dict[str, Decimal]:
+    """Parse `Context.fx_rates` (``EUR=1.08,GBP=1.27``) into currency -> rate."""
+    rates: dict[str, Decimal] = {}
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        currency, sep, value = (piece.strip() for piece in entry.partition("="))
+        if not sep or not _CURRENCY_RE.match(currency):
+            raise ConfigError(
+                f"fx_rates (PAYABLES_FX_RATES) entry {entry!r} is not CURRENCY=RATE; {_FX_HINT}."
+            )
+        if currency == approval_currency:
+            raise ConfigError(
+                f"fx_rates (PAYABLES_FX_RATES) names the approval currency {currency} itself; "
+                "its amounts need no rate, remove the entry."
+            )
+        if currency in rates:
+            raise ConfigError(
+                f"fx_rates (PAYABLES_FX_RATES) names {currency} twice; keep one rate for it."
+            )
+        try:
+            rate = Decimal(value)
+        except InvalidOperation:
+            rate = Decimal("NaN")
+        if not rate.is_finite() or rate <= 0:
+            raise ConfigError(
+                f"fx_rates (PAYABLES_FX_RATES) rate for {currency} must be a number > 0, "
+                f"got {value!r}; {_FX_HINT}."
+            )
+        rates[currency] = rate
+    return rates
+
+
 @dataclass(frozen=True, kw_only=True)
 class Context:
     """Settings for one run of the payables graph."""
@@ -135,6 +176,16 @@ class Context:
         default_factory=lambda: _env("PAYABLES_DUAL_CONTROL_THRESHOLD", "50000")
     )
     """Payments above this amount need two distinct approving reviewers."""
+
+    approval_currency: str = field(
+        default_factory=lambda: _env("PAYABLES_APPROVAL_CURRENCY", "USD")
+    )
+    """ISO 4217 currency the approval and dual-control thresholds are stated in."""
+
+    fx_rates: str = field(default_factory=lambda: _env("PAYABLES_FX_RATES", ""))
+    """Rates that bring an invoice's amount into `approval_currency` for the thresholds:
+    ``EUR=1.08,GBP=1.27`` (one EUR is 1.08 units of the approval currency). A payment in a
+    currency with no rate here cannot be held to the thresholds, so it needs dual control."""
 
     price_tolerance_pct: str = field(
         default_factory=lambda: _env("PAYABLES_PRICE_TOLERANCE_PCT", "2")
@@ -241,6 +292,12 @@ class Context:
             "amount_tolerance",
         ):
             _decimal(name, getattr(self, name))
+        if not _CURRENCY_RE.match(self.approval_currency):
+            raise ConfigError(
+                "approval_currency (PAYABLES_APPROVAL_CURRENCY) must be an ISO 4217 code "
+                f"such as USD, got {self.approval_currency!r}."
+            )
+        _fx_rates(self.fx_rates, self.approval_currency)
         if self.dual_threshold < self.approval_limit:
             raise ConfigError(
                 "dual_control_threshold must be >= approval_threshold "
@@ -283,6 +340,13 @@ class Context:
     def dual_threshold(self) -> Decimal:
         """`dual_control_threshold` as a Decimal."""
         return _decimal("dual_control_threshold", self.dual_control_threshold)
+
+    def in_approval_currency(self, amount: Decimal, currency: str) -> Decimal | None:
+        """``amount`` of ``currency`` in `approval_currency`, unrounded; None with no rate."""
+        if currency == self.approval_currency:
+            return amount
+        rate = _fx_rates(self.fx_rates, self.approval_currency).get(currency)
+        return None if rate is None else amount * rate
 
     @property
     def price_tolerance(self) -> Decimal:

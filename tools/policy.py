@@ -82,17 +82,38 @@ def approval_requirement(
         # Thresholds apply to the invoice, not the payment: paying part of an invoice (and
         # the rest later) must not slip under them.
         amount = Decimal(str(args.get("amount", "0")))
+        currency = str(args.get("currency", run.approval_currency))
         if match is not None:
             amount = max(amount, Decimal(match.invoice_total))
+            currency = match.currency
         facts["amount"] = str(amount)
-        if amount > run.approval_limit:
-            reasons.append(f"amount {amount} is over the approval threshold {run.approval_limit}")
-            role = CONTROLLER
-        if amount > run.dual_threshold:
+        facts["currency"] = currency
+        # The thresholds are in one currency; comparing another's face value would let
+        # 9,000 GBP through under a 10,000 USD limit.
+        converted = run.in_approval_currency(amount, currency)
+        if converted is None:
             reasons.append(
-                f"amount {amount} is over the dual-control threshold {run.dual_threshold}"
+                f"no rate from {currency} to {run.approval_currency} is configured "
+                "(PAYABLES_FX_RATES), so the thresholds cannot be applied: dual control"
             )
             min_approvers, role = 2, CONTROLLER
+        else:
+            shown = f"{amount} {currency}"
+            if currency != run.approval_currency:
+                facts["amount_in_approval_currency"] = str(converted.quantize(Decimal("0.01")))
+                shown += f" ({facts['amount_in_approval_currency']} {run.approval_currency})"
+            if converted > run.approval_limit:
+                reasons.append(
+                    f"amount {shown} is over the approval threshold "
+                    f"{run.approval_limit} {run.approval_currency}"
+                )
+                role = CONTROLLER
+            if converted > run.dual_threshold:
+                reasons.append(
+                    f"amount {shown} is over the dual-control threshold "
+                    f"{run.dual_threshold} {run.approval_currency}"
+                )
+                min_approvers, role = 2, CONTROLLER
 
     return ApprovalRequirement(
         required=min_approvers > 0,

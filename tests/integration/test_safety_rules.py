@@ -318,3 +318,61 @@ async def test_vendor_email_cannot_carry_account_numbers(database: Database) -> 
     )
     assert outcome["error"] is not None and outcome["error"]["code"] == "sensitive_content"
     assert await scalar(database, "SELECT count(*) FROM email_outbox") == 0
+
+
+def pay_1007_models() -> ScriptedModels:
+    """A plan paying INV-1007, a EUR invoice of 3,746.10 (thresholds are in USD)."""
+    return ScriptedModels(
+        planner=ScriptedChatModel(
+            [
+                plan_reply(
+                    True,
+                    ("stage_invoice", {"invoice_id": "INV-1007"}),
+                    (
+                        "schedule_payment",
+                        {"invoice_id": "INV-1007", "amount": "3746.10", "currency": "EUR"},
+                    ),
+                ),
+            ]
+        )
+    )
+
+
+async def test_a_payment_in_a_currency_without_a_rate_needs_dual_control(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thresholds are in USD; a EUR amount cannot be held to them without a rate."""
+    monkeypatch.delenv("PAYABLES_FX_RATES", raising=False)
+    async with open_agent(models=pay_1007_models(), database=database) as agent:
+        view = await agent.start("Pay INV-1007", user="clerk-ana")
+        requirement = view["pending_approvals"][0]["requirement"]
+        assert (requirement["min_approvers"], requirement["required_role"]) == (2, "controller")
+        assert any("PAYABLES_FX_RATES" in reason for reason in requirement["reasons"])
+        view = await agent.resume(
+            view["thread_id"],
+            {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}},
+        )
+    assert view["status"] == "interrupted"
+    assert (
+        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1007'") == 0
+    )
+
+
+@pytest.mark.parametrize(("rate", "role"), [("1.08", None), ("2.70", "controller")])
+async def test_a_foreign_currency_payment_is_held_to_the_thresholds_at_its_rate(
+    database: Database, monkeypatch: pytest.MonkeyPatch, rate: str, role: str | None
+) -> None:
+    """3,746.10 EUR is 4,045.79 USD at 1.08 (one approver), 10,114.47 at 2.70 (a controller)."""
+    monkeypatch.setenv("PAYABLES_FX_RATES", f"GBP=1.27,EUR={rate}")
+    async with open_agent(models=pay_1007_models(), database=database) as agent:
+        view = await agent.start("Pay INV-1007", user="clerk-ana")
+        requirement = view["pending_approvals"][0]["requirement"]
+        assert (requirement["min_approvers"], requirement["required_role"]) == (1, role)
+        view = await agent.resume(
+            view["thread_id"],
+            {"decisions": [{"type": "approve"}], "reviewer": {"id": "ctl-1", "role": "controller"}},
+        )
+    assert view["status"] == "completed"
+    assert (
+        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1007'") == 1
+    )

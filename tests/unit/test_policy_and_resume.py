@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -65,6 +66,57 @@ def test_context_rejects_inconsistent_thresholds() -> None:
         Context(approval_threshold="100", dual_control_threshold="50")
     with pytest.raises(ConfigError, match="approval_threshold"):
         Context(approval_threshold="lots")
+
+
+def pay_in(amount: str, currency: str, fx_rates: str = "") -> Any:
+    run = Context(approval_threshold="10000", dual_control_threshold="50000", fx_rates=fx_rates)
+    args = {"invoice_id": "INV-1", "amount": amount, "currency": currency}
+    return approval_requirement("schedule_payment", Tier.IRREVERSIBLE, args, run)
+
+
+def test_thresholds_compare_a_foreign_amount_at_its_rate_unrounded() -> None:
+    below = pay_in("9000.00", "GBP", "GBP=1.11")  # 9,990 USD
+    assert (below.min_approvers, below.required_role) == (1, None)
+    over = pay_in("9000.00", "GBP", "GBP=1.27")  # 11,430 USD, though 9,000 < 10,000
+    assert (over.min_approvers, over.required_role) == (1, "controller")
+    assert over.facts["amount_in_approval_currency"] == "11430.00"
+    assert "9000.00 GBP (11430.00 USD)" in over.reasons[-1]
+    hair = pay_in("9090.91", "EUR", "EUR=1.1")  # 10,000.001 USD, 10,000.00 when rounded
+    assert hair.required_role == "controller"
+    dual = pay_in("45500.00", "EUR", "EUR=1.10,GBP=1.27")  # 50,050 USD
+    assert (dual.min_approvers, dual.required_role) == (2, "controller")
+
+
+def test_a_currency_without_a_rate_needs_dual_control() -> None:
+    req = pay_in("10.00", "JPY", "EUR=1.08")
+    assert (req.min_approvers, req.required_role) == (2, "controller")
+    assert "no rate from JPY to USD" in req.reasons[-1]
+    assert "PAYABLES_FX_RATES" in req.reasons[-1]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"fx_rates": "EUR"}, "'EUR' is not CURRENCY=RATE"),
+        ({"fx_rates": "eur=1.08"}, "'eur=1.08' is not CURRENCY=RATE"),
+        ({"fx_rates": "EUR=0"}, "rate for EUR must be a number > 0, got '0'"),
+        ({"fx_rates": "EUR=abc"}, "rate for EUR must be a number > 0, got 'abc'"),
+        ({"fx_rates": "EUR=NaN"}, "rate for EUR must be a number > 0"),
+        ({"fx_rates": "EUR=1.08,EUR=1.1"}, "names EUR twice"),
+        ({"fx_rates": "USD=1"}, "names the approval currency USD itself"),
+        ({"approval_currency": "usd"}, "approval_currency .* must be an ISO 4217 code"),
+    ],
+)
+def test_context_rejects_bad_currency_settings(fields: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Context(**fields)  # type: ignore[arg-type]
+
+
+def test_fx_rates_are_in_the_approval_currency() -> None:
+    run = Context(approval_currency="EUR", fx_rates=" USD = 0.5 , ")
+    assert run.in_approval_currency(Decimal("10"), "USD") == Decimal("5.0")
+    assert run.in_approval_currency(Decimal("10"), "EUR") == Decimal("10")
+    assert run.in_approval_currency(Decimal("10"), "GBP") is None
 
 
 def request(actions: int = 1, approved_by: list[dict[str, str]] | None = None) -> ApprovalRequest:
