@@ -11,11 +11,14 @@ import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import psycopg
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
+from langgraph.checkpoint.memory import InMemorySaver
 
 from bench.bare_graph import recorded_updates
 from bench.harness import (
@@ -328,3 +331,31 @@ async def test_the_profile_shows_the_agents_own_frames(server_uri: str, tmp_path
     assert "pyinstrument" in written.read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="at least one run"):
         await profile_invoice_flow(0, log=lambda _: None, server=server_uri)
+
+
+def _bare_only_bench() -> Bench:
+    """A `Bench` whose bare graph runs on an in-memory saver (no agent, no database)."""
+    agent = SimpleNamespace(graph=SimpleNamespace(checkpointer=InMemorySaver()))
+    config = BenchConfig.quick()
+    return Bench(cast(Any, agent), cast(Any, None), cast(Any, None), config, Invoices(config))
+
+
+async def test_a_bare_run_measures_the_run_alone() -> None:
+    # Its wall time, the CPU the bench takes around it and the throughput leg's runs must
+    # cover the same work: the run, not a state read after it (the agent's run makes none).
+    bench = _bare_only_bench()
+
+    async def no_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the bare run read its state back after running")
+
+    bench.bare.aget_state = no_read
+    path = ("router", "planner", "executor", "approval", "executor", "verifier", "respond")
+    first, resumed = await bench.bare_run(path, resumes=1)
+    assert first > 0 and resumed > 0
+    await bench.bare_run(("router", "planner", "executor", "verifier", "respond"))
+
+
+async def test_a_bare_run_that_stops_early_is_refused() -> None:
+    bench = _bare_only_bench()
+    with pytest.raises(RuntimeError, match="stopped early"):
+        await bench.bare_run(("router", "approval", "respond"))  # no resume: stops at approval
