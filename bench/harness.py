@@ -320,6 +320,16 @@ async def checkpoint_bytes(database: Database, thread_id: str) -> dict[str, int]
     return {**parts, "total": sum(parts.values()), "checkpoints_count": int(row["count"])}
 
 
+def floor_rows(sizes: dict[str, int]) -> tuple[int, int]:
+    """(rows, bytes per row) for the floor of a run `checkpoint_bytes` measured as ``sizes``.
+
+    One row per checkpoint the run wrote (its input's, then one after each graph step:
+    more than its steps), together as many bytes as its checkpoints, blobs and writes.
+    """
+    rows = max(sizes["checkpoints_count"], 1)
+    return rows, sizes["total"] // rows
+
+
 class Floor:
     """Plain psycopg on the same Postgres: commit N rows of B bytes, one commit each.
 
@@ -638,8 +648,7 @@ class Bench:
                     replay_cpu_ms.append((time.process_time() - cpu) * 1000)
                     replay_ms.append(elapsed)
                 elif kind == 3:
-                    row_bytes = sizes["total"] // max(steps, 1)
-                    floor_ms.append(await self.floor.commit_rows(steps, row_bytes))
+                    floor_ms.append(await self.floor.commit_rows(*floor_rows(sizes)))
                 else:
                     cpu = time.process_time()
                     with_models = functools.partial(self.validate_with_models, modelled)
@@ -740,8 +749,7 @@ class Bench:
                     bare_start.append(first)
                     bare_resume.append(resumed)
                 else:
-                    row_bytes = sizes["total"] // max(steps, 1)
-                    floor_ms.append(await self.floor.commit_rows(steps, row_bytes))
+                    floor_ms.append(await self.floor.commit_rows(*floor_rows(sizes)))
         totals = [a + b for a, b in zip(agent_start, agent_resume, strict=True)]
         bare_totals = [a + b for a, b in zip(bare_start, bare_resume, strict=True)]
         agent = summary(totals)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -26,6 +27,7 @@ from bench.harness import (
     BenchConfig,
     Floor,
     Invoices,
+    checkpoint_bytes,
     graph_path,
     growth_exponent,
     ratio,
@@ -359,3 +361,60 @@ async def test_a_bare_run_that_stops_early_is_refused() -> None:
     bench = _bare_only_bench()
     with pytest.raises(RuntimeError, match="stopped early"):
         await bench.bare_run(("router", "approval", "respond"))  # no resume: stops at approval
+
+
+class CountingFloor(Floor):
+    """The floor, remembering what it was asked to commit."""
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__(conn)
+        self.commits: list[tuple[int, int]] = []
+
+    async def commit_rows(self, rows: int, row_bytes: int) -> float:
+        self.commits.append((rows, row_bytes))
+        return await super().commit_rows(rows, row_bytes)
+
+
+async def _checkpoints_of_runs(database: Database, request: str) -> set[tuple[int, int]]:
+    """(checkpoint rows, bytes) of every agent run whose request starts with ``request``."""
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT thread_id FROM runs WHERE request LIKE %s", (request + " %",)
+        )
+        threads = [row["thread_id"] for row in await cur.fetchall()]
+    assert threads
+    found = set()
+    for thread in threads:
+        sizes = await checkpoint_bytes(database, thread)
+        found.add((sizes["checkpoints_count"], sizes["total"]))
+    return found
+
+
+@pytest.mark.integration
+async def test_the_floor_commits_a_row_per_checkpoint_the_agent_wrote(server_uri: str) -> None:
+    # The floor is "the same number of checkpoint-sized rows": a run writes a checkpoint
+    # for its input and one after each step, more rows than it has graph steps.
+    config = replace(BenchConfig.quick(), reps=1, approval_reps=1)
+    async with fresh_database(config.clones, server_uri) as uri:
+        database = Database(uri, max_size=config.pool_size)
+        floor = await CountingFloor.open(uri)
+        try:
+            async with open_agent(database=database) as agent:
+                bench = Bench(agent, database, floor, config, Invoices(config), log=lambda _: None)
+                for flow, request in (
+                    (bench.invoice_flow, "Validate"),
+                    (bench.approval_flow, "Pay"),
+                ):
+                    figures = await flow()
+                    runs = await _checkpoints_of_runs(database, request)
+                    checkpoints = {count for count, _ in runs}
+                    assert len(checkpoints) == 1  # every run of the flow took the same path
+                    [count] = checkpoints
+                    assert count > figures["steps"]
+                    assert floor.commits
+                    for rows, row_bytes in floor.commits:
+                        assert rows == count
+                        assert any(0 <= total - rows * row_bytes < rows for _, total in runs)
+                    floor.commits.clear()
+        finally:
+            await floor.close()
