@@ -424,13 +424,16 @@ async def throughput_level(
     }
 
 
-async def _run_workers(count: int, args: list[str]) -> list[dict[str, Any]]:
-    """Start ``count`` `bench.worker` processes, release them together, return their figures."""
+async def _run_workers(count: int, args: list[str]) -> tuple[list[dict[str, Any]], float | None]:
+    """Start ``count`` `bench.worker` processes, release them together; their figures.
+
+    And the share of the machine busy from their release to their answers (`busy_share`),
+    not over their start, which spends seconds of CPU importing and warming up.
+    """
     workers = [
         await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "bench.worker",
+            *WORKER_COMMAND,
             *args,
             cwd=PROJECT_ROOT,
             stdin=asyncio.subprocess.PIPE,
@@ -446,7 +449,9 @@ async def _run_workers(count: int, args: list[str]) -> list[dict[str, Any]]:
             if ready != b"ready\n":
                 _, errors = await worker.communicate()
                 raise RuntimeError(f"a bench worker failed to start: {errors.decode()[-2000:]}")
+        released = cpu_times()
         outputs = await asyncio.gather(*(worker.communicate(b"go\n") for worker in workers))
+        machine_busy = busy_share(released, cpu_times())
     finally:
         for worker in workers:
             if worker.returncode is None:
@@ -457,8 +462,11 @@ async def _run_workers(count: int, args: list[str]) -> list[dict[str, Any]]:
         if worker.returncode != 0:
             raise RuntimeError(f"a bench worker failed: {errors.decode()[-2000:]}")
         results.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return results
+    return results, machine_busy
 
+
+WORKER_COMMAND: tuple[str, ...] = ("-m", "bench.worker")
+"""What the interpreter runs as a worker (its arguments follow)."""
 
 WORKER_START_S = 120.0
 """How long a worker may take to import, connect and warm up before it is given up on."""
@@ -907,8 +915,7 @@ class Bench:
         config = self.config
         levels: list[dict[str, Any]] = []
         for count in config.processes:
-            machine_before = cpu_times()
-            results = await _run_workers(
+            results, machine_busy = await _run_workers(
                 count,
                 [
                     self.database.uri,
@@ -918,7 +925,6 @@ class Bench:
                     str(config.validate_invoices),
                 ],
             )
-            machine_busy = busy_share(machine_before, cpu_times())
             runs = sum(r["runs"] for r in results)
             rate = sum(r["runs"] / r["seconds"] for r in results)
             levels.append(

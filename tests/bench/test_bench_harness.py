@@ -21,6 +21,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 
+from bench import harness
 from bench.bare_graph import recorded_updates
 from bench.harness import (
     Bench,
@@ -418,3 +419,41 @@ async def test_the_floor_commits_a_row_per_checkpoint_the_agent_wrote(server_uri
                     floor.commits.clear()
         finally:
             await floor.close()
+
+
+FAKE_WORKER = """
+import json, pathlib, sys
+marks = pathlib.Path(sys.argv[1])
+(marks / "ready").touch()  # imports, pool, warm-up done
+print("ready", flush=True)
+sys.stdin.readline()
+(marks / "done").touch()  # the timed runs done
+print(json.dumps({"runs": 4, "seconds": 1.0, "cpu_s": 0.5}), flush=True)
+"""
+
+
+async def test_the_process_legs_machine_load_covers_the_timed_runs_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker spends seconds of CPU importing and warming up before it says ready; the
+    # machine's busy share must be read from the go to the figures, not over the start.
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    monkeypatch.setattr(harness, "WORKER_COMMAND", (str(script),))
+    readings: list[tuple[bool, bool]] = []
+
+    def cpu_times() -> tuple[float, float]:
+        readings.append(((tmp_path / "ready").exists(), (tmp_path / "done").exists()))
+        return float(len(readings)), 2.0 * len(readings)
+
+    monkeypatch.setattr(harness, "cpu_times", cpu_times)
+    config = replace(BenchConfig.quick(), processes=(1,))
+    bench = SimpleNamespace(
+        config=config, database=SimpleNamespace(uri=str(tmp_path)), log=lambda _: None
+    )
+    figures = await Bench.processes(cast(Any, bench))
+
+    [level] = figures["levels"]
+    assert level["runs"] == 4 and level["runs_per_s"] == 4.0
+    assert level["machine_cpu_busy"] == 0.5
+    assert readings == [(True, False), (True, True)]
