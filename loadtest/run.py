@@ -4,7 +4,8 @@
 each, against a `langgraph dev` server on loopback (auth on, rules models, Postgres). A
 client's clerk starts the run and waits for it to stop; while an approval is pending, its
 reviewer approves (its controller gives the second signature where dual control needs one).
-Every request is timed; the whole run phase has a hard deadline.
+Every request is timed; the whole run phase has a hard deadline. A run the agent ends
+``failed`` is an error, and not counted in the throughput.
 
 Then the database is checked, not the clients' word: every thread started has reached an
 end state (no run lost), every approved payment was made exactly once, no invoice was paid
@@ -28,6 +29,8 @@ from langgraph_sdk.client import LangGraphClient
 GRAPH_ID = "payables"
 TENANT = "default"
 OPEN_STATES = ("running", "interrupted")
+FAILED_STATES = ("failed",)
+"""End states in which the agent gave up on the run: errors, not finished runs."""
 MAX_APPROVAL_ROUNDS = 4  # dual control needs two; more means the run is looping
 
 
@@ -209,6 +212,8 @@ class _Client:
             final = await rev.threads.get_state(record.thread_id)
             values = final["values"] if isinstance(final["values"], dict) else {}
             record.status = str(values.get("status", "unknown"))
+            if record.status in FAILED_STATES:
+                raise RuntimeError(f"the run ended {record.status}: {values.get('reason')}")
 
 
 async def check_database(
