@@ -4,8 +4,9 @@ One process, one event loop, one private database (`bench.world.fresh_database`)
 invoice flow (``Validate INV-…``: a clean match, staged, no approval) and the approval flow
 (``Pay INV-…``: run to the approval interrupt, then resume with an approval) every
 repetition runs the agent, the bare graph on the same path (`bench.bare_graph`) and the
-floor (plain psycopg commits of the same bytes) one after the other, in rotating order, so
-the machine's load at that moment weighs on all of them alike.
+floor (plain psycopg commits, a row per checkpoint of the agent's run, the same bytes) one
+after the other, in rotating order, so the machine's load at that moment weighs on all of
+them alike.
 
 Figures:
 
