@@ -95,7 +95,10 @@ def model_name_for(role: Role, context: Context) -> str:
 
 
 class OpenAIModelProvider:
-    """`ChatOpenAI` per role, cached by model name and timeout."""
+    """`ChatOpenAI` per role, cached by model name and timeout.
+
+    Replies are never streamed, so each carries the token usage the budgets charge.
+    """
 
     def __init__(self, *, timeout_s: float | None = None, max_retries: int = 0) -> None:
         """Client settings; by default the run's `model_timeout_s` and no SDK retries.
@@ -138,6 +141,12 @@ class OpenAIModelProvider:
                 timeout=timeout,
                 max_retries=self.max_retries,
                 base_url=os.environ.get("OPENAI_BASE_URL") or None,
+                # Never stream. A graph streamed with stream_mode="messages" (the LangGraph
+                # server, Studio) makes a chat model stream its reply, and a streamed reply
+                # carries token usage only if asked for, which ChatOpenAI does for OpenAI
+                # itself but not behind OPENAI_BASE_URL: the budgets would see 0 tokens.
+                # A structured reply is one tool call; streaming it shows nobody anything.
+                disable_streaming=True,
             )
         return self._cache[key]
 

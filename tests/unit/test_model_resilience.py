@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx2
 import openai
@@ -18,6 +18,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
+from langgraph.graph import END, START, StateGraph
 
 from bench.models import InProcessChatOpenAI, tool_call_completion
 from nodes.respond import Summary
@@ -600,6 +601,85 @@ async def test_the_openai_client_is_asked_for_the_schema_tool_and_its_reply_is_c
     assert sent["parallel_tool_calls"] is False
     assert (meter.model_calls, meter.input_tokens, meter.output_tokens) == (1, 50, 10)
     assert meter.cost_usd == pytest.approx(50 / 1000 * 0.001 + 10 / 1000 * 0.002)
+
+
+class StreamingServer(OpenAIServer):
+    """Answers as an OpenAI-compatible local server does (vLLM, llama.cpp, Ollama).
+
+    A streamed reply carries its token usage only when the request asks for it with
+    ``stream_options.include_usage``; a plain reply always carries it.
+    """
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        self.requests.append(body)
+        reply = self.replies.pop(0)
+        if not body.get("stream"):
+            return httpx2.Response(200, json=reply)
+        head = {k: reply[k] for k in ("id", "created", "model")}
+        (call,) = reply["choices"][0]["message"]["tool_calls"]
+        delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **call}]}
+        chunks = [
+            {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+            {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        ]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**head, "choices": [], "usage": reply["usage"]})
+        events = "".join(
+            f"data: {json.dumps({**c, 'object': 'chat.completion.chunk'})}\n\n" for c in chunks
+        )
+        return httpx2.Response(
+            200,
+            content=(events + "data: [DONE]\n\n").encode(),
+            headers={"content-type": "text/event-stream"},
+        )
+
+
+class DoneState(TypedDict):
+    done: bool
+
+
+async def test_a_local_servers_tokens_are_charged_when_the_graph_streams_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The LangGraph server and Studio stream with ``stream_mode="messages"``, which makes a
+    chat model stream its reply. `ChatOpenAI` asks for usage in a stream only from OpenAI
+    itself, not behind `OPENAI_BASE_URL`: the provider's client must still report the
+    tokens, or the token and cost budgets (and the tenant's daily cap) see nothing."""
+    server = StreamingServer(completion(json.dumps(ROUTE), usage=(500, 50)))
+
+    class LocalServerChatOpenAI(InProcessChatOpenAI):
+        def __init__(self, **kwargs: Any) -> None:
+            transport = httpx2.MockTransport(server.handle)
+            super().__init__(http_async_client=httpx2.AsyncClient(transport=transport), **kwargs)
+
+    monkeypatch.setattr("langchain_openai.ChatOpenAI", LocalServerChatOpenAI)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://vllm.invalid/v1")
+    context = ctx(router_model="local-model", model_prices={"local-model": (0.001, 0.002)})
+    meter = Meter()
+    answers: list[ModelAnswer] = []
+
+    async def route(state: DoneState) -> dict[str, Any]:
+        with metering(meter):
+            answers.append(
+                await ask_model(
+                    OpenAIModelProvider(), "router", context, RouteDecision, list(MESSAGES)
+                )
+            )
+        return {"done": True}
+
+    builder = StateGraph(DoneState)
+    builder.add_node("route", route)
+    builder.add_edge(START, "route")
+    builder.add_edge("route", END)
+    async for _ in builder.compile().astream({"done": False}, stream_mode="messages"):
+        pass
+    (answer,) = answers
+    assert isinstance(answer.parsed, RouteDecision)
+    assert answer.path == "model:local-model"
+    assert (meter.model_calls, meter.input_tokens, meter.output_tokens) == (1, 500, 50)
+    assert meter.cost_usd == pytest.approx(500 / 1000 * 0.001 + 50 / 1000 * 0.002)
 
 
 @pytest.mark.parametrize(
