@@ -21,9 +21,9 @@ use, never at import.
   `Context.model_fallbacks` is tried (a client error is not retried on the same model, but
   another model may accept the request: a larger context window, other features, other
   access), and the rules model is the floor; the answer says so in ``degraded``;
-- malformed output (invalid JSON, wrong schema, unknown tool, missing arguments) goes back to
-  the same model with the validation error, for at most ``repairs`` more attempts; then the
-  rules model serves;
+- malformed output (invalid JSON, wrong schema, unknown tool, missing arguments, more than
+  one tool call) goes back to the same model with the validation error, for at most
+  ``repairs`` more attempts; then the rules model serves;
 - `PAYABLES_FAULTS` (`runtime.faults`) injects failures into attempts: the same exception
   classes the `openai` client raises, or unusable output.
 
@@ -172,6 +172,21 @@ def _no_structure_error(schema: type[BaseModel], raw: BaseMessage | None) -> str
     return f"the model returned no structured output; call the {schema.__name__} tool"
 
 
+def _extra_calls_error(schema: type[BaseModel], raw: BaseMessage | None) -> str | None:
+    """Why a reply with more than one tool call is no answer (None for one call or none).
+
+    The structured parser would take the first call and drop the rest; but two calls are
+    two answers (that may disagree, or one of which is broken), and which one the model
+    meant is not ours to guess.
+    """
+    if not isinstance(raw, AIMessage):
+        return None
+    calls = len(raw.tool_calls) + len(raw.invalid_tool_calls)
+    if calls <= 1:
+        return None
+    return f"the reply made {calls} tool calls; call the {schema.__name__} tool exactly once"
+
+
 _STRUCTURED_CACHE_SIZE = 64
 _Structured = tuple[BaseChatModel, Runnable[Any, Any]]
 _structured: OrderedDict[tuple[int, type[BaseModel]], _Structured] = OrderedDict()
@@ -212,7 +227,8 @@ async def call_structured(
     `ChatOpenAI` client's own work is about 4 ms. So the bound model and its parser, the two
     steps ``with_structured_output`` returns, are called one after the other; a model whose
     structured runnable has another shape goes the ``include_raw=True`` way. Either way a
-    parser's exception is reported as the reply's ``error``, as ``include_raw=True`` does.
+    parser's exception is reported as the reply's ``error``, as ``include_raw=True`` does,
+    and so is a reply with more than one tool call (the parser would keep the first).
 
     Provider errors (network, rate limit, 5xx) propagate to the caller (`ask_model`), which
     retries, fails over, or falls back to the rules model and records that it did.
@@ -221,6 +237,9 @@ async def call_structured(
     if isinstance(structured, RunnableSequence) and len(structured.steps) == 2:
         bound, parser = structured.steps
         raw = await bound.ainvoke(messages)
+        extra_calls = _extra_calls_error(schema, raw)
+        if extra_calls is not None:
+            return StructuredReply(None, extra_calls, raw)
         try:
             # In process: an output parser's ainvoke would hand the parse to a thread.
             parsed = parser.invoke(raw)
@@ -230,6 +249,9 @@ async def call_structured(
         with_raw = model.with_structured_output(schema, method="function_calling", include_raw=True)
         reply: dict[str, Any] = await with_raw.ainvoke(messages)  # type: ignore[assignment]
         raw = reply.get("raw")
+        extra_calls = _extra_calls_error(schema, raw)
+        if extra_calls is not None:
+            return StructuredReply(None, extra_calls, raw)
         if reply.get("parsing_error") is not None:
             return StructuredReply(
                 None, f"output did not match the schema: {reply['parsing_error']}", raw

@@ -393,6 +393,34 @@ MALFORMED = [
         id="missing-args",
     ),
     pytest.param(lambda: AIMessage("invoice_processing"), "no structured output", id="prose"),
+    pytest.param(  # two answers that disagree: neither may be picked silently
+        lambda: AIMessage(
+            content="",
+            tool_calls=[
+                {"name": "RouteDecision", "args": ROUTE, "id": "call_first"},
+                {"name": "RouteDecision", "args": {**ROUTE, "route": "vendor_change"}, "id": "c2"},
+            ],
+        ),
+        "2 tool calls",
+        id="two-calls",
+    ),
+    pytest.param(  # a usable call beside a broken one is not an answer either
+        lambda: AIMessage(
+            content="",
+            tool_calls=[{"name": "RouteDecision", "args": ROUTE, "id": "call_first"}],
+            invalid_tool_calls=[
+                {
+                    "name": "RouteDecision",
+                    "args": '{"route": "vendor_ch',
+                    "id": "call_broken",
+                    "error": "Function arguments are not valid JSON",
+                    "type": "invalid_tool_call",
+                }
+            ],
+        ),
+        "2 tool calls",
+        id="call-and-broken-call",
+    ),
 ]
 
 
@@ -729,22 +757,38 @@ class RawOnlyModel(ScriptedChatModel):
 
 
 @pytest.mark.parametrize(
-    ("reply", "parsed"),
+    ("reply", "complaint"),
     [
-        pytest.param(lambda: good(usage=(30, 5)), True, id="usable"),
-        pytest.param(lambda: tool_reply("RouteDecision", {"confidence": 2}), False, id="unusable"),
+        pytest.param(lambda: good(usage=(30, 5)), None, id="usable"),
+        pytest.param(
+            lambda: tool_reply("RouteDecision", {"confidence": 2}),
+            "did not match the schema",
+            id="unusable",
+        ),
+        pytest.param(
+            lambda: AIMessage(
+                content="",
+                tool_calls=[
+                    {"name": "RouteDecision", "args": ROUTE, "id": "call_a"},
+                    {"name": "RouteDecision", "args": ROUTE, "id": "call_b"},
+                ],
+            ),
+            "2 tool calls",
+            id="two-calls",
+        ),
     ],
 )
 async def test_a_structured_runnable_of_another_shape_is_called_with_the_raw_reply(
-    reply: Any, parsed: bool
+    reply: Any, complaint: str | None
 ) -> None:
     sent = reply()
     result = await call_structured(RawOnlyModel([sent]), RouteDecision, list(MESSAGES))
     assert result.raw == sent
-    assert isinstance(result.parsed, RouteDecision) is parsed
-    assert (result.error is None) is parsed
-    if not parsed:
-        assert result.error is not None and "did not match the schema" in result.error
+    assert isinstance(result.parsed, RouteDecision) is (complaint is None)
+    if complaint is None:
+        assert result.error is None
+    else:
+        assert result.error is not None and complaint in result.error
 
 
 # --- budgets and usage -----------------------------------------------------------------------
