@@ -15,7 +15,7 @@ from nodes.safety import request_flags, request_for_model
 from runtime.context import Context
 from runtime.models import ask_model
 from runtime.prompts import ROUTER_SYSTEM
-from runtime.rules_model import RouteDecision, extract_entities, rules_route
+from runtime.rules_model import RouteDecision, extract_entities, refuses_payment, rules_route
 from runtime.tracing import annotate_run
 from state.audit import guard_flag_event, record, request_received_event, route_event
 from state.graph_state import AgentState, Entities, appended
@@ -28,7 +28,10 @@ MIN_CONFIDENCE = 0.5
 
 
 def _grounded(decision: RouteDecision, request: str) -> Entities:
-    """Keep only entities that literally appear in the request; a model may not invent ids."""
+    """Keep only entities that literally appear in the request (a model may not invent ids).
+
+    A model may not ask to pay either when the request says not to.
+    """
     found = extract_entities(request)
     return Entities(
         invoice_ids=[i for i in decision.invoice_ids if i.upper() in found["invoice_ids"]]
@@ -38,7 +41,9 @@ def _grounded(decision: RouteDecision, request: str) -> Entities:
         vendor_ids=[v for v in decision.vendor_ids if v.upper() in found["vendor_ids"]]
         or found["vendor_ids"],
         bank_accounts=found["bank_accounts"],
-        wants_payment=decision.wants_payment or found["wants_payment"],
+        # A model may read a wish to pay the rules miss, but not one the clerk declined.
+        wants_payment=(decision.wants_payment or found["wants_payment"])
+        and not refuses_payment(request),
     )
 
 

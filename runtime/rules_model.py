@@ -20,7 +20,38 @@ INVOICE_RE = re.compile(r"\bINV-\d{3,}\b", re.IGNORECASE)
 PO_RE = re.compile(r"\bPO-\d{3,}\b", re.IGNORECASE)
 VENDOR_RE = re.compile(r"\bV-\d{3,}\b", re.IGNORECASE)
 
-_PAY = re.compile(r"\bpay(?:ing|ment)?\b|\bschedule\b", re.IGNORECASE)
+_PAY = re.compile(
+    r"\bpay(?:ing)?\b|\bschedule\b|\bfor\s+payment\b|"
+    r"\b(?:make|release|issue|send|process|approve|authori[sz]e)\s+"
+    r"(?:the\s+|a\s+|its\s+|their\s+)?payments?\b",
+    re.IGNORECASE,
+)
+"""A request to pay: the verb, or making a payment ("payment" alone, as in "payment terms",
+is not one)."""
+_NOT_PAY = re.compile(
+    r"(?:\bnot|\bnever|\bno|\bwithout|n['’]t)\s+(?:\w+\s+)?$|\bhold(?:ing)?\s+off\s+(?:on\s+)?$"
+    r"|\bno\s+need\s+to\s+$",
+    re.IGNORECASE,
+)
+"""Matches the text just before a `_PAY` match that negates it ("do not pay", "don't yet
+pay", "without paying", "hold off on paying", "no need to pay"); one word may stand
+between."""
+
+
+def refuses_payment(request: str) -> bool:
+    """Whether the text says not to pay, anywhere ("do not pay", "without paying", ...)."""
+    return any(_NOT_PAY.search(request[: found.start()]) for found in _PAY.finditer(request))
+
+
+def wants_payment(request: str) -> bool:
+    """Whether the clerk asks to pay: a request to pay, and nowhere a request not to.
+
+    Any negated request to pay wins, whatever else the text asks: one intent holds for the
+    whole run, and paying is the side of a doubt that cannot be undone.
+    """
+    return bool(_PAY.search(request)) and not refuses_payment(request)
+
+
 _STATUS = re.compile(
     r"\bstatus\b|\bwas .* paid\b|\bhas .* been paid\b|\bwhen will\b|"
     r"\bpaid yet\b|\bbeen paid\b|\bwhere(?:'s| is| are)\b",
@@ -75,7 +106,7 @@ def extract_entities(request: str) -> Entities:
         po_numbers=_unique_upper(PO_RE.findall(request)),
         vendor_ids=_unique_upper(VENDOR_RE.findall(request)),
         bank_accounts=extract_accounts(request),
-        wants_payment=bool(_PAY.search(request)),
+        wants_payment=wants_payment(request),
     )
 
 

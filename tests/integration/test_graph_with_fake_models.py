@@ -122,6 +122,21 @@ async def test_router_cannot_invent_ids(database: Database) -> None:
     assert list(view["result"]["invoices"]) == ["INV-1002"]
 
 
+async def test_a_router_model_cannot_add_a_payment_the_clerk_declined(
+    database: Database, db_uri: str
+) -> None:
+    """The clerk's own words say not to pay; a router model that says otherwise (misread,
+    or steered by text it was shown) does not put a payment in the plan."""
+    models = ScriptedModels(router=ScriptedChatModel([ROUTE_PAY_1001]))
+    async with open_agent(models=models, database=database) as agent:
+        view = await agent.start("Validate INV-1001 but do not pay it", user="clerk-ana")
+    assert view["model_path"]["router"] == "model:scripted-router"
+    assert view["status"] == "completed"
+    assert view["pending_approvals"] == []
+    assert "schedule_payment" not in [step["tool"] for step in view["plan"]]
+    assert payments(db_uri, "INV-1001") == 0
+
+
 async def test_respond_model_writes_the_summary(database: Database) -> None:
     models = ScriptedModels(
         respond=ScriptedChatModel(

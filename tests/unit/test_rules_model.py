@@ -39,6 +39,40 @@ def test_entities_are_extracted_verbatim_and_normalized() -> None:
     assert e["wants_payment"] is True
 
 
+@pytest.mark.parametrize(
+    ("text", "wants_payment"),
+    [
+        ("Validate INV-1001 and pay it if it matches", True),
+        ("Pay INV-1001", True),
+        ("Process and pay INV-1014", True),
+        ("Validate INV-1001 and, if it matches, pay it", True),
+        ("Don't forget to pay INV-1001", True),
+        ("Validate INV-1001 and schedule its payment", True),
+        ("Process INV-1001 for payment", True),
+        ("Please make the payment for INV-1001", True),
+        # the clerk says not to pay
+        ("Validate INV-1001 but do not pay it", False),
+        ("Validate INV-1001, don't pay it yet", False),
+        ("Validate INV-1001 without paying it", False),
+        ("Check INV-1001; never pay it before the credit note arrives", False),
+        ("Validate INV-1001 and hold off on paying it", False),
+        ("Validate INV-1001, no need to pay it", False),
+        ("Validate INV-1001 and do not schedule a payment", False),
+        ("Validate INV-1001. No payment yet, please.", False),
+        ("Pay INV-1001 but don't pay INV-1002", False),  # one intent for the run: none
+        # "payment" as a noun is not a request to pay
+        ("Check the payment terms on INV-1001", False),
+        ("Verify INV-1001 and its payment details", False),
+    ],
+)
+def test_pay_intent_is_read_from_what_the_clerk_asks(text: str, wants_payment: bool) -> None:
+    assert extract_entities(text)["wants_payment"] is wants_payment
+    assert rules_route(text).wants_payment is wants_payment
+    entities = {**ENTITIES, "wants_payment": extract_entities(text)["wants_payment"]}
+    steps, _ = rules_plan("invoice_processing", entities, [match("match")], 2, text)
+    assert ("schedule_payment" in [s["tool"] for s in steps]) is wants_payment
+
+
 def outcome(
     tool: str,
     args: dict[str, Any],
