@@ -620,7 +620,7 @@ async def ask_model(
                 text = OUTPUT_REPAIR.format(errors=errors[-1], tool=schema.__name__)
                 conversation.extend(repair_messages(reply.raw, text))
                 continue
-            return _invalid(role, candidate, reply, errors)
+            return _invalid(role, tried, candidate, reply, errors)
     return _unavailable(role, tried)
 
 
@@ -658,15 +658,31 @@ def _served(
 
 
 def _invalid(
-    role: Role, candidate: _Candidate, reply: StructuredReply, errors: list[str]
+    role: Role,
+    tried: list[_Candidate],
+    candidate: _Candidate,
+    reply: StructuredReply,
+    errors: list[str],
 ) -> ModelAnswer:
     attempts = len(errors)
     suffix = f" after {attempts} attempts" if attempts > 1 else ""
+    invalid = f"model {candidate.name} output invalid{suffix}"
+    note = f"{role} model {candidate.name}: {errors[-1]}"
+    degraded = None
+    skipped = [c for c in tried if c is not candidate]
+    if skipped:  # the role's model could not serve either: that is an outage, say so
+        reasons = "; ".join(c.reason() for c in skipped)
+        invalid = f"{reasons}; {invalid}"
+        note = f"{role}: " + "; ".join(f"{c.name}: {c.details()}" for c in skipped) + f"; {note}"
+        degraded = (
+            f"{role}: {reasons}; fallback model {candidate.name} output invalid; rules model served"
+        )
     return ModelAnswer(
         None,
-        f"rules (fallback: model {candidate.name} output invalid{suffix})",
-        f"{role} model {candidate.name}: {errors[-1]}",
+        f"rules (fallback: {invalid})",
+        note,
         raw=reply.raw,
+        degraded=degraded,
         model=candidate.name,
     )
 

@@ -237,6 +237,28 @@ async def test_the_next_configured_model_serves_when_the_first_is_down() -> None
     assert meter.models == {"scripted-router": 3, "backup": 1}
 
 
+async def test_a_fallback_whose_output_stays_unusable_still_reports_the_outage() -> None:
+    """The role's model is down and its fallback only answers garbage: the rules model
+    serves, and the path and ``degraded`` say the role's model was unavailable too."""
+    primary = ScriptedChatModel([server_error() for _ in range(3)])
+    unusable = tool_reply("RouteDecision", {"confidence": 0.9})
+    backup = ScriptedChatModel([unusable, unusable])
+    provider = ScriptedModels(router=primary, fallbacks={"backup": backup})
+    answer, meter = await ask(provider, ctx(model_fallbacks=("backup",)), repairs=1)
+    assert answer.parsed is None
+    assert meter.models == {"scripted-router": 3, "backup": 2}
+    assert answer.path == (
+        "rules (fallback: model scripted-router failed: InternalServerError x3; "
+        "model backup output invalid after 2 attempts)"
+    )
+    assert answer.degraded == (
+        "router: model scripted-router failed: InternalServerError x3; "
+        "fallback model backup output invalid; rules model served"
+    )
+    assert answer.note is not None
+    assert "The server had an error" in answer.note and "Field required" in answer.note
+
+
 async def test_a_bad_request_fails_over_without_a_retry() -> None:
     primary = ScriptedChatModel([bad_request_error("context_length_exceeded")])
     backup = ScriptedChatModel([good()])
