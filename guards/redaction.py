@@ -80,21 +80,37 @@ def extract_accounts(text: str) -> list[str]:
 
     A checksum-valid IBAN wins (so "GB33... and pay" does not swallow "ANDPAY"); an
     IBAN-shaped token that fails the checksum is kept as written, without trailing words.
+    What follows a valid IBAN inside one spread-out match ("NL23... to GB94...") is read
+    again, so a second account there is found too.
     """
     found: list[str] = []
     for match in _SPREAD_ACCOUNT_RE.finditer(text):
-        compact = re.sub(r"[^A-Z0-9]", "", match.group(0).upper())
+        raw = match.group(0)
+        compact = re.sub(r"[^A-Z0-9]", "", raw.upper())
         valid = _longest_valid_iban(compact)
+        rest: list[str] = []
         if valid is None:
-            token = ACCOUNT_RE.match(match.group(0).upper())
+            token = ACCOUNT_RE.match(raw.upper())
             if token:
                 groups = re.split(r"[ \-]", token.group(0))
                 while len(groups) > 1 and groups[-1].isalpha():
                     groups.pop()  # trailing words ("... AND PAY") are not the account
                 valid = "".join(groups)
-        if valid and valid not in found:
-            found.append(valid)
+        else:
+            rest = extract_accounts(raw[_end_of(raw, valid) :])
+        for account in [valid, *rest]:
+            if account and account not in found:
+                found.append(account)
     return found
+
+
+def _end_of(raw: str, compact: str) -> int:
+    """Where in ``raw`` the characters of ``compact`` (its alphanumeric prefix) end."""
+    seen = end = 0
+    while seen < len(compact):
+        seen += raw[end].isalnum()
+        end += 1
+    return end
 
 
 def find_hidden_accounts(text: str) -> list[str]:

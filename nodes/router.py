@@ -15,7 +15,13 @@ from nodes.safety import request_flags, request_for_model
 from runtime.context import Context
 from runtime.models import ask_model
 from runtime.prompts import ROUTER_SYSTEM
-from runtime.rules_model import RouteDecision, extract_entities, refuses_payment, rules_route
+from runtime.rules_model import (
+    RouteDecision,
+    extract_entities,
+    refuses_payment,
+    rules_route,
+    vendor_change_problem,
+)
 from runtime.tracing import annotate_run
 from state.audit import guard_flag_event, record, request_received_event, route_event
 from state.graph_state import AgentState, Entities, appended
@@ -129,13 +135,9 @@ def make_router(deps: NodeDeps) -> Node:
             entities["invoice_ids"] or entities["vendor_ids"]
         ):
             route, reason = Route.ESCALATE, "Name the invoice (INV-…) or vendor (V-…) to look up."
-        if route == Route.VENDOR_CHANGE and not (
-            entities["vendor_ids"] and entities["bank_accounts"]
-        ):
-            route, reason = (
-                Route.ESCALATE,
-                ("A bank change needs the vendor id (V-…) and the new account in the request."),
-            )
+        unclear_change = vendor_change_problem(entities)
+        if route == Route.VENDOR_CHANGE and unclear_change is not None:
+            route, reason = Route.ESCALATE, unclear_change
 
         await record_run(
             deps.database,

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from guards.redaction import extract_accounts
+from guards.redaction import extract_accounts, mask_account
 from state.graph_state import Entities, PlanStep
 from state.routes import Route
 from tools.gate import ToolOutcome
@@ -110,6 +110,29 @@ def extract_entities(request: str) -> Entities:
     )
 
 
+def vendor_change_problem(entities: Entities) -> str | None:
+    """Why a bank change cannot be planned from these entities, or None if it can.
+
+    It needs one vendor and one account: with two accounts, which is the new one is a guess
+    (the plan takes the first, in "from OLD to NEW" the one being replaced).
+    """
+    vendors, accounts = entities["vendor_ids"], entities["bank_accounts"]
+    if not (vendors and accounts):
+        return "A bank change needs the vendor id (V-…) and the new account in the request."
+    if len(vendors) > 1:
+        return (
+            f"A bank change is for one vendor; the request names {len(vendors)} "
+            f"({', '.join(vendors)}). Send one request per vendor."
+        )
+    if len(accounts) > 1:
+        return (
+            f"A bank change needs exactly one new account; the request names {len(accounts)} "
+            f"({', '.join(mask_account(a) or '' for a in accounts)}). Write only the new "
+            "account in the request."
+        )
+    return None
+
+
 def rules_route(request: str) -> RouteDecision:
     """Classify a request with keyword rules; ambiguity escalates rather than guesses."""
     e = extract_entities(request)
@@ -121,19 +144,15 @@ def rules_route(request: str) -> RouteDecision:
         "wants_payment": e["wants_payment"],
     }
     if _VENDOR_CHANGE.search(request) and (e["vendor_ids"] or e["bank_accounts"]):
-        if e["vendor_ids"] and e["bank_accounts"]:
+        unclear = vendor_change_problem(e)
+        if unclear is None:
             return RouteDecision(
                 route=Route.VENDOR_CHANGE,
                 confidence=0.9,
                 rationale="bank account change for a named vendor",
                 **base,
             )
-        return RouteDecision(
-            route=Route.ESCALATE,
-            confidence=0.4,
-            rationale="bank change without both a vendor id and an account",
-            **base,
-        )
+        return RouteDecision(route=Route.ESCALATE, confidence=0.4, rationale=unclear, **base)
     if e["invoice_ids"] and _STATUS.search(request):
         return RouteDecision(
             route=Route.PAYMENT_STATUS,

@@ -137,6 +137,37 @@ async def test_a_router_model_cannot_add_a_payment_the_clerk_declined(
     assert payments(db_uri, "INV-1001") == 0
 
 
+async def test_a_bank_change_naming_two_accounts_escalates_whatever_the_model_says(
+    database: Database, db_uri: str
+) -> None:
+    """A router model may call it a bank change; with two accounts in the clerk's words,
+    which is the new one is a guess, and the plan would take the first (the old one)."""
+    request = (
+        "Change the bank account of vendor V-006 from NL23KNAB0257394811 to NL91ABNA0417164300"
+    )
+    change = tool_reply(
+        "RouteDecision",
+        {
+            "route": "vendor_change",
+            "confidence": 0.95,
+            "vendor_ids": ["V-006"],
+            "bank_accounts": ["NL91ABNA0417164300"],
+        },
+    )
+    async with open_agent(
+        models=ScriptedModels(router=ScriptedChatModel([change])), database=database
+    ) as agent:
+        view = await agent.start(request, user="clerk-ana")
+    assert view["status"] == "escalated"
+    assert view["pending_approvals"] == []
+    assert "one new account" in view["reason"]
+    with psycopg.connect(db_uri) as conn:
+        row = conn.execute(
+            "SELECT remit_bank_account FROM vendors WHERE vendor_id = 'V-006'"
+        ).fetchone()
+    assert row is not None and row[0] not in {"NL23KNAB0257394811", "NL91ABNA0417164300"}
+
+
 async def test_respond_model_writes_the_summary(database: Database) -> None:
     models = ScriptedModels(
         respond=ScriptedChatModel(

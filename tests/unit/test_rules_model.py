@@ -73,6 +73,29 @@ def test_pay_intent_is_read_from_what_the_clerk_asks(text: str, wants_payment: b
     assert ("schedule_payment" in [s["tool"] for s in steps]) is wants_payment
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Change the bank account of vendor V-006 from NL23KNAB0257394811 to NL91ABNA0417164300",
+        "Change the bank account of vendor V-006 from nl23knab0257394811 to gb94barc10201530093459",
+        "Update V-006: old account NL23 KNAB 0257 3948 11, new account GB94 BARC 1020 1530 0934 59",
+    ],
+)
+def test_a_bank_change_naming_two_accounts_escalates(text: str) -> None:
+    """Which one is the new account is a guess; the plan template would take the first,
+    the one being replaced."""
+    assert len(extract_entities(text)["bank_accounts"]) == 2
+    decision = rules_route(text)
+    assert decision.route is Route.ESCALATE
+    assert "one new account" in decision.rationale
+
+
+def test_a_bank_change_for_two_vendors_escalates() -> None:
+    decision = rules_route("Change the bank account of V-006 and V-007 to NL91ABNA0417164300")
+    assert decision.route is Route.ESCALATE
+    assert "one vendor" in decision.rationale
+
+
 def outcome(
     tool: str,
     args: dict[str, Any],
