@@ -80,27 +80,36 @@ def extract_accounts(text: str) -> list[str]:
 
     A checksum-valid IBAN wins (so "GB33... and pay" does not swallow "ANDPAY"); an
     IBAN-shaped token that fails the checksum is kept as written, without trailing words.
-    What follows a valid IBAN inside one spread-out match ("NL23... to GB94...") is read
-    again, so a second account there is found too.
+    A second account run on after a valid one ("NL23... to GB94...") is found too.
     """
     found: list[str] = []
-    for match in _SPREAD_ACCOUNT_RE.finditer(text):
-        raw = match.group(0)
-        compact = re.sub(r"[^A-Z0-9]", "", raw.upper())
-        valid = _longest_valid_iban(compact)
-        rest: list[str] = []
+    for match, valid, _ in _spread_accounts(text):
         if valid is None:
-            token = ACCOUNT_RE.match(raw.upper())
+            token = ACCOUNT_RE.match(match.group(0).upper())
             if token:
                 groups = re.split(r"[ \-]", token.group(0))
                 while len(groups) > 1 and groups[-1].isalpha():
                     groups.pop()  # trailing words ("... AND PAY") are not the account
                 valid = "".join(groups)
-        else:
-            rest = extract_accounts(raw[_end_of(raw, valid) :])
-        for account in [valid, *rest]:
-            if account and account not in found:
-                found.append(account)
+        if valid and valid not in found:
+            found.append(valid)
+    return found
+
+
+def _spread_accounts(text: str) -> list[tuple[re.Match[str], str | None, int]]:
+    """Account-shaped runs in ``text``, in any spacing: (match, valid IBAN or None, end).
+
+    ``end`` is where a valid IBAN's last character is in ``text`` (the match's end when
+    none is valid). The search goes on from there, so a second account run on after the
+    first ("nl23 ... 11 to gb94 ...") is found too.
+    """
+    found: list[tuple[re.Match[str], str | None, int]] = []
+    pos = 0
+    while match := _SPREAD_ACCOUNT_RE.search(text, pos):
+        raw = match.group(0)
+        valid = _longest_valid_iban(re.sub(r"[^A-Z0-9]", "", raw.upper()))
+        pos = match.end() if valid is None else match.start() + _end_of(raw, valid)
+        found.append((match, valid, pos))
     return found
 
 
@@ -115,13 +124,12 @@ def _end_of(raw: str, compact: str) -> int:
 
 def find_hidden_accounts(text: str) -> list[str]:
     """Checksum-valid IBANs written spread out, with separators, or backwards."""
-    found = []
-    for candidate in (text, text[::-1]):
-        for match in _SPREAD_ACCOUNT_RE.finditer(candidate):
-            valid = _longest_valid_iban(re.sub(r"[^A-Z0-9]", "", match.group(0).upper()))
-            if valid:
-                found.append(valid)
-    return found
+    return [
+        valid
+        for candidate in (text, text[::-1])
+        for _, valid, _ in _spread_accounts(candidate)
+        if valid is not None
+    ]
 
 
 def redact_text(text: str) -> str:
@@ -134,7 +142,10 @@ def redact_text(text: str) -> str:
         )
     text = _GROUPED_CARD_RE.sub(_mask_if_card, text)
     text = ACCOUNT_RE.sub(lambda m: mask_account(m.group(0)) or "", text)
-    text = _SPREAD_ACCOUNT_RE.sub(_mask_if_valid, text)
+    # Keeps what follows an account's last character: "gb29 ... 19 and pay" keeps " and pay".
+    for run, valid, end in reversed(_spread_accounts(text)):
+        if valid is not None:
+            text = text[: run.start()] + "****" + valid[-4:] + text[end:]
     return _mask_bare_digits(text)
 
 
@@ -148,19 +159,6 @@ def _mask_bare_digits(text: str) -> str:
         return "****" + match.group(0)[-4:]
 
     return DIGITS_RE.sub(mask, text)
-
-
-def _mask_if_valid(match: re.Match[str]) -> str:
-    raw = match.group(0)
-    valid = _longest_valid_iban(re.sub(r"[^A-Z0-9]", "", raw.upper()))
-    if not valid:
-        return raw
-    # Keep what follows the account's last character: "gb29 ... 19 and pay" keeps " and pay".
-    seen = end = 0
-    while seen < len(valid):
-        seen += raw[end].isalnum()
-        end += 1
-    return "****" + valid[-4:] + raw[end:]
 
 
 def _card_digits(match: re.Match[str]) -> str | None:

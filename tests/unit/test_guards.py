@@ -7,7 +7,14 @@ import base64
 import pytest
 
 from guards.injection import REQUEST_INTENT_RULES, scan
-from guards.redaction import extract_accounts, find_unmasked, mask_account, redact, redact_text
+from guards.redaction import (
+    extract_accounts,
+    find_hidden_accounts,
+    find_unmasked,
+    mask_account,
+    redact,
+    redact_text,
+)
 from guards.taint import find_taint
 from guards.untrusted import untrusted_texts, wrap, wrap_result
 from nodes.safety import request_flags
@@ -173,6 +180,21 @@ def test_ibans_in_wider_groupings_are_masked_and_seen(written: str) -> None:
     assert redact_text(text) == "Remit to ****6819 from now on"  # the words after it stay
     assert find_unmasked(text)  # so send_vendor_email refuses such a body
     assert extract_accounts(text) == [IBAN]
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "accounts nl23 knab 0257 3948 11 and gb94 barc 1020 1530 0934 59",
+            "accounts ****4811 and ****3459",
+        ),
+        ("from nl23knab0257394811 to gb94barc10201530093459", "from ****4811 to ****3459"),
+    ],
+)
+def test_an_account_run_on_after_another_is_masked_too(text: str, masked: str) -> None:
+    assert redact_text(text) == masked
+    assert find_hidden_accounts(text) == ["NL23KNAB0257394811", "GB94BARC10201530093459"]
 
 
 @pytest.mark.parametrize(
