@@ -193,12 +193,13 @@ def latent_completion(request: dict[str, Any]) -> dict[str, Any]:
 class InProcessChatOpenAI(ChatOpenAI):
     """`ChatOpenAI` whose HTTP requests an in-process handler answers (httpx's MockTransport).
 
-    Its async call is ChatOpenAI's own, taken when this module is imported, so a guard that
-    later replaces ChatOpenAI's calls to keep tests off the network (tests/conftest.py)
-    leaves this client, which cannot reach the network, working.
+    Its async calls (plain and streamed) are ChatOpenAI's own, taken when this module is
+    imported, so a guard that later replaces ChatOpenAI's calls to keep tests off the
+    network (tests/conftest.py) leaves this client, which cannot reach the network, working.
     """
 
     _agenerate = ChatOpenAI._agenerate
+    _astream = ChatOpenAI._astream
 
 
 class LatentOpenAI:

@@ -48,6 +48,8 @@ def _no_real_models(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(ChatOpenAI, "_generate", refuse)
     monkeypatch.setattr(ChatOpenAI, "_agenerate", refuse)
+    monkeypatch.setattr(ChatOpenAI, "_stream", refuse)
+    monkeypatch.setattr(ChatOpenAI, "_astream", refuse)
 
 
 @pytest.fixture(autouse=True)
