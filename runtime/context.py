@@ -94,7 +94,9 @@ def _model_prices() -> dict[str, tuple[float, float]]:
         if (
             not isinstance(pair, list)
             or len(pair) != 2
-            or not all(isinstance(x, int | float) and x >= 0 for x in pair)
+            # JSON true is an int to Python; a price it is not.
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in pair)
+            or not all(x >= 0 for x in pair)
         ):
             raise ConfigError(f"PAYABLES_MODEL_PRICES[{model!r}] must be [input, output]; {hint}.")
         prices[str(model)] = (float(pair[0]), float(pair[1]))

@@ -204,3 +204,29 @@ def test_same_reviewer_cannot_approve_twice() -> None:
             {"decisions": [{"type": "approve"}], "reviewer": REVIEWER},
             request(approved_by=[REVIEWER]),
         )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ('{"m": [true, 0.1]}', r"PAYABLES_MODEL_PRICES\['m'\] must be \[input, output\]"),
+        ('{"m": [0.1, -1]}', r"PAYABLES_MODEL_PRICES\['m'\] must be \[input, output\]"),
+        ('{"m": [0.1]}', r"PAYABLES_MODEL_PRICES\['m'\] must be \[input, output\]"),
+        ("[1, 2]", "must be a JSON object"),
+        ("{", "not valid JSON"),
+    ],
+)
+def test_model_prices_from_the_environment_are_checked(
+    monkeypatch: pytest.MonkeyPatch, raw: str, message: str
+) -> None:
+    monkeypatch.setenv("PAYABLES_MODEL_PRICES", raw)
+    with pytest.raises(ConfigError, match=message):
+        Context()
+
+
+def test_model_prices_from_the_environment_add_to_the_list_prices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PAYABLES_MODEL_PRICES", '{"local": [0, 0.5]}')
+    prices = Context().model_prices
+    assert prices["local"] == (0.0, 0.5) and "gpt-4o-mini" in prices
