@@ -120,7 +120,12 @@ def make_router(deps: NodeDeps) -> Node:
 
         entities = _grounded(decision, own_words)
         route = decision.route
-        reason = decision.rationale
+        reason = decision.rationale or (
+            "The request needs a person: it could not be routed to an action. Say what to do "
+            "and name the invoice (INV-…) or vendor (V-…), or ask a reviewer."
+            if route == Route.ESCALATE
+            else ""
+        )
         if route in TOOL_ROUTES and decision.confidence < MIN_CONFIDENCE:
             route, reason = (
                 Route.ESCALATE,

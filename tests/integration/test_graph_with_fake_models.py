@@ -204,3 +204,12 @@ async def test_a_summary_that_echoes_the_system_prompt_is_replaced(database: Dat
     assert "My instructions" not in view["summary"]
     assert view["summary"].startswith("[completed]")
     assert "echoed an internal prompt" in view["model_path"]["respond"]
+
+
+async def test_an_escalation_without_a_rationale_still_says_what_to_do(database: Database) -> None:
+    silent = tool_reply("RouteDecision", {"route": "escalate", "confidence": 0.9})
+    models = ScriptedModels(router=ScriptedChatModel([silent]))
+    async with open_agent(models=models, database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana")
+    assert view["status"] == "escalated"
+    assert "a person" in view["reason"] and "INV-" in view["reason"]
