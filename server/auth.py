@@ -14,7 +14,8 @@ With neither configured every request gets 401 saying how to configure tokens (f
 Roles: ``clerk`` creates threads and runs on its own threads; ``reviewer`` and
 ``controller`` read the threads of their tenant and may only resume an approval interrupt
 (a controller's signature is the one dual control needs); ``admin`` (operators) may do
-everything except resume an approval on a thread they started. A missing or bad token is
+everything except resume an approval on a thread they started. Only admins write a thread's
+state directly; everyone else changes it through runs. A missing or bad token is
 401, a forbidden action 403 (raised before anything is written); a thread another clerk or
 tenant owns is filtered out and answers 404, as LangGraph does for invisible resources.
 
@@ -284,10 +285,21 @@ async def search_threads(
 async def update_thread(
     ctx: Auth.types.AuthContext, value: Auth.types.ThreadsUpdate
 ) -> Auth.types.FilterType | None:
-    """Only the owning clerk (or an admin) changes a thread; state edits bypass approvals."""
+    """Only the owning clerk (or an admin) changes a thread's metadata or cancels its runs.
+
+    Writing a thread's state (``POST /threads/{id}/state``, the event without ``metadata``
+    or ``action``) is for admins only: it is a run input that skips `create_run`'s checks
+    (a clerk could write ``user`` and be recorded as someone else, then approve the request
+    with a reviewer token of their own), and state edits bypass approvals.
+    """
     who = caller(ctx)
     if who.role not in ("clerk", "admin"):
         raise _forbidden(f"A {who.role} cannot change threads; resume the approval instead.")
+    if who.role != "admin" and "metadata" not in value and "action" not in value:
+        raise _forbidden(
+            "Thread state is written by runs, not directly: start a run with input "
+            '{"request": ..., "user": <your identity>} instead.'
+        )
     claimed = OWNERSHIP_KEYS & set(value.get("metadata") or {})
     if claimed and who.role != "admin":
         raise _forbidden(f"Thread {', '.join(sorted(claimed))} is set by the server, not changed.")

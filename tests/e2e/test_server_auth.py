@@ -546,3 +546,29 @@ async def test_server_without_token_configuration_refuses_everyone(
                 await http.post("/runs/wait", json={"assistant_id": GRAPH_ID})
             ).status_code == 401
     assert await footprint(db_uri) == before
+
+
+async def test_clerk_cannot_write_thread_state_to_name_another_requester(
+    server: str, module_db: str
+) -> None:
+    """A state write is a run input that skips create_run's checks: a clerk who writes
+    ``user`` on a fresh thread and runs it with no input would be recorded as someone else,
+    and could then approve the request with a reviewer token of their own."""
+    async with sdk(server, token_for("ana")) as ana:
+        # The thread names its graph, as a state write on a thread without runs needs.
+        thread = await ana.threads.create(metadata={"graph_id": GRAPH_ID})
+        thread_id = thread["thread_id"]
+        before = await footprint(module_db, thread_id)
+        text = await refused(
+            ana.threads.update_state(
+                thread_id,
+                {"request": "Validate INV-1003 and pay it if it matches", "user": "clerk-zed"},
+            ),
+            403,
+        )
+        assert "state" in text
+        # Metadata that is not the server's stays the owner's to change.
+        await ana.threads.update(thread_id, metadata={"note": "urgent"})
+    assert await footprint(module_db, thread_id) == before
+    async with sdk(server, token_for("admin")) as admin:
+        assert (await admin.threads.get(thread_id))["metadata"]["note"] == "urgent"

@@ -14,7 +14,14 @@ from langgraph_sdk import Auth
 
 from nodes.approval import verified_reviewer, with_verified_reviewer
 from runtime.errors import ResumeError
-from server.auth import Identity, run_settings, run_tenant, token_table, verify_token
+from server.auth import (
+    Identity,
+    run_settings,
+    run_tenant,
+    token_table,
+    update_thread,
+    verify_token,
+)
 from state.approvals import ApprovalRequest, StepRequirement
 
 SECRET = "unit-secret-" + "z" * 32
@@ -147,6 +154,44 @@ def test_run_tenant_sets_context_and_configurable() -> None:
     run_tenant(kwargs, "acme")
     assert kwargs["context"] == {"tenant": "acme"}
     assert kwargs["config"]["configurable"] == {"x": 1, "tenant": "acme"}
+
+
+class _ServerUser(dict[str, str]):
+    """Shaped like the server's user: ``identity`` attribute and item access."""
+
+    @property
+    def identity(self) -> str:
+        return self["identity"]
+
+
+def context(role: str, action: str = "update") -> Auth.types.AuthContext:
+    """The server's auth context for a ``role`` token of tenant ``default``."""
+    user = _ServerUser(identity=f"{role}-1", role=role, tenant="default")
+    return Auth.types.AuthContext(
+        user=user,  # type: ignore[arg-type]
+        permissions=[role],
+        resource="threads",
+        action=action,  # type: ignore[arg-type]
+    )
+
+
+async def test_only_an_admin_writes_thread_state() -> None:
+    """A state write (the update event without metadata or action) would let a clerk name
+    another requester and skip create_run's checks; metadata and cancels stay theirs."""
+    state_write: Any = {"thread_id": "t-1"}
+    for role, says in (
+        ("clerk", "start a run"),
+        ("reviewer", "resume the approval"),
+        ("controller", "resume the approval"),
+    ):
+        with pytest.raises(Auth.exceptions.HTTPException) as error:
+            await update_thread(context(role), state_write)
+        assert error.value.status_code == 403 and says in str(error.value.detail)
+    assert await update_thread(context("admin"), state_write) is None
+    own = {"owner": "clerk-1", "tenant": "default"}
+    assert await update_thread(context("clerk"), {"thread_id": "t-1", "metadata": {"n": 1}}) == own
+    cancel: Any = {"thread_id": "t-1", "action": "interrupt", "metadata": {"run_ids": None}}
+    assert await update_thread(context("clerk"), cancel) == own
 
 
 # --- the approval node's side ------------------------------------------------------------
