@@ -188,6 +188,7 @@
       if (result && result.__error__) throw new Error(`The run failed: ${text(result.__error__.message || result.__error__)}`);
       const next = result && result.__interrupt__ && result.__interrupt__[0];
       if (next && next.value && next.value.error) showError(`Decision refused: ${next.value.error}`);
+      else if (next && !counted(interrupt, next)) showError(`Decision not recorded on thread ${thread.thread_id}: the approval changed before it arrived (another reviewer answered it). It is shown again as it is now; decide again.`);
       else if (next) showNotice(`Decision recorded on thread ${thread.thread_id}; it waits for another approval.`);
       else showNotice(`Decision recorded; thread ${thread.thread_id} is ${text(result && result.status)}.`);
     } catch (err) {
@@ -197,6 +198,17 @@
       button.disabled = false;
       await refresh();
     }
+  }
+
+  // Whether an answer to `answered` was counted, judged by the interrupt the run paused at
+  // next. LangGraph drops a resume for an interrupt that is no longer pending (another
+  // reviewer answered first) without an error and pauses at the pending one again: the
+  // same steps, without this reviewer's signature. A counted approval or edit of the same
+  // steps carries it; other steps mean the run moved on.
+  function counted(answered, next) {
+    const ids = (value) => ((value && value.steps) || []).map((s) => s.step_id).join(",");
+    if (ids(next.value) !== ids(answered.value)) return true;
+    return ((next.value && next.value.steps) || []).some((s) => (s.approved_by || []).some((a) => a.id === me.identity));
   }
 
   async function pendingInterrupts(thread) {

@@ -1,0 +1,207 @@
+"""The reviewer inbox page in headless Chromium against a scripted API (no LangGraph server).
+
+Every request the page makes is answered in the browser by Playwright (`page.route`): the
+page's own files from ``server/static`` with the headers `server/inbox.py` sends, and the
+LangGraph API calls by a small fake holding threads and interrupts. Nothing is sent to
+any network, not even loopback. These tests pin what the page does with answers a real
+server gives in rare situations (a decision that arrives after the approval changed, more
+approvals than one page of search results, odd query strings), which are slow or racy to
+produce with `langgraph dev` (`tests/e2e/test_inbox_browser.py` covers the real server).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, Request, Route, async_playwright, expect
+
+from runtime.settings import PROJECT_ROOT
+from tests.e2e.test_inbox_browser import CHROMIUM_ARGS, _chromium
+
+pytestmark = pytest.mark.e2e
+
+ORIGIN = "http://inbox.invalid"  # never resolved: every request is answered by the route
+ME = {"identity": "ctl-1", "role": "controller", "tenant": "default"}
+TIMEOUT_MS = 20_000
+
+
+def _inbox_module() -> ModuleType:
+    path = PROJECT_ROOT / "server" / "inbox.py"
+    spec = importlib.util.spec_from_file_location("inbox_scripted_page", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def interrupt(
+    interrupt_id: str, thread_no: int, approved_by: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """A pending payment approval as the approval node sends it (dual control)."""
+    return {
+        "id": interrupt_id,
+        "value": {
+            "action_requests": [
+                {
+                    "name": "schedule_payment",
+                    "args": {"invoice_id": f"INV-{thread_no}", "amount": "136974.00"},
+                    "description": "Pay it.",
+                }
+            ],
+            "review_configs": [
+                {"action_name": "schedule_payment", "allowed_decisions": ["approve"]}
+            ],
+            "evidence": [{}],
+            "steps": [
+                {
+                    "step_id": "s3",
+                    "tool": "schedule_payment",
+                    "tier": "irreversible",
+                    "min_approvers": 2,
+                    "required_role": "controller",
+                    "reasons": ["over the dual-control threshold"],
+                    "approved_by": approved_by or [],
+                }
+            ],
+            "requester": "clerk-ben",
+            "request": f"Pay INV-{thread_no}",
+            "error": None,
+        },
+    }
+
+
+@dataclass
+class FakeApi:
+    """The LangGraph API calls the page makes, answered from memory."""
+
+    threads: list[dict[str, Any]] = field(default_factory=list)
+    # What POST /threads/{id}/runs/wait answers, by thread id.
+    run_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    searches: list[dict[str, Any]] = field(default_factory=list)
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_thread(self, thread_no: int, pending: dict[str, Any]) -> str:
+        thread_id = f"thread-{thread_no:04d}"
+        self.threads.append(
+            {
+                "thread_id": thread_id,
+                "metadata": {"graph_id": "payables"},
+                "status": "interrupted",
+                "interrupts": {"task-1": [pending]},
+            }
+        )
+        return thread_id
+
+    def answer(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path == "/inbox/api/me":
+            return 200, ME
+        if path == "/threads/search" and method == "POST":
+            self.searches.append(body)
+            offset, limit = int(body.get("offset", 0)), int(body.get("limit", 10))
+            return 200, self.threads[offset : offset + limit]
+        if path.endswith("/runs/wait") and method == "POST":
+            self.resumes.append(body)
+            return 200, self.run_results[path.split("/")[2]]
+        return 404, {"detail": f"not scripted: {method} {path}"}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's chromium, headless, with no background network traffic."""
+    executable = _chromium()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    return FakeApi()
+
+
+@pytest.fixture
+async def page(browser: Browser, api: FakeApi) -> AsyncIterator[Page]:
+    """A page whose every request is answered by the inbox's files or by ``api``."""
+    inbox = _inbox_module()
+    static = inbox.StaticInbox(inbox.app).files
+    context = await browser.new_context()
+    errors: list[str] = []
+
+    async def handle(route: Route, request: Request) -> None:
+        path = request.url.removeprefix(ORIGIN).split("?")[0]
+        if request.method == "GET" and path in static:
+            body, media_type = static[path]
+            await route.fulfill(
+                status=200, body=body, content_type=media_type, headers=inbox.SECURITY_HEADERS
+            )
+            return
+        body = json.loads(request.post_data) if request.post_data else None
+        status, answer = api.answer(request.method, path, body)
+        await route.fulfill(status=status, body=json.dumps(answer), content_type="application/json")
+
+    await context.route("**/*", handle)
+    opened = await context.new_page()
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    await context.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+async def sign_in(page: Page, query: str = "") -> None:
+    await page.goto(f"{ORIGIN}/inbox{query}")
+    await page.fill("#token", "tok-ctl-1")
+    await page.click("#sign-in-button")
+    await expect(page.locator("#identity")).to_have_text("ctl-1", timeout=TIMEOUT_MS)
+
+
+async def test_a_decision_the_agent_did_not_record_is_not_reported_as_recorded(
+    page: Page, api: FakeApi
+) -> None:
+    """Another reviewer answered first: the run moved to a new interrupt and LangGraph
+    drops a resume for the old interrupt id without a word, answering with the pending
+    interrupt, which does not carry this reviewer's signature."""
+    stale = interrupt("a" * 32, 20)
+    thread_id = api.add_thread(20, stale)
+    await sign_in(page)
+    card = page.locator(f'article.approval[data-thread="{thread_id}"]')
+    await expect(card).to_be_visible(timeout=TIMEOUT_MS)
+
+    current = interrupt("b" * 32, 20, [{"id": "rev-1", "role": "approver"}])
+    api.threads[0]["interrupts"] = {"task-2": [current]}
+    api.run_results[thread_id] = {"status": "interrupted", "__interrupt__": [current]}
+    await card.locator("button.send").click()
+    await expect(page.locator("#error")).to_contain_text("not recorded", timeout=TIMEOUT_MS)
+    await expect(page.locator("#error")).to_contain_text(thread_id)
+    await expect(page.locator("#notice")).to_be_hidden()
+    assert list(api.resumes[0]["command"]["resume"]) == ["a" * 32]
+    # The card now shows the approval as it is, for a decision on it.
+    await expect(card).to_have_attribute("data-interrupt", "b" * 32, timeout=TIMEOUT_MS)
+
+
+async def test_a_recorded_first_signature_is_reported_as_recorded(page: Page, api: FakeApi) -> None:
+    first = interrupt("c" * 32, 21)
+    thread_id = api.add_thread(21, first)
+    await sign_in(page)
+    card = page.locator(f'article.approval[data-thread="{thread_id}"]')
+    await expect(card).to_be_visible(timeout=TIMEOUT_MS)
+    second = interrupt("d" * 32, 21, [{"id": "ctl-1", "role": "controller"}])
+    api.threads[0]["interrupts"] = {"task-2": [second]}
+    api.run_results[thread_id] = {"status": "interrupted", "__interrupt__": [second]}
+    await card.locator("button.send").click()
+    await expect(page.locator("#notice")).to_contain_text(
+        "waits for another approval", timeout=TIMEOUT_MS
+    )
+    await expect(page.locator("#error")).to_be_hidden()
