@@ -2,7 +2,8 @@
 // Reviewer inbox. Talks only to this origin: /inbox/api/me and the LangGraph API.
 // Every value from the server is put in the page with textContent, never as HTML.
 (() => {
-  const REFRESH_S = Math.max(2, Number(new URLSearchParams(location.search).get("refresh")) || 5);
+  // 2 s to an hour: a timer longer than 2^31-1 ms (or infinite) fires at once, again and again.
+  const REFRESH_S = Math.min(3600, Math.max(2, Number(new URLSearchParams(location.search).get("refresh")) || 5));
   const TOKEN_KEY = "payables-inbox-token";
   const IDENTITY_ARGS = ["invoice_id", "vendor_id"]; // an edit may not change these
   const ROLE_FOR_RESUME = { reviewer: "approver", controller: "controller", admin: "controller", clerk: "clerk" };

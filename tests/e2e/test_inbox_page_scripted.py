@@ -205,3 +205,17 @@ async def test_a_recorded_first_signature_is_reported_as_recorded(page: Page, ap
         "waits for another approval", timeout=TIMEOUT_MS
     )
     await expect(page.locator("#error")).to_be_hidden()
+
+
+@pytest.mark.parametrize("refresh", ["1e9", "Infinity", "3000000"])
+async def test_a_huge_refresh_period_does_not_refresh_in_a_loop(
+    page: Page, api: FakeApi, refresh: str
+) -> None:
+    """Timers take at most 2^31-1 ms; a longer (or infinite) period fired at once, over and
+    over, and the page flooded the server with searches."""
+    await sign_in(page, f"?refresh={refresh}")
+    await expect(page.locator("#empty")).to_be_visible(timeout=TIMEOUT_MS)
+    await page.wait_for_timeout(1500)
+    assert len(api.searches) == 1, f"{len(api.searches)} searches in 1.5 s"
+    interval = int(await page.locator("#interval").inner_text())
+    assert 2 <= interval <= 3600
