@@ -5,6 +5,7 @@
   // 2 s to an hour: a timer longer than 2^31-1 ms (or infinite) fires at once, again and again.
   const REFRESH_S = Math.min(3600, Math.max(2, Number(new URLSearchParams(location.search).get("refresh")) || 5));
   const TOKEN_KEY = "payables-inbox-token";
+  const SEARCH_PAGE = 100;
   const IDENTITY_ARGS = ["invoice_id", "vendor_id"]; // an edit may not change these
   const ROLE_FOR_RESUME = { reviewer: "approver", controller: "controller", admin: "controller", clerk: "clerk" };
   const $ = (id) => document.getElementById(id);
@@ -221,13 +222,24 @@
     return interrupts.filter((i) => i.value && Array.isArray(i.value.action_requests));
   }
 
+  // Every interrupted thread the token may see: the search answers a page at a time.
+  async function interruptedThreads() {
+    const found = new Map();
+    for (let offset = 0; ; offset += SEARCH_PAGE) {
+      const page = await api("/threads/search", {
+        method: "POST",
+        body: JSON.stringify({ status: "interrupted", limit: SEARCH_PAGE, offset, sort_by: "created_at", sort_order: "asc" }),
+      });
+      // A thread that left the list between two pages shifts the next one: ids stay unique.
+      for (const thread of page) found.set(thread.thread_id, thread);
+      if (page.length < SEARCH_PAGE) return [...found.values()];
+    }
+  }
+
   async function refresh() {
     if (!me || busy) return;
     try {
-      const threads = await api("/threads/search", {
-        method: "POST",
-        body: JSON.stringify({ status: "interrupted", limit: 100, sort_by: "created_at", sort_order: "asc" }),
-      });
+      const threads = await interruptedThreads();
       const wanted = [];
       for (const thread of threads) for (const interrupt of await pendingInterrupts(thread)) wanted.push([thread, interrupt]);
       const list = $("approvals");

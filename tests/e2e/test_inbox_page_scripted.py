@@ -207,6 +207,19 @@ async def test_a_recorded_first_signature_is_reported_as_recorded(page: Page, ap
     await expect(page.locator("#error")).to_be_hidden()
 
 
+async def test_every_pending_approval_is_listed_beyond_one_page_of_search(
+    page: Page, api: FakeApi
+) -> None:
+    """The README: the page lists every approval the token may see. The search answers at
+    most ``limit`` threads per request; the page asks for the next page until it is done."""
+    for n in range(1, 131):
+        api.add_thread(n, interrupt(f"{n:032x}", n))
+    await sign_in(page)
+    await expect(page.locator("#count")).to_have_text("130", timeout=TIMEOUT_MS)
+    await expect(page.locator("article.approval")).to_have_count(130)
+    await expect(page.locator('article.approval[data-thread="thread-0130"]')).to_be_visible()
+
+
 @pytest.mark.parametrize("refresh", ["1e9", "Infinity", "3000000"])
 async def test_a_huge_refresh_period_does_not_refresh_in_a_loop(
     page: Page, api: FakeApi, refresh: str
