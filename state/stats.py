@@ -47,19 +47,32 @@ An irreversible call is refused until approved (``approval_required``) and refus
 good when a reviewer rejects it (``rejected``); they are counted apart from errors.
 """
 
+MAX_SINCE = timedelta(days=36500)
+"""The longest window `parse_since` takes (as `payables prune` takes at most 36500 days)."""
+
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _DURATION = re.compile(r"\s*(\d{1,6})\s*([smhdw])\s*")
 
 
 def parse_since(text: str) -> timedelta:
-    """``30m``, ``24h``, ``7d`` (units s, m, h, d, w) as a duration; BadInput otherwise."""
+    """``30m``, ``24h``, ``7d`` (units s, m, h, d, w), up to 100 years, as a duration.
+
+    Raises `BadInput` for anything else.
+    """
     match = _DURATION.fullmatch(text)
     if match is None or int(match.group(1)) == 0:
         raise BadInput(
             f"--since {text!r} is not a duration: give a whole number above zero and a unit, "
             "s, m, h, d or w (for example 30m, 24h or 7d)."
         )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    window = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if window > MAX_SINCE:
+        # Six digits of days or weeks reach before year 1: Postgres or Python cannot hold it.
+        raise BadInput(
+            f"--since {text!r} is longer than 100 years ({MAX_SINCE.days} days); "
+            "leave --since out for all time."
+        )
+    return window
 
 
 _CODE = re.compile(r"\(([a-z][a-z0-9]*(?:_[a-z0-9]+)+)[:)]")

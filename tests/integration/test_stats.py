@@ -300,6 +300,24 @@ def test_a_bad_since_is_refused_with_examples(text: str) -> None:
         parse_since(text)
 
 
+@pytest.mark.parametrize("text", ["36501d", "5215w", "999999d", "999999w", "876001h"])
+async def test_a_since_beyond_a_hundred_years_is_refused_not_a_crash(
+    text: str, database: Database
+) -> None:
+    """Six digits of days or weeks reached before year 1 (Python's datetime cannot hold the
+    cutoff) or out of Postgres's range: run_stats failed with a database error."""
+    with pytest.raises(BadInput, match=r"longer than 100 years.*leave --since out"):
+        await run_stats(database, since=parse_since(text))
+
+
+async def test_a_since_of_a_hundred_years_is_all_runs(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        await agent.start("Validate INV-1002", user="clerk-ana")
+    for text in ("36500d", "5214w"):
+        report = await run_stats(database, since=parse_since(text))
+        assert report["runs"]["total"] == 1, text
+
+
 def test_reasons_group_by_code_or_first_sentence() -> None:
     assert reason_kind("Stopped before the planner step (budget_exhausted: steps 8/8).") == (
         "budget_exhausted"
@@ -330,6 +348,8 @@ async def test_stats_command_prints_json_and_refuses_a_bad_since(
     assert "cost per successful task: $0.0000 (1 run," in text.stdout
     error = payables_fails(cli_env, "stats", "--since", "yesterday")
     assert "--since 'yesterday' is not a duration" in error and "24h" in error
+    error = payables_fails(cli_env, "stats", "--since", "999999w")
+    assert "longer than 100 years" in error
 
 
 # --- how step rows reach the table --------------------------------------------------------
