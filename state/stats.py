@@ -4,7 +4,9 @@ Every figure counts what happened in the window (from ``now() - since`` to now, 
 without ``since``), each by its own clock:
 
 - runs (by status and route, cost per task, containment, escalation reasons): runs whose
-  row was created in the window (``runs.created_at``), in their current status;
+  row was created in the window (``runs.created_at``), in their current status as
+  `payables threads` shows it (a run whose failure waits as an open dead letter is
+  ``failed``, for the dead letter's reason);
 - node latency: node executions that started in the window (``step_metrics``, written by
   the budget guard; a node paused for a reviewer and its re-run are two executions; a
   running process writes its rows in batches, within `state.step_metrics.FLUSH_DELAY_S`);
@@ -110,6 +112,20 @@ def _percentiles(values: list[float] | None, digits: int) -> dict[str, float | N
     }
 
 
+# The run index as `payables threads` shows it: a run still "running" whose failure waits as
+# an open dead letter is failed, with the dead letter's step and message as its reason.
+_OPEN_DEAD_LETTER = (
+    "(SELECT 'Failed in ' || COALESCE(d.step, 'an unknown step') || ' (dead letter '"
+    " || d.dead_letter_id || '): ' || d.message FROM dead_letters AS d"
+    " WHERE d.thread_id = runs.thread_id AND d.status = 'open'"
+    " ORDER BY d.dead_letter_id DESC LIMIT 1)"
+)
+_SHOWN_RUNS = (
+    f"(SELECT thread_id, route, created_at, {SHOWN_STATUS} AS status,"
+    f" CASE WHEN runs.status = 'running' THEN COALESCE({_OPEN_DEAD_LETTER}, runs.reason)"
+    " ELSE runs.reason END AS reason FROM runs)"
+)
+
 _PERCENTILES = "percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {})"
 _IN_WINDOW = "(%(cutoff)s::timestamptz IS NULL OR {} >= %(cutoff)s::timestamptz)"
 
@@ -132,8 +148,8 @@ async def run_stats(database: Database, *, since: timedelta | None = None) -> di
         window = {"cutoff": row["cutoff"]}
 
         cur = await conn.execute(
-            f"SELECT {SHOWN_STATUS} AS status, COALESCE(route, '') AS route, count(*) AS runs"
-            f" FROM runs WHERE {_IN_WINDOW.format('created_at')}"
+            "SELECT status, COALESCE(route, '') AS route, count(*) AS runs"
+            f" FROM {_SHOWN_RUNS} AS runs WHERE {_IN_WINDOW.format('created_at')}"
             " GROUP BY 1, 2 ORDER BY 1, 2",
             window,
         )
@@ -154,7 +170,7 @@ async def run_stats(database: Database, *, since: timedelta | None = None) -> di
         }
 
         cur = await conn.execute(
-            "WITH finished AS (SELECT thread_id, status FROM runs"
+            f"WITH finished AS (SELECT thread_id, status FROM {_SHOWN_RUNS} AS runs"
             f"   WHERE status = ANY(%(finished)s) AND {_IN_WINDOW.format('created_at')}),"
             " cost AS (SELECT thread_id, sum(cost_usd) AS cost_usd FROM step_metrics"
             "   WHERE thread_id IN (SELECT thread_id FROM finished) GROUP BY thread_id)"
@@ -199,7 +215,7 @@ async def run_stats(database: Database, *, since: timedelta | None = None) -> di
             "SELECT count(*) FILTER (WHERE status = ANY(%(finished)s)) AS finished,"
             " count(*) FILTER (WHERE status = 'completed' AND NOT EXISTS"
             "   (SELECT 1 FROM approval_decisions AS d WHERE d.thread_id = r.thread_id))"
-            " AS contained FROM runs AS r"
+            f" AS contained FROM {_SHOWN_RUNS} AS r"
             f" WHERE {_IN_WINDOW.format('r.created_at')}",
             {**window, "finished": list(FINISHED_STATUSES)},
         )
@@ -207,7 +223,7 @@ async def run_stats(database: Database, *, since: timedelta | None = None) -> di
         assert containment is not None
 
         cur = await conn.execute(
-            "SELECT status, reason FROM runs WHERE status = ANY(%(unsuccessful)s)"
+            f"SELECT status, reason FROM {_SHOWN_RUNS} AS runs WHERE status = ANY(%(unsuccessful)s)"
             f" AND {_IN_WINDOW.format('created_at')} ORDER BY created_at",
             {**window, "unsuccessful": list(UNSUCCESSFUL)},
         )

@@ -280,6 +280,25 @@ async def test_a_node_that_raises_is_recorded_as_failed(
     assert stats["node_latency_ms"]["executor"]["failed"] == 0
 
 
+async def test_a_run_failed_into_a_dead_letter_counts_as_failed_in_every_figure(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run index still says running; its open dead letter makes it failed, as
+    `payables threads` and the runs table of the report say. Cost per failed task,
+    containment and the reasons must count the same run, with the dead letter's reason."""
+    monkeypatch.setenv("PAYABLES_FAILPOINTS", "raise:verifier")
+    async with open_agent(database=database) as agent:
+        with pytest.raises(RunFailed, match="failed in verifier"):
+            await agent.start("Validate INV-1002", user="clerk-ana")
+    stats = await run_stats(database)
+    assert stats["runs"]["by_status"] == {"failed": 1}
+    assert stats["cost_per_task_usd"]["failed"]["runs"] == 1
+    assert stats["containment"] == {"finished": 1, "completed_without_a_human": 0, "rate": 0.0}
+    [reason] = stats["escalation_reasons"]
+    assert reason["status"] == "failed" and reason["runs"] == 1
+    assert "verifier" in reason["example"], reason
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
