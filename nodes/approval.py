@@ -126,7 +126,7 @@ async def pending_approval(
                 tier=spec.tier.value,
                 min_approvers=requirement.min_approvers,
                 required_role=requirement.required_role,
-                reasons=list(requirement.reasons),
+                reasons=redact(list(requirement.reasons)),
                 approved_by=[{"id": a.id, "role": a.role} for a in approvers],
             )
         )
@@ -141,7 +141,8 @@ async def pending_approval(
             ActionRequest(
                 name=s["tool"],
                 args=redact(s["args"]),
-                description=f"{s['why']} Needs: " + "; ".join(r["reasons"]),
+                # `why` is a model's words: it may quote an account from third-party text.
+                description=redact(f"{s['why']} Needs: " + "; ".join(r["reasons"])),
             )
             for s, r in zip(steps, requirements, strict=True)
         ],
