@@ -549,7 +549,7 @@ async def test_server_without_token_configuration_refuses_everyone(
 
 
 async def test_clerk_cannot_write_thread_state_to_name_another_requester(
-    server: str, module_db: str
+    server: str, module_db: str, http: httpx.AsyncClient
 ) -> None:
     """A state write is a run input that skips create_run's checks: a clerk who writes
     ``user`` on a fresh thread and runs it with no input would be recorded as someone else,
@@ -572,3 +572,15 @@ async def test_clerk_cannot_write_thread_state_to_name_another_requester(
     assert await footprint(module_db, thread_id) == before
     async with sdk(server, token_for("admin")) as admin:
         assert (await admin.threads.get(thread_id))["metadata"]["note"] == "urgent"
+    # Nor at creation: a thread's supersteps are state writes too.
+    write = {"values": {"request": "Pay INV-1003", "user": "clerk-zed"}, "as_node": "__start__"}
+    created = await http.post(
+        "/threads",
+        json={"metadata": {"graph_id": GRAPH_ID}, "supersteps": [{"updates": [write]}]},
+        headers=bearer(token_for("ana")),
+    )
+    # The server creates the thread, then answers 201 with the refusal of its supersteps.
+    assert "Thread state is written by runs" in created.text, created.text
+    new_id = created.json()["detail"].split()[1]
+    state = await http.get(f"/threads/{new_id}/state", headers=bearer(token_for("ana")))
+    assert state.status_code == 200 and "clerk-zed" not in state.text, state.text
