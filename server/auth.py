@@ -27,7 +27,9 @@ dual-control threshold the last missing signature must be a controller's.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ CONFIGURE_HINT = (
 )
 
 auth = Auth()
+log = logging.getLogger(__name__)
 # Thread metadata that decides who sees a thread (`visible_threads`).
 OWNERSHIP_KEYS = frozenset({"owner", "tenant"})
 
@@ -113,7 +116,13 @@ def token_table(environ: Mapping[str, str] | None = None) -> dict[str, Identity]
     env = os.environ if environ is None else environ
     raw = env.get("PAYABLES_AUTH_TOKENS", "").strip()
     source = "PAYABLES_AUTH_TOKENS"
-    if not raw and (path := env.get("PAYABLES_AUTH_TOKENS_FILE", "").strip()):
+    path = env.get("PAYABLES_AUTH_TOKENS_FILE", "").strip()
+    if raw and path:
+        # Otherwise the file would be ignored, and rotating tokens by editing it would not.
+        raise AuthConfigError(
+            "PAYABLES_AUTH_TOKENS and PAYABLES_AUTH_TOKENS_FILE are both set; set one of them"
+        )
+    if path:
         source = f"PAYABLES_AUTH_TOKENS_FILE {path}"
         try:
             raw = Path(path).read_text()
@@ -159,19 +168,35 @@ def jwt_settings(environ: Mapping[str, str] | None = None) -> JwtSettings | None
     return JwtSettings(secret=secret, issuer=issuer, audience=audience)
 
 
+def _known_token(table: Mapping[str, Identity], token: str) -> Identity | None:
+    """``table[token]``, compared in constant time, token by token."""
+    presented = token.encode()
+    found = None
+    for candidate, identity in table.items():
+        if hmac.compare_digest(candidate.encode(), presented):
+            found = identity
+    return found
+
+
 def verify_token(token: str, environ: Mapping[str, str] | None = None) -> Identity:
     """The identity ``token`` proves; `Auth.exceptions.HTTPException` 401 if it proves none."""
     try:
         table = token_table(environ)
         settings = jwt_settings(environ)
     except AuthConfigError as exc:
-        raise _unauthorized(f"Server token configuration is unusable: {exc}") from exc
+        # The operator's mistake, told to the operator: the caller is not yet known, and
+        # file paths and parse errors are none of an anonymous caller's business.
+        log.error("Server token configuration is unusable, every request gets 401: %s", exc)
+        raise _unauthorized(
+            "Server token configuration is unusable, so no token is accepted; the server's "
+            "log says why."
+        ) from exc
     if table is None and settings is None:
         raise _unauthorized(
             f"No tokens are configured on this server, so none is valid. {CONFIGURE_HINT}"
         )
-    if table is not None and token in table:
-        return table[token]
+    if table is not None and (known := _known_token(table, token)) is not None:
+        return known
     if settings is not None:
         try:
             claims = jwt.decode(

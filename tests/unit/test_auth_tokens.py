@@ -15,7 +15,9 @@ from langgraph_sdk import Auth
 from nodes.approval import verified_reviewer, with_verified_reviewer
 from runtime.errors import ResumeError
 from server.auth import (
+    AuthConfigError,
     Identity,
+    jwt_settings,
     run_settings,
     run_tenant,
     token_table,
@@ -77,19 +79,44 @@ def test_token_file_is_reread_so_rotation_needs_no_restart(tmp_path: Path) -> No
         ('{"t": {"identity": "a", "role": "clerk"}}', "tenant"),
     ],
 )
-def test_unusable_token_table_refuses_with_the_reason(table: str, problem: str) -> None:
+def test_unusable_token_table_refuses_and_logs_the_reason(
+    table: str, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
     detail = refusal("t", {"PAYABLES_AUTH_TOKENS": table})
-    assert "configuration is unusable" in detail and problem in detail
+    assert "configuration is unusable" in detail and "server's log" in detail
+    assert problem not in detail  # the operator's to read, not an anonymous caller's
+    assert problem in caplog.text
 
 
-def test_missing_token_file_refuses_with_its_path(tmp_path: Path) -> None:
+def test_missing_token_file_is_logged_with_its_path_not_told_to_the_caller(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     missing = tmp_path / "nope.json"
-    assert str(missing) in refusal("t", {"PAYABLES_AUTH_TOKENS_FILE": str(missing)})
+    detail = refusal("t", {"PAYABLES_AUTH_TOKENS_FILE": str(missing)})
+    assert str(missing) not in detail and str(missing) in caplog.text
     assert token_table({}) is None
 
 
+def test_both_token_sources_set_is_refused_not_half_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"f": {"identity": "rev-1", "role": "reviewer", "tenant": "t"}}))
+    env = {
+        "PAYABLES_AUTH_TOKENS": json.dumps(
+            {"e": {"identity": "rev-2", "role": "reviewer", "tenant": "t"}}
+        ),
+        "PAYABLES_AUTH_TOKENS_FILE": str(path),
+    }
+    for token in ("e", "f"):
+        assert "configuration is unusable" in refusal(token, env)
+    assert "both set; set one of them" in caplog.text
+
+
 def test_jwt_needs_issuer_and_audience_configured() -> None:
-    assert "PAYABLES_JWT_ISSUER" in refusal("t", {"PAYABLES_JWT_SECRET": SECRET})
+    assert "configuration is unusable" in refusal("t", {"PAYABLES_JWT_SECRET": SECRET})
+    with pytest.raises(AuthConfigError, match="PAYABLES_JWT_ISSUER"):
+        jwt_settings({"PAYABLES_JWT_SECRET": SECRET})
 
 
 def signed(**claims: Any) -> str:
