@@ -25,6 +25,7 @@ from runtime.errors import ResumeError, shown
 from state.approvals import (
     ActionRequest,
     ApprovalRequest,
+    DecisionType,
     ResumeIn,
     ReviewConfig,
     StepRequirement,
@@ -34,7 +35,7 @@ from state.audit import approval_requested_event, decision_event, record
 from state.db import Database
 from state.graph_state import AgentState, Decision, Plan, PlanStep
 from state.runs import record_run
-from tools.contract import args_hash
+from tools.contract import Tier, args_hash
 from tools.gate import ToolGate
 from tools.matching import compute_three_way_match, load_match_inputs, tolerances_from
 
@@ -97,6 +98,18 @@ async def build_evidence(
     return evidence
 
 
+def decisions_for(tier: str) -> list[DecisionType]:
+    """What a reviewer may answer to a step of ``tier``.
+
+    A destructive change (a vendor's bank account) is approved or rejected as the clerk
+    asked for it: reviewers see its account masked, and the tool takes only an account in
+    the clerk's own words, so an edited one could only be refused.
+    """
+    if tier == Tier.DESTRUCTIVE.value:
+        return ["approve", "reject"]
+    return ["approve", "edit", "reject"]
+
+
 async def pending_approval(
     gate: ToolGate, state: AgentState, run: Context, thread_id: str
 ) -> tuple[ApprovalRequest, list[PlanStep]]:
@@ -147,8 +160,8 @@ async def pending_approval(
             for s, r in zip(steps, requirements, strict=True)
         ],
         review_configs=[
-            ReviewConfig(action_name=s["tool"], allowed_decisions=["approve", "edit", "reject"])
-            for s in steps
+            ReviewConfig(action_name=s["tool"], allowed_decisions=decisions_for(r["tier"]))
+            for s, r in zip(steps, requirements, strict=True)
         ],
         evidence=evidence,
         steps=requirements,

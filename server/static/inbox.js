@@ -107,7 +107,7 @@
     return parts;
   }
 
-  function decisionControls(index, action) {
+  function decisionControls(index, action, allowed) {
     const name = `decision-${index}`;
     const radio = (value, label) => el("label", {}, el("input", { type: "radio", name, value, ...(value === "approve" ? { checked: "" } : {}) }), ` ${label}`);
     const editable = Object.entries(action.args).filter(([key]) => !IDENTITY_ARGS.includes(key));
@@ -116,7 +116,9 @@
     const reason = el("textarea", { class: "reason", placeholder: "Reason (required to reject, optional otherwise)" });
     const box = el("fieldset", { class: "decision", "data-index": String(index) },
       el("legend", { text: `Decision on ${action.name}` }),
-      radio("approve", "Approve"), radio("edit", "Edit"), radio("reject", "Reject"), edit, reason);
+      ...[["approve", "Approve"], ["edit", "Edit"], ["reject", "Reject"]]
+        .filter(([value]) => allowed.includes(value)).map(([value, label]) => radio(value, label)),
+      allowed.includes("edit") ? edit : null, reason);
     box.addEventListener("change", () => {
       edit.hidden = box.querySelector("input[type=radio]:checked").value !== "edit";
     });
@@ -156,7 +158,7 @@
         el("p", { class: "meta", text: `Tier ${text(step.tier)} · needs ${text(step.min_approvers)} approver(s)${step.required_role ? `, one a ${step.required_role}` : ""} · approved so far by ${(step.approved_by || []).map((a) => `${a.id} (${a.role})`).join(", ") || "nobody"}` }),
         step.reasons && step.reasons.length ? el("ul", {}, ...step.reasons.map((r) => el("li", { text: r }))) : null,
         ...evidenceSection(evidence),
-        decisionControls(index, action));
+        decisionControls(index, action, ((request.review_configs || [])[index] || {}).allowed_decisions || ["approve", "reject"]));
     });
     const send = el("button", { type: "button", class: "send", text: "Send decision" });
     send.addEventListener("click", () => decide(thread, interrupt, node, send));

@@ -232,3 +232,29 @@ async def test_a_huge_refresh_period_does_not_refresh_in_a_loop(
     assert len(api.searches) == 1, f"{len(api.searches)} searches in 1.5 s"
     interval = int(await page.locator("#interval").inner_text())
     assert 2 <= interval <= 3600
+
+
+async def test_only_the_decisions_the_approval_allows_are_offered(page: Page, api: FakeApi) -> None:
+    """A bank change is approved or rejected as asked: its account is shown masked, so an
+    edit could only send the mask back. The page offers what ``review_configs`` allows."""
+    change = interrupt("e" * 32, 22)
+    change["value"]["action_requests"] = [
+        {
+            "name": "update_vendor_bank_account",
+            "args": {"vendor_id": "V-006", "new_account": "****4811"},
+            "description": "Change the account.",
+        }
+    ]
+    change["value"]["review_configs"] = [
+        {"action_name": "update_vendor_bank_account", "allowed_decisions": ["approve", "reject"]}
+    ]
+    thread_id = api.add_thread(22, change)
+    await sign_in(page)
+    card = page.locator(f'article.approval[data-thread="{thread_id}"]')
+    await expect(card).to_be_visible(timeout=TIMEOUT_MS)
+    offered = card.locator("fieldset.decision input[type=radio]")
+    assert await offered.evaluate_all("radios => radios.map((r) => r.value)") == [
+        "approve",
+        "reject",
+    ]
+    await expect(card.locator("[data-arg]")).to_have_count(0)

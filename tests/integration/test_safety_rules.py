@@ -8,6 +8,7 @@ import pytest
 
 from runtime.agent import open_agent
 from runtime.context import Context
+from runtime.errors import ResumeError
 from state.db import Database
 from tests.approvals import grant
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply, tool_reply
@@ -376,3 +377,36 @@ async def test_a_foreign_currency_payment_is_held_to_the_thresholds_at_its_rate(
     assert (
         await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1007'") == 1
     )
+
+
+async def test_a_bank_change_is_approved_or_rejected_as_asked_not_edited(
+    database: Database,
+) -> None:
+    """Reviewers see the new account masked and the tool takes only the clerk's own words,
+    so the approval offers no edit and the resume refuses one, naming what is allowed."""
+    async with open_agent(database=database) as agent:
+        view = await agent.start(
+            "Change V-006 bank account to NL23KNAB0257394811 per their call", user="clerk-ana"
+        )
+        assert view["status"] == "interrupted"
+        snapshot = await agent.graph.aget_state(agent.config(view["thread_id"]))
+        (pending,) = snapshot.interrupts
+        allowed = {
+            c["action_name"]: c["allowed_decisions"] for c in pending.value["review_configs"]
+        }
+        assert allowed["update_vendor_bank_account"] == ["approve", "reject"]
+        decisions: list[dict[str, Any]] = [{"type": "approve"} for _ in allowed]
+        edited = {
+            "name": "update_vendor_bank_account",
+            "args": {"vendor_id": "V-006", "new_account": "NL91ABNA0417164300"},
+        }
+        with pytest.raises(ResumeError, match="'edit' is not allowed for update_vendor_bank_acc"):
+            await agent.resume(
+                view["thread_id"],
+                {
+                    "decisions": [{"type": "edit", "edited_action": edited}, *decisions[1:]],
+                    "reviewer": {"id": "ctl-1", "role": "controller"},
+                },
+            )
+        assert (await agent.view(view["thread_id"]))["status"] == "interrupted"
+    assert await scalar(database, "SELECT count(*) FROM approval_decisions") == 0
