@@ -7,7 +7,7 @@
   const TOKEN_KEY = "payables-inbox-token";
   const SEARCH_PAGE = 100;
   const IDENTITY_ARGS = ["invoice_id", "vendor_id"]; // an edit may not change these
-  const ROLE_FOR_RESUME = { reviewer: "approver", controller: "controller", admin: "controller", clerk: "clerk" };
+  const ROLE_FOR_RESUME = { reviewer: "approver", controller: "controller", admin: "approver", clerk: "clerk" };
   const $ = (id) => document.getElementById(id);
   let me = null;
   let timer = null;
