@@ -72,7 +72,9 @@ def build_result(state: AgentState) -> tuple[str, str, dict[str, Any]]:
     status = state.get("status") or "completed"
     reason = state.get("reason", "")
     result: dict[str, Any] = {"route": route}
-    if route in (Route.INVOICE_PROCESSING, Route.PAYMENT_STATUS):
+    per_invoice = route in (Route.INVOICE_PROCESSING, Route.PAYMENT_STATUS)
+    unresolved: list[str] = []
+    if per_invoice:
         invoices = _invoice_results(outcomes)
         result["invoices"] = invoices
         unresolved = [
@@ -81,8 +83,15 @@ def build_result(state: AgentState) -> tuple[str, str, dict[str, Any]]:
             for err in entry["errors"]
             if "flagged" not in entry["actions"]
         ]
-        if unresolved and status == "completed" and not reason:
-            status, reason = "escalated", "Could not finish: " + "; ".join(unresolved)
+    # A failed call about no invoice in particular (a vendor's invoice list, a bank change,
+    # a policy search) is resolved by nothing later in the run: the run did not finish.
+    unresolved += [
+        f"{o['tool']}: {o['error']['message']}"
+        for o in outcomes
+        if o["error"] and not (per_invoice and isinstance(o["args"].get("invoice_id"), str))
+    ]
+    if unresolved and status == "completed" and not reason:
+        status, reason = "escalated", "Could not finish: " + "; ".join(unresolved)
     if route == Route.POLICY_QUESTION:
         result["answer"] = extractive_answer(outcomes)
     if route == Route.VENDOR_CHANGE:
@@ -95,10 +104,6 @@ def build_result(state: AgentState) -> tuple[str, str, dict[str, Any]]:
         result["vendor_invoices"] = [
             o["result"] for o in outcomes if o["tool"] == "find_invoices" and o["ok"]
         ]
-    if route in (Route.VENDOR_CHANGE, Route.POLICY_QUESTION):
-        failures = [f"{o['tool']}: {o['error']['message']}" for o in outcomes if o["error"]]
-        if failures and status == "completed" and not reason:
-            status, reason = "escalated", "Could not finish: " + "; ".join(failures)
     decisions = state.get("decisions", [])
     if any(d["decision"] == "reject" for d in decisions):
         result["outcome"] = "rejected_by_reviewer"
@@ -138,6 +143,17 @@ def rules_summary(status: str, reason: str, result: dict[str, Any]) -> str:
             )
             text += f"; invoice {ps['invoice_status']}, {pays}"
         parts.append(text)
+    for found in result.get("vendor_invoices", []):
+        parts.append(
+            "invoices found: "
+            + (
+                ", ".join(
+                    f"{i['invoice_id']} {i['status']} {i['total']} {i['currency']}"
+                    for i in found["invoices"]
+                )
+                or "none"
+            )
+        )
     answer = result.get("answer")
     if answer and answer["answer"]:
         parts.append(answer["answer"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.agent import open_agent
+from runtime.context import Context
 from state.db import Database
 
 pytestmark = pytest.mark.integration
@@ -72,3 +73,31 @@ async def test_policy_question_cites_passages(database: Database) -> None:
     for passage_id in answer["citations"]:
         assert f"[{passage_id}]" in answer["answer"]
     assert "2%" in answer["answer"]
+
+
+async def test_a_vendor_status_question_lists_the_invoices_in_the_summary(
+    database: Database,
+) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Where are V-001's invoices?", user="clerk-ana")
+    assert view["route"] == "payment_status"
+    assert view["status"] == "completed"
+    [found] = view["result"]["vendor_invoices"]
+    assert found["invoices"]
+    assert "nothing to do" not in view["summary"]
+    for invoice in found["invoices"]:
+        assert f"{invoice['invoice_id']} {invoice['status']}" in view["summary"]
+
+
+async def test_a_vendor_status_lookup_that_fails_escalates(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed find_invoices has no invoice id; the run must still not end completed."""
+    monkeypatch.setenv("PAYABLES_FAULTS", "tool:find_invoices:error:1")
+    context = Context(retry_initial_s=0.0, tool_max_retries=1)
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Where are V-001's invoices?", user="clerk-ana", context=context)
+    assert view["route"] == "payment_status"
+    assert view["status"] == "escalated"
+    assert "find_invoices" in view["reason"] and "backend" in view["reason"]
+    assert view["summary"].startswith("[escalated]")
