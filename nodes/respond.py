@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from guards.output_checks import echoes_system_prompt
 from guards.redaction import redact, redact_text
 from nodes.deps import Node, NodeDeps, current_thread_id
+from nodes.safety import respond_view
 from runtime.context import Context
 from runtime.models import ask_model
 from runtime.prompts import RESPOND_SYSTEM
@@ -185,9 +186,10 @@ def make_respond(deps: NodeDeps) -> Node:
             [
                 SystemMessage(RESPOND_SYSTEM),
                 HumanMessage(
-                    json.dumps({"status": status, "reason": reason, "result": result}, default=str)[
-                        :20000
-                    ]
+                    json.dumps(
+                        {"status": status, "reason": reason, "result": respond_view(result)},
+                        default=str,
+                    )[:20000]
                 ),
             ],
             repairs=ctx.max_plan_repairs,

@@ -156,6 +156,14 @@ def planner_view(state: AgentState) -> list[dict[str, Any]]:
     ]
 
 
+def respond_view(result: dict[str, Any]) -> dict[str, Any]:
+    """The result as the summary model sees it: the policy answer (passage text) wrapped."""
+    answer = result.get("answer")
+    if not isinstance(answer, dict) or not answer.get("answer"):
+        return result
+    return {**result, "answer": {**answer, "answer": wrap(answer["answer"], "policy passages")}}
+
+
 def wrapped_attachments(state: AgentState) -> list[str]:
     """Pasted text and attachments as the models see them."""
     return [wrap(text, source) for source, text in third_party_texts(state)]

@@ -7,6 +7,9 @@ rules model with the fallback recorded in the result.
 
 from __future__ import annotations
 
+import json
+import re
+
 import psycopg
 import pytest
 
@@ -213,3 +216,35 @@ async def test_an_escalation_without_a_rationale_still_says_what_to_do(database:
         view = await agent.start("Validate INV-1002", user="clerk-ana")
     assert view["status"] == "escalated"
     assert "a person" in view["reason"] and "INV-" in view["reason"]
+
+
+async def test_policy_text_reaches_the_respond_model_only_inside_untrusted_wrappers(
+    database: Database,
+) -> None:
+    """Policy passages are third-party text: the summary model sees them wrapped as data."""
+    respond = ScriptedChatModel([tool_reply("Summary", {"summary": "Tolerance is 2%."})])
+    async with open_agent(models=ScriptedModels(respond=respond), database=database) as agent:
+        view = await agent.start(
+            "What is our price variance tolerance for invoice matching?", user="clerk-ana"
+        )
+    assert view["status"] == "completed"
+    [[system, human]] = respond.received
+    sent = str(human.content)
+    bodies = [
+        json.dumps(row["body"])[1:-1]  # as the JSON the model is sent spells it
+        for row in await _passages(database, view["result"]["answer"]["citations"])
+    ]
+    assert bodies
+    outside = re.sub(r"<untrusted source=[^>]*>.*?</untrusted>", "", sent, flags=re.S)
+    for body in bodies:
+        assert body in sent  # the model still gets the passage...
+        assert body[:40] not in outside  # ...but only inside a wrapper
+    assert "<untrusted>" in str(system.content)  # and is told what the wrapper means
+
+
+async def _passages(database: Database, ids: list[str]) -> list[dict[str, str]]:
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT body FROM policy_passages WHERE passage_id = ANY(%s)", (ids,)
+        )
+        return list(await cur.fetchall())
