@@ -18,8 +18,15 @@ _TAG_RE = re.compile(r"<\s*(/?)\s*untrusted", re.IGNORECASE)
 # For each tool, where its result carries third-party text.
 UNTRUSTED_FIELDS: dict[str, tuple[str, ...]] = {
     "get_invoice": ("notes", "document_text", "lines[].description"),
+    # The match repeats the vendor's line descriptions, also inside exception details.
+    "compute_match": ("lines[].description", "exceptions[].detail"),
     "search_policy": ("passages[].body",),
 }
+
+ECHOING_TOOLS: frozenset[str] = frozenset({"compute_match"})
+"""Tools whose third-party text only repeats what another tool (get_invoice) returns
+first-hand: wrapped for models and kept out of trusted provenance like it, but scanned for
+injection there, not again here (one flag per piece of text)."""
 
 
 def wrap(text: str, source: str) -> str:

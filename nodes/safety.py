@@ -12,7 +12,7 @@ from guards.injection import REQUEST_INTENT_RULES, scan
 from guards.input_checks import split_pasted
 from guards.redaction import extract_accounts, mask_account
 from guards.taint import TaintFinding, find_taint
-from guards.untrusted import untrusted_texts, wrap, wrap_result
+from guards.untrusted import ECHOING_TOOLS, untrusted_texts, wrap, wrap_result
 from state.graph_state import AgentState, Attachment, PlanStep
 from tools.gate import ToolOutcome
 
@@ -75,6 +75,8 @@ def pii_flag(text: str, source: str) -> dict[str, Any] | None:
 
 def outcome_flags(outcome: ToolOutcome) -> list[dict[str, Any]]:
     """Injection flags for the third-party text inside one tool result."""
+    if outcome["tool"] in ECHOING_TOOLS:
+        return []  # its text is get_invoice's, flagged where that tool returns it
     subject = outcome["args"].get("invoice_id") or outcome["tool"]
     flags = []
     for field, text in untrusted_texts(outcome["tool"], outcome["result"]):
