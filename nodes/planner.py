@@ -57,9 +57,31 @@ def validate_plan(gate: ToolGate, route: str, proposal: ProposedPlan) -> list[st
     return errors
 
 
+RESULTS_BUDGET = 20000
+"""Characters of earlier results the planner is shown (the newest whole result always)."""
+
+
 def _results_digest(state: AgentState) -> str:
-    """Earlier results with every piece of third-party text wrapped as untrusted."""
-    return json.dumps(planner_view(state), default=str)[:20000]
+    """Earlier results with every piece of third-party text wrapped as untrusted.
+
+    Past `RESULTS_BUDGET` the oldest results are left out whole, and the digest says how
+    many: cutting the JSON at a length would hide the newest results, which the next phase
+    builds on, and could end inside an untrusted wrapper.
+    """
+    view = planner_view(state)
+    shown: list[str] = []
+    size = 0
+    for entry in reversed(view):
+        text = json.dumps(entry, default=str)
+        if shown and size + len(text) > RESULTS_BUDGET:
+            break
+        shown.append(text)
+        size += len(text) + 2
+    digest = "[" + ", ".join(reversed(shown)) + "]"
+    omitted = len(view) - len(shown)
+    if omitted:
+        digest = f"({omitted} earlier result(s) left out for length; the newest follow)\n{digest}"
+    return digest
 
 
 def make_planner(deps: NodeDeps) -> Node:

@@ -157,3 +157,33 @@ async def test_pasted_text_reaches_the_planner_only_inside_an_untrusted_wrapper(
     assert own_words.strip() == "Validate INV-1001 and pay it if it matches"
     assert PASTED in human.split("</request>", 1)[1]  # still shown, as a third party's text
     assert human.count(PASTED) == 1
+
+
+async def test_a_long_run_shows_the_planner_its_latest_results_whole() -> None:
+    """Results past the prompt's budget drop the oldest whole, not the newest mid-wrapper."""
+
+    def read(n: int) -> dict[str, Any]:
+        return {
+            "step_id": f"p1s{n}",
+            "tool": "get_invoice",
+            "tier": "read",
+            "ok": True,
+            "args": {"invoice_id": f"INV-{1000 + n}"},
+            "result": {"invoice_id": f"INV-{1000 + n}", "document_text": "x" * 1500, "lines": []},
+            "error": None,
+            "idempotency_key": None,
+            "replayed": False,
+        }
+
+    outcomes = [read(n) for n in range(1, 31)]
+    state = {**STATE, "route": "invoice_processing", "outcomes": outcomes}
+    plan = {
+        "steps": [{"tool": "get_invoice", "args": {"invoice_id": "INV-1030"}, "why": "read"}],
+        "final": False,
+    }
+    _, model = await plan_with(tool_reply("ProposedPlan", plan), state=state)
+    human = str(model.received[0][-1].content)
+    digest = human.split("Results so far:\n", 1)[1].split("\nAttachments:", 1)[0]
+    assert '"p1s30"' in digest  # the newest result, which the next phase builds on
+    assert digest.count("<untrusted") == digest.count("</untrusted>")
+    assert "earlier result" in digest  # and it says that older ones were left out
