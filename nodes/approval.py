@@ -190,7 +190,7 @@ def make_approval(deps: NodeDeps) -> Node:
             ahead = [s["step_id"] for s in state["plan"]["steps"][cursor:]]
             recorded = await recorded_rejection(deps.database, thread_id, ahead)
             if recorded is not None:
-                return Command(goto="respond", update={"status": "completed", "reason": recorded})
+                return Command(goto="respond", update=ended_by_rejection(state, recorded))
             return Command(goto="executor")
         await record_run(
             deps.database,
@@ -281,14 +281,24 @@ def make_approval(deps: NodeDeps) -> Node:
         rejected = [d for d in decisions if d["decision"] == "reject"]
         if rejected:
             first = rejected[0]
-            update["status"] = "completed"
-            update["reason"] = rejection_reason(
-                first["reviewer_id"], first["reviewer_role"], first["reason"]
-            )
+            reason = rejection_reason(first["reviewer_id"], first["reviewer_role"], first["reason"])
+            update.update(ended_by_rejection(state, reason))
             return Command(goto="respond", update=update)
         return Command(goto="executor", update=update)
 
     return approval
+
+
+def ended_by_rejection(state: AgentState, reason: str) -> dict[str, str]:
+    """The run's status and reason when a reviewer's reject ends it.
+
+    A reject ends the run completed, unless it had already gone read-only (a tool outage
+    left work undone): then a person must still finish that, so it stays escalated and
+    keeps saying why, with the reject after it.
+    """
+    if state.get("status") == "escalated" and state.get("reason"):
+        return {"status": "escalated", "reason": f"{state['reason']} {reason}"}
+    return {"status": "completed", "reason": reason}
 
 
 def rejection_reason(reviewer_id: str, reviewer_role: str, reason: str) -> str:

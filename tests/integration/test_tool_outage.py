@@ -558,3 +558,28 @@ async def test_a_model_that_plans_the_payment_again_gets_no_second_flag(
     story = await payment_story(database, "INV-1001")
     assert (story["status"], story["payments"], len(story["unavailable"])) == ("staged", 0, 1)
     assert planner.script == []
+
+
+async def test_a_reject_after_the_run_went_read_only_keeps_it_escalated(
+    database: Database,
+) -> None:
+    """INV-1005 needs a controller's override to be staged; with payments down its stand-in
+    stage asks again. Rejecting that leaves the invoice unpaid because of the outage, so the
+    run stays escalated for a person, with both reasons, not completed."""
+    run = Context(**FAST, breaker_failure_threshold=1)
+    BREAKERS.get(
+        "tool:schedule_payment", failure_threshold=1, cooldown_s=run.breaker_cooldown_s
+    ).record_failure()
+    approve = {"decisions": [], "reviewer": {"id": "ctl-1", "role": "controller"}}
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Validate INV-1005 and pay it", user="clerk-ana", context=run)
+        assert view["status"] == "interrupted"
+        answer = {**approve, "decisions": [{"type": "approve"}] * len(view["pending_approvals"])}
+        view = await agent.resume(view["thread_id"], answer)
+        assert view["status"] == "interrupted", view["reason"]
+        assert [a["action"] for a in view["pending_approvals"]] == ["stage_invoice"]
+        reject = {**approve, "decisions": [{"type": "reject", "message": "not during an outage"}]}
+        view = await agent.resume(view["thread_id"], reject)
+    assert view["status"] == "escalated"
+    assert "INV-1005 was not paid" in view["reason"]
+    assert "Rejected by ctl-1 (controller): not during an outage" in view["reason"]
