@@ -184,14 +184,24 @@ def make_approval(deps: NodeDeps) -> Node:
         thread_id = current_thread_id()
         request, steps = await pending_approval(gate, state, runtime.context, thread_id)
         if not steps:
-            # Nothing needs a person after all (approved in a race, say), unless this node
-            # is re-running after its own answer committed: a reject in it ends the run.
+            # Nothing needs a person after all: approved in a race, say, or this node is
+            # re-running after its own answer committed and before its checkpoint. The
+            # answer's decisions join the run's record, and a reject in it ends the run.
             cursor = state.get("cursor", 0)
-            ahead = [s["step_id"] for s in state["plan"]["steps"][cursor:]]
-            recorded = await recorded_rejection(deps.database, thread_id, ahead)
-            if recorded is not None:
-                return Command(goto="respond", update=ended_by_rejection(state, recorded))
-            return Command(goto="executor")
+            ahead = state["plan"]["steps"][cursor:]
+            recorded = await recorded_decisions(
+                deps.database, thread_id, ahead, known=state.get("decisions", [])
+            )
+            caught_up: dict[str, Any] = {"decisions": recorded} if recorded else {}
+            rejected = [d for d in recorded if d["decision"] == "reject"]
+            if rejected:
+                first = rejected[0]
+                reason = rejection_reason(
+                    first["reviewer_id"], first["reviewer_role"], first["reason"]
+                )
+                caught_up.update(ended_by_rejection(state, reason))
+                return Command(goto="respond", update=caught_up)
+            return Command(goto="executor", update=caught_up)
         await record_run(
             deps.database,
             thread_id=thread_id,
@@ -306,19 +316,33 @@ def rejection_reason(reviewer_id: str, reviewer_role: str, reason: str) -> str:
     return f"Rejected by {reviewer_id} ({reviewer_role}): {reason}"
 
 
-async def recorded_rejection(database: Database, thread_id: str, step_ids: list[str]) -> str | None:
-    """The reason of the first reject recorded for any of ``step_ids``, or None."""
+async def recorded_decisions(
+    database: Database, thread_id: str, steps: list[PlanStep], *, known: list[Decision]
+) -> list[Decision]:
+    """Decisions recorded for ``steps`` that the run's state does not hold yet, in order."""
+    seen = {(d["step_id"], d["reviewer_id"], d["decision"]) for d in known}
+    args = {s["step_id"]: s["args"] for s in steps}
     async with database.connection() as conn:
         cur = await conn.execute(
-            "SELECT reviewer_id, reviewer_role, reason FROM approval_decisions"
-            " WHERE thread_id = %s AND step_id = ANY(%s) AND decision = 'reject'"
-            " ORDER BY decision_id LIMIT 1",
-            (thread_id, step_ids),
+            "SELECT step_id, tool, reviewer_id, reviewer_role, decision, reason, edited_args"
+            " FROM approval_decisions WHERE thread_id = %s AND step_id = ANY(%s)"
+            " ORDER BY decision_id",
+            (thread_id, list(args)),
         )
-        row = await cur.fetchone()
-    if row is None:
-        return None
-    return rejection_reason(row["reviewer_id"], row["reviewer_role"], row["reason"])
+        rows = await cur.fetchall()
+    return [
+        Decision(
+            step_id=row["step_id"],
+            tool=row["tool"],
+            decision=row["decision"],
+            reviewer_id=row["reviewer_id"],
+            reviewer_role=row["reviewer_role"],
+            reason=row["reason"],
+            args=row["edited_args"] or args[row["step_id"]],
+        )
+        for row in rows
+        if (row["step_id"], row["reviewer_id"], row["decision"]) not in seen
+    ]
 
 
 # A server token's role as the approval records it (server/auth.py APPROVAL_ROLES): the

@@ -139,3 +139,32 @@ async def test_the_approval_request_masks_the_account_the_clerk_typed(
         [(_, payload)] = await agent.pending(change["thread_id"])
     assert payload["request"] == "Change the bank account of vendor V-006 to ****4811"
     assert account not in json.dumps(payload)
+
+
+async def test_an_error_after_an_approval_commits_keeps_the_decision_in_the_result(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry finds nothing to ask and goes on; the reviewer's approval, committed by
+    the failed attempt, is still in the run's result."""
+    command = nodes.approval.Command
+    failed: list[str] = []
+
+    def fails_once_after_commit(*args: Any, **kwargs: Any) -> Any:
+        if not failed and kwargs.get("goto") == "executor" and kwargs.get("update"):
+            failed.append("after commit")
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return command(*args, **kwargs)
+
+    monkeypatch.setattr(nodes.approval, "Command", fails_once_after_commit)
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Pay INV-1001", user="clerk-ana")
+        done = await agent.resume(
+            view["thread_id"],
+            {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}},
+        )
+    assert failed
+    assert done["status"] == "completed", done
+    decided = [(d["step_id"], d["reviewer_id"], d["decision"]) for d in done["result"]["decisions"]]
+    assert [who for _, who, _ in decided] == ["rev-1"]
+    paid = "SELECT count(*) FROM payments WHERE thread_id = %s"
+    assert await count(database, paid, view["thread_id"]) == 1
