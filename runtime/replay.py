@@ -14,8 +14,9 @@ What a replay does depends on where the thread is now, not only on what failed:
   points to `payables resume`;
 - it finished by other means (say `payables continue`): nothing is left; resolved.
 
-The run's tenant and policy thresholds come from the dead letter (what the run was started
-under); how to run it (models, timeouts, retries, budgets) comes from the current
+The run's tenant and policy (thresholds, the currency they are stated in and the FX rates
+that convert into it, match tolerances) come from the dead letter (what the run was
+started under); how to run it (models, timeouts, retries, budgets) comes from the current
 environment, so an operator can fix what made it fail before replaying.
 """
 
@@ -34,6 +35,10 @@ from state.retention import pruned_run
 REPLAYED_CONTEXT_FIELDS = (
     "approval_threshold",
     "dual_control_threshold",
+    # The thresholds are stated in this currency, and invoices in others are converted at
+    # these rates: without them, the same thresholds would mean other amounts.
+    "approval_currency",
+    "fx_rates",
     "price_tolerance_pct",
     "amount_tolerance",
 )

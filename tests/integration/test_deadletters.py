@@ -18,10 +18,11 @@ import psycopg
 import pytest
 
 from guards.redaction import find_unmasked
-from runtime.agent import context_payload
+from runtime.agent import context_payload, open_agent
 from runtime.context import Context
+from runtime.replay import replay_context, replay_dead_letter
 from state.db import Database
-from state.deadletters import claim_dead_letter, record_dead_letter
+from state.deadletters import claim_dead_letter, get_dead_letter, record_dead_letter
 from state.routes import FINISHED_STATUSES, RunStatus
 from state.runs import record_run
 from tests.cli import explain, payables, payables_fails, payables_json
@@ -374,3 +375,46 @@ def test_show_prints_the_payload_as_json(cli_env: dict[str, str]) -> None:
     assert proc.returncode == 0, explain(proc)
     assert "thread   t-show" in proc.stdout and "FailpointError" in proc.stdout
     assert json.loads(proc.stdout[proc.stdout.index("{") :])["action"] == "start"
+
+
+async def test_a_replay_applies_the_thresholds_in_the_currency_the_run_was_started_under(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approval currency and FX rates are thresholds too: they come from the dead letter.
+
+    Started with thresholds stated in EUR and no USD rate, a USD payment cannot be held
+    to them and needs dual control. The replay runs where the environment says USD (the
+    default); it must still ask for what the original run would have asked for.
+    """
+    recorded = Context(approval_currency="EUR", fx_rates="GBP=1.17")
+    value = {"request": PAY_REQUEST, "user": "clerk-ana", "attachments": []}
+    number = await record_dead_letter(
+        database,
+        thread_id="eur-thresholds",
+        tenant="default",
+        action="start",
+        step=None,
+        error=ConnectionResetError("server closed the connection unexpectedly"),
+        attempts=1,
+        payload={
+            "action": "start",
+            "input": value,
+            "checkpoint_id": None,
+            "next": [],
+            "context": context_payload(recorded),
+        },
+    )
+    monkeypatch.delenv("PAYABLES_APPROVAL_CURRENCY", raising=False)
+    monkeypatch.delenv("PAYABLES_FX_RATES", raising=False)
+    kept = replay_context(await get_dead_letter(database, number) or {})
+    assert (kept.approval_currency, kept.fx_rates) == ("EUR", "GBP=1.17")
+
+    async with open_agent(database=database) as agent:
+        replayed = await replay_dead_letter(agent, number)
+    assert (replayed.outcome, replayed.how) == ("replayed", "start")
+    assert replayed.view is not None
+    [pending] = replayed.view["pending_approvals"]
+    assert pending["action"] == "schedule_payment"
+    requirement = pending["requirement"]
+    assert (requirement["min_approvers"], requirement["required_role"]) == (2, "controller")
+    assert any("no rate from USD to EUR" in r for r in requirement["reasons"]), requirement
