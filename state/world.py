@@ -138,7 +138,10 @@ class Invoice(_Strict):
 
 
 class Payment(_Strict):
-    """A payment that already exists in the world (for example, an invoice already paid)."""
+    """A payment that already exists in the world (for example, an invoice already paid).
+
+    It is in its invoice's currency and never more than the invoice's total.
+    """
 
     payment_id: Ident
     invoice_id: Ident
@@ -190,7 +193,7 @@ class World(_Strict):
         vendors = unique("vendor", [v.vendor_id for v in self.vendors])
         pos = unique("purchase order", [p.po_number for p in self.purchase_orders])
         unique("goods receipt", [r.receipt_id for r in self.goods_receipts])
-        invoices = unique("invoice", [i.invoice_id for i in self.invoices])
+        unique("invoice", [i.invoice_id for i in self.invoices])
         unique("payment", [p.payment_id for p in self.payments])
         unique("policy document", [d.doc_id for d in self.policy_documents])
         unique(
@@ -243,10 +246,26 @@ class World(_Strict):
                 problems.append(
                     f"invoice {invoice.invoice_id} names unknown vendor {invoice.vendor_id}"
                 )
+        by_id = {i.invoice_id: i for i in self.invoices}
         for payment in self.payments:
-            if payment.invoice_id not in invoices:
+            paid = by_id.get(payment.invoice_id)
+            if paid is None:
                 problems.append(
                     f"payment {payment.payment_id} pays unknown invoice {payment.invoice_id}"
+                )
+                continue
+            # The database holds both rules too (migration 0014), for every writer.
+            if payment.currency != paid.currency:
+                problems.append(
+                    f"payment {payment.payment_id} is in {payment.currency}, but invoice "
+                    f"{paid.invoice_id} is in {paid.currency}; a payment is in the currency "
+                    "of the invoice it pays"
+                )
+            elif payment.amount > paid.total:
+                problems.append(
+                    f"payment {payment.payment_id} of {payment.amount} {payment.currency} is "
+                    f"more than the total {paid.total} of invoice {paid.invoice_id}; a payment "
+                    "never exceeds the total of the invoice it pays"
                 )
         if problems:
             raise ValueError("; ".join(problems))

@@ -15,9 +15,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from runtime.context import Context
+from runtime.errors import WorldFileError
 from runtime.settings import PROJECT_ROOT
 from state.db import CONNECTION_KWARGS
-from state.world import SAMPLE_WORLD_PATH, SCHEMA_PATH, world_json_schema
+from state.world import SAMPLE_WORLD_PATH, SCHEMA_PATH, parse_world, world_json_schema
 from tools.matching import compute_three_way_match, load_match_inputs, tolerances_from
 
 SAMPLE_CASES_PATH = PROJECT_ROOT / "data" / "sample_cases.json"
@@ -131,3 +132,52 @@ async def test_matcher_gives_each_sample_case_its_expected_result(db_uri: str) -
                 if exc.blocking != (verdict == "exception"):
                     problems.append(f"{invoice_id} ({case}): {exc.code} blocking={exc.blocking}")
     assert problems == [], "\n".join(problems)
+
+
+def _paying(**changes: Any) -> dict[str, Any]:
+    """The sample world with its first payment (INV-1006, 3985.60 USD, paid) changed."""
+    world = _sample_world()
+    world["payments"] = [{**world["payments"][0], **changes}, *world["payments"][1:]]
+    return world
+
+
+def test_a_world_whose_payment_does_not_fit_its_invoice_is_refused() -> None:
+    with pytest.raises(WorldFileError) as refused:
+        parse_world(_paying(amount="3985.61"), source="too-much.json")
+    assert "payment PAY-0001 of 3985.61 USD is more than the total 3985.60" in str(refused.value)
+    assert "never exceeds" in str(refused.value)
+    with pytest.raises(WorldFileError) as refused:
+        parse_world(_paying(currency="EUR"), source="other-currency.json")
+    assert "payment PAY-0001 is in EUR, but invoice INV-1006 is in USD" in str(refused.value)
+    # A part payment, and a void payment, are fine.
+    parse_world(_paying(amount="100.00"))
+    parse_world(_paying(amount="100.00", status="void"))
+
+
+@pytest.mark.integration
+async def test_the_database_refuses_a_payment_that_does_not_fit_its_invoice(
+    db_uri: str,
+) -> None:
+    """Whoever writes (a seed, a tool, a person in psql), a payment fits its invoice."""
+    insert = (
+        "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency,"
+        " payee_account, pay_on, status, idempotency_key)"
+        " VALUES (%s, 'INV-1001', %s, %s, %s, 'acct', '2026-05-01', 'scheduled', %s)"
+    )
+    refused = {
+        "more than the total 3340.97 of invoice INV-1001": ("V-001", "3340.98", "USD"),
+        "invoice INV-1001 is in USD": ("V-001", "100.00", "EUR"),
+        "invoice INV-1001 is from vendor V-001": ("V-002", "100.00", "USD"),
+    }
+    async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as conn:
+        for n, (message, (vendor, amount, currency)) in enumerate(refused.items()):
+            with pytest.raises(psycopg.errors.CheckViolation, match=message):
+                await conn.execute(insert, (f"P-{n}", vendor, amount, currency, f"k-{n}"))
+        await conn.execute(insert, ("P-ok", "V-001", "3340.97", "USD", "k-ok"))
+        # Nor can the invoice change under its payments.
+        for change in ("total = 3340.96", "currency = 'EUR'", "vendor_id = 'V-002'"):
+            with pytest.raises(psycopg.errors.CheckViolation, match="its payment P-ok"):
+                await conn.execute(f"UPDATE invoices SET {change} WHERE invoice_id = 'INV-1001'")
+        await conn.execute("UPDATE invoices SET total = 4000 WHERE invoice_id = 'INV-1001'")
+        cur = await conn.execute("SELECT count(*) AS n FROM payments WHERE invoice_id = 'INV-1001'")
+        assert await cur.fetchone() == {"n": 1}
