@@ -123,7 +123,10 @@ class Invoice(_Strict):
     invoice_number: str = Field(
         min_length=1, max_length=200, description="The vendor's own invoice number."
     )
-    po_number: str | None = Field(default=None, description="PO the vendor cites, if any.")
+    # Indexed once the invoice is accepted (staged, scheduled, paid): the same cap.
+    po_number: str | None = Field(
+        default=None, max_length=200, description="PO the vendor cites, if any."
+    )
     invoice_date: date
     due_date: date | None = None
     currency: Currency

@@ -181,3 +181,17 @@ async def test_the_database_refuses_a_payment_that_does_not_fit_its_invoice(
         await conn.execute("UPDATE invoices SET total = 4000 WHERE invoice_id = 'INV-1001'")
         cur = await conn.execute("SELECT count(*) AS n FROM payments WHERE invoice_id = 'INV-1001'")
         assert await cur.fetchone() == {"n": 1}
+
+
+def test_a_cited_po_number_is_as_long_as_an_index_can_hold() -> None:
+    """An invoice's PO number is indexed once the invoice is accepted (migration 0013).
+
+    Postgres caps an index row at about 2.7 kB: a longer number loaded, then staging the
+    invoice failed with "index row size exceeds btree maximum". It is refused up front.
+    """
+    world = _sample_world()
+    world["invoices"][0]["po_number"] = "P" * 201
+    with pytest.raises(WorldFileError, match=r"invoices\.0\.po_number: .*at most 200"):
+        parse_world(world, source="long-po.json")
+    world["invoices"][0]["po_number"] = "P" * 200
+    parse_world(world)
