@@ -31,6 +31,7 @@ TOOL_ROUTES = frozenset(
     {Route.INVOICE_PROCESSING, Route.VENDOR_CHANGE, Route.PAYMENT_STATUS, Route.POLICY_QUESTION}
 )
 
+# Migration 0015 refuses any other status in the run index.
 RunStatus = Literal["running", "interrupted", "completed", "refused", "escalated", "failed"]
 
 FINISHED_STATUSES: tuple[RunStatus, ...] = ("completed", "refused", "escalated", "failed")

@@ -6,15 +6,20 @@ checkpoint. They must agree, and a thread keeps its tenant whoever goes on with 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import psycopg
 import pytest
 
 from runtime.agent import open_agent
 from runtime.context import Context
+from state.approvals import REVIEWER_ROLES
 from state.db import Database
+from state.deadletters import DeadLetterAction
+from state.routes import RunStatus
+from state.runs import record_run
 from tests.cli import explain, payables, payables_json
+from tools.contract import Tier
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -99,3 +104,61 @@ async def test_approvals_lists_every_waiting_thread_however_many(
     listed = payables_json(cli_env, "approvals")["pending_approvals"]
     threads = {a["thread_id"] for a in listed}
     assert len(threads) == 501 and "oldest-waiting" in threads
+
+
+async def test_status_and_kind_columns_hold_only_the_values_the_code_knows(
+    database: Database,
+) -> None:
+    """A misspelt status ('complete') would be a run no listing, prune or trigger knows:
+    never finished, never pruned, its dead letters never resolved. The database refuses it."""
+    async with database.connection() as conn:
+        for n, status in enumerate(get_args(RunStatus)):
+            await record_run(
+                database,
+                thread_id=f"t-{n}",
+                request="Validate INV-1002",
+                requester="clerk-ana",
+                tenant="default",
+                route=None,
+                status=status,
+            )
+        with pytest.raises(psycopg.errors.CheckViolation, match="runs_status_check"):
+            await record_run(
+                database,
+                thread_id="t-0",
+                request="Validate INV-1002",
+                requester="clerk-ana",
+                tenant="default",
+                route=None,
+                status="complete",
+            )
+        for n, action in enumerate(get_args(DeadLetterAction)):
+            await conn.execute(
+                "INSERT INTO dead_letters (thread_id, tenant, action, error_class, message,"
+                " payload) VALUES (%s, 'default', %s, 'E', 'm', '{}')",
+                (f"t-{n}", action),
+            )
+        with pytest.raises(psycopg.errors.CheckViolation, match="dead_letters_action_check"):
+            await conn.execute(
+                "INSERT INTO dead_letters (thread_id, tenant, action, error_class, message,"
+                " payload) VALUES ('t-0', 'default', 'restart', 'E', 'm', '{}')"
+            )
+        for n, tier in enumerate(Tier):
+            await conn.execute(
+                "INSERT INTO tool_calls (idempotency_key, thread_id, step_id, tool, args, tier,"
+                " result) VALUES (%s, 't-0', 's', 'tool', '{}', %s, '{}')",
+                (f"k-{n}", tier.value),
+            )
+        with pytest.raises(psycopg.errors.CheckViolation, match="tool_calls_tier_check"):
+            await conn.execute(
+                "INSERT INTO tool_calls (idempotency_key, thread_id, step_id, tool, args, tier,"
+                " result) VALUES ('k-x', 't-0', 's', 'tool', '{}', 'write', '{}')"
+            )
+        decision = (
+            "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash, reviewer_id,"
+            " reviewer_role, decision) VALUES ('t-0', 's', 'tool', 'h', %s, %s, 'approve')"
+        )
+        for role in REVIEWER_ROLES:
+            await conn.execute(decision, (f"rev-{role}", role))
+        with pytest.raises(psycopg.errors.CheckViolation, match="approval_decisions_role_check"):
+            await conn.execute(decision, ("rev-x", "Controller"))
