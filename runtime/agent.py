@@ -55,7 +55,7 @@ from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
 from state.approvals import ApprovalRequest, parse_resume
-from state.db import Database, default_database, migrate
+from state.db import THREAD_LOCK_CLASS, Database, default_database, migrate
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
 from state.retention import pruned_run
@@ -64,9 +64,6 @@ from tools.gate import ToolGate
 
 log = logging.getLogger(__name__)
 
-# Advisory-lock key space for thread locks: (class, hashtext(thread_id)). Any constant works
-# as long as every process uses the same one; it keeps these apart from other advisory locks.
-_THREAD_LOCK_CLASS = 0x70617962  # "payb"
 
 START_DURABILITY: Durability = "async"
 """Checkpoints of a new request's leg: written behind the next step (no money moves yet)."""
@@ -277,7 +274,7 @@ class Agent:
                 ) from exc
             cur = await conn.execute(
                 "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS locked",
-                (_THREAD_LOCK_CLASS, thread_id),
+                (THREAD_LOCK_CLASS, thread_id),
             )
             row = await cur.fetchone()
             if row is None or not row["locked"]:

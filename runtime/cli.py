@@ -282,7 +282,7 @@ def seed(
     """Replace the AP world (vendors, POs, receipts, invoices, payments, policy) from a file.
 
     The old world goes, and every thread with it, in one transaction; a bad file changes
-    nothing.
+    nothing, and neither does a seed while a run is in progress.
     """
     counts = _run(_seed(world))
     if as_json:

@@ -36,6 +36,11 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK_ID = 0x7061796162  # "payab"
 
+THREAD_LOCK_CLASS = 0x70617962  # "payb"
+"""Advisory-lock key space of thread locks, ``(class, hashtext(thread_id))``: every run of a
+thread holds its lock while it runs (`runtime.agent.Agent.thread_lock`). Any constant works
+as long as every process uses the same one; it keeps these apart from other advisory locks."""
+
 # pgserver stops its postmaster when the owning object is collected; keep it alive for the
 # life of the process.
 _embedded_servers: dict[Path, Any] = {}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import psycopg
+from psycopg.rows import scalar_row
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,8 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-from runtime.errors import WorldFileError, shown
+from runtime.errors import BadInput, WorldFileError, shown
 from runtime.settings import PROJECT_ROOT
+from state.db import THREAD_LOCK_CLASS
 
 SCHEMA_PATH = Path(__file__).parent / "world.schema.json"
 SAMPLE_WORLD_PATH = PROJECT_ROOT / "data" / "world.sample.json"
@@ -333,7 +335,10 @@ _WORLD_TABLES = (
 async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[str, int]:
     """Replace the AP world with ``world`` atomically; return row counts per kind.
 
-    Every thread (checkpoints and the run index) is forgotten with the old world.
+    Every thread (checkpoints and the run index) is forgotten with the old world. While a
+    run driven by `runtime.agent.Agent` (the CLI, evals) is in progress, holding its
+    thread's lock, nothing is replaced: `BadInput`. Runs the LangGraph server executes take
+    no such lock; stop the server before seeding.
     """
     try:
         async with conn.transaction():
@@ -358,8 +363,30 @@ async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[s
     }
 
 
+# Thread locks other sessions of this database hold: runs in progress (`THREAD_LOCK_CLASS`).
+_RUNS_IN_PROGRESS = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND classid = %s::oid AND objsubid = 2 AND pid <> pg_backend_pid()"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
 async def _replace_world(conn: psycopg.AsyncConnection[Any], world: World) -> None:
     await conn.execute(f"TRUNCATE {_WORLD_TABLES} RESTART IDENTITY")
+    # A run in progress would go on writing into the new world (checkpoints of a thread it
+    # forgot, a payment it just committed erased under it). Checked once the truncate holds
+    # its tables: a run that takes its lock from now on waits for this transaction, then
+    # finds the new world.
+    async with conn.cursor(row_factory=scalar_row) as counting:
+        await counting.execute(_RUNS_IN_PROGRESS, (THREAD_LOCK_CLASS,))
+        running = await counting.fetchone()
+    if running:
+        raise BadInput(
+            f"{running} run{' is' if running == 1 else 's are'} in progress; replacing the "
+            "world now would erase what they write (payments too) while they go on. Wait "
+            "for them to finish or pause (`payables threads`), then seed again; nothing "
+            "was changed."
+        )
     async with conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO vendors (vendor_id, name, remit_bank_account, remit_bank_name,"

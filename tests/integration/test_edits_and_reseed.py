@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.agent import open_agent
-from runtime.errors import NotFound, ResumeError
+from runtime.errors import BadInput, NotFound, ResumeError
 from state.db import Database
 from state.runs import list_runs
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
@@ -53,3 +53,25 @@ async def test_loading_a_world_forgets_old_threads(database: Database) -> None:
             await agent.resume(
                 view["thread_id"], {"decisions": [{"type": "approve"}], "reviewer": REVIEWER}
             )
+
+
+async def test_a_world_is_not_replaced_under_a_run_in_progress(database: Database) -> None:
+    """A run holds its thread's lock while it runs; a seed then refuses and changes nothing.
+
+    Before, the seed truncated the world under the run: a payment the run had just
+    committed was erased while the run went on to report it, and the run kept writing
+    checkpoints into the new world, a thread the new world had never seen.
+    """
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Pay INV-1001", user="clerk-ana")
+        async with agent.thread_lock(view["thread_id"], "busy"):
+            async with database.connection() as conn:
+                with pytest.raises(BadInput, match="1 run is in progress") as refused:
+                    await load_world(conn, read_world(SAMPLE_WORLD_PATH))
+        assert "nothing was changed" in str(refused.value)
+        assert [r["thread_id"] for r in await list_runs(database)] == [view["thread_id"]]
+        assert len(await agent.pending_everywhere()) == 1
+        # Once the run is done, the world is replaced.
+        async with database.connection() as conn:
+            await load_world(conn, read_world(SAMPLE_WORLD_PATH))
+        assert await list_runs(database) == []
