@@ -126,10 +126,12 @@ async def pending_approval(
         assert isinstance(checked, tuple)  # requirement_for validated it already
         spec, validated = checked
         async with gate.database.connection() as conn:
-            approvers, _ = await gate.approvers(
+            approvers, rejections = await gate.approvers(
                 conn, thread_id, step["step_id"], step["tool"], validated
             )
-        if not requirement.unmet(approvers, requester):
+        if rejections or not requirement.unmet(approvers, requester):
+            # Answered already: approved, or rejected (an answer that committed before this
+            # node's checkpoint; the caller ends the run with it rather than ask again).
             break
         steps.append(step)
         requirements.append(

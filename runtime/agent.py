@@ -54,7 +54,7 @@ from runtime.context import Context
 from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
-from state.approvals import ApprovalRequest, parse_resume
+from state.approvals import ApprovalRequest, ResumeIn, parse_resume
 from state.db import THREAD_LOCK_CLASS, Database, default_database, migrate
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
@@ -503,6 +503,14 @@ class Agent:
                     )
             target = interrupts[0]
             resume = parse_resume(value, target.value)
+            answered = await self._answered_before(thread_id, target.value, resume)
+            if answered is not None:
+                raise ResumeError(
+                    f"Thread {thread_id}'s approval was already answered ({answered}) before "
+                    "this answer arrived, and the run stopped before it went on; this answer "
+                    f"was not recorded. `payables continue {thread_id}` finishes the run (it "
+                    "asks again if an approval is still missing)."
+                )
             context = context or await self.thread_context(thread_id)
             # Refuse here what the approval node would refuse, so the caller gets an error
             # (exit 2) instead of a run that pauses again with an error in its payload.
@@ -537,7 +545,7 @@ class Agent:
             snapshot = await self.graph.aget_state(self.config(thread_id))
             if not snapshot.values:
                 raise await self._no_checkpoint(thread_id)
-            if snapshot.interrupts:
+            if snapshot.interrupts and not await self._answer_committed(thread_id):
                 raise ResumeError(
                     f"Thread {thread_id} is waiting for approval; use `payables resume`."
                 )
@@ -555,6 +563,48 @@ class Agent:
                 durability=AFTER_APPROVAL_DURABILITY,
             )
             return await self.view_after(thread_id, output)
+
+    async def _answer_committed(self, thread_id: str) -> bool:
+        """Whether an answer to the thread's pending interrupt committed before its checkpoint.
+
+        The approval node's answer transaction sets the run index to ``running`` with its
+        decisions; only the next approval round sets ``interrupted`` again, before it pauses.
+        So a checkpoint that still shows an interrupt while the index says ``running`` is an
+        answer whose step died before it was checkpointed: the approval node, run again,
+        goes on from the recorded decisions and ignores any resume value.
+        """
+        async with self.database.connection() as conn:
+            cur = await conn.execute("SELECT status FROM runs WHERE thread_id = %s", (thread_id,))
+            row = await cur.fetchone()
+        return row is not None and row["status"] == "running"
+
+    async def _answered_before(
+        self, thread_id: str, request: ApprovalRequest, resume: ResumeIn
+    ) -> str | None:
+        """Who answered ``request`` already, if an answer other than ``resume`` committed.
+
+        None when nothing committed, or when ``resume`` is that answer given again (the
+        same reviewer, the same decision on every step): it changes nothing and finishes
+        the run as before.
+        """
+        if not await self._answer_committed(thread_id):
+            return None
+        steps = [s["step_id"] for s in request["steps"]]
+        async with self.database.connection() as conn:
+            cur = await conn.execute(
+                "SELECT step_id, reviewer_id, decision FROM approval_decisions"
+                " WHERE thread_id = %s AND step_id = ANY(%s) ORDER BY decision_id",
+                (thread_id, steps),
+            )
+            rows = await cur.fetchall()
+        recorded = {(r["step_id"], r["reviewer_id"], r["decision"]) for r in rows}
+        mine = {
+            (step, resume.reviewer.id, decision.type)
+            for step, decision in zip(steps, resume.decisions, strict=True)
+        }
+        if mine <= recorded:
+            return None
+        return "; ".join(f"{r['reviewer_id']}: {r['decision']}" for r in rows) or "unknown"
 
     async def thread_context(self, thread_id: str) -> Context:
         """The context to go on with a thread in: its own tenant, from the run index.

@@ -154,8 +154,10 @@ def test_kill_while_the_approval_is_being_answered_loses_nothing(
     decisions = "SELECT count(*) FROM approval_decisions WHERE thread_id = %s"
     assert count(db_uri, decisions, thread) == recorded
     assert count(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 0
-    assert "waiting for approval" in payables_fails(cli_env, "continue", thread)
+    if not recorded:  # an answer that committed is finished by `continue` too (test_answer_races)
+        assert "waiting for approval" in payables_fails(cli_env, "continue", thread)
 
+    # The same answer again: taken as the one recorded, not counted twice.
     done = payables_json(cli_env, "resume", thread, *APPROVE)
     assert done["status"] == "completed", done["reason"]
     assert count(db_uri, decisions, thread) == 1
