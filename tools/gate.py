@@ -2,12 +2,12 @@
 
 In order: the tool exists, the route's scope allows it, the arguments validate against
 the contract, the tool's circuit breaker lets the call through, the idempotency key is
-claimed (for a write, which also locks and then reads the invoice it names), the tier
-policy holds (approvals for irreversible and destructive calls are read from the database
-and checked against `tools.policy`, on that read), and the handler runs under a timeout
-inside one transaction with its ledger row (a read, which writes nothing but its audit
-row, needs none). Expected failures come back as structured, actionable errors; bugs
-propagate.
+claimed (for a write, which also locks the invoice it names and holds its vendor, then
+reads them), the tier policy holds (approvals for irreversible and destructive calls are
+read from the database and checked against `tools.policy`, on that read), and the handler
+runs under a timeout inside one transaction with its ledger row (a read, which writes
+nothing but its audit row, needs none). Expected failures come back as structured,
+actionable errors; bugs propagate.
 
 Under failure, each attempt that writes is one transaction, so a failed attempt leaves
 nothing behind:
@@ -390,7 +390,9 @@ class _GatedCall:
         if key is not None:  # every write is keyed (`Tier.needs_idempotency_key`)
             invoice_id = _named_invoice(validated)
             # Racing callers with the same key queue here until the first commits; a new
-            # call then locks the invoice it names (migrations 0009 and 0010).
+            # call then locks the invoice it names, and holds its vendor row so that a bank
+            # change cannot commit between the read below and a payment's insert
+            # (migrations 0009, 0010 and 0016).
             cur = await conn.execute("SELECT tool_call_claim(%s, %s) AS result", (key, invoice_id))
             done = await cur.fetchone()
             if done is not None and done["result"] is not None:
