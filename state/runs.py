@@ -9,7 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 from guards.redaction import redact_text
+from runtime.errors import BadInput
 from state.db import Database
+
+
+class ThreadReused(BadInput):
+    """A new request names the thread id of an earlier run whose checkpoints were pruned."""
+
+
+def reused_thread(thread_id: str, pruned_at: Any) -> ThreadReused:
+    """The refusal of a new run on a pruned thread's id (its run index row outlives it)."""
+    when = f" on {pruned_at:%Y-%m-%d}" if pruned_at is not None else ""
+    return ThreadReused(
+        f"Thread {thread_id} was used by an earlier request and pruned{when}; thread ids are "
+        "not reused (its run index row, approvals and audit rows still belong to that "
+        "request). Start the request on a new thread."
+    )
 
 
 async def record_run(
@@ -28,16 +43,25 @@ async def record_run(
 
     ``reason`` says why the run ended as it did (respond writes it with the final status);
     a later status without one clears it, so it always belongs to the current status.
+    A pruned thread's row belongs to the run that was pruned: it is never updated, and
+    writing it raises `ThreadReused` (the router refuses such a run before it writes
+    anything; this holds for every writer, a run the cost cap refused too).
     """
     async with database.connection() as conn:
-        await conn.execute(
+        cur = await conn.execute(
             "INSERT INTO runs (thread_id, request, requester, tenant, route, status, summary,"
             " reason) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
             " ON CONFLICT (thread_id) DO UPDATE SET route = COALESCE(EXCLUDED.route, runs.route),"
             " status = EXCLUDED.status, summary = EXCLUDED.summary, reason = EXCLUDED.reason,"
-            " updated_at = now()",
+            " updated_at = now() WHERE runs.pruned_at IS NULL",
             (thread_id, request, requester, tenant, route, status, summary, reason),
         )
+        if cur.rowcount == 0:
+            cur = await conn.execute(
+                "SELECT pruned_at FROM runs WHERE thread_id = %s", (thread_id,)
+            )
+            row = await cur.fetchone()
+            raise reused_thread(thread_id, row["pruned_at"] if row else None)
 
 
 # The run index says "running" until respond records how a run ended; one that failed on

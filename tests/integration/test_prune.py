@@ -14,9 +14,12 @@ import psycopg
 import pytest
 
 from runtime.agent import open_agent
+from runtime.context import Context
+from runtime.errors import BadInput
 from state.db import Database
 from state.deadletters import record_dead_letter
 from state.retention import prune
+from state.runs import ThreadReused, record_run
 from tests.cli import explain, payables, payables_fails, payables_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -32,6 +35,13 @@ def scalar(db_uri: str, sql: str, *params: Any) -> Any:
         row = conn.execute(sql, params).fetchone()
     assert row is not None
     return row[0]
+
+
+def row_json(db_uri: str, thread: str) -> str:
+    """The thread's whole run index row, as JSON text (updated_at too)."""
+    return str(
+        scalar(db_uri, "SELECT row_to_json(runs)::text FROM runs WHERE thread_id = %s", thread)
+    )
 
 
 def held(db_uri: str, thread: str) -> dict[str, int]:
@@ -209,3 +219,56 @@ async def test_a_thread_whose_run_lock_is_held_is_kept(database: Database, db_ur
         report = await prune(database, agent.graph, older_than_days=30, lock=lock, now=later)
     assert [t.thread_id for t in report.pruned] == [thread]
     assert held(db_uri, thread) == dict.fromkeys(CHECKPOINT_TABLES, 0)
+
+
+async def test_a_graph_run_on_a_pruned_threads_id_is_refused_before_it_writes(
+    database: Database, db_uri: str
+) -> None:
+    """What a LangGraph server client that picks the thread id reaches: the graph itself.
+
+    `Agent.start` refuses the id before the graph runs (the CLI); a server run goes
+    straight into the graph, whose router must refuse it as well, before anything of the
+    new request is written: the run index row still holds the old request, requester,
+    tenant and prune mark, and the audit chain nothing new.
+    """
+    thread = await finished_thread(database)
+    later = datetime.now(UTC) + timedelta(days=31)
+    async with open_agent(database=database) as agent:
+        report = await prune(database, agent.graph, older_than_days=30, now=later)
+        assert [t.thread_id for t in report.pruned] == [thread]
+        before = row_json(db_uri, thread)
+        tables = table_counts(db_uri)
+        with pytest.raises(BadInput, match="thread ids are not reused") as refused:
+            await agent.graph.ainvoke(
+                {"request": PAY_REQUEST, "user": "clerk-ben"},
+                agent.config(thread),
+                context=Context(tenant="other"),
+            )
+    assert thread in str(refused.value) and "new thread" in str(refused.value)
+    after = row_json(db_uri, thread)
+    assert after == before
+    assert table_counts(db_uri) == tables  # no audit row, tool call, payment, ...
+
+
+async def test_the_run_index_never_writes_a_new_run_into_a_pruned_threads_row(
+    database: Database, db_uri: str
+) -> None:
+    """Every writer (respond after a cost-cap refusal, say, where the router never ran)."""
+    thread = await finished_thread(database)
+    later = datetime.now(UTC) + timedelta(days=31)
+    async with open_agent(database=database) as agent:
+        await prune(database, agent.graph, older_than_days=30, now=later)
+    before = row_json(db_uri, thread)
+    with pytest.raises(ThreadReused, match=f"Thread {thread} was used by an earlier request"):
+        await record_run(
+            database,
+            thread_id=thread,
+            request=PAY_REQUEST,
+            requester="clerk-ben",
+            tenant="other",
+            route=None,
+            status="refused",
+            reason="tenant_cost_cap",
+        )
+    after = row_json(db_uri, thread)
+    assert after == before
