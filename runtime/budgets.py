@@ -4,7 +4,8 @@
 
 - admits the run at its first step (the router) only if the tenant's spend today plus the
   run's cost budget fits under the tenant's daily cap (`state.costs`); otherwise the run
-  is refused up front, before any model call;
+  is refused up front, before any model call. Admission is once per thread: a first step
+  that runs again (a retry, `payables continue`, a replay) is not counted again;
 - stops the run before router, planner, executor or verifier when a budget is used up
   (steps, model calls, tokens, estimated cost, wall clock, the tenant's daily cap): the
   node does not run, and the run goes to respond with status ``escalated`` (``failed``
@@ -369,6 +370,7 @@ def guard_node(
             admission = await admit_run(
                 db,
                 ctx.tenant,
+                thread_id=thread_id,
                 max_cost_usd=ctx.max_cost_usd,
                 cap_usd=ctx.tenant_daily_cost_cap_usd,
             )

@@ -13,6 +13,10 @@ limits that node's model calls to what is left of the day, as read at most a sec
 reservation would hold the cap exactly, but a run paused for approval (for days) or
 killed would hold money it never spends, and the tenant would be refused for nothing.
 
+Admission is once per thread (``run_admissions``): a run's first step that runs again
+(a retry, `payables continue`, a dead letter's replay) was admitted already, so it is
+neither counted again nor refused by spend that came after its admission.
+
 The day is the database's UTC date, so processes with skewed clocks agree on it.
 """
 
@@ -88,36 +92,48 @@ async def admit_run(
     database: Database,
     tenant: str,
     *,
+    thread_id: str,
     max_cost_usd: float,
     cap_usd: float,
     day: date | None = None,
 ) -> Admission:
-    """Admit a run whose cost budget is ``max_cost_usd`` if today's spend leaves room for it.
+    """Admit the run of ``thread_id`` (cost budget ``max_cost_usd``) if today's spend leaves room.
 
     One statement decides and counts the run (``runs`` or ``refused_runs``), so two
-    processes admitting at once both see a consistent row. Nothing is reserved (see the
-    module docstring).
+    processes admitting at once both see a consistent row, and records an admitted thread
+    in ``run_admissions``. A thread found there was admitted before (its first step runs
+    again): it is admitted without being counted or checked against the cap again.
+    Nothing is reserved (see the module docstring).
     """
     params = {
         "tenant": tenant,
+        "thread": thread_id,
         "day": day,
         "max_cost": Decimal(str(max_cost_usd)),
         "cap": Decimal(str(cap_usd)),
     }
+    new = "NOT EXISTS (SELECT 1 FROM prior)"
     async with database.connection() as conn:
         # Creates today's row or locks it (ON CONFLICT DO UPDATE), so the check and the
         # count agree; a new row has spent nothing, so it fits iff the budget does.
         cur = await conn.execute(
-            "INSERT INTO tenant_daily_costs AS t (tenant, day, runs, refused_runs)"
+            "WITH prior AS (SELECT 1 FROM run_admissions WHERE thread_id = %(thread)s),"
+            " counted AS (INSERT INTO tenant_daily_costs AS t (tenant, day, runs, refused_runs)"
             f" VALUES (%(tenant)s, {_TODAY},"
-            "  CASE WHEN %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
-            "  CASE WHEN %(max_cost)s <= %(cap)s THEN 0 ELSE 1 END)"
+            f"  CASE WHEN {new} AND %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
+            f"  CASE WHEN {new} AND %(max_cost)s > %(cap)s THEN 1 ELSE 0 END)"
             " ON CONFLICT (tenant, day) DO UPDATE SET"
-            " runs = t.runs + CASE WHEN t.cost_usd + %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
+            " runs = t.runs"
+            f"   + CASE WHEN {new} AND t.cost_usd + %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
             " refused_runs = t.refused_runs"
-            "   + CASE WHEN t.cost_usd + %(max_cost)s <= %(cap)s THEN 0 ELSE 1 END,"
+            f"   + CASE WHEN {new} AND t.cost_usd + %(max_cost)s > %(cap)s THEN 1 ELSE 0 END,"
             " updated_at = now()"
-            f" RETURNING {_COLUMNS}, cost_usd + %(max_cost)s <= %(cap)s AS admitted",
+            f" RETURNING {_COLUMNS},"
+            f"  NOT {new} OR cost_usd + %(max_cost)s <= %(cap)s AS admitted),"
+            " claimed AS (INSERT INTO run_admissions (thread_id, tenant, day)"
+            f"  SELECT %(thread)s, %(tenant)s, day FROM counted WHERE admitted AND {new}"
+            "  ON CONFLICT (thread_id) DO NOTHING)"
+            f" SELECT {_COLUMNS}, admitted FROM counted",
             params,
         )
         row = await cur.fetchone()

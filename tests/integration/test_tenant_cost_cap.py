@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from runtime.agent import Agent, open_agent
+from runtime.agent import Agent, RunFailed, open_agent
 from runtime.context import Context
+from runtime.replay import replay_dead_letter
 from runtime.settings import PROJECT_ROOT
 from state.costs import add_spend, admit_run, spent_today
 from state.db import Database
@@ -192,12 +193,17 @@ async def test_only_todays_spend_counts(database: Database) -> None:
 
 async def test_admission_is_decided_and_counted_in_one_statement(database: Database) -> None:
     await add_spend(database, "acme", cost_usd=4.0, model_calls=1)
-    fits = await admit_run(database, "acme", max_cost_usd=1.0, cap_usd=5.0)
-    too_much = await admit_run(database, "acme", max_cost_usd=1.01, cap_usd=5.0)
-    fresh = await admit_run(database, "new-tenant", max_cost_usd=6.0, cap_usd=5.0)
+    fits = await admit_run(database, "acme", thread_id="t1", max_cost_usd=1.0, cap_usd=5.0)
+    too_much = await admit_run(database, "acme", thread_id="t2", max_cost_usd=1.01, cap_usd=5.0)
+    fresh = await admit_run(database, "new-tenant", thread_id="t3", max_cost_usd=6.0, cap_usd=5.0)
     assert (fits.admitted, too_much.admitted, fresh.admitted) == (True, False, False)
     assert (too_much.today.runs, too_much.today.refused_runs) == (1, 1)
     assert (fresh.today.cost_usd, fresh.today.refused_runs) == (0.0, 1)
+    # Once per thread: t1 again is neither counted nor checked; refused t2 is decided again.
+    again = await admit_run(database, "acme", thread_id="t1", max_cost_usd=1.01, cap_usd=5.0)
+    still = await admit_run(database, "acme", thread_id="t2", max_cost_usd=1.01, cap_usd=5.0)
+    assert (again.admitted, still.admitted) == (True, False)
+    assert (still.today.runs, still.today.refused_runs) == (1, 2)
     with pytest.raises(ValueError, match="spend must be >= 0"):
         await add_spend(database, "acme", cost_usd=-1.0, model_calls=0)
 
@@ -206,3 +212,43 @@ async def invoice_status(database: Database, invoice_id: str) -> str:
     (row,) = await rows(database, "SELECT status FROM invoices WHERE invoice_id = %s", invoice_id)
     status: str = row["status"]
     return status
+
+
+async def test_a_replayed_router_is_not_admitted_or_counted_again(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission is once per thread: the router's step re-run by a replay was admitted."""
+    # A replay runs with this environment's budgets (and the dead letter's tenant).
+    monkeypatch.setenv("PAYABLES_TENANT_DAILY_COST_CAP_USD", "5")
+    monkeypatch.setenv("PAYABLES_MAX_COST_USD", "1")
+    cap = Context(tenant="acme")
+    assert (cap.tenant_daily_cost_cap_usd, cap.max_cost_usd) == (5.0, 1.0)
+    monkeypatch.setenv("PAYABLES_FAILPOINTS", "raise:after:router")
+    async with open_agent(database=database) as agent:
+        with pytest.raises(RunFailed) as failed:
+            await agent.start("Validate INV-1002", user="clerk-ana", context=cap)
+        assert failed.value.dead_letter_id is not None
+        admitted = await spent_today(database, "acme")
+        assert (admitted.runs, admitted.refused_runs) == (1, 0)
+        # Other runs spent meanwhile: a new run's budget no longer fits under the cap, but
+        # this one was admitted when it started (the spend still stops it at the cap).
+        await add_spend(database, "acme", cost_usd=4.5, model_calls=1)
+        monkeypatch.delenv("PAYABLES_FAILPOINTS")
+        replay = await replay_dead_letter(agent, failed.value.dead_letter_id)
+    assert replay.how == "continue" and replay.view is not None
+    assert replay.view["status"] == "completed", replay.view["reason"]
+    today = await spent_today(database, "acme")
+    assert (today.runs, today.refused_runs) == (1, 0)
+    assert await invoice_status(database, "INV-1002") == "staged"
+
+
+async def test_a_router_retried_after_a_transient_error_is_counted_once(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAYABLES_FAILPOINTS", "flaky:after:router:1")
+    cap = Context(tenant="acme", tenant_daily_cost_cap_usd=5.0, max_cost_usd=1.0)
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana", context=cap)
+    assert view["status"] == "completed", view["reason"]
+    today = await spent_today(database, "acme")
+    assert (today.runs, today.refused_runs) == (1, 0)
