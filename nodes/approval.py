@@ -180,7 +180,7 @@ def make_approval(deps: NodeDeps) -> Node:
 
     async def approval(
         state: AgentState, *, runtime: Runtime[Context]
-    ) -> Command[Literal["executor", "respond"]]:
+    ) -> Command[Literal["executor", "verifier"]]:
         """Ask a person about the pending steps and record what they decide."""
         gate = deps.gate
         thread_id = current_thread_id()
@@ -202,7 +202,7 @@ def make_approval(deps: NodeDeps) -> Node:
                     first["reviewer_id"], first["reviewer_role"], first["reason"]
                 )
                 caught_up.update(ended_by_rejection(state, reason))
-                return Command(goto="respond", update=caught_up)
+                return Command(goto="verifier", update=caught_up)  # it checks, then ends
             return Command(goto="executor", update=caught_up)
         await record_run(
             deps.database,
@@ -295,7 +295,9 @@ def make_approval(deps: NodeDeps) -> Node:
             first = rejected[0]
             reason = rejection_reason(first["reviewer_id"], first["reviewer_role"], first["reason"])
             update.update(ended_by_rejection(state, reason))
-            return Command(goto="respond", update=update)
+            # The verifier checks what this phase did before the reject (a payment approved
+            # earlier, say), then ends the run: a reject is never re-planned.
+            return Command(goto="verifier", update=update)
         return Command(goto="executor", update=update)
 
     return approval

@@ -28,7 +28,7 @@ from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import outcome_flags, step_taint, taint_block_reason
 from runtime.context import Context
 from state.audit import guard_flag_event, record
-from state.graph_state import AgentState, Plan, PlanStep
+from state.graph_state import AgentState, Plan, PlanStep, phase_outcomes
 from tools.contract import Tier, canonical_json
 from tools.gate import BACKEND_ERROR, CIRCUIT_OPEN, ToolError, ToolOutcome, refusal, unavailable
 from tools.registry import ToolRegistry
@@ -166,9 +166,10 @@ def make_executor(deps: NodeDeps) -> Node:
         stop = budget_stop(state, step["tool"], normalized, runtime.context)
         if stop is not None:
             # `budget_stop` set, as the budget guard's own stops set it: respond then writes
-            # its summary by rules, so a stopped run spends nothing more on models.
+            # its summary by rules, so a stopped run spends nothing more on models. What the
+            # phase did so far is verified first (the verifier then ends the run).
             return Command(
-                goto="respond",
+                goto="verifier" if phase_outcomes(state) else "respond",
                 update={"status": "escalated", "reason": stop, "budget_stop": stop},
             )
         thread_id = current_thread_id()

@@ -3,6 +3,12 @@
 The database is the judge: after a payment, exactly one live payment exists for the
 invoice, its payee is the vendor master account and its amount does not exceed the
 invoice total; a staged invoice is staged; a policy answer has passages to cite.
+
+A run that ends before its phase does also passes through here, so what the phase did
+is checked all the same: a reviewer's reject (from approval) and a budget stop (from the
+budget guard or the executor) when the phase has outcomes. Such a run only ends: the
+verifier checks the phase's outcomes, adds any violation to the reason (escalated), and
+goes to respond, never back to the planner.
 """
 
 from __future__ import annotations
@@ -17,11 +23,23 @@ from nodes.deps import Node, NodeDeps
 from runtime import failpoints
 from runtime.context import Context
 from state.db import Database
-from state.graph_state import AgentState
+from state.graph_state import AgentState, phase_outcomes
 from state.routes import Route
 from tools.gate import ToolOutcome
 
 MAX_PHASES = 6
+
+
+def ends_here(state: AgentState) -> bool:
+    """Whether the run ends after this check: a budget stop, or a reject in this phase."""
+    if state.get("budget_stop"):
+        return True
+    plan = state.get("plan")
+    prefix = f"p{plan['phase']}s" if plan is not None else None
+    return prefix is not None and any(
+        d["decision"] == "reject" and d["step_id"].startswith(prefix)
+        for d in state.get("decisions", [])
+    )
 
 
 async def check_outcomes(database: Database, outcomes: list[ToolOutcome]) -> list[str]:
@@ -72,19 +90,24 @@ def make_verifier(deps: NodeDeps) -> Node:
         """Check this phase, then re-plan, continue to the next phase, or respond."""
         failpoints.hit("verifier")
         plan = state["plan"]
-        prefix = f"p{plan['phase']}s"
-        phase_outcomes = [o for o in state.get("outcomes", []) if o["step_id"].startswith(prefix)]
-        problems = await check_outcomes(deps.database, phase_outcomes)
+        outcomes = phase_outcomes(state)
+        problems = await check_outcomes(deps.database, outcomes)
+        ending = ends_here(state)
         if problems:
+            failed_check = "Verification failed: " + "; ".join(problems)
+            # A run that ends here keeps why it ended (the reject, the budget stop).
+            earlier = state.get("reason", "") if ending else ""
             return Command(
                 goto="respond",
                 update={
                     "status": "escalated",
-                    "reason": "Verification failed: " + "; ".join(problems),
+                    "reason": f"{earlier} {failed_check}" if earlier else failed_check,
                 },
             )
+        if ending:
+            return Command(goto="respond")
 
-        failed = [o for o in phase_outcomes if not o["ok"]]
+        failed = [o for o in outcomes if not o["ok"]]
         replans = state.get("replans", 0)
         if failed and state["route"] == Route.INVOICE_PROCESSING:
             if replans >= runtime.context.max_replans:

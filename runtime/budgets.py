@@ -23,11 +23,14 @@ stops a planner that keeps producing the same plan (``loop_detected``). The tena
 spend before each node is what the run's leg last saw, at most `SPEND_MAX_AGE_S` old.
 
 Approval and respond are never stopped: stopping approval would drop a reviewer's
-decision, and respond writes the partial result. Once the guard has stopped a run,
-respond gets no model calls (it writes the rules summary), so a stopped run spends nothing
-more. Time spent waiting for a reviewer is not counted: only time inside nodes is.
-The tool-call budget and identical-call detection live in the executor, which checks
-them before every call.
+decision, and respond writes the partial result. A stop before the executor or the
+verifier, when the phase has outcomes, goes through the verifier instead of straight to
+respond: the verifier, which only checks the database (no model call), is not stopped
+again once ``budget_stop`` is set, checks what the phase did and ends the run. Once the
+guard has stopped a run, respond gets no model calls (it writes the rules summary), so a
+stopped run spends nothing more. Time spent waiting for a reviewer is not counted: only
+time inside nodes is. The tool-call budget and identical-call detection live in the
+executor, which checks them before every call.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from runtime.context import Context
 from runtime.usage import Meter, metering
 from state.costs import TenantDay, admit_run, spent_today
 from state.db import Database
-from state.graph_state import AgentState, Plan, Usage, add_usage
+from state.graph_state import AgentState, Plan, Usage, add_usage, phase_outcomes
 from state.step_metrics import StepMetric, record_step
 from tools.contract import canonical_json
 
@@ -303,11 +306,23 @@ def _with_update(result: Any, extra: dict[str, Any], goto: str | None = None) ->
     return update
 
 
-def _stop(state: AgentState, reason: str, *, status: str | None = None) -> Command[Any]:
-    """Go to respond without running the node, saying why."""
+VERIFIED_ON_STOP = frozenset({"executor", "verifier"})
+"""Nodes reached with the phase's outcomes not yet verified: a stop there verifies them."""
+
+
+def _stop(
+    state: AgentState, reason: str, *, status: str | None = None, node: str = FIRST_NODE
+) -> Command[Any]:
+    """End the run without running ``node``, saying why.
+
+    Stopped before the executor or the verifier, with outcomes in the phase, the run goes
+    through the verifier, which checks them and ends it (see `guard_node`); otherwise to
+    respond.
+    """
     status = status or ("escalated" if state.get("plan") else "failed")
+    verify = node in VERIFIED_ON_STOP and bool(phase_outcomes(state))
     return Command(
-        goto="respond",
+        goto="verifier" if verify else "respond",
         update={
             "status": status,
             "reason": reason,
@@ -383,12 +398,14 @@ def guard_node(
             _SPEND_SEEN.note(thread_id, today)
         else:
             today = await _SPEND_SEEN.read(db, ctx.tenant, thread_id)
-        if name in STOPPABLE:
+        # A stopped run's verifier only checks what the phase did and ends the run.
+        ending = name == "verifier" and bool(state.get("budget_stop"))
+        if name in STOPPABLE and not ending:
             exhausted = exhausted_reason(name, run_budgets(usage, len(outcomes), ctx, today))
             if exhausted is not None:
                 log.warning("run stopped: %s", exhausted)
                 _mark_trace(["budget_exhausted"], {"budget_stop": exhausted})
-                return _stop(state, exhausted)
+                return _stop(state, exhausted, node=name)
 
         meter = meter_for(usage, ctx, today, stopped=bool(state.get("budget_stop")))
         started_at = datetime.now(UTC)

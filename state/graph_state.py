@@ -252,3 +252,12 @@ class AgentState(InputState, total=False):
     budget_stop: str
     """Why the budget guard stopped the run (a budget, a plan cycle, the tenant's daily
     cap); once set, respond writes the rules summary without calling a model."""
+
+
+def phase_outcomes(state: AgentState) -> list[ToolOutcome]:
+    """The outcomes of the current plan's phase (none before the first plan)."""
+    plan = state.get("plan")
+    if plan is None:
+        return []
+    prefix = f"p{plan['phase']}s"
+    return [o for o in state.get("outcomes", []) if o["step_id"].startswith(prefix)]

@@ -17,6 +17,7 @@ import pytest
 import nodes.approval
 from runtime.agent import Agent, open_agent
 from state.db import Database
+from tests.approvals import paid_first_and_asked_second, pay_then_ask_again
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
 
 pytestmark = pytest.mark.integration
@@ -168,3 +169,52 @@ async def test_an_error_after_an_approval_commits_keeps_the_decision_in_the_resu
     assert [who for _, who, _ in decided] == ["rev-1"]
     paid = "SELECT count(*) FROM payments WHERE thread_id = %s"
     assert await count(database, paid, view["thread_id"]) == 1
+
+
+async def test_a_reject_ends_the_run_only_after_the_verifier_checked_the_phase(
+    database: Database,
+) -> None:
+    """The payment approved and made before the reject is checked against the database."""
+    async with open_agent(models=pay_then_ask_again(), database=database) as agent:
+        thread = await paid_first_and_asked_second(agent, database)
+        reject = {
+            "decisions": [{"type": "reject", "message": "not this one"}],
+            "reviewer": {"id": "rev-1", "role": "approver"},
+        }
+        done = await agent.resume(thread, reject)
+    assert done["status"] == "escalated", done
+    assert "not this one" in done["reason"]
+    assert "payment for INV-1001 is not to the vendor master account" in done["reason"]
+    assert await count(database, "SELECT count(*) FROM payments WHERE thread_id = %s", thread) == 1
+
+
+async def test_a_reject_in_a_phase_that_is_not_the_last_is_never_re_planned(
+    database: Database,
+) -> None:
+    """Through the verifier, a reject still ends the run: no next phase, no re-plan."""
+    planner = ScriptedChatModel(
+        [
+            plan_reply(
+                False,
+                ("stage_invoice", {"invoice_id": "INV-1001"}),
+                (
+                    "schedule_payment",
+                    {"invoice_id": "INV-1001", "amount": "3340.97", "currency": "USD"},
+                ),
+            )
+        ]
+    )
+    reject = {
+        "decisions": [{"type": "reject", "message": "hold it"}],
+        "reviewer": {"id": "rev-1", "role": "approver"},
+    }
+    async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
+        view = await agent.start("Pay INV-1001", user="clerk-ana")
+        assert [p["action"] for p in view["pending_approvals"]] == ["schedule_payment"], view
+        done = await agent.resume(view["thread_id"], reject)
+    assert (done["status"], done["reason"]) == (
+        "completed",
+        "Rejected by rev-1 (approver): hold it",
+    )
+    assert len(planner.received) == 1  # asked for the first phase only
+    assert [c["tool"] for c in done["result"]["tool_calls"]] == ["stage_invoice"]

@@ -16,6 +16,7 @@ from runtime.agent import Agent, open_agent
 from runtime.context import Context
 from runtime.tracing import redacting_client
 from state.db import Database
+from tests.approvals import paid_first_and_asked_second, pay_then_ask_again
 from tests.billing import PRICES, billed, read_and_match, stage
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
 from tests.trace_capture import captured_text
@@ -132,7 +133,9 @@ async def test_the_step_budget_stops_the_run_before_the_next_node(
     assert f"Stopped before the {node} step" in view["reason"]
     assert f"budget_exhausted: steps {max_steps}/{max_steps}" in view["reason"]
     assert [c["tool"] for c in view["result"]["tool_calls"]] == tools
-    assert view["result"]["usage"]["steps"] == max_steps
+    # A stop with outcomes in the phase still has the verifier check them: one step more,
+    # a check in code (no model call), which ends the run.
+    assert view["result"]["usage"]["steps"] == max_steps + (1 if tools else 0)
     assert view["summary"].startswith(f"[{status}]")
     assert await invoice_status(database, "INV-1002") == "received"
 
@@ -332,3 +335,26 @@ async def test_warnings_and_stops_are_tagged_on_the_node_traces(
     traces = captured_text()
     assert "budget_warning" in traces and "steps budget: 75% used" in traces
     assert "budget_exhausted" in traces and "Stopped before the executor step" in traces
+
+
+async def test_a_budget_stop_mid_phase_still_verifies_what_the_phase_did(
+    database: Database,
+) -> None:
+    """The stop passes through the verifier, which checks and ends the run (no re-plan)."""
+    async with open_agent(models=pay_then_ask_again(), database=database) as agent:
+        thread = await paid_first_and_asked_second(agent, database)
+        used = (await state_of(agent, thread))["usage"]["steps"]
+        view = await agent.resume(
+            thread,
+            {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}},
+            context=Context(max_steps=used),
+        )
+    assert view["status"] == "escalated"
+    assert "Stopped before the executor step" in view["reason"]
+    assert "payment for INV-1001 is not to the vendor master account" in view["reason"]
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM payments WHERE thread_id = %s", (thread,)
+        )
+        paid = await cur.fetchone()
+    assert paid is not None and paid["n"] == 1  # INV-1002 was not paid after the stop
