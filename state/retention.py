@@ -208,6 +208,8 @@ async def _prune_thread(
         await conn.execute(
             "UPDATE runs SET pruned_at = now() WHERE thread_id = %s", (thread.thread_id,)
         )
+        # Admission matters only while the thread can run again; a pruned one never does.
+        await conn.execute("DELETE FROM run_admissions WHERE thread_id = %s", (thread.thread_id,))
 
 
 async def _reason_to_keep(

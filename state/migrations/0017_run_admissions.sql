@@ -2,7 +2,8 @@
 -- a run's first step that runs again (a node retry after a transient error, `payables
 -- continue`, a dead letter's replay) finds its thread here, so it is neither counted in
 -- `tenant_daily_costs.runs` again nor refused by a cap it was admitted under. Only admitted
--- threads are kept; `payables seed` clears them with the threads.
+-- threads are kept; `payables prune` deletes a thread's row with its checkpoints (a pruned
+-- thread never runs again) and `payables seed` clears them with the threads.
 CREATE TABLE run_admissions (
     thread_id   TEXT PRIMARY KEY,
     tenant      TEXT NOT NULL,

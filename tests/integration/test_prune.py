@@ -129,6 +129,9 @@ async def test_prune_deletes_only_old_finished_threads_checkpoints(
         assert held(db_uri, thread) == before[thread], thread
     assert table_counts(db_uri) == tables_before
     assert scalar(db_uri, "SELECT pruned_at FROM runs WHERE thread_id = %s", old_done)
+    admitted = "SELECT count(*) FROM run_admissions WHERE thread_id = %s"
+    assert scalar(db_uri, admitted, old_done) == 0  # a pruned thread never runs again
+    assert [scalar(db_uri, admitted, t) for t in (old_waiting, recent_done)] == [1, 1]
 
     verify = payables(cli_env, "audit", "verify")
     assert verify.returncode == 0 and "intact" in verify.stdout, explain(verify)
