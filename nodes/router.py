@@ -13,6 +13,7 @@ from guards.input_checks import check_request, split_pasted
 from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import request_flags, request_for_model
 from runtime.context import Context
+from runtime.errors import BadInput
 from runtime.models import ask_model
 from runtime.prompts import ROUTER_SYSTEM
 from runtime.rules_model import (
@@ -72,6 +73,15 @@ def make_router(deps: NodeDeps) -> Node:
         pruned = await pruned_run(deps.database, thread_id)
         if pruned is not None:
             raise reused_thread(thread_id, pruned["pruned_at"])
+        if state.get("route"):
+            # The router runs once per thread; a routed state means new input reached a
+            # thread that already holds a request (a server client sending a second one).
+            # Run there, it would skip the cost cap's admission and mix the two requests'
+            # plans, approvals and run index row.
+            raise BadInput(
+                f"Thread {thread_id} already holds a request ({state['route']}); a thread is "
+                "one request's. Start the new request on a new thread."
+            )
         # Audit chain: the request as received (masked), then the route below.
         attachments = state.get("attachments", [])
         received = request_received_event(

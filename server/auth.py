@@ -401,6 +401,8 @@ async def create_run(
             f"input.user must be your own identity {who.identity!r} (got "
             f"{str(run_input.get('user'))[:64]!r}); the requester is who the token says."
         )
+    if run_input is not None and thread_id is not None:
+        await check_unused_thread(who, str(thread_id))
     run_tenant(kwargs, who.tenant)
     metadata = value.get("metadata")
     if isinstance(metadata, dict):
@@ -429,6 +431,31 @@ def _database_uri() -> str:
     from state.db import database_uri  # the agent's settings: PAYABLES_DATABASE_URI first
 
     return database_uri()
+
+
+async def check_unused_thread(who: Identity, thread_id: str) -> None:
+    """Raise 409 if ``thread_id`` is the caller's and already holds a request.
+
+    Each thread is one request's: new input on a used thread would merge into its state
+    (the request text replaced under the old plan, approvals and run index row) and skip the
+    cost cap's admission; the router refuses it too, after the input is written. A thread
+    the caller cannot see is left to the read filter's 404, which says nothing of it.
+    """
+    async with await psycopg.AsyncConnection.connect(
+        _database_uri(), row_factory=dict_row, autocommit=True
+    ) as conn:
+        cur = await conn.execute(
+            "SELECT requester, tenant FROM runs WHERE thread_id = %s", (thread_id,)
+        )
+        run = await cur.fetchone()
+    if run is None:
+        return
+    if who.role == "admin" or (run["requester"], run["tenant"]) == (who.identity, who.tenant):
+        raise Auth.exceptions.HTTPException(
+            status_code=409,
+            detail=f"Thread {thread_id} already holds a request; a thread is one request's. "
+            "Start the new request on a new thread.",
+        )
 
 
 async def check_resume(who: Identity, thread_id: str) -> str:

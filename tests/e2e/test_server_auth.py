@@ -270,6 +270,36 @@ async def test_valid_jwt_runs_as_its_subject(server: str, module_db: str) -> Non
 # --- 403 / 404: what may you do? ---------------------------------------------------------
 
 
+async def test_a_second_request_on_a_used_thread_is_refused_before_it_is_written(
+    server: str, module_db: str
+) -> None:
+    """Each thread is one request's: new input there would merge into the old request's
+    state and skip the cost cap's admission. Its owner gets 409; others still see 404."""
+    async with sdk(server, token_for("ana")) as ana:
+        thread_id = (await ana.threads.create())["thread_id"]
+        done = await ana.runs.wait(
+            thread_id, GRAPH_ID, input={"request": "Validate INV-1002", "user": "clerk-ana"}
+        )
+        assert isinstance(done, dict) and done.get("status") == "completed", done
+        before = await footprint(module_db, thread_id)
+        text = await refused(
+            ana.runs.wait(
+                thread_id, GRAPH_ID, input={"request": "Pay INV-1005", "user": "clerk-ana"}
+            ),
+            409,
+        )
+        assert "already holds a request" in text and "new thread" in text
+        assert (await ana.threads.get_state(thread_id))["values"]["request"] == "Validate INV-1002"
+    async with sdk(server, token_for("ben")) as ben:
+        await refused(
+            ben.runs.wait(
+                thread_id, GRAPH_ID, input={"request": "Pay INV-1005", "user": "clerk-ben"}
+            ),
+            404,
+        )
+    assert await footprint(module_db, thread_id) == before
+
+
 async def test_clerk_sees_and_runs_only_own_threads(server: str, module_db: str) -> None:
     thread_id, _ = await start_until_interrupt(
         server, "ana", "Validate INV-1002 and pay it if it matches"

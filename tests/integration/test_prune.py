@@ -275,3 +275,28 @@ async def test_the_run_index_never_writes_a_new_run_into_a_pruned_threads_row(
         )
     after = row_json(db_uri, thread)
     assert after == before
+
+
+async def test_new_input_on_a_thread_that_holds_a_request_is_refused_by_the_graph(
+    database: Database, db_uri: str
+) -> None:
+    """A server client may send a second request to a finished thread (the server refuses
+    it first, `server/auth.py` `check_unused_thread`; the graph holds the same rule): the
+    router refuses it before it is admitted under the cap or any of it is written."""
+    thread = await finished_thread(database)
+    before = row_json(db_uri, thread)
+    tables = table_counts(db_uri)
+    admitted = scalar(db_uri, "SELECT sum(runs) FROM tenant_daily_costs")
+    async with open_agent(database=database) as agent:
+        with pytest.raises(BadInput, match="already holds a request") as refused:
+            await agent.graph.ainvoke(
+                {"request": PAY_REQUEST, "user": "clerk-ana"},
+                agent.config(thread),
+                context=Context(),
+            )
+    assert "new thread" in str(refused.value)
+    assert row_json(db_uri, thread) == before
+    assert table_counts(db_uri) == tables
+    assert scalar(db_uri, "SELECT sum(runs) FROM tenant_daily_costs") == admitted
+    paid = "SELECT count(*) FROM payments WHERE thread_id = %s"
+    assert scalar(db_uri, paid, thread) == 0
