@@ -5,14 +5,13 @@ test's private Postgres database and a development token table. Runs are started
 the API with a clerk's token; people act only through the page. The screenshot of the
 inbox is saved to ``reports/e2e/inbox.png`` (CI keeps ``reports/`` as an artifact).
 
-Without Debian's `chromium` these tests fail under CI (``CI=true``) and skip elsewhere.
+Without Debian's `chromium` these tests fail under CI (``CI=true``) and skip elsewhere
+(the ``browser`` fixture, tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from langgraph_sdk import get_client
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from loadtest.devserver import dev_server
 from runtime.settings import PROJECT_ROOT
@@ -37,27 +36,9 @@ TOKENS = {
     "tok-rev-1": {"identity": "rev-1", "role": "reviewer", "tenant": "default"},
 }
 CLERK, REVIEWER = "tok-clerk-ana", "tok-rev-1"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = PROJECT_ROOT / "reports" / "e2e" / "inbox.png"
 UI_TIMEOUT_MS = 60_000  # generous: two cores shared with the server and other tests
 _LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        reason = "Debian's chromium is not installed (apt-get install -y chromium)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{reason}; CI must install it, the browser test cannot be skipped.")
-        pytest.skip(reason)
-    return found
 
 
 @pytest.fixture
@@ -68,20 +49,6 @@ def server(cli_env: dict[str, str], db_uri: str, tmp_path: Path) -> Iterator[str
     env.pop("PAYABLES_JWT_SECRET", None)
     with dev_server(db_uri, env, tmp_path / "server") as url:
         yield url
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's chromium, headless, with no background network traffic."""
-    executable = _chromium()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @pytest.fixture

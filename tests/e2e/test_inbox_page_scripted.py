@@ -20,10 +20,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, Request, Route, async_playwright, expect
+from playwright.async_api import Browser, Page, Request, Route, expect
 
 from runtime.settings import PROJECT_ROOT
-from tests.e2e.test_inbox_browser import CHROMIUM_ARGS, _chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -111,20 +110,6 @@ class FakeApi:
             self.resumes.append(body)
             return 200, self.run_results[path.split("/")[2]]
         return 404, {"detail": f"not scripted: {method} {path}"}
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's chromium, headless, with no background network traffic."""
-    executable = _chromium()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @pytest.fixture

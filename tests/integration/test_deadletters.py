@@ -231,7 +231,9 @@ async def test_dead_letters_never_show_a_full_account_number(
     ]
 
 
-async def start_dead_letter(database: Database, thread: str, request: str) -> int:
+async def start_dead_letter(
+    database: Database, thread: str, request: str, context: Context | None = None
+) -> int:
     """A start that failed before its first checkpoint, as the agent records it."""
     value = {"request": request, "user": "clerk-ana", "attachments": []}
     return await record_dead_letter(
@@ -247,7 +249,7 @@ async def start_dead_letter(database: Database, thread: str, request: str) -> in
             "input": value,
             "checkpoint_id": None,
             "next": [],
-            "context": context_payload(Context()),
+            "context": context_payload(context or Context()),
         },
     )
 
@@ -387,23 +389,7 @@ async def test_a_replay_applies_the_thresholds_in_the_currency_the_run_was_start
     default); it must still ask for what the original run would have asked for.
     """
     recorded = Context(approval_currency="EUR", fx_rates="GBP=1.17")
-    value = {"request": PAY_REQUEST, "user": "clerk-ana", "attachments": []}
-    number = await record_dead_letter(
-        database,
-        thread_id="eur-thresholds",
-        tenant="default",
-        action="start",
-        step=None,
-        error=ConnectionResetError("server closed the connection unexpectedly"),
-        attempts=1,
-        payload={
-            "action": "start",
-            "input": value,
-            "checkpoint_id": None,
-            "next": [],
-            "context": context_payload(recorded),
-        },
-    )
+    number = await start_dead_letter(database, "eur-thresholds", PAY_REQUEST, recorded)
     monkeypatch.delenv("PAYABLES_APPROVAL_CURRENCY", raising=False)
     monkeypatch.delenv("PAYABLES_FX_RATES", raising=False)
     kept = replay_context(await get_dead_letter(database, number) or {})
