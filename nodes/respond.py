@@ -170,6 +170,10 @@ def rules_summary(status: str, reason: str, result: dict[str, Any]) -> str:
     return f"[{status}] " + (". ".join(parts) if parts else "nothing to do")
 
 
+RESPOND_INPUT_BUDGET = 20000
+"""Characters of the result the respond model is shown; a longer one is summarized by rules."""
+
+
 def make_respond(deps: NodeDeps) -> Node:
     """Build the respond node."""
 
@@ -178,31 +182,37 @@ def make_respond(deps: NodeDeps) -> Node:
         ctx = runtime.context
         status, reason, result = build_result(state)
         summary = rules_summary(status, reason, result)
-        answer = await ask_model(
-            deps.models,
-            "respond",
-            ctx,
-            Summary,
-            [
-                SystemMessage(RESPOND_SYSTEM),
-                HumanMessage(
-                    json.dumps(
-                        {"status": status, "reason": reason, "result": respond_view(result)},
-                        default=str,
-                    )[:20000]
-                ),
-            ],
-            repairs=ctx.max_plan_repairs,
+        shown = json.dumps(
+            {"status": status, "reason": reason, "result": respond_view(result)}, default=str
         )
-        path = answer.path
-        notes = [answer.note] if answer.note else []
-        degraded = [answer.degraded] if answer.degraded else []
-        if isinstance(answer.parsed, Summary):
-            if echoes_system_prompt(answer.parsed.summary):
-                path = f"rules (fallback: {path} echoed an internal prompt)"
-                notes.append("respond model summary repeated an internal prompt; replaced")
-            else:
-                summary = answer.parsed.summary
+        notes: list[str] = []
+        degraded: list[str] = []
+        if len(shown) > RESPOND_INPUT_BUDGET:
+            # Cut at a length, the model's input could end inside an untrusted wrapper and
+            # would leave out what came last; the rules summary covers the result whole.
+            path = "rules (the result was too long for the respond model)"
+            notes.append(
+                f"summary written by rules: the result ({len(shown)} characters) is over the "
+                f"respond model's {RESPOND_INPUT_BUDGET}"
+            )
+        else:
+            answer = await ask_model(
+                deps.models,
+                "respond",
+                ctx,
+                Summary,
+                [SystemMessage(RESPOND_SYSTEM), HumanMessage(shown)],
+                repairs=ctx.max_plan_repairs,
+            )
+            path = answer.path
+            notes += [answer.note] if answer.note else []
+            degraded += [answer.degraded] if answer.degraded else []
+            if isinstance(answer.parsed, Summary):
+                if echoes_system_prompt(answer.parsed.summary):
+                    path = f"rules (fallback: {path} echoed an internal prompt)"
+                    notes.append("respond model summary repeated an internal prompt; replaced")
+                else:
+                    summary = answer.parsed.summary
         model_path = {**state.get("model_path", {}), "respond": path}
         result["flags"] = state.get("flags", [])
         result["model_path"] = model_path

@@ -13,6 +13,7 @@ import re
 import psycopg
 import pytest
 
+import nodes.respond
 from runtime.agent import open_agent
 from state.db import Database
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply, tool_reply
@@ -248,3 +249,19 @@ async def _passages(database: Database, ids: list[str]) -> list[dict[str, str]]:
             "SELECT body FROM policy_passages WHERE passage_id = ANY(%s)", (ids,)
         )
         return list(await cur.fetchall())
+
+
+async def test_a_result_too_long_for_the_respond_model_is_summarized_by_rules_whole(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut at a length, the model's input could end inside an untrusted wrapper; the
+    summary model is not called and the rules summary covers the whole result."""
+    monkeypatch.setattr(nodes.respond, "RESPOND_INPUT_BUDGET", 200)
+    respond = ScriptedChatModel([])  # any call runs past the script: a test failure
+    async with open_agent(models=ScriptedModels(respond=respond), database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana")
+    assert view["status"] == "completed"
+    assert respond.received == []
+    assert view["model_path"]["respond"] == "rules (the result was too long for the respond model)"
+    assert view["summary"].startswith("[completed]") and "INV-1002" in view["summary"]
+    assert any("over the respond model's 200" in n for n in view["result"]["notes"])
