@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import nodes.verifier
 from runtime.agent import Agent, open_agent
 from runtime.context import Context
 from runtime.tracing import redacting_client
@@ -358,3 +359,33 @@ async def test_a_budget_stop_mid_phase_still_verifies_what_the_phase_did(
         )
         paid = await cur.fetchone()
     assert paid is not None and paid["n"] == 1  # INV-1002 was not paid after the stop
+
+
+async def test_an_executor_stop_mid_phase_verifies_what_the_phase_did(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tool-call budget runs out after the phase staged INV-1002: the verifier checks
+    that staging in the database, then the run ends (no re-plan)."""
+    checked: list[list[str]] = []
+    check = nodes.verifier.check_outcomes
+
+    async def recording(database: Database, outcomes: list[Any]) -> list[str]:
+        checked.append([o["tool"] for o in outcomes])
+        return await check(database, outcomes)
+
+    monkeypatch.setattr(nodes.verifier, "check_outcomes", recording)
+    read = ("get_invoice", {"invoice_id": "INV-1002"})
+    planner = ScriptedChatModel(
+        [
+            plan_reply(False, read, ("compute_match", {"invoice_id": "INV-1002"})),
+            plan_reply(True, ("stage_invoice", {"invoice_id": "INV-1002"}), read),
+        ]
+    )
+    async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
+        view = await agent.start(
+            "Validate INV-1002", user="clerk-ana", context=Context(max_tool_calls=3)
+        )
+    assert view["status"] == "escalated" and "budget of 3 tool calls" in view["reason"]
+    assert checked[-1] == ["stage_invoice"]  # the stopped phase, verified
+    assert await invoice_status(database, "INV-1002") == "staged"
+    assert planner.script == []  # and no third plan was asked for
