@@ -26,9 +26,8 @@ from runtime.rules_model import (
 from runtime.tracing import annotate_run
 from state.audit import guard_flag_event, record, request_received_event, route_event
 from state.graph_state import AgentState, Entities, appended
-from state.retention import pruned_run
 from state.routes import TOOL_ROUTES, Route
-from state.runs import record_run, reused_thread
+from state.runs import record_run
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +65,11 @@ def make_router(deps: NodeDeps) -> Node:
         request = state.get("request", "")
         thread_id = current_thread_id()
         requester = state.get("user") or "anonymous"
-        # A thread id is one request's: a pruned thread's run index row, approvals and audit
+        # A thread id is one request's. A pruned thread's run index row, approvals and audit
         # rows outlive its checkpoints, so a new request there (a server client may choose
-        # the id; `Agent.start` refuses it earlier) would be judged against the old one's.
-        # Refused before anything of it is written.
-        pruned = await pruned_run(deps.database, thread_id)
-        if pruned is not None:
-            raise reused_thread(thread_id, pruned["pruned_at"])
+        # the id; `Agent.start` refuses it earlier) would be judged against the old one's:
+        # the budget guard's admission, in the statement that admits this run, refuses it
+        # before anything of it is written (`state.costs.admit_run`).
         if state.get("route"):
             # The router runs once per thread; a routed state means new input reached a
             # thread that already holds a request (a server client sending a second one).

@@ -59,7 +59,7 @@ from state.db import THREAD_LOCK_CLASS, Database, default_database, migrate
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
 from state.retention import pruned_run
-from state.runs import list_runs
+from state.runs import list_runs, reused_thread
 from tools.gate import ToolGate
 
 log = logging.getLogger(__name__)
@@ -429,13 +429,8 @@ class Agent:
                 )
             pruned = await pruned_run(self.database, thread_id) if chosen else None
             if pruned is not None:
-                # Its run index row, approvals and audit rows outlive the checkpoints: a new
-                # request under the same id would be judged against the old one's.
-                raise BadInput(
-                    f"Thread {thread_id} was used by an earlier request and pruned on "
-                    f"{pruned['pruned_at']:%Y-%m-%d}; thread ids are not reused. Start the "
-                    "request without --thread, or with a new id."
-                )
+                # Refused before the graph writes the input into a checkpoint of the id.
+                raise reused_thread(thread_id, pruned["pruned_at"])
             context = context or Context()
             run_input: dict[str, Any] = {"request": request, "user": user}
             if attachments:  # an empty list would still be a checkpoint blob

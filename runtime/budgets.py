@@ -55,6 +55,7 @@ from runtime.usage import Meter, metering
 from state.costs import TenantDay, admit_run, spent_today
 from state.db import Database
 from state.graph_state import AgentState, Plan, Usage, add_usage, phase_outcomes
+from state.runs import reused_thread
 from state.step_metrics import StepMetric, record_step
 from tools.contract import canonical_json
 
@@ -389,6 +390,9 @@ def guard_node(
                 max_cost_usd=ctx.max_cost_usd,
                 cap_usd=ctx.tenant_daily_cost_cap_usd,
             )
+            if admission.pruned_at is not None:
+                # Refused before anything of it is written (see `nodes.router`).
+                raise reused_thread(thread_id, admission.pruned_at)
             today = admission.today
             if not admission.admitted:
                 reason = tenant_refusal(today, ctx)

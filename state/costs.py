@@ -23,7 +23,7 @@ The day is the database's UTC date, so processes with skewed clocks agree on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -55,6 +55,8 @@ class Admission:
 
     admitted: bool
     today: TenantDay
+    pruned_at: datetime | None = None
+    """When the thread's earlier run was pruned: its id is not to be reused (nothing counted)."""
 
 
 def _tenant_day(tenant: str, row: dict[str, Any]) -> TenantDay:
@@ -102,8 +104,10 @@ async def admit_run(
     One statement decides and counts the run (``runs`` or ``refused_runs``), so two
     processes admitting at once both see a consistent row, and records an admitted thread
     in ``run_admissions``. A thread found there was admitted before (its first step runs
-    again): it is admitted without being counted or checked against the cap again.
-    Nothing is reserved (see the module docstring).
+    again): it is admitted without being counted or checked against the cap again. A
+    thread whose earlier run was pruned is neither counted nor recorded; ``pruned_at``
+    says so, for the caller to refuse it (`state.runs.reused_thread`). Nothing is reserved
+    (see the module docstring).
     """
     params = {
         "tenant": tenant,
@@ -112,12 +116,14 @@ async def admit_run(
         "max_cost": Decimal(str(max_cost_usd)),
         "cap": Decimal(str(cap_usd)),
     }
-    new = "NOT EXISTS (SELECT 1 FROM prior)"
+    new = "NOT EXISTS (SELECT 1 FROM prior) AND NOT EXISTS (SELECT 1 FROM pruned)"
     async with database.connection() as conn:
         # Creates today's row or locks it (ON CONFLICT DO UPDATE), so the check and the
         # count agree; a new row has spent nothing, so it fits iff the budget does.
         cur = await conn.execute(
             "WITH prior AS (SELECT 1 FROM run_admissions WHERE thread_id = %(thread)s),"
+            " pruned AS (SELECT pruned_at FROM runs"
+            "  WHERE thread_id = %(thread)s AND pruned_at IS NOT NULL),"
             " counted AS (INSERT INTO tenant_daily_costs AS t (tenant, day, runs, refused_runs)"
             f" VALUES (%(tenant)s, {_TODAY},"
             f"  CASE WHEN {new} AND %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
@@ -133,12 +139,14 @@ async def admit_run(
             " claimed AS (INSERT INTO run_admissions (thread_id, tenant, day)"
             f"  SELECT %(thread)s, %(tenant)s, day FROM counted WHERE admitted AND {new}"
             "  ON CONFLICT (thread_id) DO NOTHING)"
-            f" SELECT {_COLUMNS}, admitted FROM counted",
+            f" SELECT {_COLUMNS}, admitted, (SELECT pruned_at FROM pruned) FROM counted",
             params,
         )
         row = await cur.fetchone()
     assert row is not None
-    return Admission(admitted=bool(row["admitted"]), today=_tenant_day(tenant, row))
+    return Admission(
+        admitted=bool(row["admitted"]), today=_tenant_day(tenant, row), pruned_at=row["pruned_at"]
+    )
 
 
 async def add_spend(

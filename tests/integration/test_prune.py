@@ -241,6 +241,9 @@ async def test_a_graph_run_on_a_pruned_threads_id_is_refused_before_it_writes(
         assert [t.thread_id for t in report.pruned] == [thread]
         before = row_json(db_uri, thread)
         tables = table_counts(db_uri)
+        counted = scalar(
+            db_uri, "SELECT coalesce(sum(runs + refused_runs), 0) FROM tenant_daily_costs"
+        )
         with pytest.raises(BadInput, match="thread ids are not reused") as refused:
             await agent.graph.ainvoke(
                 {"request": PAY_REQUEST, "user": "clerk-ben"},
@@ -251,6 +254,13 @@ async def test_a_graph_run_on_a_pruned_threads_id_is_refused_before_it_writes(
     after = row_json(db_uri, thread)
     assert after == before
     assert table_counts(db_uri) == tables  # no audit row, tool call, payment, ...
+    # Not admitted under the cost cap either: neither counted nor recorded as admitted.
+    assert (
+        scalar(db_uri, "SELECT coalesce(sum(runs + refused_runs), 0) FROM tenant_daily_costs")
+        == counted
+    )
+    admitted = "SELECT count(*) FROM run_admissions WHERE thread_id = %s"
+    assert scalar(db_uri, admitted, thread) == 0
 
 
 async def test_the_run_index_never_writes_a_new_run_into_a_pruned_threads_row(
