@@ -320,20 +320,27 @@ def rejection_reason(reviewer_id: str, reviewer_role: str, reason: str) -> str:
     return f"Rejected by {reviewer_id} ({reviewer_role}): {reason}"
 
 
+async def decision_rows(
+    database: Database, thread_id: str, step_ids: list[str]
+) -> list[dict[str, Any]]:
+    """The decisions recorded for ``step_ids`` of the thread, oldest first."""
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT step_id, tool, reviewer_id, reviewer_role, decision, reason, edited_args"
+            " FROM approval_decisions WHERE thread_id = %s AND step_id = ANY(%s)"
+            " ORDER BY decision_id",
+            (thread_id, step_ids),
+        )
+        return await cur.fetchall()
+
+
 async def recorded_decisions(
     database: Database, thread_id: str, steps: list[PlanStep], *, known: list[Decision]
 ) -> list[Decision]:
     """Decisions recorded for ``steps`` that the run's state does not hold yet, in order."""
     seen = {(d["step_id"], d["reviewer_id"], d["decision"]) for d in known}
     args = {s["step_id"]: s["args"] for s in steps}
-    async with database.connection() as conn:
-        cur = await conn.execute(
-            "SELECT step_id, tool, reviewer_id, reviewer_role, decision, reason, edited_args"
-            " FROM approval_decisions WHERE thread_id = %s AND step_id = ANY(%s)"
-            " ORDER BY decision_id",
-            (thread_id, list(args)),
-        )
-        rows = await cur.fetchall()
+    rows = await decision_rows(database, thread_id, list(args))
     return [
         Decision(
             step_id=row["step_id"],

@@ -48,7 +48,7 @@ from langsmith import Client
 from graphs.payables import TRANSIENT_DB_RETRY, build_graph, is_transient_db_error
 from guards.input_checks import unstorable_reason
 from guards.redaction import redact, redact_text
-from nodes.approval import validated_edits
+from nodes.approval import decision_rows, validated_edits
 from nodes.deps import NodeDeps
 from runtime.context import Context
 from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
@@ -63,6 +63,28 @@ from state.runs import list_runs, reused_thread
 from tools.gate import ToolGate
 
 log = logging.getLogger(__name__)
+
+
+def _answer_committed(run: dict[str, Any] | None) -> bool:
+    """Whether an answer to the thread's pending interrupt committed before its checkpoint.
+
+    The approval node's answer transaction sets the run index to ``running`` with its
+    decisions; only the next approval round sets ``interrupted`` again, before it pauses.
+    So a checkpoint that still shows an interrupt while the index says ``running`` is an
+    answer whose step died before it was checkpointed: the approval node, run again, goes
+    on from the recorded decisions and ignores any resume value.
+    """
+    return run is not None and run["status"] == "running"
+
+
+def _context_of(run: dict[str, Any] | None) -> Context:
+    """The context to go on with a thread in: its own tenant, from its run index row.
+
+    Its audit rows, costs and daily cap belong to the tenant it was started in, whoever
+    answers it and whatever ``PAYABLES_TENANT`` says here; the other settings are this
+    process's.
+    """
+    return Context(tenant=run["tenant"]) if run is not None else Context()
 
 
 START_DURABILITY: Durability = "async"
@@ -498,7 +520,8 @@ class Agent:
                     )
             target = interrupts[0]
             resume = parse_resume(value, target.value)
-            answered = await self._answered_before(thread_id, target.value, resume)
+            run = await self._run_index_row(thread_id)
+            answered = await self._answered_before(thread_id, run, target.value, resume)
             if answered is not None:
                 raise ResumeError(
                     f"Thread {thread_id}'s approval was already answered ({answered}) before "
@@ -506,7 +529,7 @@ class Agent:
                     f"was not recorded. `payables continue {thread_id}` finishes the run (it "
                     "asks again if an approval is still missing)."
                 )
-            context = context or await self.thread_context(thread_id)
+            context = context or _context_of(run)
             # Refuse here what the approval node would refuse, so the caller gets an error
             # (exit 2) instead of a run that pauses again with an error in its payload.
             validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
@@ -540,14 +563,15 @@ class Agent:
             snapshot = await self.graph.aget_state(self.config(thread_id))
             if not snapshot.values:
                 raise await self._no_checkpoint(thread_id)
-            if snapshot.interrupts and not await self._answer_committed(thread_id):
+            run = await self._run_index_row(thread_id)
+            if snapshot.interrupts and not _answer_committed(run):
                 raise ResumeError(
                     f"Thread {thread_id} is waiting for approval; use `payables resume`."
                 )
             if not pending_steps(snapshot):
                 status = snapshot.values.get("status", "completed")
                 raise ResumeError(f"Thread {thread_id} already finished (status: {status}).")
-            context = context or await self.thread_context(thread_id)
+            context = context or _context_of(run)
             output = await self._drive(
                 thread_id,
                 None,
@@ -559,22 +583,20 @@ class Agent:
             )
             return await self.view_after(thread_id, output)
 
-    async def _answer_committed(self, thread_id: str) -> bool:
-        """Whether an answer to the thread's pending interrupt committed before its checkpoint.
-
-        The approval node's answer transaction sets the run index to ``running`` with its
-        decisions; only the next approval round sets ``interrupted`` again, before it pauses.
-        So a checkpoint that still shows an interrupt while the index says ``running`` is an
-        answer whose step died before it was checkpointed: the approval node, run again,
-        goes on from the recorded decisions and ignores any resume value.
-        """
+    async def _run_index_row(self, thread_id: str) -> dict[str, Any] | None:
+        """The thread's run index row (status and tenant), or None if it has none."""
         async with self.database.connection() as conn:
-            cur = await conn.execute("SELECT status FROM runs WHERE thread_id = %s", (thread_id,))
-            row = await cur.fetchone()
-        return row is not None and row["status"] == "running"
+            cur = await conn.execute(
+                "SELECT status, tenant FROM runs WHERE thread_id = %s", (thread_id,)
+            )
+            return await cur.fetchone()
 
     async def _answered_before(
-        self, thread_id: str, request: ApprovalRequest, resume: ResumeIn
+        self,
+        thread_id: str,
+        run: dict[str, Any] | None,
+        request: ApprovalRequest,
+        resume: ResumeIn,
     ) -> str | None:
         """Who answered ``request`` already, if an answer other than ``resume`` committed.
 
@@ -582,16 +604,10 @@ class Agent:
         same reviewer, the same decision on every step): it changes nothing and finishes
         the run as before.
         """
-        if not await self._answer_committed(thread_id):
+        if not _answer_committed(run):
             return None
         steps = [s["step_id"] for s in request["steps"]]
-        async with self.database.connection() as conn:
-            cur = await conn.execute(
-                "SELECT step_id, reviewer_id, decision FROM approval_decisions"
-                " WHERE thread_id = %s AND step_id = ANY(%s) ORDER BY decision_id",
-                (thread_id, steps),
-            )
-            rows = await cur.fetchall()
+        rows = await decision_rows(self.database, thread_id, steps)
         recorded = {(r["step_id"], r["reviewer_id"], r["decision"]) for r in rows}
         mine = {
             (step, resume.reviewer.id, decision.type)
@@ -600,18 +616,6 @@ class Agent:
         if mine <= recorded:
             return None
         return "; ".join(f"{r['reviewer_id']}: {r['decision']}" for r in rows) or "unknown"
-
-    async def thread_context(self, thread_id: str) -> Context:
-        """The context to go on with a thread in: its own tenant, from the run index.
-
-        Its audit rows, costs and daily cap belong to the tenant it was started in, whoever
-        answers it and whatever ``PAYABLES_TENANT`` says here; the other settings are this
-        process's.
-        """
-        async with self.database.connection() as conn:
-            cur = await conn.execute("SELECT tenant FROM runs WHERE thread_id = %s", (thread_id,))
-            row = await cur.fetchone()
-        return Context(tenant=row["tenant"]) if row is not None else Context()
 
     async def _no_checkpoint(self, thread_id: str) -> NotFound:
         """The error for a thread with no checkpoint: unknown, or pruned."""
