@@ -13,9 +13,10 @@ With neither configured every request gets 401 saying how to configure tokens (f
 
 Roles: ``clerk`` creates threads and runs on its own threads; ``reviewer`` and
 ``controller`` read the threads of their tenant and may only resume an approval interrupt
-(a controller's signature is the one dual control needs); ``admin`` (operators) may do
-everything except resume an approval on a thread they started. Only admins write a thread's
-state directly; everyone else changes it through runs. A missing or bad token is
+(a controller's signature is the one dual control needs), sending the resume answer and no
+run option that changes what runs or from where (`resume_extras`); ``admin`` (operators)
+may do everything except resume an approval on a thread they started. Only admins write a
+thread's state directly; everyone else changes it through runs. A missing or bad token is
 401, a forbidden action 403 (raised before anything is written); a thread another clerk or
 tenant owns is filtered out and answers 404, as LangGraph does for invisible resources.
 
@@ -349,6 +350,90 @@ def _resume_value(command: Any) -> bool:
     return all(command.get(key) in (None, [], {}) for key in command if key != "resume")
 
 
+# What the server itself puts in a run's ``config.configurable`` before `create_run` sees it
+# (langgraph_api's `create_valid_run`, 0.16.x): the verified user, request and timing ids,
+# and trace propagation. Everything else there came from the request.
+SERVER_CONFIGURABLE_KEYS = frozenset(
+    {
+        "langgraph_auth_user",
+        "langgraph_auth_user_id",
+        "langgraph_auth_permissions",
+        "langgraph_request_id",
+        "__request_start_time_ms__",
+        "__after_seconds__",  # `after_seconds` is checked on its own
+        "__otel_traceparent__",
+        "__otel_tracestate__",
+        "__dd_trace_headers__",
+    }
+)
+# Request fields a reviewer's resume may not send, as (where the server puts them, the
+# field there, the values a plain `runs.create/wait/stream(thread, assistant,
+# command={"resume": ...})` or the inbox leaves there, the field's name in the request).
+# Any other value changes what runs, from where or when, or what else happens on the thread.
+RESUME_DEFAULTS: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
+    ("kwargs", "interrupt_before", (None, []), "interrupt_before"),
+    ("kwargs", "interrupt_after", (None, []), "interrupt_after"),
+    ("kwargs", "webhook", (None, ""), "webhook"),
+    ("kwargs", "feedback_keys", (None, []), "feedback_keys"),
+    ("kwargs", "temporary", (False,), "on_completion"),
+    ("kwargs", "checkpoint_during", (True, None), "checkpoint_during"),
+    ("kwargs", "durability", ("async", None), "durability"),
+    ("value", "if_not_exists", ("reject", None), "if_not_exists"),
+    ("value", "after_seconds", (0, None), "after_seconds"),
+    ("value", "metadata", ({}, None), "metadata"),
+)
+# `multitask_strategy`: the server's default for these endpoints is "enqueue" (the resume
+# waits its turn); "reject" refuses instead. "interrupt" and "rollback" cancel other runs.
+RESUME_MULTITASK = frozenset({"enqueue", "reject"})
+# Where a checkpoint selection lands in ``config.configurable``.
+CHECKPOINT_KEYS = {
+    "checkpoint_id": "checkpoint_id",
+    "checkpoint_ns": "checkpoint",
+    "checkpoint_map": "checkpoint",
+    "thread_id": "checkpoint",
+    "__langsmith_project__": "langsmith_tracer",
+    "__langsmith_example_id__": "langsmith_tracer",
+}
+
+
+def resume_extras(value: Mapping[str, Any]) -> list[str]:
+    """The request fields beyond the resume answer in a `create_run` ``value`` (sorted).
+
+    A reviewer's resume answers the approval waiting on the thread's latest checkpoint, and
+    does nothing else. Allowed besides ``command.resume``: how the caller watches the run
+    (``stream_mode``, ``stream_subgraphs``, ``stream_resumable``: they change nothing that
+    runs) and HTTP headers the server copies into the run's configuration (its
+    ``configurable_headers``; named with dashes, and the agent reads none of them).
+    Refused: a checkpoint to start from (a fork), breakpoints, ``config`` or ``context``
+    of any kind (tags, recursion limit, configurable keys, model or run settings), a webhook,
+    a delay, run metadata, another thread's creation, a multitask strategy that cancels
+    other runs, and a durability other than the default.
+    """
+    kwargs: Mapping[str, Any] = value.get("kwargs") or {}
+    found: set[str] = set()
+    for where, key, defaults, name in RESUME_DEFAULTS:
+        source = kwargs if where == "kwargs" else value
+        if key in source and not any(source[key] == default for default in defaults):
+            found.add(name)
+    if value.get("multitask_strategy", "enqueue") not in RESUME_MULTITASK:
+        found.add("multitask_strategy")
+    config = kwargs.get("config") or {}
+    found |= {f"config.{key}" for key in config if key != "configurable"}
+    configurable: Mapping[str, Any] = config.get("configurable") or {}
+    context = kwargs.get("context") or {}
+    if context:
+        # The server mirrors the caller's `context` into `configurable`, or copies the
+        # caller's `configurable` into `context`: either way it is the caller's.
+        where = "context" if configurable.get("__context_provided__") else "config.configurable"
+        found |= {f"{where}.{key}" for key in context}
+    else:
+        for key in configurable:
+            if key in SERVER_CONFIGURABLE_KEYS or "-" in str(key):
+                continue
+            found.add(CHECKPOINT_KEYS.get(str(key), f"config.configurable.{key}"))
+    return sorted(found)
+
+
 def run_settings(kwargs: Mapping[str, Any]) -> set[str]:
     """The agent settings (`runtime.context.Context` fields) a run request tries to set.
 
@@ -377,6 +462,13 @@ async def create_run(
     kwargs: dict[str, Any] = value.get("kwargs") or {}
     command = kwargs.get("command")
     thread_id = value.get("thread_id")
+    if command is not None and who.role in ("reviewer", "controller"):
+        if extras := resume_extras(value):
+            raise _forbidden(
+                f"A {who.role}'s resume cannot send {', '.join(extras)}: a {who.role} may only "
+                "send the resume answer (command.resume) to the approval waiting on the "
+                "thread's latest checkpoint. Send the run without it."
+            )
     if who.role != "admin" and (settings := run_settings(kwargs)):
         raise _forbidden(
             f"Run settings ({', '.join(sorted(settings))}) are set by the operator "

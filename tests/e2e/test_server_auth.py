@@ -540,6 +540,76 @@ async def test_second_signature_above_dual_control_must_be_a_controller(
         assert await cur.fetchone() == (1,)
 
 
+async def test_reviewer_resume_sends_the_answer_and_nothing_else(
+    server: str, module_db: str
+) -> None:
+    """A reviewer answers the approval waiting on the latest checkpoint: a fork from an
+    older checkpoint, breakpoints, config or context overrides and other run options are
+    refused (403, naming the field) before anything is written; the plain resume runs.
+    An admin's resume keeps every run option."""
+    thread_id, interrupt = await start_until_interrupt(
+        server, "ana", "Validate INV-1009 and pay it if it matches"
+    )
+    resume = {"resume": {interrupt["id"]: approve()}}
+    async with sdk(server, token_for("ana")) as ana:
+        older = (await ana.threads.get_history(thread_id, limit=10))[-1]
+        other_thread = (await ana.threads.create())["thread_id"]
+    older_id = older["checkpoint"]["checkpoint_id"]
+    before = await footprint(module_db, thread_id)
+    attempts: list[tuple[dict[str, Any], str]] = [
+        ({"checkpoint_id": older_id}, "checkpoint_id"),
+        ({"checkpoint": {"checkpoint_id": older_id}}, "checkpoint_id"),
+        ({"checkpoint": {"checkpoint_ns": "", "thread_id": other_thread}}, "checkpoint"),
+        ({"interrupt_before": ["executor"]}, "interrupt_before"),
+        ({"interrupt_after": "*"}, "interrupt_after"),
+        (
+            {"config": {"configurable": {"thread_id": other_thread}}},
+            "config.configurable.thread_id",
+        ),
+        (
+            {"config": {"configurable": {"router_model": "gpt-x"}}},
+            "config.configurable.router_model",
+        ),
+        ({"config": {"recursion_limit": 3}}, "config.recursion_limit"),
+        ({"context": {"prompt_version": "v0"}}, "context.prompt_version"),
+        ({"multitask_strategy": "rollback"}, "multitask_strategy"),
+        ({"after_seconds": 30}, "after_seconds"),
+        ({"metadata": {"note": "mine"}}, "metadata"),
+        ({"if_not_exists": "create"}, "if_not_exists"),
+        ({"durability": "exit"}, "durability"),
+    ]
+    async with sdk(server, token_for("rev-1")) as reviewer:
+        for options, field in attempts:
+            text = await refused(
+                reviewer.runs.wait(thread_id, GRAPH_ID, command=resume, **options), 403
+            )
+            assert f"cannot send {field}:" in text, (options, text)
+            assert "may only send the resume answer" in text, text
+        assert await footprint(module_db, thread_id) == before
+        assert (await reviewer.threads.get(thread_id))["status"] == "interrupted"
+        # The plain resume, as the SDK and the inbox send it, still answers the approval.
+        await reviewer.runs.wait(thread_id, GRAPH_ID, command=resume)
+        values = (await reviewer.threads.get_state(thread_id))["values"]
+    assert isinstance(values, dict) and values["status"] == "completed", values
+    assert await decisions(module_db, thread_id) == [("rev-1", "approver", "approve")]
+
+    # Admins operate the service (and Studio): their resume naming a checkpoint still runs.
+    thread_id, interrupt = await start_until_interrupt(
+        server, "ana", "Validate INV-1015 and pay it if it matches"
+    )
+    async with sdk(server, token_for("admin")) as admin:
+        latest = (await admin.threads.get_state(thread_id))["checkpoint"]["checkpoint_id"]
+        await admin.runs.wait(
+            thread_id,
+            GRAPH_ID,
+            command={"resume": {interrupt["id"]: approve()}},
+            checkpoint_id=latest,
+        )
+        values = (await admin.threads.get_state(thread_id))["values"]
+    assert isinstance(values, dict) and values["status"] == "completed", values
+    assert await decisions(module_db, thread_id) == [("ops-1", "approver", "approve")]
+
+
 async def test_runs_are_recorded_under_the_token_tenant(server: str, module_db: str) -> None:
     thread_id, _ = await start_until_interrupt(
         server, "acme-clerk", "Validate INV-1007 and pay it if it matches"

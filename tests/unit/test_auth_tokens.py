@@ -17,7 +17,9 @@ from runtime.errors import ResumeError
 from server.auth import (
     AuthConfigError,
     Identity,
+    create_run,
     jwt_settings,
+    resume_extras,
     run_settings,
     run_tenant,
     token_table,
@@ -181,6 +183,101 @@ def test_run_tenant_sets_context_and_configurable() -> None:
     run_tenant(kwargs, "acme")
     assert kwargs["context"] == {"tenant": "acme"}
     assert kwargs["config"]["configurable"] == {"x": 1, "tenant": "acme"}
+
+
+def sdk_resume(**changes: Any) -> dict[str, Any]:
+    """The `create_run` value langgraph-api 0.16.7 builds for a plain reviewer resume
+    (captured from `runs.create/wait/stream(..., command={"resume": ...})` and the inbox),
+    with top-level ``changes`` and ``kw_*`` changes to its ``kwargs``."""
+    kwargs: dict[str, Any] = {
+        "input": None,
+        "command": {"resume": {"i-1": {"decisions": [{"type": "approve"}]}}},
+        "config": {
+            "configurable": {
+                "langgraph_auth_user": object(),
+                "langgraph_auth_user_id": "rev-1",
+                "langgraph_auth_permissions": ["reviewer"],
+                "langgraph_request_id": "r-1",
+                "__request_start_time_ms__": 1,
+                "__after_seconds__": 0,
+            }
+        },
+        "context": {},
+        "stream_mode": ["values"],
+        "interrupt_before": None,
+        "interrupt_after": None,
+        "webhook": None,
+        "feedback_keys": None,
+        "temporary": False,
+        "subgraphs": False,
+        "resumable": False,
+        "checkpoint_during": True,
+        "durability": "async",
+    }
+    value: dict[str, Any] = {
+        "thread_id": "t-1",
+        "assistant_id": "a-1",
+        "run_id": "r-1",
+        "status": "pending",
+        "metadata": {},
+        "prevent_insert_if_inflight": False,
+        "multitask_strategy": "enqueue",
+        "if_not_exists": "reject",
+        "after_seconds": 0,
+        "kwargs": kwargs,
+    }
+    for key, change in changes.items():
+        if key.startswith("kw_"):
+            kwargs[key[3:]] = change
+        else:
+            value[key] = change
+    return value
+
+
+def test_a_plain_resume_and_how_it_is_watched_carry_nothing_extra() -> None:
+    assert resume_extras(sdk_resume()) == []
+    watched = sdk_resume(kw_stream_mode=["updates", "debug"], kw_subgraphs=True, kw_resumable=True)
+    assert resume_extras(watched) == []
+    # Headers the operator's configurable_headers copy in are not the caller's config.
+    headers = sdk_resume()
+    headers["kwargs"]["config"]["configurable"].update({"x-request-id": "1", "user-agent": "u"})
+    assert resume_extras(headers) == []
+    assert resume_extras(sdk_resume(multitask_strategy="reject")) == []
+
+
+def test_resume_extras_name_what_changes_the_run() -> None:
+    fork = sdk_resume()
+    fork["kwargs"]["config"]["configurable"]["checkpoint_id"] = "c-0"
+    assert resume_extras(fork) == ["checkpoint_id"]
+    tracer = sdk_resume()
+    tracer["kwargs"]["config"]["configurable"]["__langsmith_project__"] = "elsewhere"
+    assert resume_extras(tracer) == ["langsmith_tracer"]
+    assert resume_extras(sdk_resume(kw_webhook="https://hooks.example/x")) == ["webhook"]
+    assert resume_extras(sdk_resume(kw_feedback_keys=["k"])) == ["feedback_keys"]
+    assert resume_extras(sdk_resume(kw_temporary=True)) == ["on_completion"]
+    assert resume_extras(sdk_resume(kw_checkpoint_during=False)) == ["checkpoint_during"]
+    assert resume_extras(sdk_resume(multitask_strategy="interrupt")) == ["multitask_strategy"]
+    # The server mirrors `context` into `configurable` (marked) and `configurable` into
+    # `context`: the name says which one the caller sent.
+    sent_context = sdk_resume(kw_context={"tenant": "acme"})
+    sent_context["kwargs"]["config"]["configurable"].update(
+        {"tenant": "acme", "__context_provided__": True}
+    )
+    assert resume_extras(sent_context) == ["context.tenant"]
+    sent_config = sdk_resume(kw_context={"thread_id": "t-2"})
+    sent_config["kwargs"]["config"]["configurable"]["thread_id"] = "t-2"
+    assert resume_extras(sent_config) == ["config.configurable.thread_id"]
+
+
+@pytest.mark.parametrize("role", ["reviewer", "controller"])
+async def test_create_run_refuses_a_resume_with_run_options(role: str) -> None:
+    """Refused before the database is read: the thread need not exist."""
+    ctx = context(role, "create_run")
+    with pytest.raises(Auth.exceptions.HTTPException) as error:
+        await create_run(ctx, sdk_resume(kw_interrupt_before=["executor"]))  # type: ignore[arg-type]
+    assert error.value.status_code == 403
+    assert "interrupt_before" in str(error.value.detail)
+    assert "may only send the resume answer" in str(error.value.detail)
 
 
 class _ServerUser(dict[str, str]):
