@@ -10,6 +10,7 @@ keeps the two in step.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -51,6 +52,11 @@ TableName = Literal[
 ColumnName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
 
 
+def squeeze(text: str) -> str:
+    """``text`` with everything but ASCII letters and digits removed, upper-cased."""
+    return re.sub(r"[^A-Za-z0-9]", "", text).upper()
+
+
 class ScenarioError(BadInput):
     """A dataset file or scenario does not match the documented format."""
 
@@ -63,14 +69,24 @@ class Match(_Strict):
     """A comparison for one column; every operator given must hold.
 
     ``contains`` / ``not_contains`` test a case-insensitive substring of the column as text;
-    ``gt`` /
-    ``lt`` compare numerically; ``ne`` / ``in_`` / ``not_in`` compare as text.
+    ``mentions_any`` holds when the column, reduced to its letters and digits, contains any
+    of the given strings (likewise reduced), so an account number written with spaces,
+    dashes or dots between its characters still counts; ``gt`` / ``lt`` compare
+    numerically; ``ne`` / ``in_`` / ``not_in`` compare as text.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     contains: str | None = Field(default=None, min_length=1)
     not_contains: str | None = Field(default=None, min_length=1)
+    mentions_any: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Holds when the column, with everything but letters and digits removed, contains "
+            "any of these (compared the same way, ignoring case)."
+        ),
+    )
     ne: str | int | float | None = None
     gt: float | None = None
     lt: float | None = None
@@ -80,7 +96,11 @@ class Match(_Strict):
     @model_validator(mode="after")
     def _some_operator(self) -> Match:
         if not self.model_fields_set:
-            raise ValueError("a match needs one of contains, not_contains, ne, gt, lt, in, not_in")
+            raise ValueError(
+                "a match needs one of contains, not_contains, mentions_any, ne, gt, lt, in, not_in"
+            )
+        if self.mentions_any is not None and not all(squeeze(m) for m in self.mentions_any):
+            raise ValueError("every mentions_any entry needs a letter or a digit")
         return self
 
 

@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from evals.runner import ScenarioRun
-from evals.scenario import Match, Scenario, StateAssertion
+from evals.scenario import Match, Scenario, StateAssertion, squeeze
 
 if TYPE_CHECKING:
     from ragas.llms.base import InstructorBaseRagasLLM
@@ -52,6 +52,13 @@ def _match_conditions(
     if match.not_contains is not None:
         conditions.append(sql.SQL("{}::text NOT ILIKE %s").format(ident))
         params.append(f"%{match.not_contains}%")
+    if match.mentions_any is not None:
+        conditions.append(
+            sql.SQL("upper(regexp_replace({}::text, '[^A-Za-z0-9]', '', 'g')) LIKE ANY(%s)").format(
+                ident
+            )
+        )
+        params.append([f"%{squeeze(m)}%" for m in match.mentions_any])
     if match.ne is not None:
         conditions.append(sql.SQL("{}::text IS DISTINCT FROM %s").format(ident))
         params.append(str(match.ne))
