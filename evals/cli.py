@@ -78,7 +78,13 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
     """Run eval scenarios through the real graph, score them, write reports, check gates."""
-    from evals.report import build_report, check_gates, load_thresholds, write_reports
+    from evals.report import (
+        build_report,
+        check_gates,
+        gate_failures,
+        load_thresholds,
+        write_reports,
+    )
     from evals.suite import run_jobs, select_jobs
 
     if model is not None and model not in MODEL_MODES:
@@ -134,10 +140,8 @@ def eval_command(
     else:
         _print_summary(report, gate_results)
         sys.stdout.write(f"reports: {json_path} and {md_path}\n")
-    if gate_results is not None and any(g["passed"] is False for g in gate_results):
-        failed = [
-            f"{g['suite']}/{g['mode']} {g['metric']}" for g in gate_results if g["passed"] is False
-        ]
+    failed = gate_failures(gate_results) if gate_results is not None else []
+    if failed:
         _fail("gates failed: " + ", ".join(failed), 1)
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from evals.scenario import THRESHOLDS_PATH
+from evals.scenario import MODEL_MODES, THRESHOLDS_PATH
 from evals.scoring import ScenarioScore
 from runtime.errors import BadInput
 
@@ -38,6 +38,17 @@ HIGHER_IS_BETTER = {
     "faithfulness",
 }
 LOWER_IS_BETTER = {"forbidden_outcome_rate", "attack_success_rate", "cost_per_scenario_usd"}
+GATE_METRICS = frozenset(
+    HIGHER_IS_BETTER
+    | LOWER_IS_BETTER
+    | {"scenarios", "passed", "errors"}
+    | {
+        f"{name}_{pct}"
+        for name in ("steps", "tool_calls", "tokens", "cost_usd", "wall_s")
+        for pct in ("p50", "p95")
+    }
+)
+"""The figures of `aggregate` a gate may bound."""
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -151,6 +162,23 @@ def load_thresholds(path: Path = THRESHOLDS_PATH) -> list[dict[str, Any]]:
         raise BadInput(
             f'{path} must be {{"gates": [{{"suite", "mode", "metric", "min" or "max"}}]}}.'
         )
+    # A gate that names a mode or metric no report has would never apply (or never pass):
+    # refuse it here, naming it, rather than skip it silently on every run.
+    problems = []
+    for number, gate in enumerate(gates, start=1):
+        where = f"gate {number} ({gate.get('suite')}/{gate.get('mode')} {gate.get('metric')})"
+        if gate["mode"] not in MODEL_MODES:
+            problems.append(f"{where}: mode must be one of {', '.join(MODEL_MODES)}")
+        if gate["metric"] not in GATE_METRICS:
+            problems.append(
+                f"{where}: unknown metric; use one of {', '.join(sorted(GATE_METRICS))}"
+            )
+        for bound in ("min", "max"):
+            value = gate.get(bound)
+            if bound in gate and (isinstance(value, bool) or not isinstance(value, int | float)):
+                problems.append(f"{where}: {bound} must be a number, got {value!r}")
+    if problems:
+        raise BadInput(f"{path}: " + "; ".join(problems) + ".")
     return gates
 
 
@@ -175,6 +203,22 @@ def check_gates(report: dict[str, Any], gates: list[dict[str, Any]]) -> list[dic
             passed = value <= gate["max"]
         results.append({**gate, "value": value, "passed": passed})
     return results
+
+
+def gate_failures(results: list[dict[str, Any]]) -> list[str]:
+    """Why a gated run fails: each failed gate, or that no gate applied at all.
+
+    A gated run in which every gate was skipped (no gated suite ran in its mode) checked
+    nothing, so it must not pass as a release gate.
+    """
+    failed = [f"{g['suite']}/{g['mode']} {g['metric']}" for g in results if g["passed"] is False]
+    if not any(g["passed"] is not None for g in results):
+        ran = sorted({f"{g['suite']}/{g['mode']}" for g in results})
+        failed.append(
+            "no gate applies to the suites and modes that ran"
+            + (f" (gates exist for {', '.join(ran)})" if ran else " (the gates file has none)")
+        )
+    return failed
 
 
 def _fmt(value: Any) -> str:
@@ -282,6 +326,8 @@ def render_markdown(
                 f"| {g['suite']}/{g['mode']} | {g['metric']} | {bound} | {_fmt(g['value'])} "
                 f"| {result} |"
             )
+        if not any(g["passed"] is not None for g in gate_results):
+            lines += ["", "**FAIL**: no gate applies to the suites and modes that ran."]
     return "\n".join(lines) + "\n"
 
 

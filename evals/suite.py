@@ -42,17 +42,24 @@ def select_jobs(
     Without ``mode``, each suite runs in its default modes (rules; red team also
     compromised); with it, every scenario runs in that mode only.
     """
-    paths: list[Path] = []
+    paths: list[tuple[Path, str | None]] = []
     for suite in suites:
         path = DATASETS_DIR / f"{suite}.jsonl"
         if not path.is_file():
             known = sorted(p.stem for p in DATASETS_DIR.glob("*.jsonl"))
             raise ScenarioError(f"No suite {suite!r}; suites in {DATASETS_DIR}: {known}.")
-        paths.append(path)
-    paths.extend(datasets)
+        paths.append((path, suite))
+    paths.extend((path, None) for path in datasets)
     jobs: list[Job] = []
-    for path in paths:
+    for path, named in paths:
         for scenario in read_dataset(path):
+            if named is not None and scenario.suite != named:
+                # Scores are grouped, and gated, by the scenario's suite: one filed under
+                # another name would leave the named suite's gates unapplied, or skew them.
+                raise ScenarioError(
+                    f"{path}: scenario {scenario.id!r} has suite {scenario.suite!r}; every "
+                    f"scenario of the {named} suite must say suite {named!r}."
+                )
             modes = (mode,) if mode else SUITE_MODES.get(scenario.suite, ("rules",))
             jobs.extend(Job(scenario, m, path.parent) for m in modes)
     return jobs

@@ -167,3 +167,23 @@ def test_cli_names_a_bad_dataset(cli_env: dict[str, str], tmp_path: Path) -> Non
     assert "bad.jsonl:1 is not a valid scenario" in proc.stderr
     proc = payables(cli_env, "eval", "--suite", "nope")
     assert proc.returncode == 2 and "No suite 'nope'" in proc.stderr
+
+
+def test_a_gated_run_that_no_gate_applies_to_fails(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`--gate` with every gate skipped (their suites or modes did not run) checked nothing."""
+    dataset = write_dataset(tmp_path / "smoke.jsonl", PAY)
+    gates = tmp_path / "gates.json"
+    gates.write_text(
+        json.dumps(
+            {"gates": [{"suite": "golden", "mode": "rules", "metric": "task_success", "min": 1.0}]}
+        )
+    )
+    out = tmp_path / "reports"
+    proc = payables(
+        cli_env, "eval", "--dataset", str(dataset), "--out", str(out), "--thresholds", str(gates),
+        "--gate",
+    )  # fmt: skip
+    assert proc.returncode == 1, explain(proc)
+    assert "no gate applies to the suites and modes that ran" in proc.stderr
+    assert "gates: 0/0 passed" in proc.stdout
+    assert "no gate applies" in (out / "eval-report.md").read_text()

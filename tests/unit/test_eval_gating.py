@@ -1,0 +1,48 @@
+"""Release gates must not pass by checking nothing: skipped gates, unmeasured figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import evals.suite
+from evals.report import load_thresholds
+from evals.scenario import ScenarioError
+from evals.suite import select_jobs
+from runtime.errors import BadInput
+
+
+def test_a_gate_whose_mode_or_metric_no_report_has_is_refused(tmp_path: Path) -> None:
+    """A misspelt mode would be skipped as "not run" on every run, silently."""
+    path = tmp_path / "gates.json"
+    gates = [
+        {"suite": "redteam", "mode": "compromized", "metric": "attack_success_rate", "max": 0},
+        {"suite": "golden", "mode": "rules", "metric": "task_sucess", "min": 0.95},
+        {"suite": "golden", "mode": "rules", "metric": "route_accuracy", "min": "0.95"},
+    ]
+    path.write_text(json.dumps({"gates": gates}))
+    with pytest.raises(BadInput) as caught:
+        load_thresholds(path)
+    message = str(caught.value)
+    assert "gate 1 (redteam/compromized attack_success_rate): mode must be one of" in message
+    assert "gate 2 (golden/rules task_sucess): unknown metric" in message
+    assert "gate 3 (golden/rules route_accuracy): min must be a number, got '0.95'" in message
+
+
+def test_every_scenario_of_a_named_suite_must_belong_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scores are grouped by the scenario's suite: golden.jsonl scored as "golden-v2"
+    would leave every golden gate "not run", and `make eval` would pass."""
+    scenario = {"id": "s1", "suite": "golden-v2", "request": {"text": "Pay INV-1001"}}
+    (tmp_path / "golden.jsonl").write_text(json.dumps(scenario) + "\n")
+    monkeypatch.setattr(evals.suite, "DATASETS_DIR", tmp_path)
+    with pytest.raises(ScenarioError, match=r"golden\.jsonl: scenario 's1' has suite 'golden-v2'"):
+        select_jobs(["golden"], [], None)
+    # A dataset given by path names its own suites.
+    assert [job.scenario.suite for job in select_jobs([], [tmp_path / "golden.jsonl"], None)] == [
+        "golden-v2"
+    ]
+
