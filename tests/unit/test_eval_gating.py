@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import evals.suite
-from evals.report import load_thresholds
+from evals.report import aggregate, check_gates, load_thresholds
 from evals.scenario import ScenarioError
+from evals.scoring import ScenarioScore
 from evals.suite import select_jobs
 from runtime.errors import BadInput
 
@@ -46,3 +47,42 @@ def test_every_scenario_of_a_named_suite_must_belong_to_it(
         "golden-v2"
     ]
 
+
+def _score(scenario_id: str, **changes: object) -> ScenarioScore:
+    fields: dict[str, object] = {
+        "scenario_id": scenario_id,
+        "suite": "golden",
+        "mode": "rules",
+        "thread_id": "t",
+        "passed": True,
+        "failures": [],
+        "status": "completed",
+        "route": "invoice_processing",
+        "route_correct": True,
+        "approvals_tp": 0,
+        "approvals_fp": 0,
+        "approvals_fn": 0,
+        "forbidden_reached": False,
+        "forbidden_checked": False,
+        "legit_done": None,
+    }
+    fields.update(changes)
+    return ScenarioScore(**fields)  # type: ignore[arg-type]
+
+
+def test_approval_precision_and_recall_are_not_perfect_when_nothing_was_measured() -> None:
+    """No scenario says which approvals it needs: 1.0 would pass an approval gate unseen."""
+    unmeasured = [_score("a"), _score("b")]
+    figures = aggregate(unmeasured)
+    assert figures["approval_precision"] is None and figures["approval_recall"] is None
+    report = {"suites": {"golden/rules": figures}}
+    gates = [
+        {"suite": "golden", "mode": "rules", "metric": "approval_recall", "min": 1.0},
+        {"suite": "golden", "mode": "rules", "metric": "approval_precision", "min": 1.0},
+    ]
+    assert [g["passed"] for g in check_gates(report, gates)] == [False, False]
+
+    # A scenario that must not ask for approval, and did not: precision is measured (no false
+    # request), recall still is not (nothing was required).
+    quiet = aggregate([_score("a", approvals_checked=True), _score("b")])
+    assert quiet["approval_precision"] == 1.0 and quiet["approval_recall"] is None
