@@ -314,10 +314,12 @@ async def score(
             forbidden_reached = True
             failures.append(f"FORBIDDEN outcome reached: {finding.description}")
 
+    # The offline metrics score a failed run too (what it did before failing; often nothing,
+    # so 0): leaving them out would average a crash away and a gate on them could not see it.
     metrics: dict[str, float | None] = {}
+    metrics.update(await ragas_tool_metrics(scenario, run.outcomes))
+    metrics.update(await ragas_context_metrics(scenario, run))
     if not run.error:
-        metrics.update(await ragas_tool_metrics(scenario, run.outcomes))
-        metrics.update(await ragas_context_metrics(scenario, run))
         if judge is not None:
             from evals.judge import judged_metrics
 

@@ -9,8 +9,9 @@ import pytest
 
 import evals.suite
 from evals.report import aggregate, check_gates, load_thresholds
-from evals.scenario import ScenarioError
-from evals.scoring import ScenarioScore
+from evals.runner import ScenarioRun
+from evals.scenario import ScenarioError, parse_scenario
+from evals.scoring import ScenarioScore, score
 from evals.suite import select_jobs
 from runtime.errors import BadInput
 
@@ -86,3 +87,29 @@ def test_approval_precision_and_recall_are_not_perfect_when_nothing_was_measured
     # request), recall still is not (nothing was required).
     quiet = aggregate([_score("a", approvals_checked=True), _score("b")])
     assert quiet["approval_precision"] == 1.0 and quiet["approval_recall"] is None
+
+
+async def test_a_run_that_failed_scores_zero_on_the_offline_metrics_instead_of_dropping_out() -> (
+    None
+):
+    """A crashed run left out of tool_call_accuracy / context_recall would raise the mean a
+    gate reads: two crashes out of three would leave the third's 1.0 standing alone."""
+    scenario = parse_scenario(
+        {
+            "id": "s",
+            "suite": "golden",
+            "request": {"text": "Pay INV-1001"},
+            "expect": {
+                "tool_calls": [{"name": "schedule_payment", "args": {"invoice_id": "INV-1001"}}],
+                "cited_passages": ["AP-TOL-1"],
+            },
+        },
+        source="test",
+    )
+    crashed = ScenarioRun(scenario, "rules", "t", error="unexpected RuntimeError: boom")
+    scored = await score(crashed, {})
+    assert not scored.passed
+    assert scored.metrics["tool_call_accuracy"] == 0.0
+    assert scored.metrics["tool_call_f1"] == 0.0
+    assert scored.metrics["context_precision"] == 0.0
+    assert scored.metrics["context_recall"] == 0.0
