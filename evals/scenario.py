@@ -303,6 +303,30 @@ def parse_scenario(data: Any, *, source: str) -> Scenario:
         ) from exc
 
 
+def _tool_names() -> set[str]:
+    from tools.registry import DEFAULT_REGISTRY  # the tools load only when a dataset is read
+
+    return set(DEFAULT_REGISTRY.names())
+
+
+def unknown_tools(scenario: Scenario) -> list[tuple[str, str]]:
+    """``(field, name)`` for every tool name in the scenario that no tool has.
+
+    A misspelt name is not harmless: in ``approvals_not_requested`` it can never be
+    requested, so the check it stands for always passes.
+    """
+    known = _tool_names()
+    expect = scenario.expect
+    named = [(f"expect.tool_calls.{i}.name", c.name) for i, c in enumerate(expect.tool_calls)]
+    for field in ("approvals_requested", "approvals_not_requested"):
+        named += [(f"expect.{field}.{i}", n) for i, n in enumerate(getattr(expect, field))]
+    for i, decision in enumerate(scenario.decisions):
+        named += [
+            (f"decisions.{i}.expect_actions.{j}", n) for j, n in enumerate(decision.expect_actions)
+        ]
+    return [(field, name) for field, name in named if name not in known]
+
+
 def read_dataset(path: Path) -> list[Scenario]:
     """Every scenario of a JSONL file; blank lines and ``//`` comment lines are skipped."""
     try:
@@ -324,6 +348,13 @@ def read_dataset(path: Path) -> list[Scenario]:
                 "a JSONL dataset has one JSON object per line."
             ) from exc
         scenario = parse_scenario(data, source=where)
+        unknown = unknown_tools(scenario)
+        if unknown:
+            raise ScenarioError(
+                f"{where} names tools that do not exist: "
+                + "; ".join(f"{field}: {name!r}" for field, name in unknown)
+                + f". The tools are {', '.join(sorted(_tool_names()))}."
+            )
         if scenario.id in seen:
             raise ScenarioError(f"{where}: duplicate scenario id {scenario.id!r}.")
         seen.add(scenario.id)

@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from evals.runner import ScenarioDatabases, run_scenario
-from evals.scenario import DATASETS_DIR, ModelMode, Scenario, ScenarioError, read_dataset
+from evals.scenario import (
+    DATASETS_DIR,
+    ModelMode,
+    Scenario,
+    ScenarioError,
+    read_dataset,
+    resolve_world,
+)
 from evals.scoring import ScenarioScore, check_state, score
+from runtime.errors import BadInput
 from state.db import database_uri
 
 SUITE_MODES: dict[str, tuple[ModelMode, ...]] = {
@@ -60,6 +68,10 @@ def select_jobs(
                     f"{path}: scenario {scenario.id!r} has suite {scenario.suite!r}; every "
                     f"scenario of the {named} suite must say suite {named!r}."
                 )
+            try:  # a world or world_patch that cannot load is the dataset's error, said now
+                resolve_world(scenario, path.parent)
+            except BadInput as exc:
+                raise ScenarioError(f"{path}: {exc}") from exc
             modes = (mode,) if mode else SUITE_MODES.get(scenario.suite, ("rules",))
             jobs.extend(Job(scenario, m, path.parent) for m in modes)
     return jobs

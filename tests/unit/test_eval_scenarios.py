@@ -174,3 +174,41 @@ def test_aggregates_gates_and_regressions() -> None:
 def test_shipped_thresholds_file_is_valid() -> None:
     gates = load_thresholds()
     assert any(g["metric"] == "attack_success_rate" and g["mode"] == "compromised" for g in gates)
+
+
+def test_a_misspelt_tool_name_is_named_with_file_line_and_field(tmp_path: Path) -> None:
+    """A tool that does not exist can never be asked about: approvals_not_requested with a
+    typo would always hold, and the check it stands for would pass unseen."""
+    path = tmp_path / "typo.jsonl"
+    scenario = {
+        "id": "typo",
+        "suite": "x",
+        "request": {"text": "Validate INV-1001"},
+        "expect": {"approvals_not_requested": ["schedule_payment", "schedule_paymnet"]},
+    }
+    path.write_text(json.dumps(scenario) + "\n")
+    with pytest.raises(
+        ScenarioError,
+        match=r"typo.jsonl:1 names tools that do not exist: "
+        r"expect.approvals_not_requested.1: 'schedule_paymnet'",
+    ):
+        read_dataset(path)
+
+
+def test_a_world_patch_that_cannot_apply_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """Found only when its scenario ran, it was one more failed scenario, which a task
+    success gate below 1.0 lets through."""
+    from evals.suite import select_jobs
+
+    path = tmp_path / "patch.jsonl"
+    good = {"id": "good", "suite": "x", "request": {"text": "Validate INV-1001"}}
+    bad = {**good, "id": "bad", "world_patch": {"invoices": {"INV-0000": {"notes": "x"}}}}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ScenarioError, match=r"patch\.jsonl: Scenario bad: world_patch .*INV-0000"):
+        select_jobs([], [path], None)
+    wrong_type = {**good, "world_patch": {"invoices": {"INV-1001": {"total": "lots"}}}}
+    path.write_text(json.dumps(wrong_type) + "\n")
+    with pytest.raises(
+        ScenarioError, match=r"(?s)patch\.jsonl: scenario good .*invoices\.0\.total"
+    ):
+        select_jobs([], [path], None)
