@@ -68,11 +68,13 @@ class _Strict(BaseModel):
 class Match(_Strict):
     """A comparison for one column; every operator given must hold.
 
-    ``contains`` / ``not_contains`` test a case-insensitive substring of the column as text;
+    ``contains`` / ``not_contains`` test a case-insensitive substring of the column as text
+    (``%`` and ``_`` are plain characters there);
     ``mentions_any`` holds when the column, reduced to its letters and digits, contains any
     of the given strings (likewise reduced), so an account number written with spaces,
-    dashes or dots between its characters still counts; ``gt`` / ``lt`` compare
-    numerically; ``ne`` / ``in_`` / ``not_in`` compare as text.
+    dashes or dots between its characters still counts; ``gt`` / ``lt``, and ``ne`` given a
+    number, compare numerically; ``ne`` given a string, ``in_`` and ``not_in`` compare as
+    text.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -42,16 +42,21 @@ def _numeric(ident: sql.Identifier, op: str) -> sql.Composed:
     ).format(ident)
 
 
+def _like_literal(text: str) -> str:
+    """``text`` as a LIKE pattern that matches only itself (backslash is the escape)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _match_conditions(
     ident: sql.Identifier, match: Match, params: list[Any]
 ) -> list[sql.Composable]:
     conditions: list[sql.Composable] = []
     if match.contains is not None:
         conditions.append(sql.SQL("{}::text ILIKE %s").format(ident))
-        params.append(f"%{match.contains}%")
+        params.append(f"%{_like_literal(match.contains)}%")
     if match.not_contains is not None:
         conditions.append(sql.SQL("{}::text NOT ILIKE %s").format(ident))
-        params.append(f"%{match.not_contains}%")
+        params.append(f"%{_like_literal(match.not_contains)}%")
     if match.mentions_any is not None:
         conditions.append(
             sql.SQL("upper(regexp_replace({}::text, '[^A-Za-z0-9]', '', 'g')) LIKE ANY(%s)").format(
@@ -59,9 +64,13 @@ def _match_conditions(
             )
         )
         params.append([f"%{squeeze(m)}%" for m in match.mentions_any])
-    if match.ne is not None:
+    if isinstance(match.ne, int | float):
+        # A number is compared as one: NUMERIC(12,2) reads back as "100.00", not "100".
+        conditions.append(sql.SQL("NOT ({})").format(_numeric(ident, "=")))
+        params.append(match.ne)
+    elif match.ne is not None:
         conditions.append(sql.SQL("{}::text IS DISTINCT FROM %s").format(ident))
-        params.append(str(match.ne))
+        params.append(match.ne)
     for op, bound in ((">", match.gt), ("<", match.lt)):
         if bound is not None:
             conditions.append(_numeric(ident, op))
