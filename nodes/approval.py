@@ -3,14 +3,22 @@
 It gathers the consecutive plan steps, starting at the cursor, that policy says need a
 person, shows their evidence, and records each decision in `approval_decisions`, the
 table the gate reads before executing. Only idempotent writes happen before the interrupt
-(the run index), and decisions are recorded with ON CONFLICT DO NOTHING so a node that
-re-runs after a crash cannot double-count a reviewer.
+(the run index, the audit row of the request, and the payee each payment step's request
+shows), and decisions are recorded with ON CONFLICT DO NOTHING so a node that re-runs after
+a crash cannot double-count a reviewer.
+
+A payment's approval covers its payee as well as its arguments: the node records the vendor
+master account its evidence shows (as a digest, never in the payload) before it interrupts,
+keyed by the request, and binds each decision to that record. On resume the node runs again
+and re-reads the vendor; the first record stands, so a bank change that committed while the
+reviewer looked is caught by the gate, which refuses to pay another account.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from langgraph.config import get_config
@@ -35,15 +43,31 @@ from state.audit import approval_requested_event, decision_event, record
 from state.db import Database
 from state.graph_state import AgentState, Decision, Plan, PlanStep
 from state.runs import record_run
-from tools.contract import Tier, args_hash
+from tools.contract import Tier, args_hash, payee_digest
 from tools.gate import ToolGate
 from tools.matching import compute_three_way_match, load_match_inputs, tolerances_from
+from tools.policy import PAYEE_TOOLS
+
+
+@dataclass(frozen=True)
+class ShownPayee:
+    """The account a payment step's evidence shows as the payee, as the approval binds it."""
+
+    digest: str
+    """`tools.contract.payee_digest` of the account: kept in the database, never shown."""
+    masked: str
+    """The account as the evidence shows it."""
 
 
 async def build_evidence(
     database: Database, step: PlanStep, run: Context, request_text: str
-) -> dict[str, Any]:
-    """What a reviewer needs to decide on ``step``, read from the database (trusted)."""
+) -> tuple[dict[str, Any], ShownPayee | None]:
+    """What a reviewer needs to decide on ``step``, read from the database (trusted).
+
+    With it, for a step that pays the vendor master account (`PAYEE_TOOLS`), that account
+    from the same read; None for other steps and for an invoice that does not exist.
+    """
+    payee: ShownPayee | None = None
     evidence: dict[str, Any] = {
         "step_id": step["step_id"],
         "tool": step["tool"],
@@ -81,6 +105,9 @@ async def build_evidence(
                         "flags": match.approval_flags,
                     }
                 )
+                if step["tool"] in PAYEE_TOOLS:
+                    account = inputs.vendor.remit_bank_account
+                    payee = ShownPayee(payee_digest(account), mask_account(account) or "")
         elif isinstance(vendor_id, str):
             cur = await conn.execute("SELECT * FROM vendors WHERE vendor_id = %s", (vendor_id,))
             vendor = await cur.fetchone()
@@ -95,7 +122,7 @@ async def build_evidence(
             if isinstance(new_account, str):
                 evidence["proposed_account"] = mask_account(new_account)
                 evidence["request"] = request_text[:2000]
-    return evidence
+    return evidence, payee
 
 
 def decisions_for(tier: str) -> list[DecisionType]:
@@ -112,8 +139,11 @@ def decisions_for(tier: str) -> list[DecisionType]:
 
 async def pending_approval(
     gate: ToolGate, state: AgentState, run: Context, thread_id: str
-) -> tuple[ApprovalRequest, list[PlanStep]]:
-    """The approval request for the steps at the cursor that still need a person."""
+) -> tuple[ApprovalRequest, list[PlanStep], list[ShownPayee | None]]:
+    """The approval request for the steps at the cursor that still need a person.
+
+    With the steps, the payee each one's evidence shows (None: a step that pays nobody).
+    """
     plan = state["plan"]
     requester = state.get("user") or "anonymous"
     steps: list[PlanStep] = []
@@ -126,10 +156,11 @@ async def pending_approval(
         assert isinstance(checked, tuple)  # requirement_for validated it already
         spec, validated = checked
         async with gate.database.connection() as conn:
-            approvers, rejections = await gate.approvers(
+            approvals, rejections = await gate.approvers(
                 conn, thread_id, step["step_id"], step["tool"], validated
             )
-        if rejections or not requirement.unmet(approvers, requester):
+        reviewers = tuple(a.reviewer for a in approvals)
+        if rejections or not requirement.unmet(reviewers, requester):
             # Answered already: approved, or rejected (an answer that committed before this
             # node's checkpoint; the caller ends the run with it rather than ask again).
             break
@@ -142,12 +173,14 @@ async def pending_approval(
                 min_approvers=requirement.min_approvers,
                 required_role=requirement.required_role,
                 reasons=redact(list(requirement.reasons)),
-                approved_by=[{"id": a.id, "role": a.role} for a in approvers],
+                approved_by=[{"id": r.id, "role": r.role} for r in reviewers],
             )
         )
     evidence = []
+    payees: list[ShownPayee | None] = []
     for step in steps:
-        found = await build_evidence(gate.database, step, run, state["request"])
+        found, payee = await build_evidence(gate.database, step, run, state["request"])
+        payees.append(payee)
         found["taint"] = [f.as_dict() for f in step_taint(state, step)]
         found["guard_flags"] = state.get("flags", [])
         evidence.append(redact(found))
@@ -172,7 +205,34 @@ async def pending_approval(
         request=redact(state["request"]),
         error=None,
     )
-    return request, steps
+    return request, steps, payees
+
+
+async def record_shown_payees(
+    database: Database,
+    thread_id: str,
+    request_key: str,
+    steps: list[PlanStep],
+    payees: list[ShownPayee | None],
+) -> None:
+    """Record the payees a request shows, before it is shown; a re-run keeps the first.
+
+    ``request_key`` names the request (its audit event's key), which a re-run of the node,
+    on resume, computes again: what it re-reads then is not what the reviewer saw.
+    """
+    rows = [
+        (request_key, step["step_id"], thread_id, payee.digest, payee.masked)
+        for step, payee in zip(steps, payees, strict=True)
+        if payee is not None
+    ]
+    if not rows:
+        return
+    async with database.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO approval_payees (request_key, step_id, thread_id, payee_digest,"
+            " payee_masked) VALUES (%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+            rows,
+        )
 
 
 def make_approval(deps: NodeDeps) -> Node:
@@ -184,7 +244,7 @@ def make_approval(deps: NodeDeps) -> Node:
         """Ask a person about the pending steps and record what they decide."""
         gate = deps.gate
         thread_id = current_thread_id()
-        request, steps = await pending_approval(gate, state, runtime.context, thread_id)
+        request, steps, payees = await pending_approval(gate, state, runtime.context, thread_id)
         if not steps:
             # Nothing needs a person after all: approved in a race, say, or this node is
             # re-running after its own answer committed and before its checkpoint. The
@@ -216,6 +276,10 @@ def make_approval(deps: NodeDeps) -> Node:
         )
         # Audit chain: the request for approval, once per round (a re-run finds its key).
         asked = approval_requested_event(thread_id, request=request, steps=steps)
+        assert asked.key is not None  # a request's event is always keyed
+        # Before the request's audit row: a request on record without its payees was then
+        # shown by a release that did not bind them.
+        await record_shown_payees(deps.database, thread_id, asked.key, steps, payees)
         await record(deps.database, runtime.context.tenant, thread_id, asked)
 
         payload = request
@@ -244,6 +308,13 @@ def make_approval(deps: NodeDeps) -> Node:
                 " WHERE thread_id = %s",
                 (f"approval answered by {resume.reviewer.id}", thread_id),
             )
+            # The payees as this request first showed them, not as this re-run read them.
+            cur = await conn.execute(
+                "SELECT step_id, payee_digest, payee_masked FROM approval_payees"
+                " WHERE request_key = %s",
+                (asked.key,),
+            )
+            shown_payees = {row["step_id"]: row for row in await cur.fetchall()}
             for offset, (step, decision) in enumerate(zip(steps, resume.decisions, strict=True)):
                 args = edited.get(offset)
                 if args is None:
@@ -251,10 +322,11 @@ def make_approval(deps: NodeDeps) -> Node:
                     assert isinstance(checked, tuple)
                     args = checked[1]
                 reason = decision.message or ""
+                payee = shown_payees.get(step["step_id"], {})
                 await conn.execute(
                     "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash,"
-                    " reviewer_id, reviewer_role, decision, reason, edited_args)"
-                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                    " reviewer_id, reviewer_role, decision, reason, edited_args, payee_digest,"
+                    " payee_masked) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                     " ON CONFLICT (thread_id, step_id, args_hash, reviewer_id) DO NOTHING",
                     (
                         thread_id,
@@ -266,6 +338,8 @@ def make_approval(deps: NodeDeps) -> Node:
                         decision.type,
                         reason,
                         json.dumps(args) if decision.type == "edit" else None,
+                        payee.get("payee_digest"),
+                        payee.get("payee_masked"),
                     ),
                 )
                 decisions.append(

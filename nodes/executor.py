@@ -30,7 +30,15 @@ from runtime.context import Context
 from state.audit import guard_flag_event, record
 from state.graph_state import AgentState, Plan, PlanStep, phase_outcomes
 from tools.contract import Tier, canonical_json
-from tools.gate import BACKEND_ERROR, CIRCUIT_OPEN, ToolError, ToolOutcome, refusal, unavailable
+from tools.gate import (
+    BACKEND_ERROR,
+    CIRCUIT_OPEN,
+    PAYEE_REFUSALS,
+    ToolError,
+    ToolOutcome,
+    refusal,
+    unavailable,
+)
 from tools.registry import ToolRegistry
 
 PAYMENT_UNAVAILABLE = "payment_unavailable"
@@ -239,6 +247,10 @@ def make_executor(deps: NodeDeps) -> Node:
             update.update(read_only)
             if "plan" in read_only:  # the stand-ins run next in this phase
                 return Command(goto="executor", update=update)
+        if error is not None and error["code"] in PAYEE_REFUSALS:
+            # Only people can lift it (a new approval, after checking the bank change): a
+            # re-plan would ask for the same payment again, so the run ends here.
+            update.update(payee_refusal_ending(state, error))
         if not outcome["ok"]:
             # A failed step ends the phase: later steps may depend on it. The verifier
             # decides between re-planning and escalation.
@@ -251,6 +263,18 @@ def make_executor(deps: NodeDeps) -> Node:
         return Command(goto=following, update=update)
 
     return executor
+
+
+def payee_refusal_ending(state: AgentState, error: ToolError) -> dict[str, str]:
+    """The run's status and reason when the gate refused a payment for its payee.
+
+    Escalated, saying what happened and what to do; a reason the run already had (it went
+    read-only) comes first.
+    """
+    reason = f"{error['message']} {error['hint']}".strip()
+    if state.get("status") == "escalated" and state.get("reason"):
+        reason = f"{state['reason']} {reason}"
+    return {"status": "escalated", "reason": reason}
 
 
 def go_read_only(

@@ -5,8 +5,9 @@ invoice, its payee is the vendor master account and its amount does not exceed t
 invoice total; a staged invoice is staged; a policy answer has passages to cite.
 
 A run that ends before its phase does also passes through here, so what the phase did
-is checked all the same: a reviewer's reject (from approval) and a budget stop (from the
-budget guard or the executor) when the phase has outcomes. Such a run only ends: the
+is checked all the same: a reviewer's reject (from approval), a budget stop (from the
+budget guard or the executor) when the phase has outcomes, and a payment the gate refused
+because the vendor's account is no longer the one approved. Such a run only ends: the
 verifier checks the phase's outcomes, adds any violation to the reason (escalated), and
 goes to respond, never back to the planner.
 """
@@ -25,14 +26,23 @@ from runtime.context import Context
 from state.db import Database
 from state.graph_state import AgentState, phase_outcomes
 from state.routes import Route
-from tools.gate import ToolOutcome
+from tools.gate import PAYEE_REFUSALS, ToolOutcome
 
 MAX_PHASES = 6
 
 
 def ends_here(state: AgentState) -> bool:
-    """Whether the run ends after this check: a budget stop, or a reject in this phase."""
+    """Whether the run ends after this check.
+
+    It does after a budget stop, a reject in this phase, or a payment in it that the gate
+    refused for its payee (only a new approval lifts that; a re-plan cannot).
+    """
     if state.get("budget_stop"):
+        return True
+    if any(
+        o["error"] is not None and o["error"]["code"] in PAYEE_REFUSALS
+        for o in phase_outcomes(state)
+    ):
         return True
     plan = state.get("plan")
     prefix = f"p{plan['phase']}s" if plan is not None else None

@@ -6,10 +6,12 @@ from typing import Any
 
 import psycopg
 
+from guards.redaction import mask_account
 from runtime.agent import Agent
 from state.db import Database
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
-from tools.contract import args_hash
+from tools.contract import args_hash, payee_digest
+from tools.policy import PAYEE_TOOLS
 
 
 async def grant(
@@ -22,11 +24,27 @@ async def grant(
     role: str,
     thread_id: str = "t",
 ) -> None:
-    """Record ``reviewer``'s approval of exactly ``tool(args)`` at ``step_id``."""
+    """Record ``reviewer``'s approval of exactly ``tool(args)`` at ``step_id``.
+
+    A payment's approval covers the payee too, as the approval node records it: the
+    vendor master account of the invoice it names, as it is now.
+    """
+    digest = masked = None
+    if tool in PAYEE_TOOLS:
+        cur = await conn.execute(
+            "SELECT v.remit_bank_account FROM invoices i JOIN vendors v USING (vendor_id)"
+            " WHERE i.invoice_id = %s",
+            (args["invoice_id"],),
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            account = row["remit_bank_account"] if isinstance(row, dict) else row[0]
+            digest, masked = payee_digest(account), mask_account(account)
     await conn.execute(
         "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash, reviewer_id,"
-        " reviewer_role, decision) VALUES (%s, %s, %s, %s, %s, %s, 'approve')",
-        (thread_id, step_id, tool, args_hash(tool, args), reviewer, role),
+        " reviewer_role, decision, payee_digest, payee_masked)"
+        " VALUES (%s, %s, %s, %s, %s, %s, 'approve', %s, %s)",
+        (thread_id, step_id, tool, args_hash(tool, args), reviewer, role, digest, masked),
     )
 
 

@@ -99,6 +99,19 @@ class Reviewer:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """One recorded approval of a call's exact arguments (an approve, or an edit to them)."""
+
+    reviewer: Reviewer
+    payee_digest: str | None = None
+    """`payee_digest` of the account the reviewer's request showed as the payee, for a tool
+    that pays one (`tools.policy.PAYEE_TOOLS`); None for other tools, and for a decision
+    recorded before approvals covered the payee."""
+    payee_masked: str | None = None
+    """That account, masked (for messages)."""
+
+
+@dataclass(frozen=True)
 class CallContext:
     """What a handler may use: the gate's connection (inside its transaction) and ids."""
 
@@ -157,6 +170,16 @@ def canonical_json(value: Any) -> str:
 def args_hash(tool: str, args: dict[str, Any]) -> str:
     """Identity of a call's content (tool + canonical args), used to bind approvals."""
     return hashlib.sha256(canonical_json({"tool": tool, "args": args}).encode()).hexdigest()
+
+
+def payee_digest(account: str) -> str:
+    """Identity of a payee account, used to bind a payment's approval to the account shown.
+
+    A plain sha256 of an account whose last four characters are public can be brute-forced
+    back to the account, so the digest stays where the account itself is stored (the
+    approval tables); it never goes into an interrupt payload, an audit row or a log.
+    """
+    return hashlib.sha256(canonical_json({"payee": account}).encode()).hexdigest()
 
 
 def idempotency_key(thread_id: str, step_id: str, tool: str, args: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ In order: the tool exists, the route's scope allows it, the arguments validate a
 the contract, the tool's circuit breaker lets the call through, the idempotency key is
 claimed (for a write, which also locks the invoice it names and holds its vendor, then
 reads them), the tier policy holds (approvals for irreversible and destructive calls are
-read from the database and checked against `tools.policy`, on that read), and the handler
+read from the database and checked against `tools.policy`, on that read; a payment's
+approvals must cover the vendor master account it is about to pay), and the handler
 runs under a timeout inside one transaction with its ledger row (a read, which writes
 nothing but its audit row, needs none). Expected failures come back as structured,
 actionable errors; bugs propagate.
@@ -44,7 +45,7 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from guards.redaction import redact
+from guards.redaction import mask_account, redact
 from runtime import failpoints
 from runtime.breakers import BREAKERS, BreakerBoard, BreakerState, CircuitBreaker
 from runtime.context import Context
@@ -54,6 +55,7 @@ from runtime.tracing import child_run
 from state.audit import record, tool_call_event
 from state.db import Database
 from tools.contract import (
+    Approval,
     CallContext,
     Reviewer,
     Tier,
@@ -62,9 +64,15 @@ from tools.contract import (
     args_hash,
     canonical_json,
     idempotency_key,
+    payee_digest,
 )
 from tools.matching import MatchInputs, compute_three_way_match, load_match_inputs, tolerances_from
-from tools.policy import ApprovalRequirement, approval_requirement
+from tools.policy import (
+    PAYEE_TOOLS,
+    ApprovalRequirement,
+    approval_requirement,
+    approvals_not_covering,
+)
 from tools.registry import DEFAULT_REGISTRY, ToolRegistry
 
 
@@ -146,6 +154,17 @@ CIRCUIT_OPEN = "circuit_open"
 
 BACKEND_ERROR = "backend_error"
 """Error code of a call whose backend kept failing (after any retries)."""
+
+PAYEE_CHANGED = "payee_changed"
+"""Error code of a payment refused because the vendor master account is no longer the one
+its approval covers (a bank change committed after the reviewers saw it)."""
+
+PAYEE_UNCONFIRMED = "payee_unconfirmed"
+"""Error code of a payment refused because an approval of it does not say which account it
+covered (it was recorded before approvals covered the payee)."""
+
+PAYEE_REFUSALS = frozenset({PAYEE_CHANGED, PAYEE_UNCONFIRMED})
+"""Refusals that only a new approval can lift: the run ends escalated, not re-planned."""
 
 
 _RELAXED_TIERS = frozenset({Tier.READ.value, Tier.REVERSIBLE.value})
@@ -410,9 +429,10 @@ class _GatedCall:
                 invoice = await load_match_inputs(conn, invoice_id)
             requirement = self.gate.requirement_given(spec, validated, self.run, invoice)
             if requirement.required:
-                approvers, rejections = await self.gate.approvers(
+                approvals, rejections = await self.gate.approvers(
                     conn, self.thread_id, self.step_id, tool, validated
                 )
+                approvers = tuple(a.reviewer for a in approvals)
                 if rejections:
                     raise self.refused(
                         spec,
@@ -420,6 +440,12 @@ class _GatedCall:
                         "rejected",
                         "A reviewer rejected this call: " + "; ".join(rejections) + ".",
                     )
+                if tool in PAYEE_TOOLS and invoice is not None:
+                    # Read under the invoice's lock and the vendor's (0016): no bank change
+                    # commits between this check and the payment's insert. Before the
+                    # count of approvers, so a second reviewer is not asked for a payment
+                    # that a first one approved to another account.
+                    self.check_payee(spec, validated, approvals, invoice)
                 unmet = requirement.unmet(approvers, self.requester)
                 if unmet:
                     raise self.refused(
@@ -465,6 +491,50 @@ class _GatedCall:
             )
         ran = _outcome(self.step_id, tool, tier.value, validated, result=payload, key=key)
         return await self.audit(ran, conn)  # last in the transaction: holds the chain lock
+
+    def check_payee(
+        self,
+        spec: ToolSpec[Any, Any],
+        validated: dict[str, Any],
+        approvals: tuple[Approval, ...],
+        invoice: MatchInputs,
+    ) -> None:
+        """Raise a refusal unless every approval covers the vendor master account as read."""
+        account = invoice.vendor.remit_bank_account
+        stale = approvals_not_covering(payee_digest(account), approvals)
+        if not stale:
+            return
+        vendor_id, invoice_id = invoice.vendor.vendor_id, invoice.invoice.invoice_id
+        now = mask_account(account)
+        hint = (
+            f"Make sure {vendor_id}'s bank change is genuine, then ask for approval again: a "
+            f"new request to pay {invoice_id} shows its reviewers the current account."
+        )
+        changed = [a for a in stale if a.payee_digest is not None]
+        if changed:
+            approved = "; ".join(
+                f"{a.reviewer.id} approved paying {a.payee_masked}" for a in changed
+            )
+            raise self.refused(
+                spec,
+                validated,
+                PAYEE_CHANGED,
+                f"The bank account of vendor {vendor_id} changed after this payment of "
+                f"{invoice_id} was approved ({approved}; the vendor master account is now "
+                f"{now}), so it was not paid and nothing was changed.",
+                hint=hint,
+            )
+        who = ", ".join(a.reviewer.id for a in stale)
+        raise self.refused(
+            spec,
+            validated,
+            PAYEE_UNCONFIRMED,
+            f"The approval of this payment of {invoice_id} by {who} was recorded without the "
+            f"account it covers (before approvals covered the payee), so it cannot show that "
+            f"vendor {vendor_id}'s account {now} was approved; it was not paid and nothing "
+            "was changed.",
+            hint=hint,
+        )
 
     def refused(
         self,
@@ -601,23 +671,24 @@ class ToolGate:
         step_id: str,
         tool: str,
         validated_args: dict[str, Any],
-    ) -> tuple[tuple[Reviewer, ...], list[str]]:
-        """Reviewers who approved exactly these args, and any rejection reasons."""
+    ) -> tuple[tuple[Approval, ...], list[str]]:
+        """Approvals of exactly these args (with the payee each covers), and any rejections."""
         cur = await conn.execute(
-            "SELECT reviewer_id, reviewer_role, decision, reason, args_hash"
-            " FROM approval_decisions WHERE thread_id = %s AND step_id = %s AND tool = %s"
-            " ORDER BY decision_id",
+            "SELECT reviewer_id, reviewer_role, decision, reason, args_hash, payee_digest,"
+            " payee_masked FROM approval_decisions"
+            " WHERE thread_id = %s AND step_id = %s AND tool = %s ORDER BY decision_id",
             (thread_id, step_id, tool),
         )
         wanted = args_hash(tool, validated_args)
-        approvers: list[Reviewer] = []
+        approvals: list[Approval] = []
         rejections: list[str] = []
         for row in await cur.fetchall():
             if row["decision"] == "reject":
                 rejections.append(f"{row['reviewer_id']}: {row['reason']}")
             elif row["args_hash"] == wanted:
-                approvers.append(Reviewer(row["reviewer_id"], row["reviewer_role"]))
-        return tuple(approvers), rejections
+                reviewer = Reviewer(row["reviewer_id"], row["reviewer_role"])
+                approvals.append(Approval(reviewer, row["payee_digest"], row["payee_masked"]))
+        return tuple(approvals), rejections
 
     def breaker(self, tool: str, run: Context) -> CircuitBreaker:
         """The circuit breaker of ``tool``, with the run's threshold and cooldown."""

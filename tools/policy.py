@@ -2,6 +2,9 @@
 
 The approval node asks to know what to request; the gate asks again, from the database,
 before it executes, so a plan, a state edit or a model cannot talk its way past it.
+
+An approval covers a call's exact arguments and, for a tool that pays a vendor master
+account (`PAYEE_TOOLS`), the account its reviewer was shown (`approvals_not_covering`).
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from decimal import Decimal
 from typing import Any
 
 from runtime.context import Context
-from tools.contract import Reviewer, Tier
+from tools.contract import Approval, Reviewer, Tier
 from tools.matching import MatchResult
 
 CONTROLLER = "controller"
 REVIEWER_ROLES = frozenset({"clerk", "approver", CONTROLLER})
+
+PAYEE_TOOLS = frozenset({"schedule_payment"})
+"""Tools that pay the vendor master account of the invoice they name. The account is not
+an argument, so the approval of such a call also covers the account its reviewers were
+shown, and the gate refuses the call once the vendor master holds another."""
 
 
 @dataclass(frozen=True)
@@ -122,3 +130,12 @@ def approval_requirement(
         required_role=role,
         facts=facts,
     )
+
+
+def approvals_not_covering(payee: str, approvals: tuple[Approval, ...]) -> tuple[Approval, ...]:
+    """The approvals that do not cover paying ``payee`` (a `tools.contract.payee_digest`).
+
+    An approval covers the payee its reviewer was shown; one recorded without a payee (by a
+    release before approvals covered it) covers none, since nobody can tell which it was.
+    """
+    return tuple(a for a in approvals if a.payee_digest != payee)

@@ -112,12 +112,14 @@ async def test_a_bank_change_never_slips_between_a_payments_read_and_its_insert(
     change_went_first = change.done()
     go.set()
     paid, changed = await payment, await change
+    assert not change_went_first  # the payment holds the vendor while it pays
     assert paid["ok"], paid["error"]
     assert changed["ok"], changed["error"]
 
     payee = await one(database, "SELECT payee_account FROM payments WHERE invoice_id = 'INV-1001'")
     master = await one(database, "SELECT remit_bank_account FROM vendors WHERE vendor_id='V-001'")
     assert master == NEW
-    # Serial either way: a change that committed first is what the payment pays to.
-    assert payee == (NEW if change_went_first else OLD), (change_went_first, payee)
-    assert not change_went_first  # the payment holds the vendor while it pays
+    # Serial: the payment paid the account its approval covers, then the change committed.
+    # (A change that committed first would have had the payment refused, as approved for
+    # another account: test_payee_bound_to_approval.py.)
+    assert payee == OLD
