@@ -6,6 +6,7 @@ as if the days had passed; nothing else about them is touched.
 
 from __future__ import annotations
 
+import re
 import signal
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -113,11 +114,10 @@ async def test_prune_deletes_only_old_finished_threads_checkpoints(
     kept = {t["thread_id"]: t["kept_because"] for t in dry["kept"]}
     assert set(kept) == {old_waiting, old_stalled}
     assert "approval" in kept[old_waiting]
-    # Killed entering the verifier: the executor's step may not have its checkpoint yet
-    # (new requests checkpoint behind the next step); either way it can be continued.
-    assert (
-        "next step (verifier)" in kept[old_stalled] or "next step (executor)" in kept[old_stalled]
-    )
+    # Killed entering the verifier: new requests checkpoint in the background, each save
+    # after the one before, so on a loaded machine the last saved checkpoint can be several
+    # steps behind; whichever it is, the run has a next step and can be continued.
+    assert re.search(r"next step \((router|planner|executor|verifier)\)", kept[old_stalled]), kept
     assert {t: held(db_uri, t) for t in before} == before
     assert scalar(db_uri, "SELECT count(*) FROM runs WHERE pruned_at IS NOT NULL") == 0
 
