@@ -551,7 +551,14 @@ async def check_unused_thread(who: Identity, thread_id: str) -> None:
 
 
 async def check_resume(who: Identity, thread_id: str) -> str:
-    """The thread's tenant; raise 403 unless ``who`` may answer its pending approval."""
+    """The thread's tenant; raise 403 unless ``who`` may answer its pending approval.
+
+    A thread of another tenant gets the refusal a thread that does not exist gets: nothing
+    of its state reaches a caller who may not read it. A thread whose answer already
+    committed (the run index says running since, because the process died before the
+    checkpoint or the run is still going) is refused saying who answered and how the run
+    is finished: that answer stands, as `payables resume` says on the CLI.
+    """
     async with await psycopg.AsyncConnection.connect(
         _database_uri(), row_factory=dict_row, autocommit=True
     ) as conn:
@@ -560,15 +567,35 @@ async def check_resume(who: Identity, thread_id: str) -> str:
         )
         run = await cur.fetchone()
         cur = await conn.execute(
-            "SELECT payload FROM audit_events WHERE thread_id = %s AND kind = 'approval_requested'"
-            " ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, payload FROM audit_events WHERE thread_id = %s"
+            " AND kind = 'approval_requested' ORDER BY seq DESC LIMIT 1",
             (thread_id,),
         )
         asked = await cur.fetchone()
-    if run is None or run["status"] != "interrupted" or asked is None:
-        raise _forbidden(f"Thread {thread_id} has no approval waiting for a decision.")
-    if run["tenant"] != who.tenant and who.role != "admin":
-        raise _forbidden(f"Thread {thread_id} belongs to another tenant.")
+        answers: list[dict[str, Any]] = []
+        if run is not None and run["status"] == "running" and asked is not None:
+            # The decisions the approval node committed with its answer to the last request.
+            cur = await conn.execute(
+                "SELECT payload->>'reviewer_id' AS reviewer, payload->>'decision' AS decision"
+                " FROM audit_events WHERE thread_id = %s AND kind = 'decision' AND seq > %s"
+                " ORDER BY seq",
+                (thread_id, asked["seq"]),
+            )
+            answers = list(await cur.fetchall())
+    nothing = _forbidden(f"Thread {thread_id} has no approval waiting for a decision.")
+    if run is None or (run["tenant"] != who.tenant and who.role != "admin"):
+        raise nothing
+    if answers:
+        answered = "; ".join(f"{a['reviewer']}: {a['decision']}" for a in answers)
+        raise _forbidden(
+            f"Thread {thread_id}'s approval was already answered ({answered}) and the run has "
+            "not finished since: the process stopped before it went on, or it is going on "
+            "now. That answer stands; this one was not recorded. If no run is in progress, "
+            "an admin finishes the run from the recorded answer with a run on the thread "
+            f"and no input (or `payables continue {thread_id}` on the CLI)."
+        )
+    if run["status"] != "interrupted" or asked is None:
+        raise nothing
     if run["requester"] == who.identity:
         raise _forbidden(
             f"{who.identity} started thread {thread_id} and cannot decide its approval; "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +31,7 @@ from langgraph_sdk.client import LangGraphClient
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from tests.cli import explain, payables
 from tests.langgraph_server import langgraph_dev, server_env
 
 pytestmark = pytest.mark.e2e
@@ -469,7 +471,9 @@ async def test_clerk_and_requester_cannot_resume_and_reviewer_only_resumes(
         )
         await refused(reviewer.threads.update_state(thread_id, {"cursor": 99}), 403)
     async with sdk(server, token_for("rev-acme")) as other_tenant:
-        await refused(other_tenant.runs.wait(thread_id, GRAPH_ID, command=resume), 403)
+        # Told what a thread that does not exist is told: nothing of this one's state.
+        text = await refused(other_tenant.runs.wait(thread_id, GRAPH_ID, command=resume), 403)
+    assert "no approval waiting" in text and "tenant" not in text, text
     assert await footprint(module_db, thread_id) == before
     async with sdk(server, token_for("rev-1")) as reviewer:
         assert (await reviewer.threads.get(thread_id))["status"] == "interrupted"
@@ -608,6 +612,63 @@ async def test_reviewer_resume_sends_the_answer_and_nothing_else(
         values = (await admin.threads.get_state(thread_id))["values"]
     assert isinstance(values, dict) and values["status"] == "completed", values
     assert await decisions(module_db, thread_id) == [("ops-1", "approver", "approve")]
+
+
+async def test_a_resume_after_an_answer_recorded_before_a_crash_says_who_answered(
+    server: str, module_db: str, tmp_path: Path
+) -> None:
+    """The crash window of an approval, through the server.
+
+    rev-1's answer commits and the answering process dies before the checkpoint (a CLI
+    resume killed at ``after:approval``), so the thread still shows the interrupt while the
+    run index says running. A second reviewer's resume is refused saying the approval was
+    answered, by whom, and what finishes the run; before, it was told the thread had no
+    approval waiting. A reviewer of another tenant learns nothing of it. An admin's run
+    with no input then finishes it from the recorded answer.
+    """
+    thread_id, interrupt = await start_until_interrupt(
+        server, "ana", "Validate INV-1003 and pay it if it matches"
+    )
+    cli_env = server_env(
+        os.environ,
+        module_db,
+        PAYABLES_DATA_DIR=str(tmp_path / "unused-embedded"),
+        PAYABLES_FAILPOINTS="after:approval",
+    )
+    proc = payables(
+        cli_env, "resume", thread_id, "--approve", "--reviewer", "rev-1", "--role", "approver"
+    )
+    assert proc.returncode == -signal.SIGKILL, explain(proc)
+    assert await decisions(module_db, thread_id) == [("rev-1", "approver", "approve")]
+    before = await footprint(module_db, thread_id)
+
+    resume = {"resume": {interrupt["id"]: approve()}}
+    async with sdk(server, token_for("rev-2")) as rev2:
+        text = " ".join(
+            (await refused(rev2.runs.wait(thread_id, GRAPH_ID, command=resume), 403)).split()
+        )
+    assert "already answered (rev-1: approve)" in text, text
+    assert "no input" in text and f"payables continue {thread_id}" in text, text
+    async with sdk(server, token_for("rev-acme")) as other_tenant:
+        text = await refused(other_tenant.runs.wait(thread_id, GRAPH_ID, command=resume), 403)
+    assert "rev-1" not in text and "answered" not in text, text
+    assert "no approval waiting" in text, text
+    assert await footprint(module_db, thread_id) == before
+
+    async with sdk(server, token_for("admin")) as admin:
+        await admin.runs.wait(thread_id, GRAPH_ID, input=None)
+        values = (await admin.threads.get_state(thread_id))["values"]
+    assert isinstance(values, dict) and values["status"] == "completed", values
+    assert [(d["reviewer_id"], d["decision"]) for d in values["decisions"]] == [
+        ("rev-1", "approve")
+    ]
+    assert await decisions(module_db, thread_id) == [("rev-1", "approver", "approve")]
+    async with await psycopg.AsyncConnection.connect(module_db) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1003' AND thread_id = %s",
+            (thread_id,),
+        )
+        assert await cur.fetchone() == (1,)
 
 
 async def test_runs_are_recorded_under_the_token_tenant(server: str, module_db: str) -> None:
