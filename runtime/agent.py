@@ -59,6 +59,7 @@ from state.db import THREAD_LOCK_CLASS, Database, default_database, migrate
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
 from state.retention import pruned_run
+from state.routes import FINISHED_STATUSES
 from state.runs import list_runs, reused_thread
 from tools.gate import ToolGate
 
@@ -75,6 +76,11 @@ def _answer_committed(run: dict[str, Any] | None) -> bool:
     on from the recorded decisions and ignores any resume value.
     """
     return run is not None and run["status"] == "running"
+
+
+def _answers(rows: Sequence[dict[str, Any]]) -> str:
+    """Recorded decisions as ``reviewer: decision; ...`` (``unknown`` when none is found)."""
+    return "; ".join(f"{r['reviewer_id']}: {r['decision']}" for r in rows) or "unknown"
 
 
 def _context_of(run: dict[str, Any] | None) -> Context:
@@ -615,7 +621,21 @@ class Agent:
         }
         if mine <= recorded:
             return None
-        return "; ".join(f"{r['reviewer_id']}: {r['decision']}" for r in rows) or "unknown"
+        return _answers(rows)
+
+    async def answer_committed(self, thread_id: str) -> bool:
+        """Whether the answer to the thread's pending interrupt committed before its checkpoint.
+
+        The crash window of an approval: the decisions are recorded and the run index says
+        running, but the checkpoint still shows the interrupt. `continue_run` finishes such
+        a run from the recorded decisions; a different answer is refused (`resume`).
+        """
+        return _answer_committed(await self._run_index_row(thread_id))
+
+    async def _recorded_answer(self, thread_id: str, interrupts: Sequence[Interrupt]) -> str:
+        """The decisions recorded for the steps ``interrupts`` ask about, for messages."""
+        steps = [s["step_id"] for i in interrupts for s in i.value["steps"]]
+        return _answers(await decision_rows(self.database, thread_id, steps))
 
     async def _no_checkpoint(self, thread_id: str) -> NotFound:
         """The error for a thread with no checkpoint: unknown, or pruned."""
@@ -639,18 +659,54 @@ class Agent:
         return self._view_of(thread_id, output, [], status=output.get("status", "completed"))
 
     async def view(self, thread_id: str) -> dict[str, Any]:
-        """The thread as the CLI's ``--json`` prints it."""
+        """The thread as the CLI's ``--json`` prints it.
+
+        The checkpoint is the source of truth; the run index is read too, to explain a
+        thread a crash left between a database write and its checkpoint (``note``): an
+        approval answered but not yet acted on, or a final status recorded by respond
+        whose result was never checkpointed. Both are finished by `continue_run`.
+        """
         snapshot = await self.graph.aget_state(self.config(thread_id))
         if not snapshot.values:
             raise NotFound(f"No thread {thread_id}; `payables threads` lists them.")
         values = snapshot.values
-        if snapshot.interrupts:
+        interrupts: Sequence[Interrupt] = snapshot.interrupts
+        run = await self._run_index_row(thread_id)
+        note = ""
+        if interrupts and _answer_committed(run):
+            # Not pending any more: `threads` and `approvals` say so, and so does `show`.
+            answers = await self._recorded_answer(thread_id, interrupts)
+            interrupts, status = (), "running"
+            note = (
+                f"The approval was answered ({answers}) and the process stopped before the "
+                f"run went on; the answer is recorded and stands (another is refused). "
+                f"`payables continue {thread_id}` finishes the run from it."
+            )
+        elif interrupts:
             status = "interrupted"
         elif pending_steps(snapshot):
             status = "failed" if any(t.error for t in snapshot.tasks) else "running"
+            if run is not None and run["status"] in FINISHED_STATUSES:
+                note = (
+                    f"The run index says this run ended ({run['status']}): its final status "
+                    "was recorded and the process stopped before the last checkpoint, so its "
+                    f"result was not saved. `payables continue {thread_id}` finishes it and "
+                    "writes the result (nothing is done twice)."
+                )
+            elif status == "failed":
+                note = (
+                    f"A step failed (`payables deadletters list` shows why). Once the cause "
+                    f"is fixed, `payables continue {thread_id}` finishes the run."
+                )
+            else:
+                note = (
+                    f"The run stopped between steps, unless a process is running it right "
+                    f"now: `payables continue {thread_id}` finishes it (side effects that "
+                    "committed are replayed, not repeated)."
+                )
         else:
             status = values.get("status", "completed")
-        return self._view_of(thread_id, values, snapshot.interrupts, status=status)
+        return self._view_of(thread_id, values, interrupts, status=status, note=note)
 
     @staticmethod
     def _view_of(
@@ -659,6 +715,7 @@ class Agent:
         interrupts: Sequence[Interrupt],
         *,
         status: str,
+        note: str = "",
     ) -> dict[str, Any]:
         pending = [
             {
@@ -699,6 +756,7 @@ class Agent:
             "summary": values.get("summary", ""),
             "result": values.get("result"),
             "flags": values.get("flags", []),
+            "note": note,
         }
 
     async def history(self, thread_id: str) -> list[dict[str, Any]]:

@@ -153,6 +153,8 @@ def _print_view(view: dict[str, Any]) -> None:
         out.print(f"  summary {escape(view['summary'])}")
     elif view["reason"]:
         out.print(f"  reason  {escape(view['reason'])}")
+    if view.get("note"):
+        out.print(f"  [yellow]note[/]    {escape(view['note'])}")
     for approval in view["pending_approvals"]:
         _print_approval(approval)
 
@@ -860,7 +862,8 @@ def deadletters_replay(
     """Replay a dead letter: finish the run from its last checkpoint (or start it again).
 
     Side effects that had committed are not repeated (idempotency keys). A thread that
-    waits for an approval is not replayed: a reviewer answers it with `payables resume`.
+    waits for an approval is not replayed: a reviewer answers it with `payables resume`;
+    one whose answer was recorded before the failure is finished from that answer.
     """
 
     async def go() -> ReplayResult:

@@ -7,6 +7,9 @@ What a replay does depends on where the thread is now, not only on what failed:
   committed into replays, so a payment is never made twice;
 - it has no checkpoint at all (the start failed before the first one was written):
   `Agent.start` runs the stored input again on the same thread id;
+- the approval step failed after the reviewer's answer committed (the checkpoint still
+  shows the interrupt, the run index says running): as with a next step, `continue_run`
+  finishes the run from the recorded decisions, as `payables continue` would;
 - it waits for an approval (a resume failed before the graph took the reviewer's
   decision): nothing is replayed. The stored decision is not re-sent: an approval must
   come from a reviewer, not from whoever runs the replay, and the stored copy is redacted
@@ -111,7 +114,10 @@ async def replay_dead_letter(
             )
         result = ReplayResult(dead_letter_id, thread_id, "replayed", "nothing", "")
         try:
-            if snapshot.values and snapshot.interrupts:
+            # An interrupt whose answer committed before the step failed is not pending:
+            # the reviewer's decisions are recorded, and `continue` goes on from them.
+            waits = bool(snapshot.interrupts) and not await agent.answer_committed(thread_id)
+            if snapshot.values and waits:
                 result.outcome = "resolved"
                 result.note = (
                     f"not replayed: thread {thread_id} waits for an approval; a reviewer "

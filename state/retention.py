@@ -13,7 +13,9 @@ checkpoints are deleted:
 - its run row says it finished (completed, refused, escalated or failed) longer ago than
   the cutoff;
 - its latest checkpoint has no pending interrupt (no approval waits on it) and no next
-  step (nothing `payables continue` could still finish);
+  step (nothing `payables continue` could still finish). A run that died after respond
+  recorded its final status and before the last checkpoint fails this one: it is kept,
+  and every prune names it with the `payables continue` command that finishes it;
 - it has no open dead letter (a replay needs the checkpoint).
 
 Threads that are old enough but fail a check are reported as kept, with the reason.
@@ -238,9 +240,14 @@ async def _reason_to_keep(
     if snapshot.interrupts:
         return "its checkpoint has a pending interrupt (an approval waits on it)"
     if next_steps := pending_steps(snapshot):
+        # The run index says it finished, the checkpoint does not: the process died after
+        # respond recorded the final status and before its checkpoint, so the result was
+        # never saved. Kept (pruning would make that final: nothing could write the result
+        # any more) and said so here, at every prune, until `continue` finishes it.
         return (
-            f"its checkpoint has a next step ({', '.join(next_steps)}); "
-            "`payables continue` can finish it"
+            f"its final status ({status}) was recorded, but the process stopped before its "
+            f"last checkpoint (next: {', '.join(next_steps)}), so its result was not saved; "
+            f"`payables continue {thread_id}` finishes it, and a later prune removes it"
         )
     return None
 

@@ -191,10 +191,11 @@ async def test_a_replay_killed_midway_leaves_the_dead_letter_open(
 async def test_replay_does_not_answer_an_approval_for_the_reviewer(
     cli_env: dict[str, str], db_uri: str
 ) -> None:
-    """The approval step failed: the approval is pending again, for a reviewer to answer."""
+    """The resume failed before its answer was recorded: the approval is pending again."""
     thread = payables_json(cli_env, "run", PAY_REQUEST, "--user", "clerk-ana")["thread_id"]
-    fails_at(cli_env, "raise:after:approval", "resume", thread, *APPROVE)
+    fails_at(cli_env, "raise:before:approval", "resume", thread, *APPROVE)
     number = only_open_dead_letter(cli_env)["dead_letter_id"]
+    assert scalar(db_uri, DECISIONS, thread) == 0
 
     replay = payables_json(cli_env, "deadletters", "replay", str(number))
     assert (replay["outcome"], replay["how"]) == ("resolved", "nothing")
@@ -206,6 +207,36 @@ async def test_replay_does_not_answer_an_approval_for_the_reviewer(
     done = payables_json(cli_env, "resume", thread, *APPROVE)
     assert done["status"] == "completed"
     assert payments(db_uri, "INV-1001") == 1
+
+
+DECISIONS = "SELECT count(*) FROM approval_decisions WHERE thread_id = %s"
+
+
+@pytest.mark.parametrize(
+    ("answer", "paid"), [(APPROVE, 1), (("--reject", "not ours", *APPROVE[1:]), 0)]
+)
+async def test_replay_finishes_a_run_whose_answer_was_recorded_before_it_failed(
+    cli_env: dict[str, str], db_uri: str, answer: tuple[str, ...], paid: int
+) -> None:
+    """The approval step failed after the reviewer's answer committed, before its checkpoint.
+
+    The checkpoint still shows the interrupt, but the answer is the reviewer's and stands:
+    the replay finishes the run from it, as `payables continue` does (before, it told the
+    operator the thread waits for an approval, and a second answer would be refused).
+    """
+    thread = payables_json(cli_env, "run", PAY_REQUEST, "--user", "clerk-ana")["thread_id"]
+    fails_at(cli_env, "raise:after:approval", "resume", thread, *answer)
+    number = only_open_dead_letter(cli_env)["dead_letter_id"]
+    assert scalar(db_uri, DECISIONS, thread) == 1
+
+    replay = payables_json(cli_env, "deadletters", "replay", str(number))
+    assert (replay["outcome"], replay["how"]) == ("replayed", "continue"), replay
+    assert replay["view"]["status"] == "completed", replay["view"]
+    assert payments(db_uri, "INV-1001") == paid
+    assert scalar(db_uri, DECISIONS, thread) == 1
+    assert dead_letter_row(db_uri, number)["status"] == "replayed"
+    if not paid:
+        assert replay["view"]["result"]["outcome"] == "rejected_by_reviewer"
 
 
 async def test_dead_letters_never_show_a_full_account_number(

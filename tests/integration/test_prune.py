@@ -117,7 +117,8 @@ async def test_prune_deletes_only_old_finished_threads_checkpoints(
     # Killed entering the verifier: new requests checkpoint in the background, each save
     # after the one before, so on a loaded machine the last saved checkpoint can be several
     # steps behind; whichever it is, the run has a next step and can be continued.
-    assert re.search(r"next step \((router|planner|executor|verifier)\)", kept[old_stalled]), kept
+    assert re.search(r"next: (router|planner|executor|verifier)", kept[old_stalled]), kept
+    assert f"payables continue {old_stalled}" in kept[old_stalled]
     assert {t: held(db_uri, t) for t in before} == before
     assert scalar(db_uri, "SELECT count(*) FROM runs WHERE pruned_at IS NOT NULL") == 0
 
