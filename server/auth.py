@@ -495,7 +495,13 @@ async def create_run(
         )
     if run_input is not None and thread_id is not None:
         await check_unused_thread(who, str(thread_id))
-    run_tenant(kwargs, who.tenant)
+    tenant = who.tenant
+    if run_input is None and thread_id is not None and who.role == "admin":
+        # An admin's run with no input finishes a thread's run (after a crash, say), which
+        # may be another tenant's: its audit rows, run index and costs stay that tenant's.
+        # A clerk only reaches their own threads, which are the token's tenant's.
+        tenant = await thread_tenant(str(thread_id)) or tenant
+    run_tenant(kwargs, tenant)
     metadata = value.get("metadata")
     if isinstance(metadata, dict):
         # A run that creates its thread (if_not_exists="create") gives it this metadata.
@@ -523,6 +529,16 @@ def _database_uri() -> str:
     from state.db import database_uri  # the agent's settings: PAYABLES_DATABASE_URI first
 
     return database_uri()
+
+
+async def thread_tenant(thread_id: str) -> str | None:
+    """The tenant the run index records for ``thread_id`` (None: no request on it yet)."""
+    async with await psycopg.AsyncConnection.connect(
+        _database_uri(), row_factory=dict_row, autocommit=True
+    ) as conn:
+        cur = await conn.execute("SELECT tenant FROM runs WHERE thread_id = %s", (thread_id,))
+        row = await cur.fetchone()
+    return None if row is None else str(row["tenant"])
 
 
 async def check_unused_thread(who: Identity, thread_id: str) -> None:

@@ -50,6 +50,7 @@ TOKENS: dict[str, dict[str, str]] = {
     "ctl-1": {"identity": "ctl-1", "role": "controller", "tenant": TENANT},
     "ana-reviews": {"identity": "clerk-ana", "role": "reviewer", "tenant": TENANT},
     "admin": {"identity": "ops-1", "role": "admin", "tenant": TENANT},
+    "admin-acme": {"identity": "ops-acme", "role": "admin", "tenant": "acme"},
 }
 JWT_SECRET = "test-secret-" + "x" * 32
 JWT_ISSUER = "payables-tests"
@@ -655,7 +656,9 @@ async def test_a_resume_after_an_answer_recorded_before_a_crash_says_who_answere
     assert "no approval waiting" in text, text
     assert await footprint(module_db, thread_id) == before
 
-    async with sdk(server, token_for("admin")) as admin:
+    # An admin of another tenant finishes it, as the thread's tenant: the run's audit rows
+    # and its run index row stay in the tenant whose request it is.
+    async with sdk(server, token_for("admin-acme")) as admin:
         await admin.runs.wait(thread_id, GRAPH_ID, input=None)
         values = (await admin.threads.get_state(thread_id))["values"]
     assert isinstance(values, dict) and values["status"] == "completed", values
@@ -664,6 +667,12 @@ async def test_a_resume_after_an_answer_recorded_before_a_crash_says_who_answere
     ]
     assert await decisions(module_db, thread_id) == [("rev-1", "approver", "approve")]
     async with await psycopg.AsyncConnection.connect(module_db) as conn:
+        cur = await conn.execute(
+            "SELECT DISTINCT tenant FROM audit_events WHERE thread_id = %s", (thread_id,)
+        )
+        assert await cur.fetchall() == [(TENANT,)]
+        cur = await conn.execute("SELECT tenant FROM runs WHERE thread_id = %s", (thread_id,))
+        assert await cur.fetchall() == [(TENANT,)]
         cur = await conn.execute(
             "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1003' AND thread_id = %s",
             (thread_id,),
