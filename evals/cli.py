@@ -81,6 +81,7 @@ def eval_command(
     from evals.report import (
         build_report,
         check_gates,
+        earlier_baseline,
         gate_failures,
         load_thresholds,
         write_reports,
@@ -94,6 +95,7 @@ def eval_command(
     try:
         jobs = select_jobs(suites, list(dataset or []), mode)
         gates = load_thresholds(thresholds) if gate else None
+        earlier_baseline(out)
     except BadInput as exc:
         _fail(str(exc), 2)
         return

@@ -260,6 +260,10 @@ TABLE_METRICS = (
 
 
 def _change(metric: str, now: Any, before: Any) -> str:
+    if isinstance(before, int | float) and now is None:
+        # A figure that was measured and no longer is (nothing measured it this time) is not
+        # a pass: say so, so the change cannot hide in an empty cell.
+        return f"was {_fmt(before)}, now not measured **REGRESSION**"
     if not isinstance(now, int | float) or not isinstance(before, int | float) or now == before:
         return ""
     delta = now - before
@@ -287,7 +291,7 @@ def render_markdown(
         before = (previous or {}).get("suites", {}).get(key, {})
         lines += [f"## {key}", "", "| metric | value | change |", "|---|---|---|"]
         for metric in TABLE_METRICS:
-            if metric not in figures or figures[metric] is None:
+            if figures.get(metric) is None and before.get(metric) is None:
                 continue
             lines.append(
                 f"| {metric} | {_fmt(figures[metric])} | "
@@ -313,13 +317,11 @@ def render_markdown(
             + "; ".join(s["failures"])
         )
     if previous:
-        before_passed = {
-            (s["scenario_id"], s["mode"]) for s in previous.get("scenarios", []) if s["passed"]
-        }
-        newly = [s for s in failed if (s["scenario_id"], s["mode"]) in before_passed]
+        before_passed = {_run_key(s) for s in previous.get("scenarios", []) if s["passed"]}
+        newly = [s for s in failed if _run_key(s) in before_passed]
         if newly:
             lines += ["", "## Regressions (passed in the previous report)", ""]
-            lines += [f"- **`{s['scenario_id']}`** ({s['mode']})" for s in newly]
+            lines += [f"- **`{s['scenario_id']}`** ({s['suite']}, {s['mode']})" for s in newly]
     if gate_results is not None:
         lines += ["", "## Gates", "", "| suite/mode | metric | bound | value | result |"]
         lines.append("|---|---|---|---|---|")
@@ -335,19 +337,73 @@ def render_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _run_key(scenario: dict[str, Any]) -> tuple[str, str, str]:
+    return (scenario.get("suite", "?"), scenario["scenario_id"], scenario["mode"])
+
+
+def _read_report(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInput(
+            f"Cannot read the earlier eval report {path}: {exc}. Move it away (or pass another "
+            "--out) and run again."
+        ) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("suites"), dict):
+        raise BadInput(
+            f"{path} is not an eval report (no suites). Move it away (or pass another --out) "
+            "and run again."
+        )
+    return data
+
+
+def baseline(older: dict[str, Any] | None, last: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the next run compares with: per suite and mode, the latest run that had it.
+
+    A run of some suites only (``--suite golden``) must not make the others' figures
+    vanish from the comparison: their groups and scenarios are kept from ``older``.
+    """
+    if last is None or older is None:
+        return last or older
+    groups = {**older.get("suites", {}), **last.get("suites", {})}
+    fresh = set(last.get("suites", {}))
+    scenarios = [
+        s for s in older.get("scenarios", []) if f"{s.get('suite')}/{s.get('mode')}" not in fresh
+    ]
+    return {
+        **last,
+        "suites": dict(sorted(groups.items())),
+        "scenarios": scenarios + list(last.get("scenarios", [])),
+    }
+
+
+def earlier_baseline(out_dir: Path) -> dict[str, Any] | None:
+    """The baseline the reports in ``out_dir`` give a new run (`BadInput` if unreadable).
+
+    The eval command calls it before it runs anything, so an unreadable earlier report is
+    refused before the run, not after it.
+    """
+    return baseline(_read_report(out_dir / PREVIOUS_JSON), _read_report(out_dir / REPORT_JSON))
+
+
 def write_reports(
     out_dir: Path, report: dict[str, Any], gate_results: list[dict[str, Any]] | None
 ) -> tuple[Path, Path, dict[str, Any] | None]:
-    """Write both reports, keeping the last one as the previous; return paths and previous."""
+    """Write both reports and the baseline; return their paths and the baseline used.
+
+    ``eval-report.previous.json`` holds, per suite and mode, the latest report that ran it
+    (`baseline`), so comparing a full run after a partial one still covers every suite.
+    An unreadable earlier report is refused (`BadInput`) before anything is written.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     current = out_dir / REPORT_JSON
-    previous: dict[str, Any] | None = None
-    if current.is_file():
-        try:
-            previous = json.loads(current.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            previous = None
-        current.replace(out_dir / PREVIOUS_JSON)
+    previous = earlier_baseline(out_dir)
+    if previous is not None:
+        (out_dir / PREVIOUS_JSON).write_text(
+            json.dumps(previous, indent=2, default=str) + "\n", encoding="utf-8"
+        )
     if gate_results is not None:
         report = {**report, "gates": gate_results}
     current.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")

@@ -169,6 +169,20 @@ def test_cli_names_a_bad_dataset(cli_env: dict[str, str], tmp_path: Path) -> Non
     assert proc.returncode == 2 and "No suite 'nope'" in proc.stderr
 
 
+def test_cli_refuses_an_unreadable_earlier_report_before_running(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    dataset = write_dataset(tmp_path / "smoke.jsonl", PAY)
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "eval-report.json").write_text("{truncated")
+    proc = payables(cli_env, "eval", "--dataset", str(dataset), "--out", str(out))
+    assert proc.returncode == 2, explain(proc)
+    assert "Cannot read the earlier eval report" in proc.stderr and "Move it away" in proc.stderr
+    assert "smoke/rules" not in proc.stderr + proc.stdout  # nothing ran
+    assert (out / "eval-report.json").read_text() == "{truncated"
+
+
 def test_a_gated_run_that_no_gate_applies_to_fails(cli_env: dict[str, str], tmp_path: Path) -> None:
     """`--gate` with every gate skipped (their suites or modes did not run) checked nothing."""
     dataset = write_dataset(tmp_path / "smoke.jsonl", PAY)
