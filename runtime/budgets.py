@@ -17,7 +17,11 @@
 After the node it adds one step, the node's model usage and its time to the run's
 ``usage``; records the step (``step_metrics``, for `payables stats`) and charges its model
 cost to the tenant's day, in one statement when it spent any (`state.step_metrics`; a node
-that raised is recorded too, as failed, and its exception propagates); records soft
+that raised is recorded too, as failed, and its exception propagates). What an attempt
+that raised spent is not lost with its discarded update: the thread's next attempt (the
+graph's retry of the step) counts it against the budgets before it runs and its step adds
+it to ``usage``, and spend whose charge the database refused is charged with that step
+(`_FailedAttempts`). It records soft
 warnings when a budget reaches `Context.budget_warn_fraction`; and, after the planner,
 stops a planner that keeps producing the same plan (``loop_detected``). The tenant's
 spend before each node is what the run's leg last saw, at most `SPEND_MAX_AGE_S` old.
@@ -112,6 +116,78 @@ class _SpendSeen:
 
 
 _SPEND_SEEN = _SpendSeen()
+
+
+@dataclass
+class _Carry:
+    """What node attempts of one thread that raised spent, and where it is not counted yet."""
+
+    usage: Usage
+    """Model usage and time of the failed attempts: their state update (and so their share
+    of the run's ``usage``) was discarded, the money was not."""
+    uncharged: Meter
+    """Spend whose step row and tenant charge the database refused (the attempt's
+    `_record_after_exception` failed): charged with the thread's next recorded step."""
+
+
+class _FailedAttempts:
+    """Spend of node attempts that raised, per thread, until a step of the thread completes.
+
+    The graph retries a node that raised a transient database error (`TRANSIENT_DB_RETRY`),
+    and every attempt starts from the same state. Without this, each attempt would get the
+    run's whole remaining model budget again, and the run's ``usage`` would never show the
+    calls the failed attempts made. The next attempt of the thread (in this process) counts
+    them before it decides and meters, and its step adds them to ``usage``. A process that
+    dies forgets them; the tenant's day has them already (unless the database refused that
+    too: then they are lost with the process).
+    """
+
+    LIMIT = 4096
+    """Threads remembered at most (those that failed for good and never ran again)."""
+
+    def __init__(self) -> None:
+        self._carries: dict[str, _Carry] = {}
+
+    def get(self, thread_id: str) -> _Carry | None:
+        return self._carries.get(thread_id)
+
+    def failed(self, thread_id: str, meter: Meter, elapsed: float, *, charged: bool) -> None:
+        """Carry an attempt that raised.
+
+        ``charged``: its step row and charge were written (with whatever was uncharged).
+        """
+        carry = self._carries.pop(thread_id, None)
+        usage = Usage(
+            model_calls=meter.model_calls,
+            input_tokens=meter.input_tokens,
+            output_tokens=meter.output_tokens,
+            cost_usd=meter.cost_usd,
+            wall_clock_s=elapsed,
+        )
+        uncharged = Meter() if charged or carry is None else carry.uncharged
+        if not charged:
+            uncharged = _sum_meters(uncharged, meter)
+        total = add_usage(carry.usage, usage) if carry is not None else usage
+        total.pop("warnings", None)
+        if len(self._carries) >= self.LIMIT:
+            self._carries.pop(next(iter(self._carries)))
+        self._carries[thread_id] = _Carry(total, uncharged)
+
+    def settled(self, thread_id: str) -> None:
+        """The thread's latest step completed and counted everything carried."""
+        self._carries.pop(thread_id, None)
+
+
+def _sum_meters(left: Meter, right: Meter) -> Meter:
+    return Meter(
+        model_calls=left.model_calls + right.model_calls,
+        input_tokens=left.input_tokens + right.input_tokens,
+        output_tokens=left.output_tokens + right.output_tokens,
+        cost_usd=left.cost_usd + right.cost_usd,
+    )
+
+
+_FAILED_ATTEMPTS = _FailedAttempts()
 
 
 @dataclass(frozen=True)
@@ -379,9 +455,13 @@ def guard_node(
     async def guarded(state: AgentState, *, runtime: Runtime[Context]) -> Any:
         ctx = runtime.context
         db = database if isinstance(database, Database) else database()
-        usage: Usage = state.get("usage", {})
         outcomes = state.get("outcomes", [])
         thread_id = current_thread_id()
+        # Earlier attempts of a step that raised spent too, though their update is gone.
+        carry = _FAILED_ATTEMPTS.get(thread_id)
+        usage: Usage = state.get("usage", {})
+        if carry is not None:
+            usage = add_usage(usage, carry.usage)
         if name == FIRST_NODE and not state.get("route"):
             admission = await admit_run(
                 db,
@@ -409,22 +489,28 @@ def guard_node(
             if exhausted is not None:
                 log.warning("run stopped: %s", exhausted)
                 _mark_trace(["budget_exhausted"], {"budget_stop": exhausted})
-                return _stop(state, exhausted, node=name)
+                stopped = _stop(state, exhausted, node=name)
+                if carry is not None:  # what the failed attempts spent goes on record now
+                    _FAILED_ATTEMPTS.settled(thread_id)
+                    return _with_update(stopped, {"usage": carry.usage})
+                return stopped
 
         meter = meter_for(usage, ctx, today, stopped=bool(state.get("budget_stop")))
         started_at = datetime.now(UTC)
         started = monotonic()
 
         def step(elapsed: float, *, ok: bool) -> StepMetric:
+            # With the spend of earlier attempts whose own row the database refused.
+            billed = _sum_meters(carry.uncharged, meter) if carry is not None else meter
             return StepMetric(
                 thread_id=thread_id,
                 tenant=ctx.tenant,
                 node=name,
                 started_at=started_at,
                 duration_ms=elapsed * 1000,
-                model_calls=meter.model_calls,
-                tokens=meter.input_tokens + meter.output_tokens,
-                cost_usd=meter.cost_usd,
+                model_calls=billed.model_calls,
+                tokens=billed.input_tokens + billed.output_tokens,
+                cost_usd=billed.cost_usd,
                 ok=ok,
             )
 
@@ -434,16 +520,27 @@ def guard_node(
         except GraphBubbleUp:
             # The node paused the run for a reviewer (or handed control up): not a failure.
             _SPEND_SEEN.forget(thread_id)
-            await _record_after_exception(db, step(monotonic() - started, ok=True))
+            recorded = await _record_after_exception(db, step(monotonic() - started, ok=True))
+            if recorded and carry is not None:
+                carry.uncharged = Meter()  # charged with this step's row
             raise
         except Exception:
-            # The models were called (and paid for) even if the node failed afterwards.
+            # The models were called (and paid for) even if the node failed afterwards: the
+            # tenant is charged now, the run's usage at the thread's next completed step.
+            elapsed = monotonic() - started
             _SPEND_SEEN.forget(thread_id)
-            await _record_after_exception(db, step(monotonic() - started, ok=False))
+            charged = await _record_after_exception(db, step(elapsed, ok=False))
+            _FAILED_ATTEMPTS.failed(thread_id, meter, elapsed, charged=charged)
             raise
         elapsed = monotonic() - started
         # The step's row for `payables stats`, and its spend charged to the tenant if any.
-        spent = await record_step(db, step(elapsed, ok=True))
+        try:
+            spent = await record_step(db, step(elapsed, ok=True))
+        except Exception:
+            # The graph retries the step: its spend is carried as an attempt's that raised.
+            _SPEND_SEEN.forget(thread_id)
+            _FAILED_ATTEMPTS.failed(thread_id, meter, elapsed, charged=False)
+            raise
         if spent is not None:
             today = spent
             _SPEND_SEEN.note(thread_id, today)
@@ -457,8 +554,12 @@ def guard_node(
             cost_usd=meter.cost_usd,
             wall_clock_s=elapsed,
         )
+        if carry is not None:
+            step_usage = add_usage(carry.usage, step_usage)
+            step_usage.pop("warnings", None)
+            _FAILED_ATTEMPTS.settled(thread_id)
         update = _update_of(result)
-        total = add_usage(usage, step_usage)
+        total = add_usage(state.get("usage", {}), step_usage)
         tool_calls = len(outcomes) + len(update.get("outcomes", []))
         warnings = new_warnings(
             run_budgets(total, tool_calls, ctx, today),
@@ -489,8 +590,8 @@ def guard_node(
     return guarded
 
 
-async def _record_after_exception(database: Database, step: StepMetric) -> None:
-    """Record a node that raised, and charge its model spend.
+async def _record_after_exception(database: Database, step: StepMetric) -> bool:
+    """Record a node that raised, and charge its model spend; False if that failed.
 
     A failure to record it is logged, not raised, so the node's own exception propagates.
     """
@@ -506,3 +607,5 @@ async def _record_after_exception(database: Database, step: StepMetric) -> None:
             step.model_calls,
             step.tenant,
         )
+        return False
+    return True

@@ -389,3 +389,71 @@ async def test_an_executor_stop_mid_phase_verifies_what_the_phase_did(
     assert checked[-1] == ["stage_invoice"]  # the stopped phase, verified
     assert await invoice_status(database, "INV-1002") == "staged"
     assert planner.script == []  # and no third plan was asked for
+
+
+# --- node attempts that raise (retried by the graph's RetryPolicy) ------------------------
+
+
+async def test_a_retried_node_cannot_spend_its_model_budget_again(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner calls its model, then a transient database error fails the step, twice.
+
+    The graph retries the step; the calls the failed attempts made count against the run's
+    budget (their state update was discarded, their money was not), so the retry is
+    stopped by the budget it no longer has, and the run's usage says what was spent.
+    """
+    monkeypatch.setattr("runtime.failpoints._flaky_hits", {})
+    monkeypatch.setenv("PAYABLES_FAILPOINTS", "flaky:after:planner:2")
+    planner = ScriptedChatModel([read_and_match("INV-1002") for _ in range(3)])
+    run = Context(tenant="acme", max_model_calls=1, model_prices=PRICES)
+    async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana", context=run)
+        usage = (await state_of(agent, view["thread_id"]))["usage"]
+    assert len(planner.received) == 1, "a retry made a model call past the budget"
+    assert view["status"] == "failed"  # no plan was made: nothing to salvage
+    assert "Stopped before the planner step (budget_exhausted: model calls 1/1)" in view["reason"]
+    assert usage["model_calls"] == 1 and usage["cost_usd"] == pytest.approx(0.8)
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT cost_usd, model_calls FROM tenant_daily_costs WHERE tenant = 'acme'"
+        )
+        today = await cur.fetchone()
+    assert today is not None and today["model_calls"] == 1
+    assert float(today["cost_usd"]) == pytest.approx(0.8)
+
+
+async def test_spend_of_a_failed_attempt_that_could_not_be_recorded_is_charged_later(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed attempt's row and charge are refused by the database; the retry that
+    succeeds charges them, so the tenant's day and the run's usage hold every call made."""
+    async with database.connection() as conn:
+        await conn.execute(
+            "CREATE FUNCTION refuse_failed_steps() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN IF NOT NEW.ok THEN RAISE EXCEPTION 'could not extend file'; END IF;"
+            " RETURN NEW; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER refuse_failed_steps BEFORE INSERT ON step_metrics"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_failed_steps()"
+        )
+    monkeypatch.setattr("runtime.failpoints._flaky_hits", {})
+    monkeypatch.setenv("PAYABLES_FAILPOINTS", "flaky:after:planner:1")
+    planner = ScriptedChatModel([read_and_match("INV-1002"), read_and_match("INV-1002")])
+    planner.script.append(stage("INV-1002"))
+    run = Context(tenant="acme", max_cost_usd=3.0, model_prices=PRICES)
+    async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana", context=run)
+        usage = (await state_of(agent, view["thread_id"]))["usage"]
+    assert view["status"] == "completed", view["reason"]
+    calls = len(planner.received)
+    assert calls == 3  # the failed attempt's, its retry's, the second phase's
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT cost_usd, model_calls FROM tenant_daily_costs WHERE tenant = 'acme'"
+        )
+        today = await cur.fetchone()
+    assert today is not None
+    assert today["model_calls"] == calls == usage["model_calls"]
+    assert float(today["cost_usd"]) == pytest.approx(0.8 * calls) == usage["cost_usd"]
