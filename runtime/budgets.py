@@ -413,7 +413,8 @@ def _mark_trace(tags: list[str], metadata: dict[str, Any]) -> None:
     """Tag the node's LangSmith run (when tracing is on) so warnings and stops show there."""
     run = get_current_run_tree()
     if run is not None:
-        run.add_tags(tags)
+        if tags:
+            run.add_tags(tags)
         run.add_metadata(metadata)
 
 
@@ -462,6 +463,10 @@ def guard_node(
         usage: Usage = state.get("usage", {})
         if carry is not None:
             usage = add_usage(usage, carry.usage)
+        if state.get("route"):
+            # Every node's trace says the run's route (the router's and planner's say more),
+            # so a resume's trace, where a reviewer's decision is, is found by route too.
+            _mark_trace([], {"route": state["route"]})
         if name == FIRST_NODE and not state.get("route"):
             admission = await admit_run(
                 db,

@@ -96,3 +96,37 @@ async def test_a_run_is_one_redacted_tree_with_nodes_tools_and_metadata(
     assert not leaks, leaks
     assert NEW_ACCOUNT not in text, "the full account number must never leave in a trace"
     assert NEW_ACCOUNT[-4:] in text
+
+
+async def test_every_node_run_names_the_route_so_a_decision_can_be_found_by_it(
+    database: Database, trace_endpoint: str
+) -> None:
+    """The reviewer's decision happens in the resume's trace, where no router runs: its
+    node runs still say which route the run is on, as the start's do."""
+    client = redacting_client(api_url=trace_endpoint, api_key="test-key", auto_batch_tracing=False)
+    async with open_agent(database=database, tracing_client=client) as agent:
+        view = await agent.start(
+            f"Change the bank account of vendor V-006 to {NEW_ACCOUNT}, per their letter",
+            user="clerk-ben",
+            context=Context(tenant="acme"),
+        )
+        value = {
+            "decisions": [{"type": "approve"}] * 2,
+            "reviewer": {"id": "ctl-1", "role": "controller"},
+        }
+        await agent.resume(view["thread_id"], value)
+    client.flush()
+
+    runs = captured_runs()
+    roots = {r["name"]: r for r in runs.values() if not r.get("parent_run_id")}
+    resume = [
+        r
+        for r in _by_trace(runs)[str(roots["payables:resume"]["trace_id"])]
+        if r["name"] in {"router", "planner", "executor", "approval", "verifier", "respond"}
+    ]
+    assert "approval" in {r["name"] for r in resume}
+    for node_run in resume:
+        meta = _metadata(node_run)
+        assert meta.get("route") == "vendor_change", (node_run["name"], meta)
+        assert meta["thread_id"] == view["thread_id"] and meta["tenant"] == "acme"
+        assert meta["prompt_version"]
