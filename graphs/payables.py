@@ -25,6 +25,7 @@ from nodes.verifier import make_verifier
 from runtime import failpoints
 from runtime.budgets import guard_node
 from runtime.context import Context
+from runtime.tracing import redact_process_traces
 from state.graph_state import AgentState, InputState, OutputState
 
 GRAPH_NAME = "payables"
@@ -86,4 +87,6 @@ def make_graph(
     return build_graph()
 
 
+# The server traces runs through langsmith's process-wide client: make it redact first.
+redact_process_traces()
 graph = build_graph()

@@ -409,6 +409,13 @@ def _stop(
     )
 
 
+def _trace_metadata(state: AgentState, ctx: Context) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"tenant": ctx.tenant, "prompt_version": ctx.prompt_version}
+    if state.get("route"):
+        metadata["route"] = state["route"]
+    return metadata
+
+
 def _mark_trace(tags: list[str], metadata: dict[str, Any]) -> None:
     """Tag the node's LangSmith run (when tracing is on) so warnings and stops show there."""
     run = get_current_run_tree()
@@ -463,10 +470,10 @@ def guard_node(
         usage: Usage = state.get("usage", {})
         if carry is not None:
             usage = add_usage(usage, carry.usage)
-        if state.get("route"):
-            # Every node's trace says the run's route (the router's and planner's say more),
-            # so a resume's trace, where a reviewer's decision is, is found by route too.
-            _mark_trace([], {"route": state["route"]})
+        # Every node's trace says the run's tenant, prompt version and (once routed) route,
+        # so a resume's trace, where a reviewer's decision is, is found by them too, and so
+        # is a run on the LangGraph server, whose root the CLI's metadata never reaches.
+        _mark_trace([], _trace_metadata(state, ctx))
         if name == FIRST_NODE and not state.get("route"):
             admission = await admit_run(
                 db,

@@ -2,7 +2,9 @@
 
 Tracing is on when `LANGSMITH_TRACING` is true. Every run the CLI (or a test) starts goes
 through a client whose anonymizer applies the same redaction as the
-output guard, because graph state holds what a clerk typed (a new bank account, say).
+output guard, because graph state holds what a clerk typed (a new bank account, say). On
+the LangGraph server, which traces through langsmith's process-wide client instead,
+`redact_process_traces` makes that client a redacting one when the graph is loaded.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import langsmith
 from langsmith import Client
 from langsmith.run_helpers import get_current_run_tree, get_tracing_context, tracing_context
 from pydantic import BaseModel
@@ -60,6 +64,28 @@ def redacting_client(**kwargs: Any) -> Client:
     serialized them (an interrupt's error text quotes the whole approval request, say).
     """
     return Client(anonymizer=_redact_payload, **kwargs)
+
+
+_PROCESS_CLIENT_LOCK = threading.Lock()
+_process_client: Client | None = None
+
+
+def redact_process_traces() -> Client | None:
+    """Make langsmith's process-wide client a redacting one, if tracing is enabled.
+
+    The LangGraph server traces each run with a tracer on that client
+    (``langsmith.run_trees.get_cached_client``), not through `traced`; without this, node
+    inputs and outputs (the request, the state) would leave as typed. Called when the
+    served graph is loaded, before any run; once per process.
+    """
+    global _process_client
+    if not tracing_enabled():
+        return None
+    with _PROCESS_CLIENT_LOCK:
+        if _process_client is None:
+            _process_client = redacting_client()
+            langsmith.configure(client=_process_client)
+    return _process_client
 
 
 @contextmanager
