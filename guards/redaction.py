@@ -1,6 +1,8 @@
 """Masking for everything that leaves the agent: results, CLI output, logs, audit rows.
 
-Bank accounts keep their last four characters; secrets (API keys, bearer tokens, database
+Bank accounts keep their last four characters (IBANs in any spacing or case, across line
+breaks too; domestic account numbers after a word naming an account or a US routing
+number); secrets (API keys, bearer tokens, database
 passwords) are replaced whole. Card numbers are found with LangChain's PII detector, and
 in the other printed groupings (4-6-5, dotted) by `_GROUPED_CARD_RE`; both check the Luhn
 sum, so ordinary long numbers are left alone.
@@ -14,6 +16,7 @@ from typing import TypeVar
 
 from langchain.agents.middleware.pii import detect_credit_card
 from stdnum import iban, luhn
+from stdnum.us import rtn
 
 T = TypeVar("T")
 
@@ -34,6 +37,20 @@ _GROUPED_CARD_RE = re.compile(
 )
 # Bare account numbers: 10+ digits not part of an amount or an id with a dash.
 DIGITS_RE = re.compile(r"(?<![\d.,\-])\d{10,}(?![\d.,])")
+# Account numbers that are not IBANs (US, UK, most domestic formats) are 6-17 digits, too
+# short for `DIGITS_RE` to tell from an amount or a count. Written after a word naming an
+# account ("account 123456789", "Acct #: 4402-8719-33", "a/c 7654 3210 98", "Konto 5320130")
+# or after a US routing number (ABA checksum) they are accounts; digits may be grouped with
+# single spaces or dashes. Not an amount ("12,345.67") nor a masked account ("****6819").
+_ACCOUNT_DIGITS = r"\d(?:[ \-]?\d){5,16}(?![\d]|[.,]\d|-\d)"
+_LABELLED_ACCOUNT_RE = re.compile(
+    r"(?i)(?<![a-z])(?:bank\s+)?(?:account|acct|acc|a/c|konto(?:nummer|nr)?|cuenta|compte|"
+    r"conto)\.?(?:[\s_]*(?:no|nr|num|number|#)\.?)?[\"']?\s*[:#=]?\s*[\"']?\s*"
+    rf"(?P<account>{_ACCOUNT_DIGITS})"
+)
+_ROUTED_ACCOUNT_RE = re.compile(
+    rf"(?<![\d.,\-])(?P<routing>\d{{9}})[\s,;/\-]{{1,3}}(?P<account>{_ACCOUNT_DIGITS})"
+)
 # The ids this system mints: UUIDs (threads, checkpoints, runs) and 32- or 64-digit hex
 # (interrupt ids, digests, idempotency keys). Their hex can hold 10+ digits in a row after a
 # letter ("...-d39359504819"), which is not an account; masking it broke the id.
@@ -141,12 +158,33 @@ def redact_text(text: str) -> str:
             text[: match["start"]] + "[card ****" + match["value"][-4:] + "]" + text[match["end"] :]
         )
     text = _GROUPED_CARD_RE.sub(_mask_if_card, text)
-    text = ACCOUNT_RE.sub(lambda m: mask_account(m.group(0)) or "", text)
+    # Checksum-valid IBANs first, in any spacing (across a line break too): masking an
+    # IBAN-shaped first line alone would leave the rest of the account on the next one.
     # Keeps what follows an account's last character: "gb29 ... 19 and pay" keeps " and pay".
     for run, valid, end in reversed(_spread_accounts(text)):
         if valid is not None:
             text = text[: run.start()] + "****" + valid[-4:] + text[end:]
+    text = ACCOUNT_RE.sub(lambda m: mask_account(m.group(0)) or "", text)
+    text = _mask_domestic_accounts(text)
     return _mask_bare_digits(text)
+
+
+def _domestic_accounts(text: str) -> list[tuple[int, int]]:
+    """Spans of the non-IBAN account numbers in ``text``: labelled, or after a routing number."""
+    spans = [m.span("account") for m in _LABELLED_ACCOUNT_RE.finditer(text)]
+    spans += [
+        m.span("account")
+        for m in _ROUTED_ACCOUNT_RE.finditer(text)
+        if rtn.is_valid(m.group("routing"))
+    ]
+    return sorted(set(spans))
+
+
+def _mask_domestic_accounts(text: str) -> str:
+    for start, end in reversed(_domestic_accounts(text)):
+        digits = re.sub(r"\D", "", text[start:end])
+        text = text[:start] + "****" + digits[-4:] + text[end:]
+    return text
 
 
 def _mask_bare_digits(text: str) -> str:
@@ -195,6 +233,7 @@ def find_unmasked(text: str) -> list[str]:
     found += find_hidden_accounts(text)
     found += [m["value"] for m in detect_credit_card(text)]
     found += [m.group(0) for m in _grouped_cards(text)]
+    found += [text[start:end] for start, end in _domestic_accounts(text)]
     found += [m.group(0) for pattern, _ in SECRET_PATTERNS[:4] for m in pattern.finditer(text)]
     return found
 

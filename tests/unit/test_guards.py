@@ -327,3 +327,39 @@ def test_an_amount_only_a_line_description_gives_is_tainted_after_the_match() ->
         why="",
     )
     assert [f.arg for f in step_taint(state, step)] == ["amount"]
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "GB29NWBK60161331\n926819",  # broken by a line after a run that looks like an IBAN
+        "GB29 NWBK 6016 1331\n9268 19",
+        "GB29 NWBK 6016 1331 9268\r\n19",
+    ],
+)
+def test_an_iban_split_across_lines_keeps_only_its_last_four(written: str) -> None:
+    masked = redact_text(f"Remit to {written} please")
+    assert masked == "Remit to ****6819 please", masked
+    assert "1331" not in masked and "9268" not in masked
+
+
+@pytest.mark.parametrize(
+    ("text", "account"),
+    [
+        ("Routing 021000021, account 123456789", "123456789"),
+        ("ABA: 021000021 Acct #: 4402-8719-33", "4402-8719-33"),
+        ("wire to acct no. 00123456 today", "00123456"),
+        ("our a/c 7654 3210 98 at Chase", "7654 3210 98"),
+        ("Kontonummer: 53201300", "53201300"),
+        ("remit to 021000021 123456789 (routing, account)", "123456789"),
+    ],
+)
+def test_us_style_and_labelled_account_numbers_are_masked(text: str, account: str) -> None:
+    # Amounts, dates, ids and masked accounts beside the account words stay as written.
+    rest = "; accounts payable: INV-1001 total 12,345.67 due 2025-01-15, account ****6819"
+    masked = redact_text(text + rest)
+    digits = re.sub(r"\D", "", account)
+    assert digits not in re.sub(r"\D", "", masked), masked
+    assert f"****{digits[-4:]}" in masked and masked.endswith(rest)
+    assert find_unmasked(text)  # so send_vendor_email refuses such a body
+    assert find_unmasked(masked) == []
