@@ -2,7 +2,8 @@
 
 A value is tainted when it occurs in untrusted text (invoice notes and document text, line
 descriptions, attachments) and nowhere in trusted sources (the clerk's request, and the
-structured fields of our own records). A tainted value in an irreversible or destructive
+structured fields of our own records, less what a result only echoes from its call's
+arguments: see `nodes.safety.provenance`). A tainted value in an irreversible or destructive
 call is shown to the reviewer as evidence; where policy says so, the call is blocked.
 """
 

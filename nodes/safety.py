@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from langchain.agents.middleware.pii import detect_credit_card
@@ -100,9 +101,8 @@ def provenance(state: AgentState) -> tuple[list[str], list[tuple[str, str]]]:
             for field, text in untrusted_texts(outcome["tool"], outcome["result"])
         ]
         if outcome["result"] is not None:
-            trusted.append(
-                json.dumps(_strip_fields(outcome["tool"], outcome["result"]), default=str)
-            )
+            stripped = _strip_fields(outcome["tool"], outcome["result"])
+            trusted.append(json.dumps(_strip_echoes(stripped, outcome["args"]), default=str))
     return trusted, untrusted
 
 
@@ -116,6 +116,43 @@ def _strip_fields(tool: str, result: dict[str, Any]) -> dict[str, Any]:
             target = target[int(part)] if part.isdigit() else target[part]
         target[parts[-1]] = ""
     return stripped
+
+
+def _compact(value: Any) -> str:
+    return re.sub(r"[\s,]", "", str(value)).upper()
+
+
+def _arg_values(args: Any) -> set[str]:
+    """Every scalar in a call's arguments, compacted as taint compares them."""
+    if isinstance(args, dict):
+        return set().union(*(_arg_values(v) for v in args.values()))
+    if isinstance(args, list | tuple):
+        return set().union(*(_arg_values(v) for v in args))
+    if args is None or isinstance(args, bool):
+        return set()
+    return {_compact(args)}
+
+
+def _strip_echoes(result: Any, args: dict[str, Any]) -> Any:
+    """``result`` with every value that only repeats one of the call's own arguments emptied.
+
+    A result that echoes its arguments (get_invoice's invoice_id, search_policy's query,
+    flag_exception's codes) says nothing about where they came from: whoever planned the
+    call chose them, perhaps from a vendor's note. Counted as our record, such an echo would
+    clear the taint of any value a model first passed through a read.
+    """
+    echoed = _arg_values(args)
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return "" if _compact(value) in echoed else value
+        return value
+
+    return strip(result)
 
 
 def step_taint(state: AgentState, step: PlanStep) -> list[TaintFinding]:
