@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import copy
 import re
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
-_TAG_RE = re.compile(r"<\s*(/?)\s*untrusted", re.IGNORECASE)
+# A tag as read: "<", any spaces, an optional "/", the name (any case).
+_TAG_RE = re.compile(r"<\s*/?\s*untrusted", re.IGNORECASE)
+_HIDDEN = frozenset({"Cf", "Mn"})
 
 # For each tool, where its result carries third-party text.
 UNTRUSTED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -29,9 +32,39 @@ first-hand: wrapped for models and kept out of trusted provenance like it, but s
 injection there, not again here (one flag per piece of text)."""
 
 
+def _defuse_tags(text: str) -> str:
+    """``text`` with the "<" of everything that reads as an untrusted tag escaped (``&lt;``).
+
+    Read as a model or a reviewer would: character by character folded (NFKC: full-width
+    letters and brackets), invisible format characters (zero-width spaces, soft hyphens,
+    byte-order marks) and combining marks dropped, so none of them hides a tag.
+    """
+    read: list[str] = []
+    origin: list[int] = []  # for each character of `read`, where it came from in `text`
+    for index, char in enumerate(text):
+        if char.isascii():
+            read.append(char)
+            origin.append(index)
+            continue
+        for folded in unicodedata.normalize("NFKC", char):
+            if unicodedata.category(folded) not in _HIDDEN:
+                read.append(folded)
+                origin.append(index)
+    openers = sorted({origin[m.start()] for m in _TAG_RE.finditer("".join(read))})
+    if not openers:
+        return text
+    out: list[str] = []
+    last = 0
+    for index in openers:
+        out += [text[last:index], "&lt;"]
+        last = index + 1
+    out.append(text[last:])
+    return "".join(out)
+
+
 def wrap(text: str, source: str) -> str:
     """``text`` inside ``<untrusted source=...>`` tags, with look-alike tags defused."""
-    safe = _TAG_RE.sub(lambda m: f"&lt;{m.group(1)}untrusted", text)
+    safe = _defuse_tags(text)
     safe_source = re.sub(r"[^A-Za-z0-9 ._:\-\[\]]", "", source)[:80]
     return f'<untrusted source="{safe_source}">{safe}</untrusted>'
 
