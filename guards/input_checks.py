@@ -7,6 +7,9 @@ import unicodedata
 from dataclasses import dataclass
 
 MAX_REQUEST_CHARS = 8000
+MAX_ATTACHMENTS = 5
+MAX_ATTACHMENT_CHARS = 100_000
+MAX_ATTACHMENT_NAME_CHARS = 200
 
 # Bidirectional embeddings, overrides and isolates reorder how text is displayed, so a
 # reviewer could read an id or an amount other than the one the agent acts on
@@ -22,8 +25,14 @@ class InputVerdict:
     reason: str = ""
 
 
-def check_request(text: str) -> InputVerdict:
+def check_request(text: object) -> InputVerdict:
     """Refuse empty, oversized or binary-looking requests with a reason a clerk understands."""
+    if not isinstance(text, str):
+        return InputVerdict(
+            False,
+            f"The request must be text, got {type(text).__name__}. Say what to do, e.g. "
+            "'Validate INV-1001 and pay it if it matches'.",
+        )
     if not text.strip():
         return InputVerdict(
             False,
@@ -53,6 +62,56 @@ def check_request(text: str) -> InputVerdict:
             f"The request contains {len(bidi)} bidirectional override character(s), which "
             "change how text is displayed; retype it as plain text.",
         )
+    return InputVerdict(True)
+
+
+def check_attachments(attachments: object) -> InputVerdict:
+    """Refuse attachments that are not a short list of ``{"name": text, "text": text}``.
+
+    A server client sends them as it likes: nested objects, bare strings, megabytes of
+    text. Each would crash a check or reach the models whole; this says what is wrong.
+    """
+    if attachments is None:
+        return InputVerdict(True)
+    if not isinstance(attachments, list):
+        return InputVerdict(
+            False,
+            f"The attachments must be a list of {{name, text}} objects, got "
+            f"{type(attachments).__name__}.",
+        )
+    if len(attachments) > MAX_ATTACHMENTS:
+        return InputVerdict(
+            False,
+            f"The request has {len(attachments)} attachments; at most {MAX_ATTACHMENTS} are "
+            "accepted. Send one request per invoice.",
+        )
+    for number, attachment in enumerate(attachments, start=1):
+        what = f"Attachment {number}"
+        if not isinstance(attachment, dict) or set(attachment) != {"name", "text"}:
+            return InputVerdict(
+                False, f"{what} must be an object with exactly a name and a text, both text."
+            )
+        name, text = attachment["name"], attachment["text"]
+        if not isinstance(name, str) or not isinstance(text, str):
+            return InputVerdict(
+                False,
+                f"{what}'s name and text must both be plain text (its text is "
+                f"{type(text).__name__}); paste a document's text, not its structure.",
+            )
+        if not name.strip() or len(name) > MAX_ATTACHMENT_NAME_CHARS or not name.isprintable():
+            return InputVerdict(
+                False,
+                f"{what}'s name must be 1 to {MAX_ATTACHMENT_NAME_CHARS} printable characters.",
+            )
+        if len(text) > MAX_ATTACHMENT_CHARS:
+            return InputVerdict(
+                False,
+                f"{what} is {len(text)} characters; the limit is {MAX_ATTACHMENT_CHARS}. "
+                "Attach the relevant part only.",
+            )
+        reason = unstorable_reason(text, f"attachment {number}")
+        if reason is not None:
+            return InputVerdict(False, reason)
     return InputVerdict(True)
 
 

@@ -9,7 +9,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from guards.input_checks import check_request, split_pasted
+from guards.input_checks import check_attachments, check_request, split_pasted
 from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import request_flags, request_for_model
 from runtime.context import Context
@@ -79,13 +79,25 @@ def make_router(deps: NodeDeps) -> Node:
                 f"Thread {thread_id} already holds a request ({state['route']}); a thread is "
                 "one request's. Start the new request on a new thread."
             )
+        # A server client's input reaches this node as sent: anything but text, and
+        # attachments other than a short list of {name, text}, are refused here, before
+        # any check, prompt or record reads them.
+        verdict = check_request(request)
+        if verdict.ok:
+            verdict = check_attachments(state.get("attachments"))
+        attachments = (state.get("attachments") or []) if verdict.ok else []
+        # What later nodes read instead of input they cannot use (respond records the
+        # request in the run index).
+        sanitized: dict[str, Any] = {}
+        if not isinstance(request, str):
+            request = sanitized["request"] = ""
+        if not verdict.ok and "attachments" in state:
+            sanitized["attachments"] = []
         # Audit chain: the request as received (masked), then the route below.
-        attachments = state.get("attachments", [])
         received = request_received_event(
             thread_id, request=request, requester=requester, attachments=attachments
         )
         await record(deps.database, ctx.tenant, thread_id, received)
-        verdict = check_request(request)
         if not verdict.ok:
             await record_run(
                 deps.database,
@@ -113,6 +125,7 @@ def make_router(deps: NodeDeps) -> Node:
                     "status": "refused",
                     "reason": verdict.reason,
                     "model_path": {"router": "rules"},
+                    **sanitized,
                 },
             )
 
