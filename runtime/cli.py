@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import sys
@@ -376,6 +377,10 @@ def approvals(as_json: JsonOpt = False) -> None:
         _print_approval(approval)
 
 
+_OPTION_NAME = re.compile(r"--[a-z][a-z-]*")
+"""What an option looks like on this command line (a value that is one was a slip)."""
+
+
 def _decisions_from(
     approve: bool, reject: str | None, edit: str | None, actions: int
 ) -> list[dict[str, Any]]:
@@ -431,6 +436,15 @@ def resume(
     as_json: JsonOpt = False,
 ) -> None:
     """Approve, edit or reject a pending approval, then continue the run."""
+    for option, value in (("--reviewer", reviewer), ("--reject", reject)):
+        if value is not None and _OPTION_NAME.fullmatch(value):
+            # `--reject --json` takes "--json" as the reason: a rejection on record with a
+            # reason nobody wrote, and the output not what was asked for.
+            _fail(
+                f"{option} takes a value, got the option {shown(value)}. Put the value right "
+                f"after {option} (quoted if it has spaces), e.g. {option} 'text'.",
+                2,
+            )
     if role not in REVIEWER_ROLES:
         _fail(
             f"--role must be one of {', '.join(sorted(REVIEWER_ROLES))}, got {shown(role)} "

@@ -102,6 +102,8 @@ def test_resume_with_generated_arguments_exits_cleanly_and_a_refusal_changes_not
     @example("rev\udcff", "approver", ["--approve"], False)
     @example("rev-1", "approver", ["--reject", "no\udcff"], False)
     @example(REQUESTER, "controller", ["--approve"], True)
+    # `--reject --json`: the option is not taken as the reason (nothing is recorded).
+    @example("rev-1", "approver", ["--reject"], True)
     def resume_one(reviewer: str, role: str, flags: list[str], as_json: bool) -> None:
         if "thread" not in current:
             current["thread"] = _interrupted_thread(cli_database)
