@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from typing import Any
+
+import psycopg
 
 from runtime.settings import PROJECT_ROOT
 
@@ -47,3 +50,17 @@ def payables_fails(env: dict[str, str], *args: str, code: int = 2) -> str:
     assert proc.returncode == code, explain(proc)
     assert "Traceback" not in proc.stderr, explain(proc)
     return proc.stderr
+
+
+def killed(env: dict[str, str], point: str, *args: str) -> None:
+    """Run `payables ARGS` with failpoint ``point`` armed and check the process was killed."""
+    proc = payables({**env, "PAYABLES_FAILPOINTS": point}, *args)
+    assert proc.returncode == -signal.SIGKILL, explain(proc)
+
+
+def scalar(db_uri: str, sql: str, *params: Any) -> Any:
+    """The first column of the first row ``sql`` returns (there must be one)."""
+    with psycopg.connect(db_uri) as conn:
+        row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]

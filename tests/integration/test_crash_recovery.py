@@ -6,13 +6,12 @@ flush, no final checkpoint. The database is the judge of what happened.
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.cli import explain, payables, payables_fails, payables_json
+from tests.cli import explain, killed, payables, payables_fails, payables_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -24,11 +23,6 @@ def count(db_uri: str, sql: str, *params: Any) -> int:
         row = conn.execute(sql, params).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def killed(env: dict[str, str], point: str, *args: str) -> None:
-    proc = payables({**env, "PAYABLES_FAILPOINTS": point}, *args)
-    assert proc.returncode == -signal.SIGKILL, explain(proc)
 
 
 def test_kill_after_the_payment_commits_then_continue_pays_once(

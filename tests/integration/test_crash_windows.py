@@ -14,29 +14,14 @@ run, and `continue` must finish it from what was recorded.
 
 from __future__ import annotations
 
-import signal
-from typing import Any
-
 import psycopg
 import pytest
 
-from tests.cli import explain, payables, payables_fails, payables_json
+from tests.cli import killed, payables, payables_fails, payables_json, scalar
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 APPROVE = ("--approve", "--reviewer", "rev-1", "--role", "approver")
-
-
-def scalar(db_uri: str, sql: str, *params: Any) -> Any:
-    with psycopg.connect(db_uri) as conn:
-        row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def killed(env: dict[str, str], point: str, *args: str) -> None:
-    proc = payables({**env, "PAYABLES_FAILPOINTS": point}, *args)
-    assert proc.returncode == -signal.SIGKILL, explain(proc)
 
 
 def plain(text: str) -> str:

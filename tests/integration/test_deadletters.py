@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from typing import Any, get_args
 
 import psycopg
@@ -25,20 +24,13 @@ from state.db import Database
 from state.deadletters import claim_dead_letter, get_dead_letter, record_dead_letter
 from state.routes import FINISHED_STATUSES, RunStatus
 from state.runs import record_run
-from tests.cli import explain, payables, payables_fails, payables_json
+from tests.cli import explain, killed, payables, payables_fails, payables_json, scalar
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 PAY_REQUEST = "Validate INV-1001 and pay it if it matches"
 APPROVE = ("--approve", "--reviewer", "rev-1", "--role", "approver")
 ACCOUNT = "NL23KNAB0257394811"
-
-
-def scalar(db_uri: str, sql: str, *params: Any) -> Any:
-    with psycopg.connect(db_uri) as conn:
-        row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def payments(db_uri: str, invoice: str) -> int:
@@ -69,11 +61,6 @@ def fails_at(env: dict[str, str], point: str, *args: str) -> str:
     assert proc.returncode == 1, explain(proc)
     assert "Traceback" not in proc.stderr, explain(proc)
     return plain(proc.stderr)
-
-
-def killed(env: dict[str, str], point: str, *args: str) -> None:
-    proc = payables({**env, "PAYABLES_FAILPOINTS": point}, *args)
-    assert proc.returncode == -signal.SIGKILL, explain(proc)
 
 
 def only_open_dead_letter(env: dict[str, str]) -> dict[str, Any]:

@@ -7,26 +7,18 @@ thread `payables threads` lists, "already resolved" for a run that still has to 
 from __future__ import annotations
 
 import signal
-from typing import Any
 
 import psycopg
 import pytest
 
 from runtime.agent import open_agent
 from state.db import Database
-from tests.cli import explain, payables, payables_json
+from tests.cli import explain, payables, payables_json, scalar
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 PAY_REQUEST = "Validate INV-1001 and pay it if it matches"
 APPROVE = ("--approve", "--reviewer", "rev-1", "--role", "approver")
-
-
-def scalar(db_uri: str, sql: str, *params: Any) -> Any:
-    with psycopg.connect(db_uri) as conn:
-        row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 async def pruned_thread(cli_env: dict[str, str], db_uri: str, database: Database) -> str:

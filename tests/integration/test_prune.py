@@ -21,7 +21,7 @@ from state.db import Database
 from state.deadletters import record_dead_letter
 from state.retention import prune
 from state.runs import ThreadReused, record_run
-from tests.cli import explain, payables, payables_fails, payables_json
+from tests.cli import explain, payables, payables_fails, payables_json, scalar
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -29,13 +29,6 @@ PAY_REQUEST = "Validate INV-1001 and pay it if it matches"
 APPROVE = {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}}
 CHECKPOINT_TABLES = ("checkpoints", "checkpoint_writes", "checkpoint_blobs")
 KEPT_TABLES = ("audit_events", "tool_calls", "approval_decisions", "runs", "invoices", "payments")
-
-
-def scalar(db_uri: str, sql: str, *params: Any) -> Any:
-    with psycopg.connect(db_uri) as conn:
-        row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def row_json(db_uri: str, thread: str) -> str:
