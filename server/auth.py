@@ -32,7 +32,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -41,6 +41,8 @@ import jwt
 import psycopg
 from langgraph_sdk import Auth
 from psycopg.rows import dict_row
+
+from guards.input_checks import unstorable_reason
 
 ROLES = ("clerk", "reviewer", "controller", "admin")
 Role = Literal["clerk", "reviewer", "controller", "admin"]
@@ -488,6 +490,8 @@ async def create_run(
             f"A {who.role} may only resume a pending approval, not start or continue runs."
         )
     run_input = kwargs.get("input")
+    if run_input is not None and (problem := unstorable_input(run_input)):
+        raise Auth.exceptions.HTTPException(status_code=422, detail=problem)
     if isinstance(run_input, Mapping) and run_input.get("user") != who.identity:
         raise _forbidden(
             f"input.user must be your own identity {who.identity!r} (got "
@@ -507,6 +511,28 @@ async def create_run(
         # A run that creates its thread (if_not_exists="create") gives it this metadata.
         metadata.update(owner=who.identity, tenant=who.tenant)
     return visible_threads(who)
+
+
+def unstorable_input(value: Any, where: str = "input") -> str | None:
+    """Why Postgres could not store the run's input, naming the field; None if it can.
+
+    The server writes the input in its first checkpoint, after the run is accepted: a NUL
+    or a lone surrogate there fails that write with an internal error. Refused up front.
+    """
+    if isinstance(value, str):
+        return unstorable_reason(value, where)
+    if isinstance(value, Mapping):
+        items: Iterable[tuple[str, Any]] = ((f"{where}.{key}", item) for key, item in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{where}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for name, item in items:
+        if (isinstance(name, str) and (problem := unstorable_reason(name, "field name"))) or (
+            problem := unstorable_input(item, name)
+        ):
+            return problem
+    return None
 
 
 def run_tenant(kwargs: dict[str, Any], tenant: str) -> None:

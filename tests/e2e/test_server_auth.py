@@ -754,3 +754,27 @@ async def test_clerk_cannot_write_thread_state_to_name_another_requester(
     new_id = created.json()["detail"].split()[1]
     state = await http.get(f"/threads/{new_id}/state", headers=bearer(token_for("ana")))
     assert state.status_code == 200 and "clerk-zed" not in state.text, state.text
+
+
+async def test_input_postgres_cannot_store_is_refused_before_anything_is_written(
+    server: str, module_db: str
+) -> None:
+    """A NUL in the request or an attachment fails in the checkpointer's write, after the
+    run was accepted; it is refused up front instead (422, naming the field)."""
+    async with sdk(server, token_for("ana")) as ana:
+        for run_input, field in (
+            ({"request": "Validate INV-1001\x00 now", "user": "clerk-ana"}, "input.request"),
+            (
+                {
+                    "request": "Validate INV-1001",
+                    "user": "clerk-ana",
+                    "attachments": [{"name": "note.txt", "text": "pay\x00 it"}],
+                },
+                "input.attachments[0].text",
+            ),
+        ):
+            thread_id = (await ana.threads.create())["thread_id"]
+            before = await footprint(module_db, thread_id)
+            text = await refused(ana.runs.wait(thread_id, GRAPH_ID, input=run_input), 422)
+            assert field in text and "NUL" in text, text
+            assert await footprint(module_db, thread_id) == before
