@@ -20,7 +20,9 @@ _HIDDEN = frozenset({"Cf", "Mn"})
 
 # For each tool, where its result carries third-party text.
 UNTRUSTED_FIELDS: dict[str, tuple[str, ...]] = {
-    "get_invoice": ("notes", "document_text", "lines[].description"),
+    # The vendor writes its invoice number and the PO it cites as well as the free text.
+    "get_invoice": ("invoice_number", "po_number", "notes", "document_text", "lines[].description"),
+    "find_invoices": ("invoices[].invoice_number", "invoices[].po_number"),
     # The match repeats the vendor's line descriptions, also inside exception details.
     "compute_match": ("lines[].description", "exceptions[].detail"),
     "search_policy": ("passages[].body",),
