@@ -157,13 +157,7 @@ class _FailedAttempts:
         ``charged``: its step row and charge were written (with whatever was uncharged).
         """
         carry = self._carries.pop(thread_id, None)
-        usage = Usage(
-            model_calls=meter.model_calls,
-            input_tokens=meter.input_tokens,
-            output_tokens=meter.output_tokens,
-            cost_usd=meter.cost_usd,
-            wall_clock_s=elapsed,
-        )
+        usage = _usage_of(meter, elapsed)
         uncharged = Meter() if charged or carry is None else carry.uncharged
         if not charged:
             uncharged = _sum_meters(uncharged, meter)
@@ -176,6 +170,17 @@ class _FailedAttempts:
     def settled(self, thread_id: str) -> None:
         """The thread's latest step completed and counted everything carried."""
         self._carries.pop(thread_id, None)
+
+
+def _usage_of(meter: Meter, elapsed: float) -> Usage:
+    """What one node attempt spent, as the run's ``usage`` counts it (no step)."""
+    return Usage(
+        model_calls=meter.model_calls,
+        input_tokens=meter.input_tokens,
+        output_tokens=meter.output_tokens,
+        cost_usd=meter.cost_usd,
+        wall_clock_s=elapsed,
+    )
 
 
 def _sum_meters(left: Meter, right: Meter) -> Meter:
@@ -420,8 +425,7 @@ def _mark_trace(tags: list[str], metadata: dict[str, Any]) -> None:
     """Tag the node's LangSmith run (when tracing is on) so warnings and stops show there."""
     run = get_current_run_tree()
     if run is not None:
-        if tags:
-            run.add_tags(tags)
+        run.add_tags(tags)
         run.add_metadata(metadata)
 
 
@@ -473,7 +477,8 @@ def guard_node(
         # Every node's trace says the run's tenant, prompt version and (once routed) route,
         # so a resume's trace, where a reviewer's decision is, is found by them too, and so
         # is a run on the LangGraph server, whose root the CLI's metadata never reaches.
-        _mark_trace([], _trace_metadata(state, ctx))
+        if (run := get_current_run_tree()) is not None:
+            run.add_metadata(_trace_metadata(state, ctx))
         if name == FIRST_NODE and not state.get("route"):
             admission = await admit_run(
                 db,
@@ -558,14 +563,7 @@ def guard_node(
             _SPEND_SEEN.note(thread_id, today)
         if name == LAST_NODE:
             _SPEND_SEEN.forget(thread_id)
-        step_usage = Usage(
-            steps=1,
-            model_calls=meter.model_calls,
-            input_tokens=meter.input_tokens,
-            output_tokens=meter.output_tokens,
-            cost_usd=meter.cost_usd,
-            wall_clock_s=elapsed,
-        )
+        step_usage = Usage(steps=1, **_usage_of(meter, elapsed))
         if carry is not None:
             step_usage = add_usage(carry.usage, step_usage)
             step_usage.pop("warnings", None)
