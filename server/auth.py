@@ -557,14 +557,21 @@ def _database_uri() -> str:
     return database_uri()
 
 
-async def thread_tenant(thread_id: str) -> str | None:
-    """The tenant the run index records for ``thread_id`` (None: no request on it yet)."""
+async def _run_index_row(thread_id: str) -> dict[str, Any] | None:
+    """The thread's run index row (requester and tenant), or None: no request on it yet."""
     async with await psycopg.AsyncConnection.connect(
         _database_uri(), row_factory=dict_row, autocommit=True
     ) as conn:
-        cur = await conn.execute("SELECT tenant FROM runs WHERE thread_id = %s", (thread_id,))
-        row = await cur.fetchone()
-    return None if row is None else str(row["tenant"])
+        cur = await conn.execute(
+            "SELECT requester, tenant FROM runs WHERE thread_id = %s", (thread_id,)
+        )
+        return await cur.fetchone()
+
+
+async def thread_tenant(thread_id: str) -> str | None:
+    """The tenant the run index records for ``thread_id`` (None: no request on it yet)."""
+    run = await _run_index_row(thread_id)
+    return None if run is None else str(run["tenant"])
 
 
 async def check_unused_thread(who: Identity, thread_id: str) -> None:
@@ -575,13 +582,7 @@ async def check_unused_thread(who: Identity, thread_id: str) -> None:
     cost cap's admission; the router refuses it too, after the input is written. A thread
     the caller cannot see is left to the read filter's 404, which says nothing of it.
     """
-    async with await psycopg.AsyncConnection.connect(
-        _database_uri(), row_factory=dict_row, autocommit=True
-    ) as conn:
-        cur = await conn.execute(
-            "SELECT requester, tenant FROM runs WHERE thread_id = %s", (thread_id,)
-        )
-        run = await cur.fetchone()
+    run = await _run_index_row(thread_id)
     if run is None:
         return
     if who.role == "admin" or (run["requester"], run["tenant"]) == (who.identity, who.tenant):
