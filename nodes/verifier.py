@@ -24,28 +24,24 @@ from nodes.deps import Node, NodeDeps
 from runtime import failpoints
 from runtime.context import Context
 from state.db import Database
-from state.graph_state import AgentState, phase_outcomes
+from state.graph_state import AgentState, phase_outcomes, phase_step_prefix
 from state.routes import Route
 from tools.gate import PAYEE_REFUSALS, ToolOutcome
 
 MAX_PHASES = 6
 
 
-def ends_here(state: AgentState) -> bool:
-    """Whether the run ends after this check.
+def ends_here(state: AgentState, outcomes: list[ToolOutcome]) -> bool:
+    """Whether the run ends after this check of the phase's ``outcomes``.
 
     It does after a budget stop, a reject in this phase, or a payment in it that the gate
     refused for its payee (only a new approval lifts that; a re-plan cannot).
     """
     if state.get("budget_stop"):
         return True
-    if any(
-        o["error"] is not None and o["error"]["code"] in PAYEE_REFUSALS
-        for o in phase_outcomes(state)
-    ):
+    if any(o["error"] is not None and o["error"]["code"] in PAYEE_REFUSALS for o in outcomes):
         return True
-    plan = state.get("plan")
-    prefix = f"p{plan['phase']}s" if plan is not None else None
+    prefix = phase_step_prefix(state)
     return prefix is not None and any(
         d["decision"] == "reject" and d["step_id"].startswith(prefix)
         for d in state.get("decisions", [])
@@ -102,7 +98,7 @@ def make_verifier(deps: NodeDeps) -> Node:
         plan = state["plan"]
         outcomes = phase_outcomes(state)
         problems = await check_outcomes(deps.database, outcomes)
-        ending = ends_here(state)
+        ending = ends_here(state, outcomes)
         if problems:
             failed_check = "Verification failed: " + "; ".join(problems)
             # A run that ends here keeps why it ended (the reject, the budget stop).

@@ -254,10 +254,15 @@ class AgentState(InputState, total=False):
     cap); once set, respond writes the rules summary without calling a model."""
 
 
+def phase_step_prefix(state: AgentState) -> str | None:
+    """How the step ids of the current plan's phase begin (None before the first plan)."""
+    plan = state.get("plan")
+    return None if plan is None else f"p{plan['phase']}s"
+
+
 def phase_outcomes(state: AgentState) -> list[ToolOutcome]:
     """The outcomes of the current plan's phase (none before the first plan)."""
-    plan = state.get("plan")
-    if plan is None:
+    prefix = phase_step_prefix(state)
+    if prefix is None:
         return []
-    prefix = f"p{plan['phase']}s"
     return [o for o in state.get("outcomes", []) if o["step_id"].startswith(prefix)]
