@@ -12,10 +12,10 @@ import base64
 import binascii
 import codecs
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from guards.redaction import redact_text
+from guards.visible import visible_text
 
 FLAG_THRESHOLD = 0.4
 
@@ -113,19 +113,9 @@ class InjectionFlag:
         }
 
 
-def _visible(text: str) -> str:
-    """``text`` as a reader sees it.
-
-    Full-width letters are folded (NFKC); invisible format characters (zero-width spaces
-    and joiners, soft hyphens) are dropped, so they cannot split a phrase the rules look for.
-    """
-    folded = unicodedata.normalize("NFKC", text)
-    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
-
-
 def _decoded_variants(text: str) -> list[str]:
     """The text plus any base64 or rot13 payload it carries, so encoding does not hide it."""
-    text = _visible(text)
+    text = visible_text(text)
     variants = [text]
     for blob in re.findall(r"[A-Za-z0-9+/]{16,}={0,2}", text):
         try:

@@ -2,54 +2,66 @@
 
 Bank accounts keep their last four characters (IBANs in any spacing or case, across line
 breaks too; domestic account numbers after a word naming an account or a US routing
-number); secrets (API keys, bearer tokens, database
-passwords) are replaced whole. Card numbers are found with LangChain's PII detector, and
-in the other printed groupings (4-6-5, dotted) by `_GROUPED_CARD_RE`; both check the Luhn
-sum, so ordinary long numbers are left alone.
+number); secrets (API keys, bearer tokens, database passwords) are replaced whole. Text
+beyond ASCII is also read as shown (full-width digits and letters folded, zero-width
+characters dropped, any dash as "-"), so such characters hide nothing. Card numbers are
+found with LangChain's PII detector, and in the other printed groupings (4-6-5, dotted) by
+`_GROUPED_CARD_RE`; both check the Luhn sum, so ordinary long numbers are left alone.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from typing import TypeVar
 
 from langchain.agents.middleware.pii import detect_credit_card
 from stdnum import iban, luhn
 from stdnum.us import rtn
 
+from guards.visible import visible_text
+
 T = TypeVar("T")
 
 # IBAN-like: country code, check digits, 10-30 alphanumerics, optionally printed in groups.
-ACCOUNT_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]){10,30}\b")
+ACCOUNT_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]){10,30}\b", re.ASCII)
 # The same with up to three separators between characters ("N L 9 1 ...", "DE49-1002-...",
 # "GB29  NWBK", "GB29 - NWBK"), matched case-insensitively; only checksum-valid IBANs count,
 # so prose does not.
 _SEP = r"[\s.\-_/]{0,3}"
 _SPREAD_ACCOUNT_RE = re.compile(
     rf"(?<![A-Z0-9])[A-Z]{_SEP}[A-Z]{_SEP}\d{_SEP}\d(?:{_SEP}[A-Z0-9]){{10,30}}",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 # Card numbers in the groupings LangChain's detector does not read: Amex and Diners' 4-6-5
 # and 4-6-4, and 4-4-4-4(-3) with dots; the Luhn sum decides.
 _GROUPED_CARD_RE = re.compile(
-    r"(?<![\d.,\-])\d{4}([ .\-])(?:\d{6}\1\d{4,5}|\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?)(?![\d]|[.,\-]\d)"
+    r"(?<![\d.,\-])\d{4}([ .\-])(?:\d{6}\1\d{4,5}|\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?)"
+    r"(?![\d]|[.,\-]\d)",
+    re.ASCII,
 )
 # Bare account numbers: 10+ digits not part of an amount or an id with a dash.
-DIGITS_RE = re.compile(r"(?<![\d.,\-])\d{10,}(?![\d.,])")
+DIGITS_RE = re.compile(r"(?<![\d.,\-])\d{10,}(?![\d.,])", re.ASCII)
 # Account numbers that are not IBANs (US, UK, most domestic formats) are 6-17 digits, too
 # short for `DIGITS_RE` to tell from an amount or a count. Written after a word naming an
 # account ("account 123456789", "Acct #: 4402-8719-33", "a/c 7654 3210 98", "Konto 5320130")
 # or after a US routing number (ABA checksum) they are accounts; digits may be grouped with
-# single spaces or dashes. Not an amount ("12,345.67") nor a masked account ("****6819").
-_ACCOUNT_DIGITS = r"\d(?:[ \-]?\d){5,16}(?![\d]|[.,]\d|-\d)"
+# single spaces or dashes. Not an amount ("12,345.67"), a masked account ("****6819") nor
+# a date ("account 2026-12-07").
+_ACCOUNT_DIGITS = (
+    r"(?!(?:19|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?!\d|-\d))"
+    r"\d(?:[ \-]?\d){5,16}(?![\d]|[.,]\d|-\d)"
+)
 _LABELLED_ACCOUNT_RE = re.compile(
     r"(?i)(?<![a-z])(?:bank\s+)?(?:account|acct|acc|a/c|konto(?:nummer|nr)?|cuenta|compte|"
     r"conto)\.?(?:[\s_]*(?:no|nr|num|number|#)\.?)?[\"']?\s*[:#=]?\s*[\"']?\s*"
-    rf"(?P<account>{_ACCOUNT_DIGITS})"
+    rf"(?P<account>{_ACCOUNT_DIGITS})",
+    re.ASCII,
 )
 _ROUTED_ACCOUNT_RE = re.compile(
-    rf"(?<![\d.,\-])(?P<routing>\d{{9}})[\s,;/\-]{{1,3}}(?P<account>{_ACCOUNT_DIGITS})"
+    rf"(?<![\d.,\-])(?P<routing>\d{{9}})[\s,;/\-]{{1,3}}(?P<account>{_ACCOUNT_DIGITS})",
+    re.ASCII,
 )
 # The ids this system mints: UUIDs (threads, checkpoints, runs) and 32- or 64-digit hex
 # (interrupt ids, digests, idempotency keys). Their hex can hold 10+ digits in a row after a
@@ -77,6 +89,21 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# Dashes a reader takes for "-" between groups of an account (NFKC leaves them as they are).
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"))
+
+
+def _as_shown(text: str) -> str:
+    """``text`` as a reader sees it (`visible_text`), dashes and digits read as ASCII.
+
+    NFKC leaves dashes and Arabic-Indic or Devanagari digits as they are.
+    """
+    shown = visible_text(text).translate(_DASHES)
+    if shown.isascii():
+        return shown
+    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in shown)
+
+
 def mask_account(account: str | None) -> str | None:
     """Show only the last four characters of a bank account."""
     if account is None:
@@ -97,10 +124,12 @@ def extract_accounts(text: str) -> list[str]:
 
     A checksum-valid IBAN wins (so "GB33... and pay" does not swallow "ANDPAY"); an
     IBAN-shaped token that fails the checksum is kept as written, without trailing words.
-    A second account run on after a valid one ("NL23... to GB94...") is found too.
+    A second account run on after a valid one ("NL23... to GB94...") is found too, and
+    accounts hidden by characters beyond ASCII (`_as_shown`) as well as those written plainly.
     """
     found: list[str] = []
-    for match, valid, _ in _spread_accounts(text):
+    readings = [text] if text.isascii() else list(dict.fromkeys((text, _as_shown(text))))
+    for match, valid, _ in (run for reading in readings for run in _spread_accounts(reading)):
         if valid is None:
             token = ACCOUNT_RE.match(match.group(0).upper())
             if token:
@@ -150,7 +179,24 @@ def find_hidden_accounts(text: str) -> list[str]:
 
 
 def redact_text(text: str) -> str:
-    """Mask accounts, card numbers and secrets in free text."""
+    """Mask accounts, card numbers and secrets in free text.
+
+    The patterns read ASCII. Text beyond it is masked as written, then read as shown
+    (`_as_shown`); when that reading holds more to mask ("GB29\u200bNWBK..." with zero-width
+    spaces, full-width or Arabic-Indic digits), the masked reading is returned instead, the
+    invisible characters gone.
+    """
+    masked = _redact_as_written(text)
+    if masked.isascii():
+        return masked
+    shown = _as_shown(masked)
+    if shown == masked:
+        return masked
+    masked_shown = _redact_as_written(shown)
+    return masked if masked_shown == shown else masked_shown
+
+
+def _redact_as_written(text: str) -> str:
     for pattern, replacement in SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     for match in sorted(detect_credit_card(text), key=lambda m: m["start"], reverse=True):
@@ -228,7 +274,23 @@ def redact(value: T) -> T:
 
 
 def find_unmasked(text: str) -> list[str]:
-    """Full account numbers, card numbers or secrets still present in ``text`` (for tests)."""
+    """Full account numbers, card numbers or secrets in ``text``, as written or as shown."""
+    found = _unmasked_as_written(text)
+    if text.isascii():
+        return found
+    seen = {_compact(item) for item in found}
+    for item in _unmasked_as_written(_as_shown(text)):
+        if _compact(item) not in seen:
+            seen.add(_compact(item))
+            found.append(item)
+    return found
+
+
+def _compact(item: str) -> str:
+    return re.sub(r"[\W_]", "", _as_shown(item)).upper()
+
+
+def _unmasked_as_written(text: str) -> list[str]:
     found = [m.group(0) for m in ACCOUNT_RE.finditer(text)]
     found += find_hidden_accounts(text)
     found += [m["value"] for m in detect_credit_card(text)]

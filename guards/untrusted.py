@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import re
-import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
+from guards.visible import visible_with_origins
+
 # A tag as read: "<", any spaces, an optional "/", the name (any case).
 _TAG_RE = re.compile(r"<\s*/?\s*untrusted", re.IGNORECASE)
-_HIDDEN = frozenset({"Cf", "Mn"})
 
 # For each tool, where its result carries third-party text.
 UNTRUSTED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -37,22 +37,12 @@ injection there, not again here (one flag per piece of text)."""
 def _defuse_tags(text: str) -> str:
     """``text`` with the "<" of everything that reads as an untrusted tag escaped (``&lt;``).
 
-    Read as a model or a reviewer would: character by character folded (NFKC: full-width
-    letters and brackets), invisible format characters (zero-width spaces, soft hyphens,
-    byte-order marks) and combining marks dropped, so none of them hides a tag.
+    Read as a model or a reviewer would (`visible_with_origins`: full-width letters and
+    brackets folded; zero-width spaces, soft hyphens, byte-order marks and combining marks
+    dropped), so none of them hides a tag.
     """
-    read: list[str] = []
-    origin: list[int] = []  # for each character of `read`, where it came from in `text`
-    for index, char in enumerate(text):
-        if char.isascii():
-            read.append(char)
-            origin.append(index)
-            continue
-        for folded in unicodedata.normalize("NFKC", char):
-            if unicodedata.category(folded) not in _HIDDEN:
-                read.append(folded)
-                origin.append(index)
-    openers = sorted({origin[m.start()] for m in _TAG_RE.finditer("".join(read))})
+    read, origin = visible_with_origins(text)
+    openers = sorted({origin[m.start()] for m in _TAG_RE.finditer(read)})
     if not openers:
         return text
     out: list[str] = []

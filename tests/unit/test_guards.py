@@ -399,6 +399,61 @@ def test_us_style_and_labelled_account_numbers_are_masked(text: str, account: st
     assert find_unmasked(masked) == []
 
 
+def _full_width(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if c.isalnum() and c.isascii() else c for c in text)
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "\u200b".join(IBAN),  # a zero-width space between every character
+        "GB29\u200bNWBK\u200b6016\u200b1331\u200b9268\u200b19",
+        "GB29\u00adNWBK\ufeff6016\u200d1331\u20609268\u200c19",  # soft hyphen, BOM, joiners
+        "GB29\u2011NWBK\u20116016\u20111331\u20119268\u201119",  # non-breaking hyphens
+        "GB29\u2013NWBK\u20136016\u20131331\u20139268\u201319",  # en dashes
+        _full_width(IBAN),
+        _full_width("GB29 NWBK 6016 1331 9268 19"),
+    ],
+)
+def test_an_iban_hidden_by_characters_beyond_ascii_is_masked_whole_and_refused(
+    written: str,
+) -> None:
+    # Such text shows a reader (a vendor's clerk, a model) the whole account.
+    text = f"Remit to {written} please"
+    assert redact_text(text) == "Remit to ****6819 please"
+    # Once, however many ways it is found, so send_vendor_email refuses such a body.
+    assert [re.sub(r"\W", "", found) for found in find_unmasked(text)] == [IBAN]
+    assert extract_accounts(text) == [IBAN]  # so an attachment holding it is flagged as PII
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("account \uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18", "account ****5678"),
+        ("acct 1234\u200b5678\u200b90", "acct ****7890"),
+        # Arabic-Indic digits: NFKC keeps them, a reader reads them as digits all the same.
+        ("ref " + "".join(chr(0x660 + int(d)) for d in "12345678901234"), "ref ****1234"),
+    ],
+)
+def test_digits_beyond_ascii_are_masked_as_digits(text: str, masked: str) -> None:
+    assert redact_text(text) == masked
+
+
+def test_text_beyond_ascii_with_nothing_to_mask_is_left_as_written() -> None:
+    text = "Caf\u00e9 \u2014 \uff29\uff2e\uff36-1001 re\u0301vise\u0301, due 2025-01-15"
+    assert redact_text(text) == text
+    # Masked as written, the invisible character beside the account stays where it was.
+    assert redact_text(f"abc\u200b{IBAN}") == "abc\u200b****6819"
+
+
+@pytest.mark.parametrize("date", ["2026-12-07", "1999-01-31"])
+def test_a_date_after_an_account_word_is_not_an_account(date: str) -> None:
+    text = f"Account {date}: reviewed; account no. 12345678"
+    assert redact_text(text) == f"Account {date}: reviewed; account no. ****5678"
+    more = f"acct {date}-11"  # more digits than a date: an account
+    assert redact_text(more) == "acct ****" + re.sub(r"\D", "", more)[-4:]
+
+
 def _called(step_id: str, tool: str, args: dict[str, Any], result: dict[str, Any]) -> ToolOutcome:
     return ToolOutcome(
         step_id=step_id,
