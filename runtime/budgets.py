@@ -15,8 +15,9 @@
   `runtime.models` consults before every call.
 
 After the node it adds one step, the node's model usage and its time to the run's
-``usage``; records the step (``step_metrics``, for `payables stats`) and charges its model
-cost to the tenant's day, in one statement when it spent any (`state.step_metrics`; a node
+``usage`` (after respond, the run's whole usage goes into its result too); records the
+step (``step_metrics``, for `payables stats`) and charges its model cost to the tenant's
+day, in one statement when it spent any (`state.step_metrics`; a node
 that raised is recorded too, as failed, and its exception propagates). What an attempt
 that raised spent is not lost with its discarded update: the thread's next attempt (the
 graph's retry of the step) counts it against the budgets before it runs and its step adds
@@ -582,6 +583,11 @@ def guard_node(
                 log.warning("budget warning (%s): %s", name, warning)
             _mark_trace(["budget_warning"], {"budget_warnings": warnings})
         extra: dict[str, Any] = {"usage": step_usage}
+        if name == LAST_NODE and isinstance(update.get("result"), dict):
+            # The result reports the run's whole usage: the last step's own model call
+            # and time are only known here, after the node.
+            final = add_usage(state.get("usage", {}), step_usage)
+            extra["result"] = {**update["result"], "usage": final}
 
         plan = update.get("plan")
         if name == "planner" and plan is not None:

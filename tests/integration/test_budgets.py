@@ -135,8 +135,8 @@ async def test_the_step_budget_stops_the_run_before_the_next_node(
     assert f"budget_exhausted: steps {max_steps}/{max_steps}" in view["reason"]
     assert [c["tool"] for c in view["result"]["tool_calls"]] == tools
     # A stop with outcomes in the phase still has the verifier check them: one step more,
-    # a check in code (no model call), which ends the run.
-    assert view["result"]["usage"]["steps"] == max_steps + (1 if tools else 0)
+    # a check in code (no model call), which ends the run. Respond's own step counts too.
+    assert view["result"]["usage"]["steps"] == max_steps + (1 if tools else 0) + 1
     assert view["summary"].startswith(f"[{status}]")
     assert await invoice_status(database, "INV-1002") == "received"
 

@@ -121,7 +121,7 @@ async def test_with_every_model_down_the_rules_model_serves_and_the_result_says_
         "model:scripted-router": "open",
     }
     assert route_event_path(db_uri, view["thread_id"]) == paths["router"]
-    assert view["result"]["usage"]["model_calls"] == 4  # router 2 + planner 2, respond's after
+    assert view["result"]["usage"]["model_calls"] == 6  # router, planner and respond: 2 each
 
 
 async def test_an_injected_rate_limit_sends_every_role_to_the_rules_model(
@@ -194,6 +194,8 @@ async def test_malformed_output_is_repaired_in_a_run_and_its_usage_is_charged(
     assert respond.script == []
     assert view["result"]["degraded"] == []  # the models answered; nothing was unavailable
     usage = view["result"]["usage"]
-    assert usage["model_calls"] == 2  # the router's two attempts; respond's come after
-    assert (usage["input_tokens"], usage["output_tokens"]) == (1200, 80)
-    assert usage["cost_usd"] == pytest.approx(1.2 * 0.001 + 0.08 * 0.002)
+    # The router's two attempts (the first's reply carried no usage) and respond's three,
+    # whose model, unpriced, is charged at the highest price known (price_per_1k).
+    assert usage["model_calls"] == 5
+    assert (usage["input_tokens"], usage["output_tokens"]) == (1200 + 3 * 500, 80 + 3 * 10)
+    assert usage["cost_usd"] == pytest.approx((1.2 + 1.5) * 0.001 + (0.08 + 0.03) * 0.002)
