@@ -25,6 +25,16 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
+class Admission(StrEnum):
+    """What a breaker says to one call."""
+
+    REFUSED = "refused"
+    CALL = "call"
+    TRIAL = "trial"
+    """The half-open breaker's one trial: its caller must settle it (success, failure, or
+    `CircuitBreaker.release_trial` when the call reached no verdict)."""
+
+
 @dataclass
 class CircuitBreaker:
     """One dependency's breaker."""
@@ -47,16 +57,29 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
-    def allow(self) -> bool:
-        """Whether a call may go through now; in half-open, only one trial at a time."""
+    def admit(self) -> Admission:
+        """Whether a call may go through now, and whether it is the half-open trial.
+
+        Decided under the lock in one look at the clock, so a caller never takes the
+        trial without knowing it (the cooldown can end between two looks).
+        """
         with self._lock:
             state = self.state
             if state is BreakerState.CLOSED:
-                return True
+                return Admission.CALL
             if state is BreakerState.HALF_OPEN and not self.trial_in_flight:
                 self.trial_in_flight = True
-                return True
-            return False
+                return Admission.TRIAL
+            return Admission.REFUSED
+
+    def allow(self) -> bool:
+        """Whether a call may go through now; in half-open, only one trial at a time."""
+        return self.admit() is not Admission.REFUSED
+
+    def release_trial(self) -> None:
+        """Give the half-open trial back unsettled: its call reached no verdict."""
+        with self._lock:
+            self.trial_in_flight = False
 
     def record_success(self) -> None:
         """A call succeeded: close the breaker."""

@@ -51,7 +51,7 @@ from langchain_core.runnables.retry import RunnableRetry
 from pydantic import BaseModel
 from tenacity import wait_exponential_jitter
 
-from runtime.breakers import BREAKERS, CircuitBreaker
+from runtime.breakers import BREAKERS, Admission, CircuitBreaker
 from runtime.context import RULES_MODEL, Context
 from runtime.errors import ConfigError
 from runtime.faults import FAULTS
@@ -509,9 +509,10 @@ def _attempt(
         refusal = current_meter().refusal()
         if refusal is not None:
             raise _Refused(refusal, budget=True)
-        if not breaker.allow():
+        admission = breaker.admit()
+        if admission is Admission.REFUSED:
             raise _Refused(f"circuit open (retry in {breaker.retry_after_s():.0f}s)", budget=False)
-        trial = breaker.trial_in_flight  # True only if this attempt is the half-open trial
+        trial = admission is Admission.TRIAL
         fault = FAULTS.draw("model", name)
         reply: StructuredReply | None = None
         try:

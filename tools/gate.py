@@ -47,7 +47,7 @@ from tenacity.wait import wait_exponential_jitter
 
 from guards.redaction import mask_account, redact
 from runtime import failpoints
-from runtime.breakers import BREAKERS, BreakerBoard, BreakerState, CircuitBreaker
+from runtime.breakers import BREAKERS, Admission, BreakerBoard, BreakerState, CircuitBreaker
 from runtime.context import Context
 from runtime.faults import ENV_VAR as FAULTS_ENV_VAR
 from runtime.faults import FAULTS, FaultInjector
@@ -282,8 +282,9 @@ class _GatedCall:
         self.made += 1
         fault = self.gate.faults.draw("tool", spec.name)
         breaker = self.gate.breaker(spec.name, self.run)
-        trial = breaker.state is BreakerState.HALF_OPEN
-        if not breaker.allow():
+        admission = breaker.admit()
+        trial = admission is Admission.TRIAL
+        if admission is Admission.REFUSED:
             refused = self.circuit_open(spec, validated, breaker)
             await self.audit(refused)
             self.failed.clear()
@@ -294,7 +295,7 @@ class _GatedCall:
         except BaseException as exc:
             if not is_backend_failure(exc):
                 if trial:  # give the half-open trial back: this attempt reached no verdict
-                    breaker.trial_in_flight = False
+                    breaker.release_trial()
                 raise
             breaker.record_failure()
             failure = self.failure(spec, validated, exc, timeout)

@@ -366,11 +366,8 @@ async def broken_handler(ctx: CallContext, args: LookupArgs) -> LookupResult:
     raise ValueError("a bug, not an outage")
 
 
-async def test_a_bug_during_the_half_open_trial_propagates_and_frees_the_trial(
-    database: Database,
-) -> None:
-    clock = FakeClock()
-    board = BreakerBoard(clock=clock)
+def buggy_gate(database: Database, board: BreakerBoard) -> ToolGate:
+    """A gate whose ``buggy_lookup`` raises a bug, its breaker opened by one failure."""
     buggy = ToolSpec(
         name="buggy_lookup",
         description="Read an invoice's status (test tool with a bug).",
@@ -380,15 +377,60 @@ async def test_a_bug_during_the_half_open_trial_propagates_and_frees_the_trial(
         scopes=frozenset({"invoice_processing"}),
         handler=broken_handler,
     )
-    gate = ToolGate(database, ToolRegistry([*AP_TOOLS, buggy]), breakers=board)
-    run = Context(**FAST, breaker_failure_threshold=1, breaker_cooldown_s=10)
     board.get("tool:buggy_lookup", failure_threshold=1, cooldown_s=10).record_failure()
+    return ToolGate(database, ToolRegistry([*AP_TOOLS, buggy]), breakers=board)
+
+
+BUGGY_RUN = Context(**FAST, breaker_failure_threshold=1, breaker_cooldown_s=10)
+
+
+async def test_a_bug_during_the_half_open_trial_propagates_and_frees_the_trial(
+    database: Database,
+) -> None:
+    clock = FakeClock()
+    board = BreakerBoard(clock=clock)
+    gate = buggy_gate(database, board)
     clock.now += 10
     with pytest.raises(ValueError, match="a bug"):
-        await gate.call(**call_args("buggy_lookup", {"invoice_id": "INV-1002"}, run))
+        await gate.call(**call_args("buggy_lookup", {"invoice_id": "INV-1002"}, BUGGY_RUN))
     # A bug says nothing about the backend: still half-open, and the next trial may run.
     assert board.snapshot() == {"tool:buggy_lookup": "half_open"}
     assert board.get("tool:buggy_lookup", failure_threshold=1, cooldown_s=10).allow()
+
+
+class FlippingClock(FakeClock):
+    """Monotonic time that jumps by ``jump`` seconds at its ``at``-th look."""
+
+    def __init__(self, at: int, jump: float) -> None:
+        super().__init__()
+        self.looks, self.at, self.jump = 0, at, jump
+
+    def __call__(self) -> float:
+        self.looks += 1
+        if self.looks == self.at:
+            self.now += self.jump
+        return self.now
+
+
+@pytest.mark.parametrize("at", range(2, 6))
+async def test_a_trial_taken_as_the_cooldown_ends_is_freed_like_any_trial(
+    database: Database, at: int
+) -> None:
+    # However the cooldown's end falls among the gate's looks at the clock, a call that
+    # took the trial knows it: a bug during it gives the trial back. Before, the gate
+    # looked at the state, then asked for admission; with the end between the two, the
+    # trial was never given back and the breaker refused every later call.
+    clock = FlippingClock(at, jump=10)  # the first look is record_failure's (opened_at)
+    board = BreakerBoard(clock=clock)
+    gate = buggy_gate(database, board)
+    try:
+        await gate.call(**call_args("buggy_lookup", {"invoice_id": "INV-1002"}, BUGGY_RUN))
+    except ValueError as bug:
+        assert "a bug" in str(bug)  # it took the trial
+    breaker = board.get("tool:buggy_lookup", failure_threshold=1, cooldown_s=10)
+    assert breaker.opened_at is not None
+    clock.now = max(clock.now, breaker.opened_at + 10)
+    assert breaker.allow()  # the trial is free
 
 
 async def test_business_refusals_never_open_a_breaker(database: Database) -> None:
