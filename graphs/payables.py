@@ -2,18 +2,25 @@
 
 ``START → router → planner → executor ⇄ approval → verifier → (planner | respond) → END``,
 with router and verifier able to go straight to respond. `graph` is compiled without a
-checkpointer for `langgraph.json` (the server brings its own); the CLI and tests call
-`build_graph(checkpointer=...)`.
+checkpointer for the LangGraph server (which brings its own); `langgraph.json` serves it
+through `served_graph`, which holds the thread's lock while a server run executes. The CLI
+and tests call `build_graph(checkpointer=...)`.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from time import monotonic
 from typing import Any
 
 import psycopg
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, RetryPolicy
+from langgraph_sdk.runtime import ServerRuntime
 
 from nodes.approval import make_approval
 from nodes.deps import NodeDeps
@@ -25,7 +32,9 @@ from nodes.verifier import make_verifier
 from runtime import failpoints
 from runtime.budgets import guard_node
 from runtime.context import Context
+from runtime.errors import PayablesError
 from runtime.tracing import redact_process_traces
+from state.db import Database, default_database, try_thread_lock
 from state.graph_state import AgentState, InputState, OutputState
 
 GRAPH_NAME = "payables"
@@ -90,3 +99,57 @@ def make_graph(
 # The server traces runs through langsmith's process-wide client: make it redact first.
 redact_process_traces()
 graph = build_graph()
+
+SERVER_LOCK_WAIT_S = 10.0
+"""How long a server run waits for its thread's lock before it fails, running nothing."""
+_LOCK_POLL_S = 0.1
+
+
+class ThreadBusy(PayablesError):
+    """Another process held the thread's lock for longer than a server run waits for it."""
+
+
+@asynccontextmanager
+async def server_run_lock(
+    database: Database, thread_id: str, *, wait_s: float = SERVER_LOCK_WAIT_S
+) -> AsyncIterator[None]:
+    """Hold ``thread_id``'s lock for the block, waiting up to ``wait_s`` for it.
+
+    The lock every `payables` command that drives or deletes a thread takes (run, resume,
+    continue, dead-letter replay, prune; `payables seed` refuses while any is held). A
+    server run waits for it rather than refusing at once: `payables prune` holds it for a
+    moment per thread, and the server's own queue already waits its turn. Still busy after
+    ``wait_s`` (a `payables` run on the thread), it raises `ThreadBusy` and nothing runs.
+    """
+    async with database.lock_connection() as conn:
+        deadline = monotonic() + wait_s
+        while not await try_thread_lock(conn, thread_id):
+            if monotonic() >= deadline:
+                raise ThreadBusy(
+                    f"Thread {thread_id} is being run by another process (a `payables` "
+                    f"command) and was still busy after {wait_s:g} s, so this run did "
+                    "nothing; run it again once that finishes (`payables show "
+                    f"{thread_id}` says where the thread is)."
+                )
+            await asyncio.sleep(_LOCK_POLL_S)
+        yield
+
+
+@asynccontextmanager
+async def served_graph(
+    config: RunnableConfig, runtime: ServerRuntime[Any]
+) -> AsyncIterator[CompiledStateGraph[AgentState, Context, InputState, OutputState]]:
+    """The graph factory `langgraph.json` names: `graph`, locked while a run executes.
+
+    The server enters it around each run's whole execution, checkpoint writes included
+    (``threads.create_run``), and around reads of state and schemas, which take no lock.
+    A run holds its thread's lock as every `payables` run does, so `payables seed`
+    refuses while it executes, `payables prune` keeps its thread, and `payables continue`,
+    `resume` or a dead-letter replay cannot drive the thread beside it.
+    """
+    thread_id = (config.get("configurable") or {}).get("thread_id")
+    if runtime.execution_runtime is None or not thread_id:
+        yield graph
+        return
+    async with server_run_lock(default_database(), str(thread_id)):
+        yield graph

@@ -6,7 +6,9 @@ thread's checkpoint into the view the CLI and tests print.
 Every run that drives a thread (start, resume, continue) first takes the thread's lock: a
 session-level Postgres advisory lock on a connection of its own, held until the run
 returns and released by Postgres if the process dies. A second process gets a clear
-refusal instead of a second writer on the same checkpoint.
+refusal instead of a second writer on the same checkpoint. Runs of the LangGraph server take
+the same lock (`graphs.payables.served_graph`), so a CLI run, resume or continue on a thread
+a server run is executing is refused the same way.
 
 Durability is chosen per leg of a run. A new request runs with ``durability="async"``:
 each step's checkpoint is written while the next step runs (in order), and the run
@@ -55,7 +57,7 @@ from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
 from state.approvals import ApprovalRequest, ResumeIn, parse_resume
-from state.db import THREAD_LOCK_CLASS, Database, default_database, migrate
+from state.db import Database, default_database, migrate, try_thread_lock
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
 from state.retention import pruned_run
@@ -300,12 +302,7 @@ class Agent:
                     thread_id=thread_id,
                     dead_letter_id=None,
                 ) from exc
-            cur = await conn.execute(
-                "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS locked",
-                (THREAD_LOCK_CLASS, thread_id),
-            )
-            row = await cur.fetchone()
-            if row is None or not row["locked"]:
+            if not await try_thread_lock(conn, thread_id):
                 raise ResumeError(busy)
             # Unlocked as the block ends, before the connection goes back to the pool, so
             # a back-to-back run of this thread on another connection finds it free.

@@ -38,8 +38,23 @@ _MIGRATION_LOCK_ID = 0x7061796162  # "payab"
 
 THREAD_LOCK_CLASS = 0x70617962  # "payb"
 """Advisory-lock key space of thread locks, ``(class, hashtext(thread_id))``: every run of a
-thread holds its lock while it runs (`runtime.agent.Agent.thread_lock`). Any constant works
-as long as every process uses the same one; it keeps these apart from other advisory locks."""
+thread holds its lock while it runs: runs of the CLI and evals (`runtime.agent.Agent.thread_lock`)
+and runs of the LangGraph server (`graphs.payables.served_graph`). Any constant works as long
+as every process uses the same one; it keeps these apart from other advisory locks."""
+
+
+async def try_thread_lock(conn: psycopg.AsyncConnection[Any], thread_id: str) -> bool:
+    """Take ``thread_id``'s lock on ``conn`` (a `Database.lock_connection`) if it is free.
+
+    A session-level advisory lock: it holds until the connection unlocks it or closes (the
+    process dying closes it). Returns whether it was taken; never waits.
+    """
+    cur = await conn.execute(
+        "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS locked", (THREAD_LOCK_CLASS, thread_id)
+    )
+    row = await cur.fetchone()
+    return row is not None and bool(row["locked"])
+
 
 # pgserver stops its postmaster when the owning object is collected; keep it alive for the
 # life of the process.

@@ -336,9 +336,9 @@ async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[s
     """Replace the AP world with ``world`` atomically; return row counts per kind.
 
     Every thread (checkpoints and the run index) is forgotten with the old world. While a
-    run driven by `runtime.agent.Agent` (the CLI, evals) is in progress, holding its
-    thread's lock, nothing is replaced: `BadInput`. Runs the LangGraph server executes take
-    no such lock; stop the server before seeding.
+    run is in progress, holding its thread's lock, nothing is replaced: `BadInput`. Runs
+    driven by `runtime.agent.Agent` (the CLI, evals) and runs the LangGraph server executes
+    (`graphs.payables.served_graph`) both hold it.
     """
     try:
         async with conn.transaction():

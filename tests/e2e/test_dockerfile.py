@@ -78,7 +78,7 @@ def test_dockerfile_serves_graph_checkpointer_auth_and_inbox(tmp_path: Path) -> 
     assert f"ADD . {IMAGE_ROOT}" in dockerfile
     env: dict[str, Any] = {name: json.loads(value) for name, value in _ENV_LINE.findall(dockerfile)}
 
-    assert env["LANGSERVE_GRAPHS"] == {"payables": f"{IMAGE_ROOT}/graphs/payables.py:graph"}
+    assert env["LANGSERVE_GRAPHS"] == {"payables": f"{IMAGE_ROOT}/graphs/payables.py:served_graph"}
     assert env["LANGGRAPH_CHECKPOINTER"]["path"] == (
         f"{IMAGE_ROOT}/state/checkpointer.py:checkpointer"
     )

@@ -1,0 +1,180 @@
+"""Runs of the LangGraph server hold their thread's lock, as `payables` runs do.
+
+`payables seed`, `prune`, `continue`, `resume` and `deadletters replay` rely on the
+per-thread advisory lock every run holds while it executes (`runtime.agent.Agent.
+thread_lock`). Server runs took none: a seed replaced the world under a server run in
+flight (erasing what it wrote while it went on writing into the new world), and `payables
+continue` drove a thread a server run was executing, so both ran the same steps. The
+served graph (`graphs.payables.served_graph`) now holds the lock around each run.
+
+One `langgraph dev` for the module, with a stall after the router (the run index says
+``running`` from the router on, so a test knows the run is in flight for those seconds).
+The `payables` commands run in child processes, as an operator would run them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from runtime.agent import open_agent
+from state.db import Database
+from tests.cli import explain, payables
+from tests.langgraph_server import langgraph_dev, server_env
+
+pytestmark = pytest.mark.e2e
+
+GRAPH_ID = "payables"
+CLERK = "clerk-ana"
+TOKENS = {"ana": {"identity": CLERK, "role": "clerk", "tenant": "default"}}
+STALL_S = 8
+"""How long each server run stalls after its router: the window the tests act in."""
+REQUEST = "Validate INV-1001 and pay it if it matches"
+
+
+@pytest.fixture(scope="module")
+def module_db(server_uri: str, template_db: str) -> Iterator[str]:
+    """A private copy of the seeded template database shared by this module's tests."""
+    name = f"payables_lock_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_uri, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_db)
+            )
+        )
+    yield make_conninfo(server_uri, dbname=name)
+    with psycopg.connect(server_uri, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="module")
+def server(module_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`langgraph dev` whose runs stall for `STALL_S` seconds after the router."""
+    workdir = tmp_path_factory.mktemp("lock-server")
+    env = server_env(
+        os.environ,
+        module_db,
+        PAYABLES_DATA_DIR=str(workdir / "unused-embedded"),
+        PAYABLES_AUTH_TOKENS=json.dumps(TOKENS),
+        PAYABLES_FAILPOINTS=f"sleep:after:router:{STALL_S}",
+    )
+    with langgraph_dev(env, workdir) as url:
+        yield url
+
+
+@pytest.fixture
+def cli_env(module_db: str, tmp_path: Path) -> dict[str, str]:
+    """`payables` in a child process against the module's database, no failpoints."""
+    env = {k: v for k, v in os.environ.items() if k != "PAYABLES_FAILPOINTS"}
+    env["DATABASE_URI"] = module_db
+    env["PAYABLES_DATA_DIR"] = str(tmp_path / "unused-embedded")
+    return env
+
+
+@asynccontextmanager
+async def clerk(url: str) -> AsyncIterator[LangGraphClient]:
+    """An SDK client for the clerk."""
+    async with get_client(
+        url=url, api_key=None, timeout=120, headers={"Authorization": "Bearer ana"}
+    ) as client:
+        yield client
+
+
+async def run_status(db_uri: str, thread_id: str) -> str | None:
+    """The thread's status in the run index (None: no row yet)."""
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        cur = await conn.execute("SELECT status FROM runs WHERE thread_id = %s", (thread_id,))
+        row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def in_flight(client: LangGraphClient, db_uri: str) -> tuple[str, str]:
+    """Start the payment request on a new thread; return once it stalls after the router."""
+    thread_id = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(thread_id, GRAPH_ID, input={"request": REQUEST, "user": CLERK})
+    deadline = time.monotonic() + 30
+    while await run_status(db_uri, thread_id) != "running":
+        assert time.monotonic() < deadline, "the server run never reached its router"
+        await asyncio.sleep(0.1)
+    return thread_id, run["run_id"]
+
+
+async def approvals_asked(db_uri: str, thread_id: str) -> int:
+    """How many approval requests the audit chain holds for ``thread_id``."""
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM audit_events WHERE thread_id = %s"
+            " AND kind = 'approval_requested'",
+            (thread_id,),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def finished_interrupted(client: LangGraphClient, thread_id: str, run_id: str) -> None:
+    """Wait for the run; it must end paused for approval, as it would undisturbed."""
+    result: Any = await client.runs.join(thread_id, run_id)
+    assert isinstance(result, dict) and result.get("__interrupt__"), result
+    assert (await client.threads.get(thread_id))["status"] == "interrupted"
+
+
+async def test_seed_refuses_while_a_server_run_is_in_flight(
+    server: str, module_db: str, cli_env: dict[str, str]
+) -> None:
+    """Before, the seed went through: the run's rows vanished while the run went on."""
+    async with clerk(server) as client:
+        thread_id, run_id = await in_flight(client, module_db)
+        proc = await asyncio.to_thread(payables, cli_env, "seed")
+        assert proc.returncode == 2, explain(proc)
+        assert "1 run is in progress" in proc.stderr, explain(proc)
+        assert "nothing was changed" in proc.stderr, explain(proc)
+        await finished_interrupted(client, thread_id, run_id)
+    assert await run_status(module_db, thread_id) == "interrupted"
+    assert await approvals_asked(module_db, thread_id) == 1
+
+
+async def test_continue_refuses_a_thread_a_server_run_is_executing(
+    server: str, module_db: str, cli_env: dict[str, str]
+) -> None:
+    """Before, `continue` ran the thread's pending steps beside the server run."""
+    async with clerk(server) as client:
+        thread_id, run_id = await in_flight(client, module_db)
+        proc = await asyncio.to_thread(payables, cli_env, "continue", thread_id)
+        assert proc.returncode == 2, explain(proc)
+        assert "being run by another process" in proc.stderr, explain(proc)
+        await finished_interrupted(client, thread_id, run_id)
+    assert await approvals_asked(module_db, thread_id) == 1
+
+
+async def test_a_server_run_waits_for_a_thread_a_payables_run_holds(
+    server: str, module_db: str
+) -> None:
+    """The server run starts only once the `payables` command lets go of the thread."""
+    async with clerk(server) as client, open_agent(database=Database(module_db)) as agent:
+        thread_id = (await client.threads.create())["thread_id"]
+        async with agent.thread_lock(thread_id, "busy"):
+            run = await client.runs.create(
+                thread_id, GRAPH_ID, input={"request": REQUEST, "user": CLERK}
+            )
+            await asyncio.sleep(2)
+            # Before, the router had run by now and recorded the run.
+            assert await run_status(module_db, thread_id) is None
+        await finished_interrupted(client, thread_id, run["run_id"])
+    assert await approvals_asked(module_db, thread_id) == 1
