@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from langgraph_sdk import get_client
@@ -40,7 +41,10 @@ pytestmark = pytest.mark.e2e
 
 GRAPH_ID = "payables"
 CLERK = "clerk-ana"
-TOKENS = {"ana": {"identity": CLERK, "role": "clerk", "tenant": "default"}}
+TOKENS = {
+    "ana": {"identity": CLERK, "role": "clerk", "tenant": "default"},
+    "rev-1": {"identity": "rev-1", "role": "reviewer", "tenant": "default"},
+}
 STALL_S = 8
 """How long each server run stalls after its router: the window the tests act in."""
 REQUEST = "Validate INV-1001 and pay it if it matches"
@@ -88,10 +92,10 @@ def cli_env(module_db: str, tmp_path: Path) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def clerk(url: str) -> AsyncIterator[LangGraphClient]:
-    """An SDK client for the clerk."""
+async def clerk(url: str, token: str = "ana") -> AsyncIterator[LangGraphClient]:
+    """An SDK client for the clerk (or the holder of ``token``)."""
     async with get_client(
-        url=url, api_key=None, timeout=120, headers={"Authorization": "Bearer ana"}
+        url=url, api_key=None, timeout=120, headers={"Authorization": f"Bearer {token}"}
     ) as client:
         yield client
 
@@ -178,3 +182,25 @@ async def test_a_server_run_waits_for_a_thread_a_payables_run_holds(
             assert await run_status(module_db, thread_id) is None
         await finished_interrupted(client, thread_id, run["run_id"])
     assert await approvals_asked(module_db, thread_id) == 1
+
+
+async def test_a_seed_forgets_a_paused_server_thread_and_its_approval_cannot_be_answered(
+    server: str, module_db: str, cli_env: dict[str, str]
+) -> None:
+    """A paused run holds no lock: the seed goes through and forgets it, as for the CLI."""
+    async with clerk(server) as client:
+        thread_id, run_id = await in_flight(client, module_db)
+        await finished_interrupted(client, thread_id, run_id)
+        [interrupt] = (await client.threads.get_state(thread_id))["interrupts"]
+    proc = await asyncio.to_thread(payables, cli_env, "seed")
+    assert proc.returncode == 0, explain(proc)
+    answer = {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}}
+    async with clerk(server, "rev-1") as reviewer:
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            await reviewer.runs.wait(
+                thread_id, GRAPH_ID, command={"resume": {interrupt["id"]: answer}}
+            )
+    assert refused.value.response.status_code == 403
+    assert "no approval waiting" in refused.value.response.text
+    assert await run_status(module_db, thread_id) is None
+    assert await approvals_asked(module_db, thread_id) == 1  # the audit chain outlives worlds
