@@ -21,6 +21,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, RetryPolicy
 from langgraph_sdk.runtime import ServerRuntime
+from starlette.exceptions import HTTPException
 
 from nodes.approval import make_approval
 from nodes.deps import NodeDeps
@@ -102,6 +103,8 @@ graph = build_graph()
 
 SERVER_LOCK_WAIT_S = 10.0
 """How long a server run waits for its thread's lock before it fails, running nothing."""
+STATE_WRITE_LOCK_WAIT_S = 1.0
+"""How long an admin's direct state write waits for the thread's lock before its 409."""
 _LOCK_POLL_S = 0.1
 
 
@@ -127,8 +130,8 @@ async def server_run_lock(
             if monotonic() >= deadline:
                 raise ThreadBusy(
                     f"Thread {thread_id} is being run by another process (a `payables` "
-                    f"command) and was still busy after {wait_s:g} s, so this run did "
-                    "nothing; run it again once that finishes (`payables show "
+                    f"command) and was still busy after {wait_s:g} s, so nothing was run "
+                    "or written; try again once that finishes (`payables show "
                     f"{thread_id}` says where the thread is)."
                 )
             await asyncio.sleep(_LOCK_POLL_S)
@@ -139,17 +142,28 @@ async def server_run_lock(
 async def served_graph(
     config: RunnableConfig, runtime: ServerRuntime[Any]
 ) -> AsyncIterator[CompiledStateGraph[AgentState, Context, InputState, OutputState]]:
-    """The graph factory `langgraph.json` names: `graph`, locked while a run executes.
+    """The graph factory `langgraph.json` names: `graph`, locked while it writes a thread.
 
     The server enters it around each run's whole execution, checkpoint writes included
-    (``threads.create_run``), and around reads of state and schemas, which take no lock.
-    A run holds its thread's lock as every `payables` run does, so `payables seed`
-    refuses while it executes, `payables prune` keeps its thread, and `payables continue`,
-    `resume` or a dead-letter replay cannot drive the thread beside it.
+    (``threads.create_run``), around an admin's direct state write (``threads.update``),
+    and around reads of state and schemas, which take no lock. A run holds its thread's
+    lock as every `payables` run does, so `payables seed` refuses while it executes,
+    `payables prune` keeps its thread, and `payables continue`, `resume` or a dead-letter
+    replay cannot drive the thread beside it. A state write that finds the thread held by
+    a `payables` command gets 409, as the server answers one made during its own run.
     """
     thread_id = (config.get("configurable") or {}).get("thread_id")
-    if runtime.execution_runtime is None or not thread_id:
+    if not thread_id or runtime.access_context not in ("threads.create_run", "threads.update"):
         yield graph
         return
-    async with server_run_lock(default_database(), str(thread_id)):
-        yield graph
+    if runtime.execution_runtime is not None:
+        async with server_run_lock(default_database(), str(thread_id)):
+            yield graph
+        return
+    try:
+        async with server_run_lock(
+            default_database(), str(thread_id), wait_s=STATE_WRITE_LOCK_WAIT_S
+        ):
+            yield graph
+    except ThreadBusy as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc

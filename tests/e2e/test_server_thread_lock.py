@@ -44,6 +44,7 @@ CLERK = "clerk-ana"
 TOKENS = {
     "ana": {"identity": CLERK, "role": "clerk", "tenant": "default"},
     "rev-1": {"identity": "rev-1", "role": "reviewer", "tenant": "default"},
+    "admin": {"identity": "ops-1", "role": "admin", "tenant": "default"},
 }
 STALL_S = 8
 """How long each server run stalls after its router: the window the tests act in."""
@@ -182,6 +183,36 @@ async def test_a_server_run_waits_for_a_thread_a_payables_run_holds(
             assert await run_status(module_db, thread_id) is None
         await finished_interrupted(client, thread_id, run["run_id"])
     assert await approvals_asked(module_db, thread_id) == 1
+
+
+async def checkpoints(db_uri: str, thread_id: str) -> int:
+    """How many checkpoints ``thread_id`` has."""
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM checkpoints WHERE thread_id = %s", (thread_id,)
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_an_admins_state_write_is_refused_while_a_payables_run_holds_the_thread(
+    server: str, module_db: str
+) -> None:
+    """Before, the write went in beside the `payables` run: two writers of one checkpoint."""
+    async with clerk(server) as client:
+        thread_id, run_id = await in_flight(client, module_db)
+        await finished_interrupted(client, thread_id, run_id)
+    before = await checkpoints(module_db, thread_id)
+    async with clerk(server, "admin") as admin, open_agent(database=Database(module_db)) as agent:
+        async with agent.thread_lock(thread_id, "busy"):
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await admin.threads.update_state(thread_id, {"reason": "edited"})
+            assert refused.value.response.status_code == 409, refused.value.response.text
+            assert "being run by another process" in refused.value.response.text
+            assert await checkpoints(module_db, thread_id) == before
+        await admin.threads.update_state(thread_id, {"reason": "edited"})
+    assert await checkpoints(module_db, thread_id) == before + 1
 
 
 async def test_a_seed_forgets_a_paused_server_thread_and_its_approval_cannot_be_answered(

@@ -48,7 +48,7 @@ async def test_a_server_run_waits_for_the_lock_then_gives_up(database: Database)
         async with agent.thread_lock("t-busy", "busy"):
             began = monotonic()
             with pytest.raises(
-                ThreadBusy, match=r"still busy after 0\.5 s, so this run did nothing"
+                ThreadBusy, match=r"still busy after 0\.5 s, so nothing was run or written"
             ):
                 async with server_run_lock(database, "t-busy", wait_s=0.5):
                     pytest.fail("ran while another process held the thread")
