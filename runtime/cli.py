@@ -269,10 +269,10 @@ async def _migrated_database() -> AsyncIterator[Database]:
         await database.close()
 
 
-async def _seed(world_path: Path) -> dict[str, int]:
+async def _seed(world_path: Path, *, protect_history: bool = False) -> dict[str, int]:
     world = read_world(world_path)
     async with _migrated_database() as database, database.connection() as conn:
-        return await load_world(conn, world)
+        return await load_world(conn, world, protect_history=protect_history)
 
 
 @app.command()
@@ -280,14 +280,24 @@ def seed(
     world: Annotated[
         Path, typer.Option(help="World file (JSON); see state/world.schema.json.")
     ] = SAMPLE_WORLD_PATH,
+    discard_history: Annotated[
+        bool,
+        typer.Option(
+            "--discard-history",
+            help="Replace the world even though the agent has made payments, bank changes or"
+            " emails in it (they are erased with it; the audit chain stays).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Replace the AP world (vendors, POs, receipts, invoices, payments, policy) from a file.
 
     The old world goes, and every thread with it, in one transaction; a bad file changes
-    nothing, and neither does a seed while a run is in progress.
+    nothing, and neither does a seed while a run is in progress, nor (without
+    --discard-history) one over a world the agent has made payments, bank changes or
+    emails in.
     """
-    counts = _run(_seed(world))
+    counts = _run(_seed(world, protect_history=not discard_history))
     if as_json:
         _print_json({"world": str(world), "loaded": counts})
     else:

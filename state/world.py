@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import psycopg
-from psycopg.rows import scalar_row
+from psycopg.rows import scalar_row, tuple_row
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -332,16 +332,30 @@ _WORLD_TABLES = (
 )
 
 
-async def load_world(conn: psycopg.AsyncConnection[Any], world: World) -> dict[str, int]:
+# What the agent did that cannot be undone: the ledger rows of committed irreversible and
+# destructive calls (payments scheduled, bank details changed, emails sent).
+_AGENT_HISTORY = (
+    "SELECT tool, count(*) AS calls FROM tool_calls"
+    " WHERE tier IN ('irreversible', 'destructive') GROUP BY tool ORDER BY tool"
+)
+
+
+async def load_world(
+    conn: psycopg.AsyncConnection[Any], world: World, *, protect_history: bool = False
+) -> dict[str, int]:
     """Replace the AP world with ``world`` atomically; return row counts per kind.
 
     Every thread (checkpoints and the run index) is forgotten with the old world. While a
     run is in progress, holding its thread's lock, nothing is replaced: `BadInput`. Runs
     driven by `runtime.agent.Agent` (the CLI, evals) and runs the LangGraph server executes
-    (`graphs.payables.served_graph`) both hold it.
+    (`graphs.payables.served_graph`) both hold it. With ``protect_history`` (`payables
+    seed` without ``--discard-history``), a world in which the agent has made payments,
+    bank changes or emails is not replaced either: `BadInput` naming them.
     """
     try:
         async with conn.transaction():
+            if protect_history:
+                await _refuse_erasing_history(conn)
             await _replace_world(conn, world)
     except (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
         # Validation should catch every such problem first; if one slips through, the
@@ -369,6 +383,24 @@ _RUNS_IN_PROGRESS = (
     " AND classid = %s::oid AND objsubid = 2 AND pid <> pg_backend_pid()"
     " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
+
+
+async def _refuse_erasing_history(conn: psycopg.AsyncConnection[Any]) -> None:
+    # The tables locked as the truncate would lock them (same order, so no new deadlock),
+    # so a payment committing now is either counted here or waits for the new world.
+    await conn.execute(f"LOCK TABLE {_WORLD_TABLES} IN ACCESS EXCLUSIVE MODE")
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_AGENT_HISTORY)
+        history = [(str(tool), int(calls)) for tool, calls in await cur.fetchall()]
+    if history:
+        done = ", ".join(f"{calls} {tool}" for tool, calls in history)
+        raise BadInput(
+            f"The agent has already acted in the current world ({done}: committed calls that "
+            "cannot be undone). Seeding would erase them with their payments and ledger "
+            "rows (the audit chain stays), so nothing was changed. To replace the world "
+            "anyway, seed with --discard-history; to keep this one, seed another database "
+            "(PAYABLES_DATABASE_URI)."
+        )
 
 
 async def _replace_world(conn: psycopg.AsyncConnection[Any], world: World) -> None:

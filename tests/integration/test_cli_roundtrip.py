@@ -25,7 +25,7 @@ from runtime.errors import WorldFileError
 from runtime.settings import PROJECT_ROOT
 from state.db import CONNECTION_KWARGS
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
-from tests.cli import CLI_TIMEOUT_S, payables_fails, payables_json
+from tests.cli import CLI_TIMEOUT_S, explain, payables, payables_fails, payables_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -499,6 +499,29 @@ def test_seed_rejects_an_unknown_vendor_and_keeps_the_world(
     assert (
         scalar(db_uri, "SELECT vendor_id FROM invoices WHERE invoice_id = %s", bad_invoice) == keep
     )
+
+
+def test_seed_keeps_a_world_the_agent_has_paid_in_unless_told_to_discard_it(
+    cli_env: dict[str, str], db_uri: str
+) -> None:
+    thread = payables_json(cli_env, "run", "Pay INV-1001", "--user", "clerk-ana")["thread_id"]
+    assert resume(cli_env, thread, "apr-1", "--approve")["status"] == "completed"
+    paid = payments_for(db_uri, "INV-1001")
+    assert len(paid) == 1
+
+    # One mistyped `payables seed` against a live database would erase the payment and
+    # its ledger row, the record that stops it being made twice.
+    stderr = " ".join(payables_fails(cli_env, "seed").split())
+    assert "already acted in the current world (1 schedule_payment" in stderr, stderr
+    assert "nothing was changed" in stderr and "--discard-history" in stderr, stderr
+    assert payments_for(db_uri, "INV-1001") == paid
+    assert schedule_ledger(db_uri, thread) == 1
+
+    proc = payables(cli_env, "seed", "--discard-history")
+    assert proc.returncode == 0, explain(proc)
+    assert payments_for(db_uri, "INV-1001") == []
+    assert schedule_ledger(db_uri, thread) == 0
+    assert "loaded" in proc.stdout
 
 
 def incompressible(length: int) -> str:

@@ -131,7 +131,7 @@ def test_resume_with_generated_arguments_exits_cleanly_and_a_refusal_changes_not
         assert rows(cli_database, decided, thread) != [(0,)]
         if as_json:
             assert json.loads(result.stdout)["status"] in VALID_STATUSES
-        reseed = invoke("seed")
+        reseed = invoke("seed", "--discard-history")  # an accepted payment stays otherwise
         assert_clean_exit(reseed, {0})
         del current["thread"]
 
