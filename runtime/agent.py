@@ -57,7 +57,7 @@ from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
 from state.approvals import ApprovalRequest, ResumeIn, parse_resume
-from state.db import Database, default_database, migrate, try_thread_lock
+from state.db import Database, default_database, migrate, thread_lock_held, try_thread_lock
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
 from state.retention import pruned_run
@@ -261,6 +261,8 @@ class Agent:
     """LangSmith client for this agent's runs (default: a redacting one when tracing is on)."""
     shutdown: Shutdown = dataclasses.field(default_factory=lambda: SHUTDOWN)
     """Where stop requests come from (the process-wide one unless a test gives its own)."""
+    _holding: set[str] = dataclasses.field(default_factory=set, repr=False)
+    """Threads whose lock this agent holds now (its own runs are not another process's)."""
 
     @staticmethod
     def config(thread_id: str) -> RunnableConfig:
@@ -306,7 +308,16 @@ class Agent:
                 raise ResumeError(busy)
             # Unlocked as the block ends, before the connection goes back to the pool, so
             # a back-to-back run of this thread on another connection finds it free.
+            self._holding.add(thread_id)
+            stack.callback(self._holding.discard, thread_id)
             yield
+
+    async def _run_elsewhere(self, thread_id: str) -> bool:
+        """Whether another run (another process, a server run) is executing the thread now."""
+        if thread_id in self._holding:
+            return False
+        async with self.database.connection() as conn:
+            return await thread_lock_held(conn, thread_id)
 
     async def _drive(
         self,
@@ -661,7 +672,8 @@ class Agent:
         The checkpoint is the source of truth; the run index is read too, to explain a
         thread a crash left between a database write and its checkpoint (``note``): an
         approval answered but not yet acted on, or a final status recorded by respond
-        whose result was never checkpointed. Both are finished by `continue_run`.
+        whose result was never checkpointed. Both are finished by `continue_run`. A thread
+        whose lock another process holds (a run executing it now) says so instead.
         """
         snapshot = await self.graph.aget_state(self.config(thread_id))
         if not snapshot.values:
@@ -697,12 +709,19 @@ class Agent:
                 )
             else:
                 note = (
-                    f"The run stopped between steps, unless a process is running it right "
-                    f"now: `payables continue {thread_id}` finishes it (side effects that "
-                    "committed are replayed, not repeated)."
+                    f"The run stopped between steps: `payables continue {thread_id}` "
+                    "finishes it (side effects that committed are replayed, not repeated)."
                 )
         else:
             status = values.get("status", "completed")
+        if note and await self._run_elsewhere(thread_id):
+            # Every run holds its thread's lock (CLI and server alike): this one is going on.
+            status = "running"
+            note = (
+                "A run is executing this thread now (another process holds its lock), so "
+                f"none of this is final: `payables show {thread_id}` again shows where it got "
+                "to."
+            )
         return self._view_of(thread_id, values, interrupts, status=status, note=note)
 
     @staticmethod

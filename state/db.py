@@ -56,6 +56,24 @@ async def try_thread_lock(conn: psycopg.AsyncConnection[Any], thread_id: str) ->
     return row is not None and bool(row["locked"])
 
 
+async def thread_lock_held(conn: psycopg.AsyncConnection[Any], thread_id: str) -> bool:
+    """Whether any session of this database holds ``thread_id``'s lock (a run executing it).
+
+    A two-key advisory lock shows in ``pg_locks`` as (classid, objid, objsubid 2), the
+    int4 keys read as unsigned oids.
+    """
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid = %s::oid AND objid = (hashtext(%s)::bigint & 4294967295)::oid"
+        " AND objsubid = 2"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+        " AS held",
+        (THREAD_LOCK_CLASS, thread_id),
+    )
+    row = await cur.fetchone()
+    return row is not None and bool(row["held"])
+
+
 # pgserver stops its postmaster when the owning object is collected; keep it alive for the
 # life of the process.
 _embedded_servers: dict[Path, Any] = {}

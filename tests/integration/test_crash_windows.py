@@ -17,6 +17,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from state.db import THREAD_LOCK_CLASS
 from tests.cli import killed, payables, payables_fails, payables_json, scalar
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -98,3 +99,31 @@ def test_show_says_an_answer_recorded_before_a_crash_is_finished_by_continue(
     done = payables_json(cli_env, "continue", thread)
     assert done["status"] == "completed", done["reason"]
     assert scalar(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1
+
+
+def test_show_says_a_thread_another_process_is_running_is_running_now(
+    cli_env: dict[str, str], db_uri: str
+) -> None:
+    # A thread a crash stopped between steps looks the same in its checkpoint as one a run
+    # (a `continue`, a server run) is executing now; the thread's lock tells them apart.
+    thread = "crash-mid-run"
+    killed(
+        cli_env,
+        "before:verifier",
+        *("run", "Validate INV-1002", "--user", "clerk-ana", "--thread", thread),
+    )
+    stopped = plain(payables_json(cli_env, "show", thread)["note"])
+    assert "stopped between steps" in stopped and f"payables continue {thread}" in stopped
+
+    with psycopg.connect(db_uri, autocommit=True) as holder:
+        locked = holder.execute(
+            "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (THREAD_LOCK_CLASS, thread)
+        ).fetchone()
+        assert locked == (True,)
+        running = payables_json(cli_env, "show", thread)
+        assert running["status"] == "running", running
+        note = plain(running["note"])
+        assert "executing this thread now" in note and "continue" not in note, note
+    # The holder gone, its lock is released: stopped again, and `continue` finishes it.
+    assert "stopped between steps" in plain(payables_json(cli_env, "show", thread)["note"])
+    assert payables_json(cli_env, "continue", thread)["status"] == "completed"
