@@ -735,7 +735,12 @@ def demo(
     inbox: Annotated[Path, typer.Option(help="Requests to run (JSON list).")] = SAMPLE_INBOX_PATH,
     as_json: JsonOpt = False,
 ) -> None:
-    """Seed the sample world, run the sample inbox, and show what needs a person."""
+    """Seed the sample world, run the sample inbox, and show what needs a person.
+
+    The embedded database is the demo's own: its world is replaced whatever was done in
+    it. A database you configured (PAYABLES_DATABASE_URI) is treated as `payables seed`
+    treats it: a world the agent has made payments, bank changes or emails in is kept.
+    """
     try:
         requests = json.loads(inbox.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -746,7 +751,7 @@ def demo(
         _fail(f'{inbox} must be a JSON list of {{"request": ..., "user": ...}} objects.', 2)
 
     async def go() -> list[dict[str, Any]]:
-        counts = await _seed(world)
+        counts = await _seed(world, protect_history=Settings.from_env().database_uri is not None)
         err.print(
             f"[bold]seeded[/] {world.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
         )
