@@ -34,7 +34,13 @@ def visible_with_origins(text: str) -> tuple[str, list[int]]:
 
 
 def visible_text(text: str) -> str:
-    """``text`` as read (see the module's docstring); ASCII text is returned as it is."""
+    """``text`` as read (see the module's docstring); ASCII text is returned as it is.
+
+    Folded whole (NFKC), unlike `visible_with_origins`: a letter and its combining accent
+    compose first ("u" + U+0308 reads "ü", as a reader sees it), and only marks left over
+    are dropped.
+    """
     if text.isascii():
         return text
-    return visible_with_origins(text)[0]
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(c for c in folded if unicodedata.category(c) not in _HIDDEN)
