@@ -62,7 +62,7 @@ from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
 from state.retention import pruned_run
 from state.routes import FINISHED_STATUSES
-from state.runs import list_runs, reused_thread
+from state.runs import list_runs, reused_after_seed, reused_thread, used_before_seed
 from tools.gate import ToolGate
 
 log = logging.getLogger(__name__)
@@ -467,6 +467,8 @@ class Agent:
             if pruned is not None:
                 # Refused before the graph writes the input into a checkpoint of the id.
                 raise reused_thread(thread_id, pruned["pruned_at"])
+            if chosen and await used_before_seed(self.database, thread_id):
+                raise reused_after_seed(thread_id)
             context = context or Context()
             run_input: dict[str, Any] = {"request": request, "user": user}
             if attachments:  # an empty list would still be a checkpoint blob

@@ -60,7 +60,7 @@ from runtime.usage import Meter, metering
 from state.costs import TenantDay, admit_run, spent_today
 from state.db import Database
 from state.graph_state import AgentState, Plan, Usage, add_usage, phase_outcomes
-from state.runs import reused_thread
+from state.runs import reused_after_seed, reused_thread
 from state.step_metrics import StepMetric, record_step
 from tools.contract import canonical_json
 
@@ -491,6 +491,8 @@ def guard_node(
             if admission.pruned_at is not None:
                 # Refused before anything of it is written (see `nodes.router`).
                 raise reused_thread(thread_id, admission.pruned_at)
+            if admission.used_before_seed:
+                raise reused_after_seed(thread_id)
             today = admission.today
             if not admission.admitted:
                 reason = tenant_refusal(today, ctx)

@@ -57,6 +57,8 @@ class Admission:
     today: TenantDay
     pruned_at: datetime | None = None
     """When the thread's earlier run was pruned: its id is not to be reused (nothing counted)."""
+    used_before_seed: bool = False
+    """The thread id has audit rows from before the last `payables seed` (nothing counted)."""
 
 
 def _tenant_day(tenant: str, row: dict[str, Any]) -> TenantDay:
@@ -71,6 +73,19 @@ def _tenant_day(tenant: str, row: dict[str, Any]) -> TenantDay:
 
 
 _COLUMNS = "day, cost_usd, model_calls, runs, refused_runs"
+
+USED_BEFORE_SEED = (
+    "SELECT 1 FROM audit_events WHERE thread_id = %(thread)s"
+    " AND NOT EXISTS (SELECT 1 FROM run_admissions WHERE thread_id = %(thread)s)"
+    " AND NOT EXISTS (SELECT 1 FROM runs WHERE thread_id = %(thread)s) LIMIT 1"
+)
+"""A row if a run of an earlier world used the thread id ``%(thread)s``.
+
+The audit chain outlives worlds; `payables seed` clears the run index and admissions with
+the threads. A thread of this world that has audit rows has an admission (admitted runs
+record it before their first audit row) or a run index row (a run the cost cap refused;
+a pruned one keeps its row).
+"""
 
 
 async def spent_today(database: Database, tenant: str, *, day: date | None = None) -> TenantDay:
@@ -106,8 +121,9 @@ async def admit_run(
     in ``run_admissions``. A thread found there was admitted before (its first step runs
     again): it is admitted without being counted or checked against the cap again. A
     thread whose earlier run was pruned is neither counted nor recorded; ``pruned_at``
-    says so, for the caller to refuse it (`state.runs.reused_thread`). Nothing is reserved
-    (see the module docstring).
+    says so, for the caller to refuse it (`state.runs.reused_thread`). Nor is a thread
+    whose id a run of an earlier world used (`USED_BEFORE_SEED`); ``used_before_seed``
+    says so (`state.runs.reused_after_seed`). Nothing is reserved (see the module docstring).
     """
     params = {
         "tenant": tenant,
@@ -116,7 +132,10 @@ async def admit_run(
         "max_cost": Decimal(str(max_cost_usd)),
         "cap": Decimal(str(cap_usd)),
     }
-    new = "NOT EXISTS (SELECT 1 FROM prior) AND NOT EXISTS (SELECT 1 FROM pruned)"
+    new = (
+        "NOT EXISTS (SELECT 1 FROM prior) AND NOT EXISTS (SELECT 1 FROM pruned)"
+        " AND NOT EXISTS (SELECT 1 FROM earlier)"
+    )
     async with database.connection() as conn:
         # Creates today's row or locks it (ON CONFLICT DO UPDATE), so the check and the
         # count agree; a new row has spent nothing, so it fits iff the budget does.
@@ -124,6 +143,7 @@ async def admit_run(
             "WITH prior AS (SELECT 1 FROM run_admissions WHERE thread_id = %(thread)s),"
             " pruned AS (SELECT pruned_at FROM runs"
             "  WHERE thread_id = %(thread)s AND pruned_at IS NOT NULL),"
+            f" earlier AS ({USED_BEFORE_SEED}),"
             " counted AS (INSERT INTO tenant_daily_costs AS t (tenant, day, runs, refused_runs)"
             f" VALUES (%(tenant)s, {_TODAY},"
             f"  CASE WHEN {new} AND %(max_cost)s <= %(cap)s THEN 1 ELSE 0 END,"
@@ -139,13 +159,17 @@ async def admit_run(
             " claimed AS (INSERT INTO run_admissions (thread_id, tenant, day)"
             f"  SELECT %(thread)s, %(tenant)s, day FROM counted WHERE admitted AND {new}"
             "  ON CONFLICT (thread_id) DO NOTHING)"
-            f" SELECT {_COLUMNS}, admitted, (SELECT pruned_at FROM pruned) FROM counted",
+            f" SELECT {_COLUMNS}, admitted, (SELECT pruned_at FROM pruned),"
+            "  EXISTS (SELECT 1 FROM earlier) AS used_before_seed FROM counted",
             params,
         )
         row = await cur.fetchone()
     assert row is not None
     return Admission(
-        admitted=bool(row["admitted"]), today=_tenant_day(tenant, row), pruned_at=row["pruned_at"]
+        admitted=bool(row["admitted"]),
+        today=_tenant_day(tenant, row),
+        pruned_at=row["pruned_at"],
+        used_before_seed=bool(row["used_before_seed"]),
     )
 
 

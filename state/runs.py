@@ -10,11 +10,12 @@ from typing import Any
 
 from guards.redaction import redact_text
 from runtime.errors import BadInput
+from state.costs import USED_BEFORE_SEED
 from state.db import Database
 
 
 class ThreadReused(BadInput):
-    """A new request names the thread id of an earlier run whose checkpoints were pruned."""
+    """A new request names the thread id of an earlier run (pruned, or of an earlier world)."""
 
 
 def reused_thread(thread_id: str, pruned_at: Any) -> ThreadReused:
@@ -25,6 +26,26 @@ def reused_thread(thread_id: str, pruned_at: Any) -> ThreadReused:
         "not reused (its run index row, approvals and audit rows still belong to that "
         "request). Start the request on a new thread."
     )
+
+
+def reused_after_seed(thread_id: str) -> ThreadReused:
+    """The refusal of a new run on a thread id a run of an earlier world used.
+
+    Audit events are idempotent per thread (`state.audit`), so the new run's request,
+    route, tool call and outcome rows would be taken for the old run's and not written.
+    """
+    return ThreadReused(
+        f"Thread {thread_id} was used by an earlier request, before the world was last "
+        "seeded; thread ids are not reused (its audit rows still belong to that request). "
+        "Start the request on a new thread."
+    )
+
+
+async def used_before_seed(database: Database, thread_id: str) -> bool:
+    """Whether a run of an earlier world (before the last `payables seed`) used the id."""
+    async with database.connection() as conn:
+        cur = await conn.execute(USED_BEFORE_SEED, {"thread": thread_id})
+        return await cur.fetchone() is not None
 
 
 async def record_run(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from runtime.agent import open_agent
+from runtime.context import Context
 from runtime.errors import BadInput, NotFound, ResumeError
 from state.db import Database
-from state.runs import list_runs
+from state.runs import ThreadReused, list_runs
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
 
 pytestmark = pytest.mark.integration
@@ -53,6 +54,41 @@ async def test_loading_a_world_forgets_old_threads(database: Database) -> None:
             await agent.resume(
                 view["thread_id"], {"decisions": [{"type": "approve"}], "reviewer": REVIEWER}
             )
+
+
+async def test_a_thread_id_used_before_a_reseed_is_not_reused(database: Database) -> None:
+    """The audit chain outlives worlds and its events are idempotent per thread: a new
+    request on an id the old world used would have its request, route, payment and outcome
+    rows taken for the old ones and dropped. Refused, from the CLI and from the graph
+    (a server client may choose the id), before anything is written."""
+    thread = "reseed-reuse-1"
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Pay INV-1001", user="clerk-ana", thread_id=thread)
+        done = await agent.resume(
+            thread, {"decisions": [{"type": "approve"}], "reviewer": REVIEWER}
+        )
+        assert done["status"] == "completed", done
+        async with database.connection() as conn:
+            await load_world(conn, read_world(SAMPLE_WORLD_PATH))
+            cur = await conn.execute("SELECT count(*) AS n FROM audit_events")
+            audit_rows = (await cur.fetchone() or {})["n"]
+        with pytest.raises(ThreadReused, match=f"Thread {thread} was used .* seeded"):
+            await agent.start("Pay INV-1001", user="clerk-ana", thread_id=thread)
+        with pytest.raises(ThreadReused, match="Start the request on a new thread"):
+            await agent.graph.ainvoke(
+                {"request": "Pay INV-1001", "user": "clerk-ana"},
+                agent.config(thread),
+                context=Context(),
+            )
+        async with database.connection() as conn:
+            cur = await conn.execute("SELECT count(*) AS n FROM audit_events")
+            assert (await cur.fetchone() or {})["n"] == audit_rows
+            cur = await conn.execute(
+                "SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM run_admissions)"
+                " + (SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001') AS n"
+            )
+            assert (await cur.fetchone() or {})["n"] == 0
+    assert view["status"] == "interrupted"
 
 
 async def test_a_world_is_not_replaced_under_a_run_in_progress(database: Database) -> None:
