@@ -25,7 +25,7 @@ from rich.table import Column, Table
 from evals.cli import register as register_eval_commands
 from guards.redaction import redact, redact_text
 from runtime.agent import SHUTDOWN, RunStopped, checked_id, open_agent
-from runtime.errors import BadInput, NotFound, PayablesError, shown
+from runtime.errors import BadInput, ConfigError, NotFound, PayablesError, shown
 from runtime.logs import configure_logging
 from runtime.replay import ReplayResult, replay_dead_letter
 from runtime.settings import DEFAULT_RETENTION_DAYS, MAX_RETENTION_DAYS, PROJECT_ROOT, Settings
@@ -993,7 +993,12 @@ register_eval_commands(app)
 
 def main() -> None:
     """Console-script entry point."""
-    configure_logging()
+    try:
+        configure_logging()
+    except ConfigError as exc:
+        # Before typer runs, so `_fail`'s typer.Exit would not be turned into an exit code.
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(2)
     app()
 
 

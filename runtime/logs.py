@@ -13,6 +13,10 @@ import os
 from datetime import UTC, datetime
 
 from guards.redaction import RedactingFilter, redact_text
+from runtime.errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 
 def current_thread_id_or_none() -> str | None:
@@ -53,9 +57,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging() -> None:
-    """Set up the root logger from `PAYABLES_LOG_LEVEL` and `PAYABLES_LOG_FORMAT`."""
+    """Set up the root logger from `PAYABLES_LOG_LEVEL` and `PAYABLES_LOG_FORMAT`.
+
+    A value that names no level or format raises `ConfigError`: a typo in a level made
+    logging raise its own ValueError (a traceback before any command ran), and one in the
+    format quietly logged text to a collector expecting JSON.
+    """
+    level = _choice("PAYABLES_LOG_LEVEL", "WARNING", LOG_LEVELS, upper=True)
+    log_format = _choice("PAYABLES_LOG_FORMAT", "text", LOG_FORMATS, upper=False)
     handler = logging.StreamHandler()
-    if os.environ.get("PAYABLES_LOG_FORMAT", "text").lower() == "json":
+    if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
@@ -65,4 +76,14 @@ def configure_logging() -> None:
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("PAYABLES_LOG_LEVEL", "WARNING").upper())
+    root.setLevel(level)
+
+
+def _choice(variable: str, default: str, choices: tuple[str, ...], *, upper: bool) -> str:
+    """The environment's value of ``variable`` (any case), one of ``choices``."""
+    raw = os.environ.get(variable) or default
+    value = raw.upper() if upper else raw.lower()
+    if value not in choices:
+        listed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+        raise ConfigError(f"{variable} must be one of {listed}, got {raw!r}; set one or unset it.")
+    return value

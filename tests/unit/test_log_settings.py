@@ -1,0 +1,64 @@
+"""`PAYABLES_LOG_LEVEL` and `PAYABLES_LOG_FORMAT`: a value that means nothing is refused by name."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from runtime.errors import ConfigError
+from runtime.logs import JsonFormatter, configure_logging
+from runtime.settings import PROJECT_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("PAYABLES_LOG_LEVEL", "verbose", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        ("PAYABLES_LOG_LEVEL", "5", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        ("PAYABLES_LOG_FORMAT", "xml", "text or json"),
+    ],
+)
+def test_an_unknown_value_is_refused_naming_the_variable_and_the_choices(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"{variable} must be one of {named}, got '{value}'"):
+        configure_logging()
+
+
+def test_known_values_in_any_case_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYABLES_LOG_LEVEL", "debug")
+    monkeypatch.setenv("PAYABLES_LOG_FORMAT", "JSON")
+    configure_logging()
+    root = logging.getLogger()
+    assert root.level == logging.DEBUG
+    assert isinstance(root.handlers[0].formatter, JsonFormatter)
+
+
+def test_the_cli_says_so_and_exits_2_instead_of_a_traceback() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PAYABLES_LOG_LEVEL": "bogus", "LANGSMITH_TRACING": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "--help"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "PAYABLES_LOG_LEVEL must be one of" in proc.stderr
