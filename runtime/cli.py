@@ -435,8 +435,9 @@ def resume(
         str | None,
         typer.Option(
             "--edit",
-            help="Edited args (JSON object) for the first pending action; the rest are "
-            "approved. Or a JSON list of decisions, one per action.",
+            help="The first pending action's whole argument set, edited (JSON object: "
+            "start from the args `payables approvals` shows); the rest are approved. Or a "
+            "JSON list of decisions, one per action.",
         ),
     ] = None,
     role: Annotated[
