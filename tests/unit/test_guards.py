@@ -52,6 +52,10 @@ def test_accounts_cards_and_secrets_are_masked() -> None:
         "1f1f0b56-e4fd-6d63-8004-d39359504819",  # a checkpoint id that was masked before
         "5f3c0e1d2b7a49e8c1234567890abcde",  # an interrupt id's shape
         "c0ffee" + "1234567890" * 5 + "abcdefab",  # a sha256 digest's shape
+        # Hex can spell "acc" (an account label) before a run of digits.
+        "5f3c9acc00504454e1d2b7a4c12abcde",
+        "1f1f0b56-e4fd-6d63-8004-0acc12345678",
+        "e7" + "9acc00504454" + "b" * 50,
     ],
 )
 def test_ids_the_system_mints_survive_while_accounts_beside_them_do_not(minted: str) -> None:
@@ -60,6 +64,7 @@ def test_ids_the_system_mints_survive_while_accounts_beside_them_do_not(minted: 
         "checkpoint_id": minted,
         "note": f"see {minted}; account ****8901",
     }
+    assert find_unmasked(f"hash {minted}") == []
     assert redact_text(f"x{minted}") != f"x{minted}"  # glued to other text: not an id
 
 
