@@ -34,6 +34,7 @@ from runtime import failpoints
 from runtime.budgets import guard_node
 from runtime.context import Context
 from runtime.errors import PayablesError
+from runtime.logs import redact_process_logs
 from runtime.tracing import redact_process_traces
 from state.db import Database, default_database, try_thread_lock
 from state.graph_state import AgentState, InputState, OutputState
@@ -97,8 +98,10 @@ def make_graph(
     return build_graph()
 
 
-# The server traces runs through langsmith's process-wide client: make it redact first.
+# The server traces runs through langsmith's process-wide client and logs through its own
+# handlers: make both mask accounts and secrets first.
 redact_process_traces()
+redact_process_logs()
 graph = build_graph()
 
 SERVER_LOCK_WAIT_S = 10.0

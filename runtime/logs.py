@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from datetime import UTC, datetime
+from typing import Any
 
 from guards.redaction import RedactingFilter, redact_text
 from runtime.errors import ConfigError
@@ -77,6 +79,41 @@ def configure_logging() -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+OWN_LOGGERS = ("graphs", "guards", "nodes", "runtime", "server", "state", "tools", "evals")
+"""Top-level packages of this project: their records are masked wherever they go."""
+
+_FACTORY_LOCK = threading.Lock()
+
+
+def redact_process_logs() -> None:
+    """Mask accounts and secrets in every record this project's modules log, in any handler.
+
+    `configure_logging` masks at its own handler, which only the CLI installs. Under the
+    LangGraph server the handlers are the server's, so the records are masked as they are
+    made instead (a log-record factory), before any handler sees them. Library records are
+    left as they are. Called when the served graph is loaded; once per process.
+    """
+    with _FACTORY_LOCK:
+        previous = logging.getLogRecordFactory()
+        if getattr(previous, "masks_own_records", False):
+            return
+
+        def masked_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            if record.name.split(".", 1)[0] in OWN_LOGGERS:
+                record.msg = redact_text(record.getMessage())
+                record.args = ()
+                if record.exc_info and not record.exc_text:
+                    # Formatters print exc_text when set; the traceback's messages are ours.
+                    record.exc_text = redact_text(
+                        logging.Formatter().formatException(record.exc_info)
+                    )
+            return record
+
+        masked_record.masks_own_records = True  # type: ignore[attr-defined]
+        logging.setLogRecordFactory(masked_record)
 
 
 def _choice(variable: str, default: str, choices: tuple[str, ...], *, upper: bool) -> str:

@@ -62,3 +62,36 @@ def test_the_cli_says_so_and_exits_2_instead_of_a_traceback() -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "PAYABLES_LOG_LEVEL must be one of" in proc.stderr
+
+
+SERVER_LOGGING = """
+import logging, sys
+import graphs.payables  # what the LangGraph server loads: it installs the masking
+
+handler = logging.StreamHandler(sys.stdout)  # a handler like the server's: no filters of ours
+logging.getLogger().handlers[:] = [handler]
+log = logging.getLogger("tools.gate")
+log.warning("paying %s", "GB29 NWBK 6016 1331 9268 19")
+try:
+    raise ValueError("refused GB29NWBK60161331926819")
+except ValueError:
+    log.exception("failed")
+logging.getLogger("httpx").warning("library GB29NWBK60161331926819")
+"""
+
+
+def test_the_served_graph_masks_what_the_agent_logs_through_the_servers_handlers() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVER_LOGGING],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    own, library = proc.stdout.split("library ")
+    assert "paying ****6819" in own and "refused ****6819" in own, own
+    assert "9268" not in own and "Traceback" in own, own
+    # Other libraries' records are theirs: left as they are.
+    assert library.strip() == "GB29NWBK60161331926819"
