@@ -30,7 +30,7 @@ from runtime.logs import configure_logging
 from runtime.replay import ReplayResult, replay_dead_letter
 from runtime.settings import DEFAULT_RETENTION_DAYS, MAX_RETENTION_DAYS, PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES
-from state.audit import VerifyReport, format_time, timeline, verify_chain
+from state.audit import VerifyReport, audit_tenants, format_time, timeline, verify_chain
 from state.db import Database, database_uri, default_database, migrate, redact_uri, schema_status
 from state.deadletters import get_dead_letter, list_dead_letters
 from state.graph_state import Attachment
@@ -678,7 +678,17 @@ def audit_verify(
 
     async def go() -> VerifyReport:
         async with _migrated_database() as database, database.connection() as conn:
-            return await verify_chain(conn, tenant)
+            report = await verify_chain(conn, tenant)
+            if tenant is not None and not report.chains[0].rows:
+                # A mistyped tenant would otherwise read as a verified, intact chain.
+                known = ", ".join(await audit_tenants(conn)) or "none"
+                raise BadInput(
+                    f"Tenant {shown(tenant)!r} has no audit rows, so there is nothing to "
+                    f"verify (tenants with rows: {known}). Check the name; if it is right and "
+                    "its chain had rows, compare with the chain heads you keep outside the "
+                    "database."
+                )
+            return report
 
     report: VerifyReport = _run(go())
     if as_json:

@@ -797,13 +797,15 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
     hash) and hash to its stored hash; a chain's report names the first row that does not.
     Rows stream through a server-side cursor, so memory does not grow with the chain.
     """
-    if tenant is None:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute("SELECT DISTINCT tenant FROM audit_events ORDER BY tenant")
-        tenants = [r["tenant"] for r in await cur.fetchall()]
-    else:
-        tenants = [tenant]
+    tenants = await audit_tenants(conn) if tenant is None else [tenant]
     return VerifyReport(chains=[await _verify_tenant(conn, t) for t in tenants])
+
+
+async def audit_tenants(conn: Conn) -> list[str]:
+    """The tenants that have audit rows, in order."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute("SELECT DISTINCT tenant FROM audit_events ORDER BY tenant")
+    return [r["tenant"] for r in await cur.fetchall()]
 
 
 async def _verify_tenant(conn: Conn, tenant: str) -> ChainReport:

@@ -648,6 +648,11 @@ def test_cli_audit_verify_and_show(db_uri: str, cli_env: dict[str, str]) -> None
     assert report["ok"] is True and report["rows"] == len(rows)
     assert report["first_broken"] is None
     assert payables(cli_env, "audit", "verify", "--tenant", "default").returncode == 0
+    # A mistyped tenant is not an intact chain of 0 rows.
+    typo = payables(cli_env, "audit", "verify", "--tenant", "defualt")
+    assert typo.returncode == 2, typo.stdout
+    message = " ".join(typo.stderr.split())
+    assert "'defualt' has no audit rows" in message and "tenants with rows: default" in message
 
     shown = payables(cli_env, "audit", "show", thread, "--json")
     assert shown.returncode == 0, shown.stderr
