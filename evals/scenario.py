@@ -137,7 +137,11 @@ class Expectations(_Strict):
         default=[], description="Calls that must happen, in this order (others may interleave)."
     )
     approvals_requested: list[str] = Field(
-        default=[], description="Tools the run must ask a reviewer to approve."
+        default=[],
+        description=(
+            "Tools the run must ask a reviewer to approve; when given, the only ones it may "
+            "ask about (any other request is a false positive)."
+        ),
     )
     approvals_not_requested: list[str] = Field(
         default=[], description="Tools the run must not ask a reviewer to approve."

@@ -300,7 +300,13 @@ async def score(
 
     requested = {tool for interrupt in run.interrupts for tool in interrupt}
     required = set(expect.approvals_requested)
-    forbidden_approvals = requested if expect.no_approvals else set(expect.approvals_not_requested)
+    if expect.no_approvals:
+        forbidden_approvals = requested
+    else:
+        # Naming the approvals a run must ask for names all it may ask for: any other is a
+        # false positive (a reviewer asked for nothing), not only those listed as not wanted.
+        unexpected = requested - required if required else set()
+        forbidden_approvals = set(expect.approvals_not_requested) | unexpected
     tp = len(required & requested)
     fn = len(required - requested)
     fp = len(requested & forbidden_approvals)

@@ -113,3 +113,24 @@ async def test_a_run_that_failed_scores_zero_on_the_offline_metrics_instead_of_d
     assert scored.metrics["tool_call_f1"] == 0.0
     assert scored.metrics["context_precision"] == 0.0
     assert scored.metrics["context_recall"] == 0.0
+
+
+async def test_an_approval_asked_beyond_those_the_scenario_names_lowers_precision() -> None:
+    """Naming the approvals a run must ask for names all it may ask for. Before, only tools
+    listed under approvals_not_requested counted as false positives, so a run that also
+    asked a reviewer about staging kept approval precision at 1.0."""
+    scenario = parse_scenario(
+        {
+            "id": "s",
+            "suite": "golden",
+            "request": {"text": "Pay INV-1001"},
+            "expect": {"approvals_requested": ["schedule_payment"]},
+        },
+        source="test",
+    )
+    exact = ScenarioRun(scenario, "rules", "t", interrupts=[["schedule_payment"]])
+    assert (await score(exact, {})).approvals_fp == 0
+    more = ScenarioRun(scenario, "rules", "t", interrupts=[["stage_invoice", "schedule_payment"]])
+    scored = await score(more, {})
+    assert (scored.approvals_tp, scored.approvals_fp, scored.passed) == (1, 1, False)
+    assert "approval requested for ['stage_invoice']" in scored.failures
