@@ -21,7 +21,6 @@ for _role in ("ROUTER", "PLANNER", "RESPOND"):
 os.environ.pop("PAYABLES_MODEL", None)
 
 import asyncio  # noqa: E402
-import uuid  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -33,6 +32,7 @@ from psycopg import sql  # noqa: E402
 from runtime.settings import PROJECT_ROOT  # noqa: E402
 from state.db import CONNECTION_KWARGS, Database, embedded_uri, migrate  # noqa: E402
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world  # noqa: E402
+from tests.databases import admin, database_copy, drop_database, with_dbname  # noqa: E402
 from tests.trace_capture import trace_endpoint  # noqa: E402, F401  (a fixture)
 
 TEST_DATA_DIR = PROJECT_ROOT / ".data" / "test"
@@ -63,32 +63,18 @@ def _fresh_breakers_and_no_faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     BREAKERS.reset()
 
 
-def with_dbname(uri: str, dbname: str) -> str:
-    """``uri`` pointing at database ``dbname``."""
-    info = psycopg.conninfo.conninfo_to_dict(uri)
-    info["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo("", **info)
-
-
 @pytest.fixture(scope="session")
 def server_uri() -> str:
     """A Postgres server to create test databases on."""
     return os.environ.get("DATABASE_URI") or embedded_uri(TEST_DATA_DIR)
 
 
-def _admin(uri: str, statement: sql.Composable) -> None:
-    with psycopg.connect(uri, autocommit=True) as conn:
-        conn.execute(statement)
-
-
 @pytest.fixture(scope="session")
 def template_db(server_uri: str) -> Iterator[str]:
     """A database migrated and seeded with the sample world, to copy per test."""
     name = f"payables_tpl_{os.getpid()}"
-    _admin(
-        server_uri, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    )
-    _admin(server_uri, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    drop_database(server_uri, name)
+    admin(server_uri, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     uri = with_dbname(server_uri, name)
 
     async def prepare() -> None:
@@ -98,25 +84,14 @@ def template_db(server_uri: str) -> Iterator[str]:
 
     asyncio.run(prepare())
     yield name
-    _admin(
-        server_uri, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    )
+    drop_database(server_uri, name)
 
 
 @pytest.fixture
 def db_uri(server_uri: str, template_db: str) -> Iterator[str]:
     """A private copy of the seeded template database for one test."""
-    name = f"payables_t_{uuid.uuid4().hex[:12]}"
-    _admin(
-        server_uri,
-        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template_db)
-        ),
-    )
-    yield with_dbname(server_uri, name)
-    _admin(
-        server_uri, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    )
+    with database_copy(server_uri, template_db, "payables_t") as uri:
+        yield uri
 
 
 @pytest.fixture

@@ -28,10 +28,9 @@ import psycopg
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from tests.cli import explain, payables
+from tests.databases import database_copy
 from tests.langgraph_server import langgraph_dev, server_env
 
 pytestmark = pytest.mark.e2e
@@ -81,18 +80,8 @@ def signed(**claims: Any) -> str:
 @pytest.fixture(scope="module")
 def module_db(server_uri: str, template_db: str) -> Iterator[str]:
     """A private copy of the seeded template database shared by this module's tests."""
-    name = f"payables_auth_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_uri, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    yield make_conninfo(server_uri, dbname=name)
-    with psycopg.connect(server_uri, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    with database_copy(server_uri, template_db, "payables_auth") as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
