@@ -48,17 +48,22 @@ def test_known_values_in_any_case_are_taken(monkeypatch: pytest.MonkeyPatch) -> 
     assert isinstance(root.handlers[0].formatter, JsonFormatter)
 
 
-def test_the_cli_says_so_and_exits_2_instead_of_a_traceback() -> None:
-    env = {"PATH": "/usr/bin:/bin", "PAYABLES_LOG_LEVEL": "bogus", "LANGSMITH_TRACING": "false"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "--help"],
+def python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """This interpreter run on ``args`` in the project, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
+
+
+def test_the_cli_says_so_and_exits_2_instead_of_a_traceback() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PAYABLES_LOG_LEVEL": "bogus", "LANGSMITH_TRACING": "false"}
+    proc = python("-m", "runtime.cli", "--help", env=env)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "PAYABLES_LOG_LEVEL must be one of" in proc.stderr
@@ -81,14 +86,7 @@ logging.getLogger("httpx").warning("library GB29NWBK60161331926819")
 
 
 def test_the_served_graph_masks_what_the_agent_logs_through_the_servers_handlers() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", SERVER_LOGGING],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = python("-c", SERVER_LOGGING)
     assert proc.returncode == 0, proc.stderr
     own, library = proc.stdout.split("library ")
     assert "paying ****6819" in own and "refused ****6819" in own, own
