@@ -48,6 +48,47 @@ async def grant(
     )
 
 
+CONTROLLERS = ("ctl-1", "ctl-2")
+"""Two distinct controllers: what dual control asks for."""
+
+
+async def grant_dual_control(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    step_id: str,
+    tool: str,
+    args: dict[str, Any],
+    thread_id: str = "t",
+) -> None:
+    """Record both `CONTROLLERS`' approvals of exactly ``tool(args)`` at ``step_id``."""
+    for reviewer in CONTROLLERS:
+        await grant(
+            conn,
+            step_id=step_id,
+            tool=tool,
+            args=args,
+            reviewer=reviewer,
+            role="controller",
+            thread_id=thread_id,
+        )
+
+
+async def sign_as_two_controllers(agent: Agent, thread: str) -> list[dict[str, Any]]:
+    """Each of `CONTROLLERS` in turn approves every action waiting on ``thread``.
+
+    Returns the view after each answer; the thread must be waiting before each.
+    """
+    views = []
+    for reviewer in CONTROLLERS:
+        [(_, request)] = await agent.pending(thread)
+        answer = {
+            "decisions": [{"type": "approve"}] * len(request["action_requests"]),
+            "reviewer": {"id": reviewer, "role": "controller"},
+        }
+        views.append(await agent.resume(thread, answer))
+    return views
+
+
 def pay_then_ask_again() -> ScriptedModels:
     """One phase: pay INV-1001 (one approval), then INV-1002 (a second approval)."""
     return ScriptedModels(

@@ -29,6 +29,7 @@ from state.audit import (
 )
 from state.db import CONNECTION_KWARGS, Database
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
+from tests.approvals import sign_as_two_controllers
 from tests.cli import CLI_TIMEOUT_S, payables
 from tools.gate import ToolGate
 
@@ -67,16 +68,8 @@ async def approved_bank_change(agent: Agent, request: str = CHANGE_REQUEST) -> s
     """The V-006 bank change, signed by two controllers (dual control): the thread id."""
     view = await agent.start(request, user="clerk-ana")
     thread = str(view["thread_id"])
-    for reviewer in ("ctl-1", "ctl-2"):
-        assert view["status"] == "interrupted", view
-        actions = len((await agent.pending(thread))[0][1]["action_requests"])
-        view = await agent.resume(
-            thread,
-            {
-                "decisions": [{"type": "approve"}] * actions,
-                "reviewer": {"id": reviewer, "role": "controller"},
-            },
-        )
+    assert view["status"] == "interrupted", view
+    view = (await sign_as_two_controllers(agent, thread))[-1]
     assert view["status"] == "completed", view
     return thread
 

@@ -15,6 +15,7 @@ import pytest
 from runtime.agent import open_agent
 from runtime.tracing import redacting_client
 from state.db import Database
+from tests.approvals import sign_as_two_controllers
 from tests.trace_capture import captured_text
 
 pytestmark = pytest.mark.integration
@@ -55,18 +56,7 @@ async def test_accounts_and_secrets_never_leave(
             attachments=[{"name": "email.txt", "text": f"Our account: {NEW_ACCOUNT}"}],
         )
         views.append(change)
-        for reviewer in ("ctl-1", "ctl-2"):
-            pending = await agent.pending(change["thread_id"])
-            actions = len(pending[0][1]["action_requests"])
-            views.append(
-                await agent.resume(
-                    change["thread_id"],
-                    {
-                        "decisions": [{"type": "approve"}] * actions,
-                        "reviewer": {"id": reviewer, "role": "controller"},
-                    },
-                )
-            )
+        views += await sign_as_two_controllers(agent, change["thread_id"])
         views.append(await agent.view(change["thread_id"]))
         views.append({"approvals": await agent.pending_everywhere()})
         async with database.connection() as conn:

@@ -18,7 +18,7 @@ from guards.redaction import mask_account
 from runtime.agent import Agent, open_agent
 from runtime.context import Context
 from state.db import Database
-from tests.approvals import grant
+from tests.approvals import grant, grant_dual_control
 from tools.contract import payee_digest
 from tools.gate import PAYEE_CHANGED, PAYEE_UNCONFIRMED, ToolGate, ToolOutcome
 
@@ -45,16 +45,9 @@ async def change_bank_account(database: Database, gate: ToolGate) -> None:
             " VALUES ('bank', %s, 'clerk-bob', 'default', 'running')",
             (f"Change V-001 to {NEW}",),
         )
-        for reviewer in ("ctl-1", "ctl-2"):
-            await grant(
-                conn,
-                step_id="s1",
-                tool="update_vendor_bank_account",
-                args=CHANGE,
-                reviewer=reviewer,
-                role="controller",
-                thread_id="bank",
-            )
+        await grant_dual_control(
+            conn, step_id="s1", tool="update_vendor_bank_account", args=CHANGE, thread_id="bank"
+        )
     changed = await gate.call(
         thread_id="bank",
         step_id="s1",
@@ -199,9 +192,9 @@ async def test_an_approval_recorded_without_its_payee_does_not_pay(database: Dat
     """A decision from a release before approvals covered the payee (a rolling deploy)."""
     gate = await staged_payment(database)
     async with database.connection() as conn:
-        for reviewer in ("ctl-1", "ctl-2"):
-            await grant(conn, step_id="s2", tool="schedule_payment", args=PAY,
-                        reviewer=reviewer, role="controller", thread_id="pay")  # fmt: skip
+        await grant_dual_control(
+            conn, step_id="s2", tool="schedule_payment", args=PAY, thread_id="pay"
+        )
         await conn.execute("UPDATE approval_decisions SET payee_digest = NULL, payee_masked = NULL")
     refused = await pay(gate)
     error = refused["error"]

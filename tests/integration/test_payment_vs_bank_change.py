@@ -18,7 +18,7 @@ import pytest
 import tools.gate
 from runtime.context import Context
 from state.db import Database
-from tests.approvals import grant
+from tests.approvals import grant_dual_control
 from tools.gate import ToolGate
 from tools.matching import MatchInputs
 
@@ -50,25 +50,12 @@ async def test_a_bank_change_never_slips_between_a_payments_read_and_its_insert(
                 (thread, request),
             )
         await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
-        for reviewer in ("ctl-1", "ctl-2"):
-            await grant(
-                conn,
-                step_id="s2",
-                tool="schedule_payment",
-                args=PAY,
-                reviewer=reviewer,
-                role="controller",
-                thread_id="pay",
-            )
-            await grant(
-                conn,
-                step_id="s1",
-                tool="update_vendor_bank_account",
-                args=CHANGE,
-                reviewer=reviewer,
-                role="controller",
-                thread_id="bank",
-            )
+        await grant_dual_control(
+            conn, step_id="s2", tool="schedule_payment", args=PAY, thread_id="pay"
+        )
+        await grant_dual_control(
+            conn, step_id="s1", tool="update_vendor_bank_account", args=CHANGE, thread_id="bank"
+        )
 
     read, go = asyncio.Event(), asyncio.Event()
     real_load = tools.gate.load_match_inputs

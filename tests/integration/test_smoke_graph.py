@@ -7,6 +7,7 @@ import pytest
 from runtime.agent import open_agent
 from runtime.context import Context
 from state.db import Database
+from tests.approvals import sign_as_two_controllers
 
 pytestmark = pytest.mark.integration
 
@@ -48,16 +49,7 @@ async def test_bank_change_to_the_current_account_escalates(database: Database) 
         )
         assert view["status"] == "interrupted"
         thread = view["thread_id"]
-        for reviewer in ("ctl-1", "ctl-2"):
-            pending = await agent.pending(thread)
-            actions = len(pending[0][1]["action_requests"])
-            view = await agent.resume(
-                thread,
-                {
-                    "decisions": [{"type": "approve"}] * actions,
-                    "reviewer": {"id": reviewer, "role": "controller"},
-                },
-            )
+        view = (await sign_as_two_controllers(agent, thread))[-1]
     assert view["status"] == "escalated"
     assert "already the vendor master account" in view["reason"]
 
