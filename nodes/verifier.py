@@ -2,7 +2,9 @@
 
 The database is the judge: after a payment, exactly one live payment exists for the
 invoice, its payee is the vendor master account and its amount does not exceed the
-invoice total; a staged invoice is staged; a policy answer has passages to cite.
+invoice total; a staged invoice is staged; after a bank change, the vendor master account
+is the changed one it recorded; a queued email is in the outbox; a policy answer has
+passages to cite.
 
 A run that ends before its phase does also passes through here, so what the phase did
 is checked all the same: a reviewer's reject (from approval), a budget stop (from the
@@ -84,6 +86,30 @@ async def check_outcomes(database: Database, outcomes: list[ToolOutcome]) -> lis
                     "paid",
                 }:
                     problems.append(f"{invoice_id} was staged but is not in a staged state")
+            elif outcome["tool"] == "update_vendor_bank_account":
+                vendor_id = outcome["result"]["vendor_id"]
+                cur = await conn.execute(
+                    "SELECT c.new_account = v.remit_bank_account AS current"
+                    " FROM vendor_bank_changes c JOIN vendors v USING (vendor_id)"
+                    " WHERE c.change_id = %s AND c.vendor_id = %s",
+                    (outcome["result"]["change_id"], vendor_id),
+                )
+                change = await cur.fetchone()
+                if change is None:
+                    problems.append(f"the bank change of {vendor_id} is not on record")
+                elif not change["current"]:
+                    problems.append(
+                        f"{vendor_id}'s master account is not the one its bank change set"
+                    )
+            elif outcome["tool"] == "send_vendor_email":
+                cur = await conn.execute(
+                    "SELECT 1 FROM email_outbox WHERE outbox_id = %s",
+                    (outcome["result"]["outbox_id"],),
+                )
+                if await cur.fetchone() is None:
+                    problems.append(
+                        f"the email to {outcome['result']['vendor_id']} is not in the outbox"
+                    )
     return problems
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from nodes.verifier import check_outcomes
 from runtime.agent import open_agent
 from runtime.context import Context
 from state.db import Database
@@ -52,6 +53,37 @@ async def test_bank_change_to_the_current_account_escalates(database: Database) 
         view = (await sign_as_two_controllers(agent, thread))[-1]
     assert view["status"] == "escalated"
     assert "already the vendor master account" in view["reason"]
+
+
+async def test_the_verifier_checks_a_bank_change_and_its_email_in_the_database(
+    database: Database,
+) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start(
+            "Change the bank account of vendor V-006 to NL23KNAB0257394811, per their letter",
+            user="clerk-ana",
+        )
+        thread = view["thread_id"]
+        view = (await sign_as_two_controllers(agent, thread))[-1]
+        assert view["status"] == "completed", view["reason"]
+        outcomes = (await agent.graph.aget_state(agent.config(thread))).values["outcomes"]
+    assert {o["tool"] for o in outcomes if o["ok"]} >= {
+        "update_vendor_bank_account",
+        "send_vendor_email",
+    }
+    assert await check_outcomes(database, outcomes) == []
+
+    # What the tools reported no longer holds: the database says so.
+    async with database.connection() as conn:
+        await conn.execute(
+            "UPDATE vendors SET remit_bank_account = 'GB29NWBK60161331926819'"
+            " WHERE vendor_id = 'V-006'"
+        )
+        await conn.execute("DELETE FROM email_outbox WHERE vendor_id = 'V-006'")
+    assert await check_outcomes(database, outcomes) == [
+        "V-006's master account is not the one its bank change set",
+        "the email to V-006 is not in the outbox",
+    ]
 
 
 async def test_policy_question_cites_passages(database: Database) -> None:
