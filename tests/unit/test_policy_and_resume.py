@@ -39,6 +39,19 @@ def test_requester_never_counts() -> None:
     assert pay("100.00").unmet((Reviewer("clerk", "controller"),), "clerk") != []
 
 
+def test_a_requester_who_is_a_controller_does_not_give_the_controllers_signature() -> None:
+    req = pay("20000.00")
+    both = (Reviewer("clerk", "controller"), Reviewer("rev", "approver"))
+    assert req.unmet(both, "clerk") == ["needs an approver with role 'controller'"]
+
+
+def test_an_amount_at_a_threshold_is_not_over_it() -> None:
+    at_limit = pay("10000.00")
+    assert (at_limit.min_approvers, at_limit.required_role) == (1, None)
+    at_dual = pay("50000.00")
+    assert (at_dual.min_approvers, at_dual.required_role) == (1, "controller")
+
+
 def test_over_approval_threshold_needs_a_controller() -> None:
     req = pay("10000.01")
     assert req.required_role == "controller"
