@@ -268,6 +268,51 @@ async def test_a_partial_payment_cannot_dodge_the_controller(database: Database)
     )
 
 
+@pytest.mark.parametrize("status", ["received", "staged"])
+async def test_an_invoice_with_a_price_variance_needs_a_controller_to_stage_and_to_pay(
+    database: Database, status: str
+) -> None:
+    """INV-1005 (2,097.95 USD, under every threshold) bills over the price tolerance: an
+    override. An approver's signature is not enough to stage it, nor to pay it once staged;
+    a controller's is."""
+    await add_run(database, "Pay INV-1005")
+    async with database.connection() as conn:
+        await conn.execute(
+            "UPDATE invoices SET status = %s WHERE invoice_id = 'INV-1005'", (status,)
+        )
+    if status == "received":
+        tool, args = "stage_invoice", {"invoice_id": "INV-1005", "note": ""}
+    else:
+        tool = "schedule_payment"
+        args = {"invoice_id": "INV-1005", "amount": "2097.95", "currency": "USD", "pay_on": None}
+    refused = await approved_call(
+        database,
+        route="invoice_processing",
+        step_id="s1",
+        tool=tool,
+        args=args,
+        reviewers=(("rev-1", "approver"),),
+    )
+    assert refused["error"] is not None, refused
+    assert refused["error"]["code"] == "approval_required"
+    assert "role 'controller'" in refused["error"]["message"]
+    assert "policy override" in refused["error"]["hint"]
+    done = await approved_call(
+        database,
+        route="invoice_processing",
+        step_id="s1",
+        tool=tool,
+        args=args,
+        reviewers=(("ctl-1", "controller"),),
+    )
+    assert done["error"] is None, done["error"]
+    expected = "staged" if tool == "stage_invoice" else "scheduled"
+    assert (
+        await scalar(database, "SELECT status FROM invoices WHERE invoice_id = 'INV-1005'")
+        == expected
+    )
+
+
 async def test_a_second_payment_for_the_same_invoice_is_refused(database: Database) -> None:
     models = ScriptedModels(
         planner=ScriptedChatModel(
