@@ -13,7 +13,15 @@ from runtime.context import Context
 from state.db import Database
 from tests.approvals import grant
 from tools.ap import AP_TOOLS
-from tools.contract import CallContext, Tier, ToolArgs, ToolFailure, ToolResult, ToolSpec
+from tools.contract import (
+    CallContext,
+    Tier,
+    ToolArgs,
+    ToolFailure,
+    ToolResult,
+    ToolSpec,
+    args_hash,
+)
 from tools.gate import ToolGate, ToolOutcome
 from tools.registry import ToolRegistry
 
@@ -178,6 +186,41 @@ async def test_requester_approval_does_not_count(database: Database) -> None:
         )
     outcome = await clerk_call(ToolGate(database), "schedule_payment", args, step_id="p2s2")
     assert outcome["error"] is not None and outcome["error"]["code"] == "approval_required"
+
+
+@pytest.mark.parametrize("rejected_amount", ["1.00", "2.00"], ids=["same_args", "other_args"])
+async def test_a_reject_at_a_step_stops_it_whatever_approvals_are_on_record(
+    database: Database, rejected_amount: str
+) -> None:
+    """Two approvals (one a controller's) of the call are not enough once a reviewer rejected
+    the step, whether the reject was of these args or of others (before an edit)."""
+    args = {"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD", "pay_on": None}
+    async with database.connection() as conn:
+        await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
+        await conn.execute(
+            "INSERT INTO runs (thread_id, request, requester, tenant, status)"
+            " VALUES ('t', 'Pay INV-1001', 'clerk', 'default', 'running')"
+        )
+        for reviewer, role in (("rev", "approver"), ("ctl", "controller")):
+            await grant(
+                conn,
+                step_id="p2s2",
+                tool="schedule_payment",
+                args=args,
+                reviewer=reviewer,
+                role=role,
+            )
+        await conn.execute(
+            "INSERT INTO approval_decisions (thread_id, step_id, tool, args_hash, reviewer_id,"
+            " reviewer_role, decision, reason) VALUES ('t', 'p2s2', 'schedule_payment', %s,"
+            " 'rev-2', 'approver', 'reject', 'not this month')",
+            (args_hash("schedule_payment", {**args, "amount": rejected_amount}),),
+        )
+    outcome = await clerk_call(ToolGate(database), "schedule_payment", args, step_id="p2s2")
+    assert outcome["error"] is not None, "paid although a reviewer rejected it"
+    assert outcome["error"]["code"] == "rejected"
+    assert "rev-2: not this month" in outcome["error"]["message"]
+    assert await count(database, "SELECT count(*) FROM payments WHERE thread_id = 't'") == 0
 
 
 async def test_business_failure_is_structured_and_changes_nothing(database: Database) -> None:
