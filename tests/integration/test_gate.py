@@ -188,6 +188,31 @@ async def test_requester_approval_does_not_count(database: Database) -> None:
     assert outcome["error"] is not None and outcome["error"]["code"] == "approval_required"
 
 
+async def test_an_approval_in_another_thread_does_not_count(database: Database) -> None:
+    """Step ids repeat across threads (p2s2); an approval of the same call at the same step
+    in another run is not an approval of this one."""
+    args = {"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD", "pay_on": None}
+    async with database.connection() as conn:
+        await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
+        await conn.execute(
+            "INSERT INTO runs (thread_id, request, requester, tenant, status)"
+            " VALUES ('t', 'Pay INV-1001', 'clerk', 'default', 'running')"
+        )
+        await grant(
+            conn,
+            step_id="p2s2",
+            tool="schedule_payment",
+            args=args,
+            reviewer="ctl",
+            role="controller",
+            thread_id="another-run",
+        )
+    outcome = await clerk_call(ToolGate(database), "schedule_payment", args, step_id="p2s2")
+    assert outcome["error"] is not None, "paid on another run's approval"
+    assert outcome["error"]["code"] == "approval_required"
+    assert await count(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 0
+
+
 @pytest.mark.parametrize("rejected_amount", ["1.00", "2.00"], ids=["same_args", "other_args"])
 async def test_a_reject_at_a_step_stops_it_whatever_approvals_are_on_record(
     database: Database, rejected_amount: str
