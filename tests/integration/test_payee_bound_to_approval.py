@@ -188,6 +188,27 @@ async def test_a_second_signature_is_not_asked_for_once_the_first_covers_another
     assert await rows(database, "SELECT 1 FROM payments WHERE invoice_id = 'INV-1001'") == []
 
 
+async def test_under_dual_control_every_signature_must_cover_the_account_paid(
+    database: Database,
+) -> None:
+    """A second signature given after the bank change covers the new account; the first
+    still covers the old one, so the payment is refused, naming it."""
+    gate = await staged_payment(database)
+    async with database.connection() as conn:
+        await grant(conn, step_id="s2", tool="schedule_payment", args=PAY, reviewer="ctl-1",
+                    role="controller", thread_id="pay")  # fmt: skip
+    await change_bank_account(database, gate)
+    async with database.connection() as conn:
+        await grant(conn, step_id="s2", tool="schedule_payment", args=PAY, reviewer="ctl-2",
+                    role="controller", thread_id="pay")  # fmt: skip
+    refused = await pay(gate)
+    error = refused["error"]
+    assert error is not None and error["code"] == PAYEE_CHANGED, refused
+    assert f"ctl-1 approved paying {mask_account(OLD)}" in error["message"]
+    assert "ctl-2" not in error["message"]
+    assert await rows(database, "SELECT 1 FROM payments WHERE invoice_id = 'INV-1001'") == []
+
+
 async def test_an_approval_recorded_without_its_payee_does_not_pay(database: Database) -> None:
     """A decision from a release before approvals covered the payee (a rolling deploy)."""
     gate = await staged_payment(database)
