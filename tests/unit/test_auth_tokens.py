@@ -391,3 +391,22 @@ def test_last_missing_signature_above_dual_control_must_be_the_controllers() -> 
     assert with_verified_reviewer({}, controller, second)["reviewer"] == controller
     after_controller = dual_request([{"id": "ctl-1", "role": "controller"}])
     assert with_verified_reviewer({}, approver, after_controller)["reviewer"] == approver
+
+
+def test_an_admin_token_signs_as_an_approver_never_as_the_controller() -> None:
+    admin = {"identity": "ops-1", "role": "admin", "tenant": "default"}
+    verified = verified_reviewer({"langgraph_auth_user": admin})
+    assert verified == {"id": "ops-1", "role": "approver"}
+    with pytest.raises(ResumeError, match="controller's signature"):
+        with_verified_reviewer({}, verified, dual_request([{"id": "rev-1", "role": "approver"}]))
+
+
+def test_the_requesters_own_controller_signature_does_not_stand_in_for_one() -> None:
+    """The gate never counts the requester; an approver is not let in as the last signature
+    because the request's maker, a controller, is among those who signed."""
+    approver = {"id": "rev-2", "role": "approver"}
+    by_requester = dual_request(
+        [{"id": "clerk-ben", "role": "controller"}, {"id": "rev-1", "role": "approver"}]
+    )
+    with pytest.raises(ResumeError, match="controller's signature"):
+        with_verified_reviewer({}, approver, by_requester)
