@@ -31,6 +31,25 @@ async def test_edit_cannot_move_a_payment_to_another_invoice(database: Database)
     )
 
 
+async def test_edit_cannot_send_a_vendor_email_to_another_vendor(database: Database) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start(
+            "Change V-006 bank account to NL23KNAB0257394811 per their call", user="clerk-ana"
+        )
+        actions = [p["action"] for p in view["pending_approvals"]]
+        assert actions == ["update_vendor_bank_account", "send_vendor_email"], view
+        args = dict(view["pending_approvals"][1]["args"], vendor_id="V-001")
+        edit = {"type": "edit", "edited_action": {"name": "send_vendor_email", "args": args}}
+        controller = {"id": "ctl-1", "role": "controller"}
+        with pytest.raises(ResumeError, match="may not change vendor_id"):
+            await agent.resume(
+                view["thread_id"],
+                {"decisions": [{"type": "approve"}, edit], "reviewer": controller},
+            )
+        after = await agent.view(view["thread_id"])
+    assert after["status"] == "interrupted"
+
+
 async def test_edit_of_amount_is_paid_as_edited(database: Database) -> None:
     async with open_agent(database=database) as agent:
         view = await agent.start("Validate INV-1001 and pay it if it matches", user="clerk-ana")
