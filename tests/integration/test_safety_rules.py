@@ -313,6 +313,95 @@ async def test_an_invoice_with_a_price_variance_needs_a_controller_to_stage_and_
     )
 
 
+async def test_a_payment_goes_to_the_vendor_master_account_not_the_invoices(
+    database: Database,
+) -> None:
+    """INV-1010 asks to be paid to LT07..0835; V-006's master account is IE29..5678. A
+    controller's override lets it be paid, to the master account."""
+    await add_run(database, "Pay INV-1010")
+    async with database.connection() as conn:
+        await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1010'")
+    args = {"invoice_id": "INV-1010", "amount": "3745.00", "currency": "USD", "pay_on": None}
+    outcome = await approved_call(
+        database,
+        route="invoice_processing",
+        step_id="s1",
+        tool="schedule_payment",
+        args=args,
+        reviewers=(("ctl-1", "controller"),),
+    )
+    assert outcome["error"] is None, outcome["error"]
+    paid_to = await scalar(
+        database, "SELECT payee_account FROM payments WHERE invoice_id = 'INV-1010'"
+    )
+    master = await scalar(
+        database, "SELECT remit_bank_account FROM vendors WHERE vendor_id = 'V-006'"
+    )
+    assert paid_to == master == "IE29AIBK93115212345678"
+
+
+@pytest.mark.parametrize(
+    ("status", "currency", "code"),
+    [("received", "USD", "not_staged"), ("staged", "EUR", "currency_mismatch")],
+)
+async def test_a_payment_is_refused_unless_staged_and_in_the_invoices_currency(
+    database: Database, status: str, currency: str, code: str
+) -> None:
+    """Approvals on record do not pay an invoice nobody staged, nor in another currency."""
+    await add_run(database, "Pay INV-1001")
+    async with database.connection() as conn:
+        await conn.execute(
+            "UPDATE invoices SET status = %s WHERE invoice_id = 'INV-1001'", (status,)
+        )
+    args = {"invoice_id": "INV-1001", "amount": "3340.97", "currency": currency, "pay_on": None}
+    outcome = await approved_call(
+        database,
+        route="invoice_processing",
+        step_id="s1",
+        tool="schedule_payment",
+        args=args,
+        reviewers=(("ctl-1", "controller"),),
+    )
+    assert outcome["error"] is not None and outcome["error"]["code"] == code, outcome
+    assert (
+        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 0
+    )
+
+
+async def clerk_call(database: Database, tool: str, args: dict[str, Any]) -> Any:
+    """``tool(args)`` through the gate, as a clerk's call that needs no approval."""
+    return await ToolGate(database).call(
+        thread_id="t",
+        step_id="s1",
+        route="invoice_processing",
+        requester="clerk",
+        tool=tool,
+        args=args,
+        run=Context(),
+    )
+
+
+async def test_flagging_a_paid_invoice_keeps_it_paid(database: Database) -> None:
+    """A flagged invoice can be staged again; a paid one must not become flagged."""
+    args = {"invoice_id": "INV-1006", "codes": ["query"], "detail": "vendor asks"}
+    outcome = await clerk_call(database, "flag_exception", args)
+    assert outcome["error"] is None, outcome["error"]
+    assert outcome["result"] is not None and outcome["result"]["status"] == "paid"
+    assert await scalar(database, "SELECT status FROM invoices WHERE invoice_id = 'INV-1006'") == (
+        "paid"
+    )
+
+
+async def test_a_rejected_invoice_cannot_be_staged(database: Database) -> None:
+    async with database.connection() as conn:
+        await conn.execute("UPDATE invoices SET status = 'rejected' WHERE invoice_id = 'INV-1001'")
+    outcome = await clerk_call(database, "stage_invoice", {"invoice_id": "INV-1001"})
+    assert outcome["error"] is not None and outcome["error"]["code"] == "invalid_status"
+    assert await scalar(database, "SELECT status FROM invoices WHERE invoice_id = 'INV-1001'") == (
+        "rejected"
+    )
+
+
 async def test_a_second_payment_for_the_same_invoice_is_refused(database: Database) -> None:
     models = ScriptedModels(
         planner=ScriptedChatModel(
