@@ -279,8 +279,11 @@ def _swap_seq(tenant: str, a: int, b: int) -> list[tuple[str, tuple[Any, ...]]]:
     return [(sql, (10_000, tenant, a)), (sql, (a, tenant, b)), (sql, (b, tenant, 10_000))]
 
 
-def _edit_and_rehash(row: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
+def _edit_and_rehash(
+    row: dict[str, Any], prev_hash: str | None = None
+) -> list[tuple[str, tuple[Any, ...]]]:
     payload = {**row["payload"], "amount": "99999.00"}
+    prev_hash = prev_hash or row["prev_hash"]
     digest = row_hash(
         tenant=row["tenant"],
         seq=row["seq"],
@@ -288,12 +291,12 @@ def _edit_and_rehash(row: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
         kind=row["kind"],
         event_key=row["event_key"],
         payload=payload,
-        prev_hash=row["prev_hash"],
+        prev_hash=prev_hash,
     )
     return [
         (
-            "UPDATE audit_events SET payload = %s::jsonb, hash = %s WHERE id = %s",
-            (json.dumps(payload), digest, row["id"]),
+            "UPDATE audit_events SET payload = %s::jsonb, prev_hash = %s, hash = %s WHERE id = %s",
+            (json.dumps(payload), prev_hash, digest, row["id"]),
         )
     ]
 
@@ -306,6 +309,8 @@ def _edit_and_rehash(row: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
         ("delete_row", 4, 4, "gap"),
         ("swap_seq", 3, 4, "reordered"),
         ("edit_and_rehash", 4, 4, "broken_link"),
+        # (what is done to seq 1: it is rewritten to link to a row before it, not genesis)
+        ("first_not_genesis", 1, 1, "broken_link"),
     ],
 )
 async def test_tampering_is_found_at_the_first_broken_link(
@@ -330,6 +335,7 @@ async def test_tampering_is_found_at_the_first_broken_link(
         "delete_row": [("DELETE FROM audit_events WHERE tenant = %s AND seq = %s", ("acme", 3))],
         "swap_seq": _swap_seq("acme", 3, 4),
         "edit_and_rehash": _edit_and_rehash(rows[3]),
+        "first_not_genesis": _edit_and_rehash(rows[1], prev_hash="f" * 64),
     }[tampering]
     await tamper(db_uri, *statements)
 

@@ -7,6 +7,9 @@ from typing import Any
 
 from state.audit import (
     GENESIS_HASH,
+    BrokenLink,
+    ChainReport,
+    VerifyReport,
     approval_requested_event,
     content_hash,
     mask_payload,
@@ -150,3 +153,18 @@ def test_summaries_are_one_line() -> None:
     )
     line = summarize("guard_flag", {"detector": "injection", "evidence": "a\nb " * 100})
     assert "\n" not in line and len(line) <= 90
+
+
+def test_a_report_is_not_ok_when_any_tenants_chain_is_broken() -> None:
+    edited = BrokenLink("globex", 3, 30, "edited", "stored hash differs")
+    report = VerifyReport(
+        chains=[
+            ChainReport("acme", 6, 6, "a" * 64),
+            ChainReport("globex", 6, 6, "b" * 64, broken=edited),
+            ChainReport("initech", 2, 2, "c" * 64),
+        ]
+    )
+    assert not report.ok
+    assert report.first_broken == edited
+    assert report.as_dict()["ok"] is False
+    assert VerifyReport(chains=[ChainReport("acme", 6, 6, "a" * 64)]).ok
