@@ -368,6 +368,31 @@ async def test_a_payment_is_refused_unless_staged_and_in_the_invoices_currency(
     )
 
 
+async def test_a_staged_invoice_is_not_paid_once_its_vendor_is_blocked(
+    database: Database,
+) -> None:
+    """Staging checked the match; the payment checks it again, as it is now."""
+    await add_run(database, "Pay INV-1001")
+    async with database.connection() as conn:
+        await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
+        await conn.execute("UPDATE vendors SET status = 'blocked' WHERE vendor_id = 'V-001'")
+    args = {"invoice_id": "INV-1001", "amount": "3340.97", "currency": "USD", "pay_on": None}
+    outcome = await approved_call(
+        database,
+        route="invoice_processing",
+        step_id="s1",
+        tool="schedule_payment",
+        args=args,
+        reviewers=(("ctl-1", "controller"),),
+    )
+    assert outcome["error"] is not None, "paid a blocked vendor"
+    assert outcome["error"]["code"] == "match_exceptions"
+    assert "vendor_blocked" in outcome["error"]["message"]
+    assert (
+        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 0
+    )
+
+
 async def clerk_call(database: Database, tool: str, args: dict[str, Any]) -> Any:
     """``tool(args)`` through the gate, as a clerk's call that needs no approval."""
     return await ToolGate(database).call(
