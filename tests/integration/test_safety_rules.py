@@ -134,6 +134,25 @@ async def approved_call(
     )
 
 
+async def pay_as_a_controller_approved(database: Database, args: dict[str, Any]) -> Any:
+    """``schedule_payment(args)`` through the gate, with a controller's approval on record."""
+    return await approved_call(
+        database,
+        route="invoice_processing",
+        step_id="s1",
+        tool="schedule_payment",
+        args=args,
+        reviewers=(("ctl-1", "controller"),),
+    )
+
+
+async def payments_of(database: Database, invoice_id: str) -> int:
+    """How many payment rows ``invoice_id`` has."""
+    return int(
+        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = %s", invoice_id)
+    )
+
+
 @pytest.mark.parametrize(
     ("request_text", "proposed", "accepted"),
     [
@@ -201,7 +220,7 @@ async def test_only_invoices_the_clerk_named_whole_are_paid(database: Database) 
     )
     assert outcome["error"] is not None
     assert outcome["error"]["code"] == "invoice_not_requested"
-    assert await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-100'") == 0
+    assert await payments_of(database, "INV-100") == 0
 
 
 @pytest.mark.parametrize(
@@ -263,9 +282,7 @@ async def test_a_partial_payment_cannot_dodge_the_controller(database: Database)
             {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}},
         )
     assert view["status"] == "interrupted"
-    assert (
-        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1013'") == 0
-    )
+    assert await payments_of(database, "INV-1013") == 0
 
 
 @pytest.mark.parametrize("status", ["received", "staged"])
@@ -322,14 +339,7 @@ async def test_a_payment_goes_to_the_vendor_master_account_not_the_invoices(
     async with database.connection() as conn:
         await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1010'")
     args = {"invoice_id": "INV-1010", "amount": "3745.00", "currency": "USD", "pay_on": None}
-    outcome = await approved_call(
-        database,
-        route="invoice_processing",
-        step_id="s1",
-        tool="schedule_payment",
-        args=args,
-        reviewers=(("ctl-1", "controller"),),
-    )
+    outcome = await pay_as_a_controller_approved(database, args)
     assert outcome["error"] is None, outcome["error"]
     paid_to = await scalar(
         database, "SELECT payee_account FROM payments WHERE invoice_id = 'INV-1010'"
@@ -354,18 +364,9 @@ async def test_a_payment_is_refused_unless_staged_and_in_the_invoices_currency(
             "UPDATE invoices SET status = %s WHERE invoice_id = 'INV-1001'", (status,)
         )
     args = {"invoice_id": "INV-1001", "amount": "3340.97", "currency": currency, "pay_on": None}
-    outcome = await approved_call(
-        database,
-        route="invoice_processing",
-        step_id="s1",
-        tool="schedule_payment",
-        args=args,
-        reviewers=(("ctl-1", "controller"),),
-    )
+    outcome = await pay_as_a_controller_approved(database, args)
     assert outcome["error"] is not None and outcome["error"]["code"] == code, outcome
-    assert (
-        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 0
-    )
+    assert await payments_of(database, "INV-1001") == 0
 
 
 async def test_a_staged_invoice_is_not_paid_once_its_vendor_is_blocked(
@@ -377,20 +378,11 @@ async def test_a_staged_invoice_is_not_paid_once_its_vendor_is_blocked(
         await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
         await conn.execute("UPDATE vendors SET status = 'blocked' WHERE vendor_id = 'V-001'")
     args = {"invoice_id": "INV-1001", "amount": "3340.97", "currency": "USD", "pay_on": None}
-    outcome = await approved_call(
-        database,
-        route="invoice_processing",
-        step_id="s1",
-        tool="schedule_payment",
-        args=args,
-        reviewers=(("ctl-1", "controller"),),
-    )
+    outcome = await pay_as_a_controller_approved(database, args)
     assert outcome["error"] is not None, "paid a blocked vendor"
     assert outcome["error"]["code"] == "match_exceptions"
     assert "vendor_blocked" in outcome["error"]["message"]
-    assert (
-        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 0
-    )
+    assert await payments_of(database, "INV-1001") == 0
 
 
 async def clerk_call(database: Database, tool: str, args: dict[str, Any]) -> Any:
@@ -455,9 +447,7 @@ async def test_a_second_payment_for_the_same_invoice_is_refused(database: Databa
                 view["thread_id"],
                 {"decisions": [{"type": "approve"}] * actions, "reviewer": CONTROLLER},
             )
-    assert (
-        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1
-    )
+    assert await payments_of(database, "INV-1001") == 1
     errors = [c["error"] for c in view["result"]["tool_calls"] if c["error"]]
     assert "already_paid" in errors
 
@@ -513,9 +503,7 @@ async def test_a_payment_in_a_currency_without_a_rate_needs_dual_control(
             {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1", "role": "approver"}},
         )
     assert view["status"] == "interrupted"
-    assert (
-        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1007'") == 0
-    )
+    assert await payments_of(database, "INV-1007") == 0
 
 
 @pytest.mark.parametrize(("rate", "role"), [("1.08", None), ("2.70", "controller")])
@@ -533,9 +521,7 @@ async def test_a_foreign_currency_payment_is_held_to_the_thresholds_at_its_rate(
             {"decisions": [{"type": "approve"}], "reviewer": {"id": "ctl-1", "role": "controller"}},
         )
     assert view["status"] == "completed"
-    assert (
-        await scalar(database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1007'") == 1
-    )
+    assert await payments_of(database, "INV-1007") == 1
 
 
 async def test_a_bank_change_is_approved_or_rejected_as_asked_not_edited(
