@@ -147,15 +147,20 @@ async def test_irreversible_call_without_approval_is_refused(database: Database)
     assert await count(database, "SELECT count(*) FROM payments WHERE thread_id = 't'") == 0
 
 
+async def pay_request_for_a_staged_invoice(conn: psycopg.AsyncConnection[Any]) -> None:
+    """INV-1001 staged, and thread t a clerk's run asking to pay it (the run index row)."""
+    await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
+    await conn.execute(
+        "INSERT INTO runs (thread_id, request, requester, tenant, status)"
+        " VALUES ('t', 'Pay INV-1001', 'clerk', 'default', 'running')"
+    )
+
+
 async def test_approval_is_bound_to_the_exact_args(database: Database) -> None:
     gate = ToolGate(database)
     approved = {"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD", "pay_on": None}
     async with database.connection() as conn:
-        await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
-        await conn.execute(
-            "INSERT INTO runs (thread_id, request, requester, tenant, status)"
-            " VALUES ('t', 'Pay INV-1001', 'clerk', 'default', 'running')"
-        )
+        await pay_request_for_a_staged_invoice(conn)
         await grant(
             conn,
             step_id="p2s2",
@@ -193,11 +198,7 @@ async def test_an_approval_in_another_thread_does_not_count(database: Database) 
     in another run is not an approval of this one."""
     args = {"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD", "pay_on": None}
     async with database.connection() as conn:
-        await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
-        await conn.execute(
-            "INSERT INTO runs (thread_id, request, requester, tenant, status)"
-            " VALUES ('t', 'Pay INV-1001', 'clerk', 'default', 'running')"
-        )
+        await pay_request_for_a_staged_invoice(conn)
         await grant(
             conn,
             step_id="p2s2",
@@ -221,11 +222,7 @@ async def test_a_reject_at_a_step_stops_it_whatever_approvals_are_on_record(
     the step, whether the reject was of these args or of others (before an edit)."""
     args = {"invoice_id": "INV-1001", "amount": "1.00", "currency": "USD", "pay_on": None}
     async with database.connection() as conn:
-        await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
-        await conn.execute(
-            "INSERT INTO runs (thread_id, request, requester, tenant, status)"
-            " VALUES ('t', 'Pay INV-1001', 'clerk', 'default', 'running')"
-        )
+        await pay_request_for_a_staged_invoice(conn)
         for reviewer, role in (("rev", "approver"), ("ctl", "controller")):
             await grant(
                 conn,
