@@ -219,7 +219,8 @@ def make_respond(deps: NodeDeps) -> Node:
         result["prompt_version"] = ctx.prompt_version
         result["notes"] = [*state.get("notes", []), *notes]
         result["degraded"] = list(dict.fromkeys([*state.get("degraded", []), *degraded]))
-        result["usage"] = dict(state.get("usage", {}))  # the guard adds this step's own
+        # Usage so far; the budget guard completes it with this step once the node returns.
+        result["usage"] = dict(state.get("usage", {}))
         # The output guard: whatever a model or a tool put here, no full account number,
         # card number or secret leaves the run.
         summary, reason, result = redact_text(summary), redact_text(reason), redact(result)

@@ -25,7 +25,7 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
-class Admission(StrEnum):
+class BreakerAdmission(StrEnum):
     """What a breaker says to one call."""
 
     REFUSED = "refused"
@@ -57,7 +57,7 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
-    def admit(self) -> Admission:
+    def admit(self) -> BreakerAdmission:
         """Whether a call may go through now, and whether it is the half-open trial.
 
         Decided under the lock in one look at the clock, so a caller never takes the
@@ -66,15 +66,15 @@ class CircuitBreaker:
         with self._lock:
             state = self.state
             if state is BreakerState.CLOSED:
-                return Admission.CALL
+                return BreakerAdmission.CALL
             if state is BreakerState.HALF_OPEN and not self.trial_in_flight:
                 self.trial_in_flight = True
-                return Admission.TRIAL
-            return Admission.REFUSED
+                return BreakerAdmission.TRIAL
+            return BreakerAdmission.REFUSED
 
     def allow(self) -> bool:
         """Whether a call may go through now; in half-open, only one trial at a time."""
-        return self.admit() is not Admission.REFUSED
+        return self.admit() is not BreakerAdmission.REFUSED
 
     def release_trial(self) -> None:
         """Give the half-open trial back unsettled: its call reached no verdict."""

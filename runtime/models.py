@@ -51,7 +51,7 @@ from langchain_core.runnables.retry import RunnableRetry
 from pydantic import BaseModel
 from tenacity import wait_exponential_jitter
 
-from runtime.breakers import BREAKERS, Admission, CircuitBreaker
+from runtime.breakers import BREAKERS, BreakerAdmission, CircuitBreaker
 from runtime.context import RULES_MODEL, Context
 from runtime.errors import ConfigError
 from runtime.faults import FAULTS
@@ -510,9 +510,9 @@ def _attempt(
         if refusal is not None:
             raise _Refused(refusal, budget=True)
         admission = breaker.admit()
-        if admission is Admission.REFUSED:
+        if admission is BreakerAdmission.REFUSED:
             raise _Refused(f"circuit open (retry in {breaker.retry_after_s():.0f}s)", budget=False)
-        trial = admission is Admission.TRIAL
+        trial = admission is BreakerAdmission.TRIAL
         fault = FAULTS.draw("model", name)
         reply: StructuredReply | None = None
         try:

@@ -47,7 +47,7 @@ from tenacity.wait import wait_exponential_jitter
 
 from guards.redaction import mask_account, redact
 from runtime import failpoints
-from runtime.breakers import BREAKERS, Admission, BreakerBoard, BreakerState, CircuitBreaker
+from runtime.breakers import BREAKERS, BreakerAdmission, BreakerBoard, BreakerState, CircuitBreaker
 from runtime.context import Context
 from runtime.faults import ENV_VAR as FAULTS_ENV_VAR
 from runtime.faults import FAULTS, FaultInjector
@@ -283,8 +283,8 @@ class _GatedCall:
         fault = self.gate.faults.draw("tool", spec.name)
         breaker = self.gate.breaker(spec.name, self.run)
         admission = breaker.admit()
-        trial = admission is Admission.TRIAL
-        if admission is Admission.REFUSED:
+        trial = admission is BreakerAdmission.TRIAL
+        if admission is BreakerAdmission.REFUSED:
             refused = self.circuit_open(spec, validated, breaker)
             await self.audit(refused)
             self.failed.clear()
