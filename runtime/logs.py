@@ -92,8 +92,10 @@ def redact_process_logs() -> None:
 
     `configure_logging` masks at its own handler, which only the CLI installs. Under the
     LangGraph server the handlers are the server's, so the records are masked as they are
-    made instead (a log-record factory), before any handler sees them. Library records are
-    left as they are. Called when the served graph is loaded; once per process.
+    made instead (a log-record factory), before any handler sees them. A record's traceback
+    becomes part of its masked message (the record keeps no exception a formatter could
+    print unmasked). Library records are left as they are. Called when the served graph is
+    loaded; once per process.
     """
     with _FACTORY_LOCK:
         previous = logging.getLogRecordFactory()
@@ -102,14 +104,21 @@ def redact_process_logs() -> None:
 
         def masked_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = previous(*args, **kwargs)
-            if record.name.split(".", 1)[0] in OWN_LOGGERS:
-                record.msg = redact_text(record.getMessage())
+            # `logging.makeLogRecord` (structlog's formatter, the server's, copies every
+            # record with it) makes a blank record, name None, and fills it in afterwards:
+            # a copy of a record this factory made, so masked already.
+            if isinstance(record.name, str) and record.name.split(".", 1)[0] in OWN_LOGGERS:
+                message = record.getMessage()
+                if record.exc_info:
+                    # The traceback goes into the message, masked, and the exception off the
+                    # record: the server's formatter (structlog) renders a record's
+                    # exception from the live exception, not from any text we could mask.
+                    traceback = logging.Formatter().formatException(record.exc_info)
+                    message = f"{message}\n{traceback}"
+                    record.exc_info = None
+                    record.exc_text = None
+                record.msg = redact_text(message)
                 record.args = ()
-                if record.exc_info and not record.exc_text:
-                    # Formatters print exc_text when set; the traceback's messages are ours.
-                    record.exc_text = redact_text(
-                        logging.Formatter().formatException(record.exc_info)
-                    )
             return record
 
         masked_record.masks_own_records = True  # type: ignore[attr-defined]

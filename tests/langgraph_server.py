@@ -38,13 +38,19 @@ def langgraph_dev(env: Mapping[str, str], workdir: Path) -> Iterator[str]:
     """Run `langgraph dev` with ``env`` in ``workdir`` on a free loopback port; yield its URL.
 
     The server's output goes to ``workdir/langgraph-dev.log``; a start-up failure fails
-    the test with its tail.
+    the test with its tail, and so does a record the server's logging could not print
+    (Python reports those as "--- Logging error ---" and goes on without the record).
     """
     serve_dir = workdir / "server"
     serve_dir.mkdir(parents=True)
+    log_path = workdir / "langgraph-dev.log"
     with ExitStack() as stack:
         try:
-            url = stack.enter_context(launch(env, serve_dir, workdir / "langgraph-dev.log"))
+            url = stack.enter_context(launch(env, serve_dir, log_path))
         except DevServerError as exc:
             pytest.fail(str(exc))
         yield url
+    log = log_path.read_text(errors="replace")
+    if "--- Logging error ---" in log:
+        start = log.index("--- Logging error ---")
+        pytest.fail(f"the server lost log records; first failure:\n{log[start : start + 3000]}")
