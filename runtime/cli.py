@@ -195,7 +195,7 @@ def _print_approval(approval: dict[str, Any]) -> None:
         for line in evidence["match_table"]:
             table.add_row(
                 str(line["line_no"]),
-                escape(line["description"][:40]),
+                escape(clip(line["description"], 40)),
                 line["ordered_quantity"] or "-",
                 line["received_quantity"] or "-",
                 line["billed_quantity"],
@@ -520,7 +520,7 @@ def threads(
             row["status"],
             row["route"] or "-",
             row["requester"],
-            escape(row["request"][:60]),
+            escape(clip(row["request"], 60)),
             row["updated_at"].strftime("%Y-%m-%d %H:%M"),
         )
     out.print(table)
@@ -589,6 +589,21 @@ def stats(
 
 
 PCTS = ("p50", "p95", "p99")
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, at a word's end, marked with "…".
+
+    A cut inside a word could leave part of a masked account ("****4811" as "****4"),
+    which reads as another account.
+    """
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    word_end = cut.rfind(" ")
+    if word_end >= limit // 2:
+        cut = cut[:word_end]
+    return cut.rstrip(" ,;:-") + "…"
 
 
 def _money(value: float | None) -> str:
@@ -788,10 +803,10 @@ def demo(
         )
         table.add_row(
             str(index),
-            escape(view["request"][:48]),
+            escape(clip(view["request"], 48)),
             view["route"],
             view["status"],
-            escape(outcome[:110]),
+            escape(clip(outcome, 110)),
         )
     out.print(table)
     paused = [v for v in views if v["pending_approvals"]]
@@ -861,7 +876,7 @@ def deadletters_list(
             f"{row['action']} at {row['step'] or '?'}, {row['attempts']} attempt(s)"
         )
         error = f"{row['error_class'].rsplit('.', 1)[-1]}: {row['message']}"
-        out.print(f"    {escape(error[:200])}")
+        out.print(f"    {escape(clip(error, 200))}")
 
 
 @deadletters_app.command("show")

@@ -1,0 +1,28 @@
+"""Table cells cut long text where a reader cannot mistake what is left."""
+
+from __future__ import annotations
+
+from runtime.cli import clip
+
+
+def test_short_text_is_left_as_written() -> None:
+    assert clip("Validate INV-1002", 48) == "Validate INV-1002"
+    assert clip("x" * 48, 48) == "x" * 48
+
+
+def test_a_cut_ends_at_a_word_and_says_so() -> None:
+    request = "Change the bank account of vendor V-006 to ****4811, per their letter"
+    clipped = clip(request, 48)
+    assert clipped == "Change the bank account of vendor V-006 to…"
+    assert len(clipped) <= 48
+
+
+def test_a_masked_account_is_never_cut_into_another_one() -> None:
+    for limit in range(20, 40):
+        clipped = clip("paid to ****4811 on 2026-02-27 per the remittance", limit)
+        assert "****4811" in clipped or "****" not in clipped, (limit, clipped)
+        assert clipped.endswith("…") and len(clipped) <= limit
+
+
+def test_one_long_word_is_cut_inside_it_rather_than_dropped() -> None:
+    assert clip("a" * 100, 10) == "a" * 9 + "…"
