@@ -165,7 +165,8 @@ def parse_resume(value: Any, request: ApprovalRequest) -> ResumeIn:
             a["id"] == reviewer.id for a in step["approved_by"]
         ):
             role = step["required_role"]
-            missing = f"a {role}'s signature" if role else "another signature"
+            role_signed = any(a["role"] == role for a in step["approved_by"])
+            missing = f"a {role}'s signature" if role and not role_signed else "the next signature"
             raise ResumeError(
                 f"{shown(reviewer.id)} already approved {action['name']}; the same reviewer "
                 f"counts once, so {missing} must come from a different reviewer."

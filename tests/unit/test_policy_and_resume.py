@@ -220,6 +220,21 @@ def test_same_reviewer_cannot_approve_twice() -> None:
 
 
 @pytest.mark.parametrize(
+    ("signed_as", "missing"),
+    [("approver", "a controller's signature"), ("controller", "the next signature")],
+)
+def test_a_second_signature_refused_says_which_signature_is_missing(
+    signed_as: str, missing: str
+) -> None:
+    dual_control = request(approved_by=[{"id": "rev-1", "role": signed_as}])
+    dual_control["steps"][0].update(min_approvers=2, required_role="controller")
+    again = {"id": "rev-1", "role": "approver" if signed_as == "controller" else "controller"}
+    with pytest.raises(ResumeError) as refused:
+        parse_resume({"decisions": [{"type": "approve"}], "reviewer": again}, dual_control)
+    assert f"so {missing} must come from a different reviewer" in str(refused.value)
+
+
+@pytest.mark.parametrize(
     ("raw", "message"),
     [
         ('{"m": [true, 0.1]}', r"PAYABLES_MODEL_PRICES\['m'\] must be \[input, output\]"),
