@@ -42,8 +42,14 @@ from state.world import SAMPLE_WORLD_PATH, SCHEMA_PATH, load_world, read_world, 
 
 SAMPLE_INBOX_PATH = PROJECT_ROOT / "data" / "inbox.sample.json"
 
+# Markdown: a docstring's lines join into paragraphs that fit the terminal (rich mode kept
+# each source line break, so help read as lines cut in the middle).
 app = typer.Typer(
-    help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 db_app = typer.Typer(help="The database: where it is and what schema it has.", no_args_is_help=True)
 app.add_typer(db_app, name="db")

@@ -1,8 +1,10 @@
-"""Table cells cut long text where a reader cannot mistake what is left."""
+"""What the CLI prints for people: help that reads as paragraphs, cells cut with care."""
 
 from __future__ import annotations
 
-from runtime.cli import clip
+from typer.testing import CliRunner
+
+from runtime.cli import app, clip
 
 
 def test_short_text_is_left_as_written() -> None:
@@ -26,3 +28,11 @@ def test_a_masked_account_is_never_cut_into_another_one() -> None:
 
 def test_one_long_word_is_cut_inside_it_rather_than_dropped() -> None:
     assert clip("a" * 100, 10) == "a" * 9 + "…"
+
+
+def test_help_joins_a_docstring_into_paragraphs_that_fit_the_terminal() -> None:
+    shown = CliRunner().invoke(app, ["prune", "--help"], env={"COLUMNS": "100"})
+    assert shown.exit_code == 0, shown.output
+    # The docstring breaks its lines after "one" and "The run list,"; help must not.
+    assert "a thread waiting for an approval, one that can still" in shown.output
+    assert all(len(line) <= 100 for line in shown.output.splitlines())
