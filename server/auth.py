@@ -61,7 +61,9 @@ CONFIGURE_HINT = (
 )
 
 auth = Auth()
-log = logging.getLogger(__name__)
+# Not __name__: the server loads this file as "dynamic_module_<hash>", a name outside this
+# project's loggers, so its records would escape the masking `runtime.logs` applies.
+log = logging.getLogger("server.auth")
 # Thread metadata that decides who sees a thread (`visible_threads`).
 OWNERSHIP_KEYS = frozenset({"owner", "tenant"})
 

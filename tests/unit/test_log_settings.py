@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from runtime.errors import ConfigError
-from runtime.logs import JsonFormatter, configure_logging
+from runtime.logs import OWN_LOGGERS, JsonFormatter, configure_logging
 from runtime.settings import PROJECT_ROOT
 
 
@@ -103,3 +104,18 @@ def test_the_served_graph_masks_what_the_agent_logs_through_the_servers_handlers
     assert "9268" not in own and "Traceback" in own, own
     # Other libraries' records are theirs: left as they are.
     assert "GB29NWBK60161331926819" in library, library
+
+
+def test_the_auth_handler_logs_as_this_project_when_the_server_loads_it_by_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server imports `server/auth.py` from its path, as a module named
+    # "dynamic_module_<hash>": a logger named after the module would not be masked.
+    spec = importlib.util.spec_from_file_location(
+        "dynamic_module_123", PROJECT_ROOT / "server" / "auth.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    assert module.log.name.split(".", 1)[0] in OWN_LOGGERS
