@@ -42,7 +42,11 @@ class ThreadIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, thread_id."""
+    """One JSON object per line: time, level, logger, message, thread_id, and exception.
+
+    A library's traceback is the ``exception`` field; one logged by this project's modules
+    is in its ``message`` already (`redact_process_logs`, installed wherever the graph is).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one redacted JSON line."""
