@@ -131,7 +131,9 @@ def rules_summary(status: str, reason: str, result: dict[str, Any]) -> str:
         if entry["exceptions"]:
             text += f" ({', '.join(entry['exceptions'])})"
         if entry["actions"]:
-            text += f"; {', '.join(entry['actions'])}"
+            # Each action once: a payment's stand-ins stage the invoice again after
+            # flagging it, which read "staged, flagged, staged".
+            text += f"; {', '.join(dict.fromkeys(entry['actions']))}"
         if "payment_status" in entry:
             ps = entry["payment_status"]
             pays = (
