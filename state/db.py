@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -127,13 +128,42 @@ def database_uri(settings: Settings | None = None) -> str:
     return embedded_uri(settings.data_dir)
 
 
+_CONCURRENT_INDEX = re.compile(
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?P<name>[a-z_][a-z0-9_]*)\s+ON\s+[^;]+",
+    re.IGNORECASE,
+)
+
+
 @dataclass(frozen=True)
 class Migration:
-    """One versioned SQL file, ``NNNN_name.sql``."""
+    """One versioned SQL file, ``NNNN_name.sql``.
+
+    Most run in one transaction with their version row. A file that builds an index
+    concurrently (writes to the table go on during the build, where a plain CREATE INDEX
+    blocks them) holds that one statement only, since Postgres builds it outside any
+    transaction; `concurrent_index` names the index.
+    """
 
     version: int
     name: str
     sql: str
+    concurrent_index: str | None = None
+
+
+def _concurrent_index(path: Path, sql: str) -> str | None:
+    """The index ``sql`` builds concurrently, None if it builds none; refuses a mixed file."""
+    code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines()).strip()
+    if not re.search(r"\bCONCURRENTLY\b", code, re.IGNORECASE):
+        return None
+    found = _CONCURRENT_INDEX.fullmatch(code.removesuffix(";").strip())
+    if found is None:
+        raise DatabaseError(
+            f"Migration file {path.name} builds an index CONCURRENTLY beside other SQL (or "
+            "with IF NOT EXISTS). Postgres runs such a build outside any transaction, so it "
+            "must be the file's only statement, named: CREATE [UNIQUE] INDEX CONCURRENTLY "
+            "<name> ON ...; put the rest in a migration of its own."
+        )
+    return found["name"].lower()
 
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -143,18 +173,40 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
         number, _, name = path.stem.partition("_")
         if not number.isdigit() or not name:
             raise DatabaseError(f"Migration file {path.name} must be named NNNN_name.sql.")
-        migrations.append(Migration(int(number), name, path.read_text()))
+        sql = path.read_text()
+        migrations.append(Migration(int(number), name, sql, _concurrent_index(path, sql)))
     versions = [m.version for m in migrations]
     if versions != list(range(1, len(versions) + 1)):
         raise DatabaseError(f"Migration versions must run 1..N without gaps, found {versions}.")
     return migrations
 
 
-async def migrate(uri: str) -> list[str]:
+async def _build_index_concurrently(conn: psycopg.AsyncConnection[Any], m: Migration) -> None:
+    """Run ``m``'s concurrent index build, picking up where an earlier attempt stopped.
+
+    A build that failed or was killed leaves its index behind marked invalid (unused by
+    queries, yet in the way of a new build of the same name): it is dropped and built
+    again. A valid one means the build finished and only the version row was not written.
+    """
+    cur = await conn.execute(
+        "SELECT i.indisvalid FROM pg_index AS i WHERE i.indexrelid = to_regclass(%s)",
+        (m.concurrent_index,),
+    )
+    found = await cur.fetchone()
+    if found is not None and found["indisvalid"]:
+        return
+    if found is not None:
+        log.warning("dropping index %s left invalid by an earlier build", m.concurrent_index)
+        await conn.execute(f'DROP INDEX CONCURRENTLY "{m.concurrent_index}"', prepare=False)
+    await conn.execute(m.sql.encode(), prepare=False)
+
+
+async def migrate(uri: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations and the checkpointer's setup; return what was applied.
 
     Safe to call from several processes at once: an advisory lock serialises them and each
-    migration runs in its own transaction with its version row.
+    migration runs in its own transaction with its version row, except a concurrent index
+    build, which Postgres runs outside any (`Migration`); its version row follows it.
     """
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
@@ -170,11 +222,14 @@ async def migrate(uri: str) -> list[str]:
                 )
                 cur = await conn.execute("SELECT version FROM schema_migrations")
                 done = {row["version"] for row in await cur.fetchall()}
-                for migration in load_migrations():
+                for migration in load_migrations(directory):
                     if migration.version in done:
                         continue
+                    if migration.concurrent_index:
+                        await _build_index_concurrently(conn, migration)
                     async with conn.transaction():
-                        await conn.execute(migration.sql.encode(), prepare=False)
+                        if not migration.concurrent_index:
+                            await conn.execute(migration.sql.encode(), prepare=False)
                         await conn.execute(
                             "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                             (migration.version, migration.name),

@@ -94,6 +94,15 @@ SHOWN_STATUS = (
 )
 
 
+RECENT_RUNS_SQL = (
+    "SELECT * FROM (SELECT thread_id, request, requester, tenant, route,"
+    f" {SHOWN_STATUS} AS status, summary, created_at, updated_at FROM runs) AS runs"
+    " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+    " ORDER BY updated_at DESC LIMIT %(limit)s"
+)
+"""The runs `list_runs` shows, newest first (index ``runs_updated`` walks them in order)."""
+
+
 async def list_runs(
     database: Database, *, status: str | None = None, limit: int | None = 100
 ) -> list[dict[str, Any]]:
@@ -103,12 +112,7 @@ async def list_runs(
     is an open dead letter is listed as failed, as `payables show` says of it.
     """
     async with database.connection() as conn:
-        cur = await conn.execute(
-            "SELECT * FROM (SELECT thread_id, request, requester, tenant, route,"
-            f" {SHOWN_STATUS} AS status, summary, created_at, updated_at FROM runs) AS runs"
-            " WHERE (%s::text IS NULL OR status = %s) ORDER BY updated_at DESC LIMIT %s",
-            (status, status, limit),
-        )
+        cur = await conn.execute(RECENT_RUNS_SQL, {"status": status, "limit": limit})
         return [
             {**row, "request": redact_text(row["request"]), "summary": redact_text(row["summary"])}
             for row in await cur.fetchall()

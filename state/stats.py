@@ -130,6 +130,18 @@ _PERCENTILES = "percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {
 _IN_WINDOW = "(%(cutoff)s::timestamptz IS NULL OR {} >= %(cutoff)s::timestamptz)"
 
 
+TOOL_CALLS_SQL = (
+    "SELECT payload->>'tool' AS tool, (payload->>'ok')::boolean AS ok,"
+    " payload->>'error_code' AS code, count(*) AS calls FROM audit_events"
+    f" WHERE kind = 'tool_call' AND {_IN_WINDOW.format('created_at')}"
+    # The audit chain outlives a reseeded world; the run index does not.
+    " AND EXISTS (SELECT 1 FROM runs WHERE runs.thread_id = audit_events.thread_id)"
+    " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+)
+"""Tool calls in the window by tool, outcome and error code, from the audit chain's rows
+(index ``audit_events_tool_calls_created`` finds the window's)."""
+
+
 async def run_stats(database: Database, *, since: timedelta | None = None) -> dict[str, Any]:
     """Every statistic of runs in the window ``since`` (all time when None) as JSON data.
 
@@ -183,15 +195,7 @@ async def run_stats(database: Database, *, since: timedelta | None = None) -> di
         for r in await cur.fetchall():
             costs[bool(r["successful"])] = (r["runs"], float(r["cost_usd"]))
 
-        cur = await conn.execute(
-            "SELECT payload->>'tool' AS tool, (payload->>'ok')::boolean AS ok,"
-            " payload->>'error_code' AS code, count(*) AS calls FROM audit_events"
-            f" WHERE kind = 'tool_call' AND {_IN_WINDOW.format('created_at')}"
-            # The audit chain outlives a reseeded world; the run index does not.
-            " AND EXISTS (SELECT 1 FROM runs WHERE runs.thread_id = audit_events.thread_id)"
-            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-            window,
-        )
+        cur = await conn.execute(TOOL_CALLS_SQL, window)
         tool_rows = await cur.fetchall()
 
         cur = await conn.execute(

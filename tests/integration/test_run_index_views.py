@@ -6,6 +6,7 @@ checkpoint. They must agree, and a thread keeps its tenant whoever goes on with 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 import psycopg
@@ -17,7 +18,8 @@ from state.approvals import REVIEWER_ROLES
 from state.db import Database
 from state.deadletters import DeadLetterAction
 from state.routes import RunStatus
-from state.runs import record_run
+from state.runs import RECENT_RUNS_SQL, record_run
+from state.stats import TOOL_CALLS_SQL
 from tests.cli import explain, payables, payables_json
 from tools.contract import Tier
 
@@ -162,3 +164,23 @@ async def test_status_and_kind_columns_hold_only_the_values_the_code_knows(
             await conn.execute(decision, (f"rev-{role}", role))
         with pytest.raises(psycopg.errors.CheckViolation, match="approval_decisions_role_check"):
             await conn.execute(decision, ("rev-x", "Controller"))
+
+
+@pytest.mark.parametrize(
+    ("query", "params", "index"),
+    [
+        (RECENT_RUNS_SQL, {"status": None, "limit": 50}, "runs_updated"),
+        (RECENT_RUNS_SQL, {"status": "interrupted", "limit": 50}, "runs_updated"),
+        (TOOL_CALLS_SQL, {"cutoff": datetime(2026, 1, 1, tzinfo=UTC)}, "tool_calls_created"),
+    ],
+)
+async def test_threads_and_stats_find_their_rows_through_an_index(
+    database: Database, query: str, params: dict[str, Any], index: str
+) -> None:
+    # Sequential scans priced out: the plan shows whether an index can serve the query at
+    # all, which a table of a few test rows would not (a scan of it is cheaper anyway).
+    async with database.connection() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        cur = await conn.execute(f"EXPLAIN {query}", params)
+        plan = "\n".join(row["QUERY PLAN"] for row in await cur.fetchall())
+    assert index in plan, plan
