@@ -134,6 +134,12 @@ def rules_summary(status: str, reason: str, result: dict[str, Any]) -> str:
             # Each action once: a payment's stand-ins stage the invoice again after
             # flagging it, which read "staged, flagged, staged".
             text += f"; {', '.join(dict.fromkeys(entry['actions']))}"
+        if entry["errors"]:
+            # A refused call is what people must act on; it may not hide behind the flag.
+            failed = ", ".join(
+                dict.fromkeys(f"{e['tool']} ({e.get('code') or 'failed'})" for e in entry["errors"])
+            )
+            text += f"; not done: {failed}"
         if "payment_status" in entry:
             ps = entry["payment_status"]
             pays = (
