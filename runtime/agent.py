@@ -377,9 +377,12 @@ class Agent:
         checkpoint_id: str | None = None
         next_steps: list[str] = []
         saved: bool | None = None  # whether the thread has a checkpoint; None: unknown
+        unanswered = False  # a resume failed before the reviewer's answer was recorded
         try:
             snapshot = await self.graph.aget_state(self.config(thread_id))
             saved = bool(snapshot.values)
+            if action == "resume" and snapshot.interrupts:
+                unanswered = not await self.answer_committed(thread_id)
             checkpoint_id = snapshot.config.get("configurable", {}).get("checkpoint_id")
             next_steps = list(pending_steps(snapshot))
             if step is None:
@@ -430,10 +433,19 @@ class Agent:
                 thread_id=thread_id,
                 dead_letter_id=None,
             )
+        if unanswered:
+            # A replay never answers for a reviewer (`runtime.replay`): the answer is theirs.
+            then = (
+                "Your answer was not recorded: the approval is still pending. Once the cause "
+                f"is fixed, answer it again with `payables resume {thread_id}`."
+            )
+        else:
+            then = (
+                f"The thread stays at its last checkpoint. Once the cause is fixed, "
+                f"`payables deadletters replay {dead_letter_id}` finishes it."
+            )
         return RunFailed(
-            f"{summary} Recorded as dead letter {dead_letter_id}; the thread stays at its "
-            f"last checkpoint. Once the cause is fixed, `payables deadletters replay "
-            f"{dead_letter_id}` finishes it.",
+            f"{summary} Recorded as dead letter {dead_letter_id}. {then}",
             thread_id=thread_id,
             dead_letter_id=dead_letter_id,
         )

@@ -180,9 +180,13 @@ async def test_replay_does_not_answer_an_approval_for_the_reviewer(
 ) -> None:
     """The resume failed before its answer was recorded: the approval is pending again."""
     thread = payables_json(cli_env, "run", PAY_REQUEST, "--user", "clerk-ana")["thread_id"]
-    fails_at(cli_env, "raise:before:approval", "resume", thread, *APPROVE)
+    failed = fails_at(cli_env, "raise:before:approval", "resume", thread, *APPROVE)
     number = only_open_dead_letter(cli_env)["dead_letter_id"]
     assert scalar(db_uri, DECISIONS, thread) == 0
+    # The reviewer is told to answer again, not to replay (which would not answer for them).
+    assert "Your answer was not recorded: the approval is still pending" in failed, failed
+    assert f"answer it again with `payables resume {thread}`" in failed, failed
+    assert "deadletters replay" not in failed, failed
 
     replay = payables_json(cli_env, "deadletters", "replay", str(number))
     assert (replay["outcome"], replay["how"]) == ("resolved", "nothing")
@@ -212,9 +216,10 @@ async def test_replay_finishes_a_run_whose_answer_was_recorded_before_it_failed(
     operator the thread waits for an approval, and a second answer would be refused).
     """
     thread = payables_json(cli_env, "run", PAY_REQUEST, "--user", "clerk-ana")["thread_id"]
-    fails_at(cli_env, "raise:after:approval", "resume", thread, *answer)
+    failed = fails_at(cli_env, "raise:after:approval", "resume", thread, *answer)
     number = only_open_dead_letter(cli_env)["dead_letter_id"]
     assert scalar(db_uri, DECISIONS, thread) == 1
+    assert f"`payables deadletters replay {number}` finishes it" in failed, failed
 
     replay = payables_json(cli_env, "deadletters", "replay", str(number))
     assert (replay["outcome"], replay["how"]) == ("replayed", "continue"), replay
