@@ -9,22 +9,22 @@ and tests call `build_graph(checkpointer=...)`.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from time import monotonic
 from typing import Any
 
 import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, RetryPolicy
 from langgraph_sdk.runtime import ServerRuntime
 from starlette.exceptions import HTTPException
 
 from nodes.approval import make_approval
-from nodes.deps import NodeDeps
+from nodes.deps import Node, NodeDeps
 from nodes.executor import make_executor
 from nodes.planner import make_planner
 from nodes.respond import make_respond
@@ -36,7 +36,7 @@ from runtime.context import Context
 from runtime.errors import PayablesError
 from runtime.logs import redact_process_logs
 from runtime.tracing import redact_process_traces
-from state.db import Database, default_database, try_thread_lock
+from state.db import HELD_THREAD_LOCK, Database, ThreadLock, default_database
 from state.graph_state import AgentState, InputState, OutputState
 
 GRAPH_NAME = "payables"
@@ -64,6 +64,23 @@ TRANSIENT_DB_RETRY = RetryPolicy(
 """Node retries for transient database errors: up to 5 attempts over roughly 7-11 s."""
 
 
+def checks_thread_lock(node: Node) -> Node:
+    """``node``, first checking that its run still holds the thread's lock.
+
+    A run whose lock connection died (`state.db.ThreadLock`) stops with `ThreadLockLost`
+    before the step does anything: another process may be running the thread by now.
+    """
+
+    @functools.wraps(node)  # keeps the Command[Literal[...]] hints Studio draws edges from
+    async def checked(state: AgentState, *, runtime: Runtime[Context]) -> Any:
+        lock = HELD_THREAD_LOCK.get()
+        if lock is not None:
+            lock.check()
+        return await node(state, runtime=runtime)
+
+    return checked
+
+
 def build_graph(
     deps: NodeDeps | None = None, *, checkpointer: Checkpointer = None
 ) -> CompiledStateGraph[AgentState, Context, InputState, OutputState]:
@@ -83,7 +100,9 @@ def build_graph(
     for name, node in nodes.items():
         builder.add_node(
             name,
-            guard_node(name, failpoints.around(name, node), database=lambda: deps.database),
+            checks_thread_lock(
+                guard_node(name, failpoints.around(name, node), database=lambda: deps.database)
+            ),
             retry_policy=TRANSIENT_DB_RETRY,
         )
     builder.add_edge(START, "router")
@@ -108,7 +127,6 @@ SERVER_LOCK_WAIT_S = 10.0
 """How long a server run waits for its thread's lock before it fails, running nothing."""
 STATE_WRITE_LOCK_WAIT_S = 1.0
 """How long an admin's direct state write waits for the thread's lock before its 409."""
-_LOCK_POLL_S = 0.1
 
 
 class ThreadBusy(PayablesError):
@@ -127,18 +145,19 @@ async def server_run_lock(
     moment per thread, and the server's own queue already waits its turn. Still busy after
     ``wait_s`` (a `payables` run on the thread), it raises `ThreadBusy` and nothing runs.
     """
-    async with database.lock_connection() as conn:
-        deadline = monotonic() + wait_s
-        while not await try_thread_lock(conn, thread_id):
-            if monotonic() >= deadline:
-                raise ThreadBusy(
-                    f"Thread {thread_id} is being run by another process (a `payables` "
-                    f"command) and was still busy after {wait_s:g} s, so nothing was run "
-                    "or written; try again once that finishes (`payables show "
-                    f"{thread_id}` says where the thread is)."
-                )
-            await asyncio.sleep(_LOCK_POLL_S)
-        yield
+    lock = ThreadLock(database, thread_id)
+    if not await lock.take(wait_s=wait_s):
+        raise ThreadBusy(
+            f"Thread {thread_id} is being run by another process (a `payables` "
+            f"command) and was still busy after {wait_s:g} s, so nothing was run "
+            "or written; try again once that finishes (`payables show "
+            f"{thread_id}` says where the thread is)."
+        )
+    try:
+        with lock.current():
+            yield
+    finally:
+        await lock.release()
 
 
 @asynccontextmanager

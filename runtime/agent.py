@@ -34,13 +34,12 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.errors import GraphDrained
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import RunControl
@@ -57,7 +56,15 @@ from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
 from state.approvals import ApprovalRequest, ResumeIn, parse_resume
-from state.db import Database, default_database, migrate, thread_lock_held, try_thread_lock
+from state.checkpointer import ThreadLockedSaver
+from state.db import (
+    Database,
+    ThreadLock,
+    ThreadLockLost,
+    default_database,
+    migrate,
+    thread_lock_held,
+)
 from state.deadletters import DeadLetterAction, record_dead_letter
 from state.graph_state import Attachment, pending_steps
 from state.retention import pruned_run
@@ -292,25 +299,30 @@ class Agent:
 
         The lock lives on a connection of its own (`Database.lock_connection`, never one
         the run's steps borrow), which releases it when the block ends; the process dying
-        closes the connection, and that releases it too.
+        closes the connection, and that releases it too. The graph's steps check it
+        (`state.db.ThreadLock.check`): a run whose lock died stops with `ThreadLockLost`.
         """
-        async with AsyncExitStack() as stack:
-            try:
-                conn = await stack.enter_async_context(self.database.lock_connection())
-            except psycopg.OperationalError as exc:
-                raise RunFailed(
-                    f"Cannot reach Postgres to lock thread {thread_id}: {exc}. Nothing was "
-                    "run; try again when the database is back.",
-                    thread_id=thread_id,
-                    dead_letter_id=None,
-                ) from exc
-            if not await try_thread_lock(conn, thread_id):
-                raise ResumeError(busy)
-            # Unlocked as the block ends, before the connection goes back to the pool, so
-            # a back-to-back run of this thread on another connection finds it free.
-            self._holding.add(thread_id)
-            stack.callback(self._holding.discard, thread_id)
-            yield
+        lock = ThreadLock(self.database, thread_id)
+        try:
+            taken = await lock.take()
+        except psycopg.OperationalError as exc:
+            raise RunFailed(
+                f"Cannot reach Postgres to lock thread {thread_id}: {exc}. Nothing was "
+                "run; try again when the database is back.",
+                thread_id=thread_id,
+                dead_letter_id=None,
+            ) from exc
+        if not taken:
+            raise ResumeError(busy)
+        # Unlocked as the block ends, before the connection goes back to the pool, so a
+        # back-to-back run of this thread on another connection finds it free.
+        self._holding.add(thread_id)
+        try:
+            with lock.current():
+                yield
+        finally:
+            self._holding.discard(thread_id)
+            await lock.release()
 
     async def _run_elsewhere(self, thread_id: str) -> bool:
         """Whether another run (another process, a server run) is executing the thread now."""
@@ -355,8 +367,8 @@ class Agent:
             except GraphDrained as drained:
                 snapshot = await self.graph.aget_state(self.config(thread_id))
                 raise RunStopped(thread_id, drained.reason, list(pending_steps(snapshot))) from None
-            except BadInput:
-                raise
+            except (BadInput, ThreadLockLost):
+                raise  # a lost lock: another process may be running the thread now
             except Exception as exc:
                 raise await self._dead_letter(
                     thread_id, exc, context=context, action=action, replay_input=replay_input
@@ -833,7 +845,7 @@ async def open_agent(
     database = database or default_database()
     await migrate(database.uri)
     gate = ToolGate(database)
-    saver = AsyncPostgresSaver(await database.pool())
+    saver = ThreadLockedSaver(await database.pool())
     graph = build_graph(
         NodeDeps(gate=gate, models=models or OpenAIModelProvider()), checkpointer=saver
     )

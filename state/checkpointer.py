@@ -2,21 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-from state.db import default_database, migrate
+from state.db import HELD_THREAD_LOCK, default_database, migrate
+
+
+def _check_thread_lock(config: RunnableConfig) -> None:
+    """Raise `state.db.ThreadLockLost` if this run's lock on the config's thread has died."""
+    lock = HELD_THREAD_LOCK.get()
+    if lock is not None and lock.thread_id == config["configurable"].get("thread_id"):
+        lock.check()
+
+
+class ThreadLockedSaver(AsyncPostgresSaver):
+    """An `AsyncPostgresSaver` that writes nothing more for a run whose thread lock died.
+
+    The graph's steps check the lock as they start (`graphs.payables.checks_thread_lock`);
+    a step that was running when the lock died still ends in a checkpoint write, which
+    would land beside (or after) the checkpoints of a process that took the thread over.
+    """
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Check the run's thread lock, then save the checkpoint."""
+        _check_thread_lock(config)
+        return await super().aput(config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Check the run's thread lock, then save a step's writes."""
+        _check_thread_lock(config)
+        await super().aput_writes(config, writes, task_id, task_path)
 
 
 @asynccontextmanager
 async def postgres_checkpointer(uri: str | None = None) -> AsyncIterator[AsyncPostgresSaver]:
-    """Yield an `AsyncPostgresSaver` over the shared pool, migrating once on entry."""
+    """Yield a `ThreadLockedSaver` over the shared pool, migrating once on entry."""
     database = default_database()
     await migrate(uri or database.uri)
     pool = await database.pool()
-    yield AsyncPostgresSaver(pool)
+    yield ThreadLockedSaver(pool)
 
 
 @asynccontextmanager

@@ -15,8 +15,9 @@ import logging
 import re
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
@@ -55,6 +56,95 @@ async def try_thread_lock(conn: psycopg.AsyncConnection[Any], thread_id: str) ->
     )
     row = await cur.fetchone()
     return row is not None and bool(row["locked"])
+
+
+class ThreadLockLost(DatabaseError):
+    """The connection holding a run's thread lock died, so another process may run it now."""
+
+
+class ThreadLock:
+    """``thread_id``'s lock, held on a lock connection of its own while a run runs.
+
+    The lock dies with its connection: when Postgres restarts (or the connection is
+    killed), any other process can take the thread while this one goes on, unaware.
+    `check` notices at the next step, without a round trip: it reads what the server
+    sent the idle connection (a dying backend's farewell, then the socket's end). Once
+    lost the lock is not taken back: another process may have run steps of the thread
+    since, from state this run no longer has.
+    """
+
+    def __init__(self, database: Database, thread_id: str) -> None:
+        """Not yet taken: `take` it."""
+        self.database = database
+        self.thread_id = thread_id
+        self._stack: AsyncExitStack | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def take(self, *, wait_s: float = 0.0) -> bool:
+        """Take the lock, trying for up to ``wait_s``; whether it was taken."""
+        stack = AsyncExitStack()
+        try:
+            conn = await stack.enter_async_context(self.database.lock_connection())
+            deadline = monotonic() + wait_s
+            while not await try_thread_lock(conn, self.thread_id):
+                if monotonic() >= deadline:
+                    await stack.aclose()
+                    return False
+                await asyncio.sleep(LOCK_POLL_S)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack, self._conn = stack, conn
+        return True
+
+    async def release(self) -> None:
+        """Unlock (closing the connection if it cannot), if taken."""
+        stack, self._stack, self._conn = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def lost(self) -> bool:
+        """Whether the connection holding the lock has died.
+
+        No round trip: a read of whatever the server has already sent the connection.
+        """
+        conn = self._conn
+        if conn is None or conn.closed:
+            return True
+        try:
+            # The first read takes a terminated backend's message, the second its EOF.
+            conn.pgconn.consume_input()
+            conn.pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True
+        return conn.pgconn.status != pq.ConnStatus.OK
+
+    def check(self) -> None:
+        """Raise `ThreadLockLost` if the lock's connection has died."""
+        if self.lost():
+            raise ThreadLockLost(
+                f"Thread {self.thread_id}'s lock was lost: the database connection holding "
+                "it closed (as when Postgres restarts), so another process may be running "
+                "the thread. This process stopped before its next step. `payables show "
+                f"{self.thread_id}` says where the thread is; if nothing else is running it, "
+                f"`payables continue {self.thread_id}` finishes it."
+            )
+
+    @contextmanager
+    def current(self) -> Iterator[None]:
+        """Make this the lock the graph's steps check (`HELD_THREAD_LOCK`) in the block."""
+        token = HELD_THREAD_LOCK.set(self)
+        try:
+            yield
+        finally:
+            HELD_THREAD_LOCK.reset(token)
+
+
+HELD_THREAD_LOCK: ContextVar[ThreadLock | None] = ContextVar("held_thread_lock", default=None)
+"""The thread lock of the run executing in this context, which each step checks first."""
+
+LOCK_POLL_S = 0.1
+"""How often `ThreadLock.take` tries again while it waits."""
 
 
 async def thread_lock_held(conn: psycopg.AsyncConnection[Any], thread_id: str) -> bool:
