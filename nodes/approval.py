@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 from langgraph.config import get_config
@@ -515,5 +516,29 @@ def validated_edits(
                     f"An edit may not change {key} (from {action['args'][key]!r} to "
                     f"{checked[1].get(key)!r}); reject this request and start a new one."
                 )
+        _within_the_invoice(action["name"], checked[1], request["evidence"][index])
         edited[index] = checked[1]
     return edited
+
+
+def _within_the_invoice(tool: str, args: Mapping[str, Any], evidence: Mapping[str, Any]) -> None:
+    """Refuse an edited payment the gate would refuse: another currency, or over the total.
+
+    The invoice the reviewer was shown (``evidence``) says both; the payment tool checks
+    them again against the database when it runs. Refused here, the reviewer hears it at
+    once, and no decision is recorded nor approval raised for a payment that cannot be made.
+    """
+    invoice = evidence.get("invoice")
+    if not isinstance(invoice, Mapping) or "amount" not in args or "currency" not in args:
+        return
+    if args["currency"] != invoice.get("currency"):
+        raise ResumeError(
+            f"An edited {tool} must be in the invoice's currency {invoice.get('currency')}, "
+            f"not {args['currency']}; edit the amount only, or reject the payment."
+        )
+    total = invoice.get("total")
+    if total is not None and Decimal(str(args["amount"])) > Decimal(str(total)):
+        raise ResumeError(
+            f"An edited {tool} of {args['amount']} {args['currency']} exceeds the total of "
+            f"{invoice.get('invoice_id', 'the invoice')}, {total}; pay at most the total."
+        )

@@ -50,6 +50,34 @@ async def test_edit_cannot_send_a_vendor_email_to_another_vendor(database: Datab
     assert after["status"] == "interrupted"
 
 
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ({"amount": "999999.00"}, "exceeds the total of INV-1001"),
+        ({"currency": "EUR"}, "must be in the invoice's currency USD, not EUR"),
+    ],
+)
+async def test_edit_the_payment_tool_would_refuse_is_refused_before_anything_is_recorded(
+    database: Database, change: dict[str, str], refusal: str
+) -> None:
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Validate INV-1001 and pay it if it matches", user="clerk-ana")
+        args = dict(view["pending_approvals"][0]["args"], **change)
+        edit = {"type": "edit", "edited_action": {"name": "schedule_payment", "args": args}}
+        with pytest.raises(ResumeError, match=refusal):
+            await agent.resume(view["thread_id"], {"decisions": [edit], "reviewer": REVIEWER})
+        after = await agent.view(view["thread_id"])
+    assert after["status"] == "interrupted"
+    assert after["result"] is None or not after["result"].get("decisions")
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM approval_decisions WHERE thread_id = %s",
+            (view["thread_id"],),
+        )
+        row = await cur.fetchone()
+    assert row is not None and row["n"] == 0
+
+
 async def test_edit_of_amount_is_paid_as_edited(database: Database) -> None:
     async with open_agent(database=database) as agent:
         view = await agent.start("Validate INV-1001 and pay it if it matches", user="clerk-ana")
