@@ -229,6 +229,13 @@ def failed_node(error: BaseException) -> str | None:
 MAX_ID_LENGTH = 200
 
 
+ID_LISTS = {
+    "thread id": "`payables threads` lists thread ids",
+    "interrupt id": "`payables approvals` lists interrupt ids",
+}
+"""Where a user finds the ids `checked_id` checks, by what they name."""
+
+
 def checked_id(value: str, what: str, error: type[BadInput] = BadInput) -> str:
     """``value`` if it can name a thread or interrupt; otherwise `BadInput` saying why.
 
@@ -237,8 +244,8 @@ def checked_id(value: str, what: str, error: type[BadInput] = BadInput) -> str:
     """
     if not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
         raise error(
-            f"{shown(value)!r} is not a valid {what}: use 1 to {MAX_ID_LENGTH} printable "
-            "characters (`payables threads` lists thread ids)."
+            f"'{shown(value)}' is not a valid {what}: use 1 to {MAX_ID_LENGTH} printable "
+            f"characters ({ID_LISTS.get(what, 'see `payables threads`')})."
         )
     reason = unstorable_reason(value, what)
     if reason is not None:
@@ -250,7 +257,7 @@ def check_run_input(request: str, user: str, attachments: list[Attachment]) -> N
     """Refuse, before anything is written, text the checkpoint could not store."""
     texts = [(request, "request"), (user, "user id")]
     texts += [(a["name"], "attachment name") for a in attachments]
-    texts += [(a["text"], f"attachment {shown(a['name'])!r}") for a in attachments]
+    texts += [(a["text"], f"attachment '{shown(a['name'])}'") for a in attachments]
     for text, what in texts:
         reason = unstorable_reason(text, what)
         if reason is not None:

@@ -152,7 +152,8 @@ def _print_view(view: dict[str, Any]) -> None:
         "failed": "red",
     }.get(view["status"], "white")
     out.print(f"[bold]thread[/] {view['thread_id']}")
-    out.print(f"  route   {view['route']}   status [{status_style}]{view['status']}[/]")
+    route = view["route"] or "not yet routed"
+    out.print(f"  route   {route}   status [{status_style}]{view['status']}[/]")
     out.print("  models  " + ", ".join(f"{k}={v}" for k, v in view["model_path"].items()))
     if view["plan"]:
         out.print("  plan    " + " → ".join(s["tool"] for s in view["plan"]))
@@ -704,7 +705,7 @@ def audit_verify(
                 # A mistyped tenant would otherwise read as a verified, intact chain.
                 known = ", ".join(await audit_tenants(conn)) or "none"
                 raise BadInput(
-                    f"Tenant {shown(tenant)!r} has no audit rows, so there is nothing to "
+                    f"Tenant '{shown(tenant)}' has no audit rows, so there is nothing to "
                     f"verify (tenants with rows: {known}). Check the name; if it is right and "
                     "its chain had rows, compare with the chain heads you keep outside the "
                     "database."

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
+from runtime.agent import checked_id
 from runtime.cli import app, clip
+from runtime.errors import BadInput
 
 
 def test_short_text_is_left_as_written() -> None:
@@ -36,3 +39,14 @@ def test_help_joins_a_docstring_into_paragraphs_that_fit_the_terminal() -> None:
     # The docstring breaks its lines after "one" and "The run list,"; help must not.
     assert "a thread waiting for an approval, one that can still" in shown.output
     assert all(len(line) <= 100 for line in shown.output.splitlines())
+
+
+def test_a_bad_id_is_quoted_once_and_says_where_good_ids_are_listed() -> None:
+    with pytest.raises(BadInput) as thread:
+        checked_id("bad\x1bthread", "thread id")
+    assert str(thread.value).startswith(r"'bad\x1bthread' is not a valid thread id")
+    assert "`payables threads` lists thread ids" in str(thread.value)
+    with pytest.raises(BadInput) as interrupt:
+        checked_id("x\ty", "interrupt id")
+    assert str(interrupt.value).startswith(r"'x\ty' is not a valid interrupt id")
+    assert "`payables approvals` lists interrupt ids" in str(interrupt.value)
