@@ -631,10 +631,17 @@ class Agent:
             return await self.view_after(thread_id, output)
 
     async def _run_index_row(self, thread_id: str) -> dict[str, Any] | None:
-        """The thread's run index row (status and tenant), or None if it has none."""
+        """The thread's run index row, or None if it has none.
+
+        Its status and tenant, and ``open_dead_letter``: the first of the thread's dead
+        letters still open (None when none is).
+        """
         async with self.database.connection() as conn:
             cur = await conn.execute(
-                "SELECT status, tenant FROM runs WHERE thread_id = %s", (thread_id,)
+                "SELECT status, tenant, (SELECT min(d.dead_letter_id) FROM dead_letters AS d"
+                "   WHERE d.thread_id = runs.thread_id AND d.status = 'open')"
+                " AS open_dead_letter FROM runs WHERE thread_id = %s",
+                (thread_id,),
             )
             return await cur.fetchone()
 
@@ -747,6 +754,14 @@ class Agent:
                 )
         else:
             status = values.get("status", "completed")
+        dead_letter = run["open_dead_letter"] if run is not None else None
+        if note and dead_letter is not None:
+            # As `payables threads` lists it (`state.runs.SHOWN_STATUS`).
+            status = "failed"
+            note = (
+                f"The run failed and is dead letter {dead_letter} (`payables deadletters show "
+                f"{dead_letter}` says why). {note}"
+            )
         if note and await self._run_elsewhere(thread_id):
             # Every run holds its thread's lock (CLI and server alike): this one is going on.
             status = "running"

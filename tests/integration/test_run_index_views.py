@@ -26,6 +26,7 @@ from tools.contract import Tier
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 PAY_REQUEST = "Validate INV-1001 and pay it if it matches"
+APPROVE = ("--approve", "--reviewer", "rev-1", "--role", "approver")
 
 
 def column(db_uri: str, sql: str, *params: Any) -> set[Any]:
@@ -68,6 +69,23 @@ def test_a_failed_run_is_listed_as_failed_until_it_goes_on(cli_env: dict[str, st
     assert payables_json(cli_env, "continue", "t-fails")["status"] == "interrupted"
     listed = {r["thread_id"]: r["status"] for r in payables_json(cli_env, "threads")["threads"]}
     assert listed["t-fails"] == "interrupted"
+
+
+def test_show_and_threads_agree_on_a_run_failed_after_its_answer_was_recorded(
+    cli_env: dict[str, str],
+) -> None:
+    thread = "t-answer-failed"
+    payables_json(cli_env, "run", PAY_REQUEST, "--user", "clerk-ana", "--thread", thread)
+    failing = {**cli_env, "PAYABLES_FAILPOINTS": "raise:after:approval"}
+    proc = payables(failing, "resume", thread, *APPROVE)
+    assert proc.returncode == 1, explain(proc)
+
+    listed = {r["thread_id"]: r["status"] for r in payables_json(cli_env, "threads")["threads"]}
+    shown = payables_json(cli_env, "show", thread)
+    assert listed[thread] == shown["status"] == "failed", shown["note"]
+    number = payables_json(cli_env, "deadletters", "list")["dead_letters"][0]["dead_letter_id"]
+    assert f"dead letter {number}" in shown["note"], shown["note"]
+    assert f"payables continue {thread}" in shown["note"], shown["note"]
 
 
 async def test_approvals_lists_every_waiting_thread_however_many(
