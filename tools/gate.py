@@ -53,7 +53,7 @@ from runtime.faults import ENV_VAR as FAULTS_ENV_VAR
 from runtime.faults import FAULTS, FaultInjector
 from runtime.tracing import child_run
 from state.audit import record, tool_call_event
-from state.db import Database
+from state.db import HELD_THREAD_LOCK, Database
 from tools.contract import (
     Approval,
     CallContext,
@@ -278,7 +278,14 @@ class _GatedCall:
         await record(conn, self.run.tenant, self.thread_id, event, relaxed=relaxed)
 
     async def attempt(self, spec: ToolSpec[Any, Any], validated: dict[str, Any]) -> _Attempt:
-        """One attempt: refused by an open breaker, or one transaction under the timeout."""
+        """One attempt: refused by an open breaker, or one transaction under the timeout.
+
+        A retry first checks the run's thread lock (`state.db.ThreadLock`): a backend that
+        fails because Postgres went away has usually taken the lock with it, and a run that
+        lost its lock stops (`ThreadLockLost`) rather than wait out its tool's retries.
+        """
+        if self.made and (lock := HELD_THREAD_LOCK.get()) is not None:
+            lock.check()
         self.made += 1
         fault = self.gate.faults.draw("tool", spec.name)
         breaker = self.gate.breaker(spec.name, self.run)

@@ -21,7 +21,7 @@ from runtime.agent import open_agent
 from runtime.breakers import BREAKERS, BreakerBoard, BreakerState
 from runtime.context import Context
 from state.audit import verify_chain
-from state.db import Database
+from state.db import THREAD_LOCK_CLASS, Database, ThreadLock, ThreadLockLost
 from tests.approvals import grant
 from tests.cli import explain, payables
 from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
@@ -627,3 +627,27 @@ async def test_a_reject_after_the_run_went_read_only_keeps_it_escalated(
     assert view["status"] == "escalated"
     assert "INV-1005 was not paid" in view["reason"]
     assert "Rejected by ctl-1 (controller): not during an outage" in view["reason"]
+
+
+async def test_a_run_that_lost_its_thread_lock_stops_instead_of_retrying_the_tool(
+    database: Database,
+) -> None:
+    backend = FlakyBackend(failures=2)
+    gate = ToolGate(
+        database, ToolRegistry([*AP_TOOLS, lookup_tool(backend)]), breakers=BreakerBoard()
+    )
+    lock = ThreadLock(database, "t-outage")
+    assert await lock.take()
+    try:
+        async with database.connection() as conn:  # as a Postgres restart ends the lock
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND classid = %s::oid AND objsubid = 2",
+                (THREAD_LOCK_CLASS,),
+            )
+        run = Context(tool_max_retries=2, retry_initial_s=0.01, retry_max_s=0.01)
+        with lock.current(), pytest.raises(ThreadLockLost, match="t-outage's lock was lost"):
+            await gate.call(**call_args("lookup_status", {"invoice_id": "INV-1002"}, run))
+    finally:
+        await lock.release()
+    assert backend.calls == 1  # the first attempt failed; no retry ran
