@@ -531,7 +531,7 @@ def _within_the_invoice(tool: str, args: Mapping[str, Any], evidence: Mapping[st
     invoice = evidence.get("invoice")
     if not isinstance(invoice, Mapping) or "amount" not in args or "currency" not in args:
         return
-    if args["currency"] != invoice.get("currency"):
+    if invoice.get("currency") and args["currency"] != invoice["currency"]:
         raise ResumeError(
             f"An edited {tool} must be in the invoice's currency {invoice.get('currency')}, "
             f"not {args['currency']}; edit the amount only, or reject the payment."
