@@ -67,8 +67,10 @@ class ThreadLock:
 
     The lock dies with its connection: when Postgres restarts (or the connection is
     killed), any other process can take the thread while this one goes on, unaware.
-    `check` notices at the next step, without a round trip: it reads what the server
-    sent the idle connection (a dying backend's farewell, then the socket's end). Once
+    `check` notices without a round trip: it reads what the server sent the idle
+    connection (a dying backend's farewell, then the socket's end). The run checks before
+    each step (`graphs.payables.checks_thread_lock`), each checkpoint write
+    (`state.checkpointer.ThreadLockedSaver`) and each tool retry (`tools.gate`). Once
     lost the lock is not taken back: another process may have run steps of the thread
     since, from state this run no longer has.
     """
