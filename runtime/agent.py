@@ -43,7 +43,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphDrained
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import RunControl
-from langgraph.types import Command, Durability, Interrupt
+from langgraph.types import Command, Durability, Interrupt, StateSnapshot
 from langsmith import Client
 
 from graphs.payables import TRANSIENT_DB_RETRY, build_graph, is_transient_db_error
@@ -400,8 +400,8 @@ class Agent:
         try:
             snapshot = await self.graph.aget_state(self.config(thread_id))
             saved = bool(snapshot.values)
-            if action == "resume" and snapshot.interrupts:
-                unanswered = not await self.answer_committed(thread_id)
+            if action == "resume":
+                unanswered = await self.waits_for_answer(thread_id, snapshot)
             checkpoint_id = snapshot.config.get("configurable", {}).get("checkpoint_id")
             next_steps = list(pending_steps(snapshot))
             if step is None:
@@ -679,6 +679,14 @@ class Agent:
         a run from the recorded decisions; a different answer is refused (`resume`).
         """
         return _answer_committed(await self._run_index_row(thread_id))
+
+    async def waits_for_answer(self, thread_id: str, snapshot: StateSnapshot) -> bool:
+        """Whether ``snapshot`` (the thread's latest) waits for an approval nobody answered.
+
+        An interrupt whose answer committed before the step failed is not waiting: the
+        reviewer's decisions are recorded, and `continue_run` goes on from them.
+        """
+        return bool(snapshot.interrupts) and not await self.answer_committed(thread_id)
 
     async def _recorded_answer(self, thread_id: str, interrupts: Sequence[Interrupt]) -> str:
         """The decisions recorded for the steps ``interrupts`` ask about, for messages."""

@@ -114,9 +114,7 @@ async def replay_dead_letter(
             )
         result = ReplayResult(dead_letter_id, thread_id, "replayed", "nothing", "")
         try:
-            # An interrupt whose answer committed before the step failed is not pending:
-            # the reviewer's decisions are recorded, and `continue` goes on from them.
-            waits = bool(snapshot.interrupts) and not await agent.answer_committed(thread_id)
+            waits = await agent.waits_for_answer(thread_id, snapshot)
             if snapshot.values and waits:
                 result.outcome = "resolved"
                 result.note = (
