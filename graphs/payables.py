@@ -36,7 +36,7 @@ from runtime.context import Context
 from runtime.errors import PayablesError
 from runtime.logs import redact_process_logs
 from runtime.tracing import redact_process_traces
-from state.db import HELD_THREAD_LOCK, Database, ThreadLock, default_database
+from state.db import Database, ThreadLock, check_held_thread_lock, default_database
 from state.graph_state import AgentState, InputState, OutputState
 
 GRAPH_NAME = "payables"
@@ -73,9 +73,7 @@ def checks_thread_lock(node: Node) -> Node:
 
     @functools.wraps(node)  # keeps the Command[Literal[...]] hints Studio draws edges from
     async def checked(state: AgentState, *, runtime: Runtime[Context]) -> Any:
-        lock = HELD_THREAD_LOCK.get()
-        if lock is not None:
-            lock.check()
+        check_held_thread_lock()
         return await node(state, runtime=runtime)
 
     return checked
@@ -153,11 +151,8 @@ async def server_run_lock(
             "or written; try again once that finishes (`payables show "
             f"{thread_id}` says where the thread is)."
         )
-    try:
-        with lock.current():
-            yield
-    finally:
-        await lock.release()
+    async with lock.held():
+        yield
 
 
 @asynccontextmanager

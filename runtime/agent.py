@@ -325,11 +325,10 @@ class Agent:
         # back-to-back run of this thread on another connection finds it free.
         self._holding.add(thread_id)
         try:
-            with lock.current():
+            async with lock.held():
                 yield
         finally:
             self._holding.discard(thread_id)
-            await lock.release()
 
     async def _run_elsewhere(self, thread_id: str) -> bool:
         """Whether another run (another process, a server run) is executing the thread now."""

@@ -10,14 +10,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-from state.db import HELD_THREAD_LOCK, default_database, migrate
-
-
-def _check_thread_lock(config: RunnableConfig) -> None:
-    """Raise `state.db.ThreadLockLost` if this run's lock on the config's thread has died."""
-    lock = HELD_THREAD_LOCK.get()
-    if lock is not None and lock.thread_id == config["configurable"].get("thread_id"):
-        lock.check()
+from state.db import check_held_thread_lock, default_database, migrate
 
 
 class ThreadLockedSaver(AsyncPostgresSaver):
@@ -36,7 +29,7 @@ class ThreadLockedSaver(AsyncPostgresSaver):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Check the run's thread lock, then save the checkpoint."""
-        _check_thread_lock(config)
+        check_held_thread_lock(config["configurable"].get("thread_id"))
         return await super().aput(config, checkpoint, metadata, new_versions)
 
     async def aput_writes(
@@ -47,7 +40,7 @@ class ThreadLockedSaver(AsyncPostgresSaver):
         task_path: str = "",
     ) -> None:
         """Check the run's thread lock, then save a step's writes."""
-        _check_thread_lock(config)
+        check_held_thread_lock(config["configurable"].get("thread_id"))
         await super().aput_writes(config, writes, task_id, task_path)
 
 

@@ -15,8 +15,8 @@ import logging
 import re
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,18 +132,31 @@ class ThreadLock:
                 f"`payables continue {self.thread_id}` finishes it."
             )
 
-    @contextmanager
-    def current(self) -> Iterator[None]:
-        """Make this the lock the graph's steps check (`HELD_THREAD_LOCK`) in the block."""
-        token = HELD_THREAD_LOCK.set(self)
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """The taken lock as the one the run in the block checks; released as it ends."""
+        token = _HELD_THREAD_LOCK.set(self)
         try:
             yield
         finally:
-            HELD_THREAD_LOCK.reset(token)
+            _HELD_THREAD_LOCK.reset(token)
+            await self.release()
 
 
-HELD_THREAD_LOCK: ContextVar[ThreadLock | None] = ContextVar("held_thread_lock", default=None)
-"""The thread lock of the run executing in this context, which each step checks first."""
+_HELD_THREAD_LOCK: ContextVar[ThreadLock | None] = ContextVar("held_thread_lock", default=None)
+"""The thread lock of the run executing in this context (`ThreadLock.held`)."""
+
+
+def check_held_thread_lock(thread_id: str | None = None) -> None:
+    """Raise `ThreadLockLost` if the run in this context holds a thread lock that died.
+
+    With ``thread_id``, only a lock on that thread counts. Outside a held lock (a run no
+    `payables` command or server run locked, such as the bench's bare graphs) it passes.
+    """
+    lock = _HELD_THREAD_LOCK.get()
+    if lock is not None and (thread_id is None or lock.thread_id == thread_id):
+        lock.check()
+
 
 LOCK_POLL_S = 0.1
 """How often `ThreadLock.take` tries again while it waits."""

@@ -53,7 +53,7 @@ from runtime.faults import ENV_VAR as FAULTS_ENV_VAR
 from runtime.faults import FAULTS, FaultInjector
 from runtime.tracing import child_run
 from state.audit import record, tool_call_event
-from state.db import HELD_THREAD_LOCK, Database
+from state.db import Database, check_held_thread_lock
 from tools.contract import (
     Approval,
     CallContext,
@@ -284,8 +284,8 @@ class _GatedCall:
         fails because Postgres went away has usually taken the lock with it, and a run that
         lost its lock stops (`ThreadLockLost`) rather than wait out its tool's retries.
         """
-        if self.made and (lock := HELD_THREAD_LOCK.get()) is not None:
-            lock.check()
+        if self.made:
+            check_held_thread_lock(self.thread_id)
         self.made += 1
         fault = self.gate.faults.draw("tool", spec.name)
         breaker = self.gate.breaker(spec.name, self.run)

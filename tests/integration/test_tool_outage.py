@@ -638,7 +638,7 @@ async def test_a_run_that_lost_its_thread_lock_stops_instead_of_retrying_the_too
     )
     lock = ThreadLock(database, "t-outage")
     assert await lock.take()
-    try:
+    async with lock.held():
         async with database.connection() as conn:  # as a Postgres restart ends the lock
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
@@ -646,8 +646,6 @@ async def test_a_run_that_lost_its_thread_lock_stops_instead_of_retrying_the_too
                 (THREAD_LOCK_CLASS,),
             )
         run = Context(tool_max_retries=2, retry_initial_s=0.01, retry_max_s=0.01)
-        with lock.current(), pytest.raises(ThreadLockLost, match="t-outage's lock was lost"):
+        with pytest.raises(ThreadLockLost, match="t-outage's lock was lost"):
             await gate.call(**call_args("lookup_status", {"invoice_id": "INV-1002"}, run))
-    finally:
-        await lock.release()
     assert backend.calls == 1  # the first attempt failed; no retry ran
