@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
 
 from runtime.errors import ConfigError
 from runtime.prompts import PROMPT_VERSION
@@ -58,6 +60,17 @@ def _env_float(name: str, default: float) -> float:
         raise ConfigError(
             f"{name} must be a number, got {raw!r}; set a number or unset it."
         ) from exc
+
+
+_T = TypeVar("_T")
+
+
+def _env_field(name: str, default: _T, read: Callable[[str, _T], _T]) -> Any:
+    """A setting whose default is read from environment variable ``name``.
+
+    The field records the variable, so an error about the setting can name what to change.
+    """
+    return field(default_factory=lambda: read(name, default), metadata={"env": name})
 
 
 def _env_list(name: str) -> tuple[str, ...]:
@@ -157,7 +170,7 @@ def _fx_rates(raw: str, approval_currency: str) -> dict[str, Decimal]:
 class Context:
     """Settings for one run of the payables graph."""
 
-    tenant: str = field(default_factory=lambda: _env("PAYABLES_TENANT", "default"))
+    tenant: str = _env_field("PAYABLES_TENANT", "default", _env)
     """Tenant the run belongs to (scopes audit chains and budgets in later planes)."""
 
     router_model: str = field(default_factory=lambda: _model_default("router"))
@@ -169,32 +182,24 @@ class Context:
     respond_model: str = field(default_factory=lambda: _model_default("respond"))
     """Chat model that writes the summary; "rules" means the deterministic rules model."""
 
-    approval_threshold: str = field(
-        default_factory=lambda: _env("PAYABLES_APPROVAL_THRESHOLD", "10000")
-    )
+    approval_threshold: str = _env_field("PAYABLES_APPROVAL_THRESHOLD", "10000", _env)
     """Payments above this amount need a reviewer with the controller role."""
 
-    dual_control_threshold: str = field(
-        default_factory=lambda: _env("PAYABLES_DUAL_CONTROL_THRESHOLD", "50000")
-    )
+    dual_control_threshold: str = _env_field("PAYABLES_DUAL_CONTROL_THRESHOLD", "50000", _env)
     """Payments above this amount need two distinct approving reviewers."""
 
-    approval_currency: str = field(
-        default_factory=lambda: _env("PAYABLES_APPROVAL_CURRENCY", "USD")
-    )
+    approval_currency: str = _env_field("PAYABLES_APPROVAL_CURRENCY", "USD", _env)
     """ISO 4217 currency the approval and dual-control thresholds are stated in."""
 
-    fx_rates: str = field(default_factory=lambda: _env("PAYABLES_FX_RATES", ""))
+    fx_rates: str = _env_field("PAYABLES_FX_RATES", "", _env)
     """Rates that bring an invoice's amount into `approval_currency` for the thresholds:
     ``EUR=1.08,GBP=1.27`` (one EUR is 1.08 units of the approval currency). A payment in a
     currency with no rate here cannot be held to the thresholds, so it needs dual control."""
 
-    price_tolerance_pct: str = field(
-        default_factory=lambda: _env("PAYABLES_PRICE_TOLERANCE_PCT", "2")
-    )
+    price_tolerance_pct: str = _env_field("PAYABLES_PRICE_TOLERANCE_PCT", "2", _env)
     """Allowed unit-price variance between invoice and PO, in percent."""
 
-    amount_tolerance: str = field(default_factory=lambda: _env("PAYABLES_AMOUNT_TOLERANCE", "1.00"))
+    amount_tolerance: str = _env_field("PAYABLES_AMOUNT_TOLERANCE", "1.00", _env)
     """Allowed absolute difference between an invoice's total and its lines plus tax, and
     between a line's amount and its quantity times unit price."""
 
@@ -204,36 +209,32 @@ class Context:
     max_replans: int = 3
     """How many times the verifier may send the run back to the planner."""
 
-    max_tool_calls: int = field(default_factory=lambda: _env_int("PAYABLES_MAX_TOOL_CALLS", 40))
+    max_tool_calls: int = _env_field("PAYABLES_MAX_TOOL_CALLS", 40, _env_int)
     """Budget: tool calls per run; the run escalates before making one more."""
 
     max_identical_calls: int = 2
     """Loop detection: how often one tool may run with the same arguments in a run."""
 
-    max_steps: int = field(default_factory=lambda: _env_int("PAYABLES_MAX_STEPS", 80))
+    max_steps: int = _env_field("PAYABLES_MAX_STEPS", 80, _env_int)
     """Budget: graph steps (node executions) per run."""
 
-    max_model_calls: int = field(default_factory=lambda: _env_int("PAYABLES_MAX_MODEL_CALLS", 30))
+    max_model_calls: int = _env_field("PAYABLES_MAX_MODEL_CALLS", 30, _env_int)
     """Budget: chat-model calls per run (retries and repairs count)."""
 
-    max_tokens: int = field(default_factory=lambda: _env_int("PAYABLES_MAX_TOKENS", 200_000))
+    max_tokens: int = _env_field("PAYABLES_MAX_TOKENS", 200_000, _env_int)
     """Budget: input + output tokens per run, from the models' usage metadata."""
 
-    max_cost_usd: float = field(default_factory=lambda: _env_float("PAYABLES_MAX_COST_USD", 1.0))
+    max_cost_usd: float = _env_field("PAYABLES_MAX_COST_USD", 1.0, _env_float)
     """Budget: estimated model cost per run in USD (priced with `model_prices`)."""
 
-    max_wall_clock_s: float = field(
-        default_factory=lambda: _env_float("PAYABLES_MAX_WALL_CLOCK_S", 600.0)
-    )
+    max_wall_clock_s: float = _env_field("PAYABLES_MAX_WALL_CLOCK_S", 600.0, _env_float)
     """Budget: seconds of work per run (time spent waiting for a reviewer does not count)."""
 
-    budget_warn_fraction: float = field(
-        default_factory=lambda: _env_float("PAYABLES_BUDGET_WARN_FRACTION", 0.8)
-    )
+    budget_warn_fraction: float = _env_field("PAYABLES_BUDGET_WARN_FRACTION", 0.8, _env_float)
     """A soft warning is recorded when a budget reaches this fraction of its limit."""
 
-    tenant_daily_cost_cap_usd: float = field(
-        default_factory=lambda: _env_float("PAYABLES_TENANT_DAILY_COST_CAP_USD", 50.0)
+    tenant_daily_cost_cap_usd: float = _env_field(
+        "PAYABLES_TENANT_DAILY_COST_CAP_USD", 50.0, _env_float
     )
     """Per tenant per UTC day: estimated model spend allowed across all processes."""
 
@@ -248,90 +249,96 @@ class Context:
     )
     """Models tried in order when a role's model is unavailable; then the rules model."""
 
-    model_timeout_s: float = field(
-        default_factory=lambda: _env_float("PAYABLES_MODEL_TIMEOUT_S", 30.0)
-    )
+    model_timeout_s: float = _env_field("PAYABLES_MODEL_TIMEOUT_S", 30.0, _env_float)
     """Per-call timeout for a chat model, in seconds."""
 
-    model_max_retries: int = field(
-        default_factory=lambda: _env_int("PAYABLES_MODEL_MAX_RETRIES", 2)
-    )
+    model_max_retries: int = _env_field("PAYABLES_MODEL_MAX_RETRIES", 2, _env_int)
     """Retries per model call on retryable errors (rate limit, timeout, 5xx, connection)."""
 
-    retry_initial_s: float = field(
-        default_factory=lambda: _env_float("PAYABLES_RETRY_INITIAL_S", 0.5)
-    )
+    retry_initial_s: float = _env_field("PAYABLES_RETRY_INITIAL_S", 0.5, _env_float)
     """First backoff delay; doubles per retry, with jitter, up to `retry_max_s`."""
 
-    retry_max_s: float = field(default_factory=lambda: _env_float("PAYABLES_RETRY_MAX_S", 8.0))
+    retry_max_s: float = _env_field("PAYABLES_RETRY_MAX_S", 8.0, _env_float)
     """Longest backoff delay between retries, in seconds."""
 
-    breaker_failure_threshold: int = field(
-        default_factory=lambda: _env_int("PAYABLES_BREAKER_FAILURES", 5)
-    )
+    breaker_failure_threshold: int = _env_field("PAYABLES_BREAKER_FAILURES", 5, _env_int)
     """Consecutive failures that open a model's or tool's circuit breaker."""
 
-    breaker_cooldown_s: float = field(
-        default_factory=lambda: _env_float("PAYABLES_BREAKER_COOLDOWN_S", 30.0)
-    )
+    breaker_cooldown_s: float = _env_field("PAYABLES_BREAKER_COOLDOWN_S", 30.0, _env_float)
     """How long an open breaker refuses calls before letting one trial call through."""
 
     tool_timeout_s: float = 10.0
     """Default per-call timeout for tools, in seconds."""
 
-    tool_max_retries: int = field(default_factory=lambda: _env_int("PAYABLES_TOOL_MAX_RETRIES", 2))
+    tool_max_retries: int = _env_field("PAYABLES_TOOL_MAX_RETRIES", 2, _env_int)
     """Retries for read tools and idempotency-keyed writes on retryable failures."""
 
     prompt_version: str = PROMPT_VERSION
     """Version of the prompts in `runtime.prompts`; recorded in results and traces."""
 
     def __post_init__(self) -> None:
-        """Validate numeric settings up front so a bad value fails before the run starts."""
+        """Validate numeric settings up front so a bad value fails before the run starts.
+
+        Each error names the setting and, for one read from the environment, its variable.
+        """
         for name in (
             "approval_threshold",
             "dual_control_threshold",
             "price_tolerance_pct",
             "amount_tolerance",
         ):
-            _decimal(name, getattr(self, name))
+            _decimal(_named(name), getattr(self, name))
         if not _CURRENCY_RE.match(self.approval_currency):
             raise ConfigError(
-                "approval_currency (PAYABLES_APPROVAL_CURRENCY) must be an ISO 4217 code "
+                f"{_named('approval_currency')} must be an ISO 4217 code "
                 f"such as USD, got {self.approval_currency!r}."
             )
         _fx_rates(self.fx_rates, self.approval_currency)
         if self.dual_threshold < self.approval_limit:
             raise ConfigError(
-                "dual_control_threshold must be >= approval_threshold "
+                f"{_named('dual_control_threshold')} must be >= {_named('approval_threshold')} "
                 f"(got {self.dual_control_threshold} < {self.approval_threshold})."
             )
-        if self.max_tool_calls < 1 or self.max_identical_calls < 1:
-            raise ConfigError("max_tool_calls and max_identical_calls must be >= 1.")
-        if self.max_plan_repairs < 0 or self.max_replans < 0:
-            raise ConfigError("max_plan_repairs and max_replans must be >= 0.")
-        for name in ("max_steps", "max_model_calls", "max_tokens", "breaker_failure_threshold"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("model_max_retries", "tool_max_retries", "max_identical_plans"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        for name in (
-            "tool_timeout_s",
-            "model_timeout_s",
-            "max_wall_clock_s",
-            "retry_max_s",
-        ):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}.")
-        for name in ("max_cost_usd", "tenant_daily_cost_cap_usd", "retry_initial_s"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if self.breaker_cooldown_s < 0:
-            raise ConfigError(f"breaker_cooldown_s must be >= 0, got {self.breaker_cooldown_s}.")
-        if not 0 < self.budget_warn_fraction <= 1:
-            raise ConfigError(
-                f"budget_warn_fraction must be in (0, 1], got {self.budget_warn_fraction}."
-            )
+        checks: tuple[tuple[tuple[str, ...], str, Callable[[float], bool]], ...] = (
+            (
+                (
+                    "max_tool_calls",
+                    "max_identical_calls",
+                    "max_steps",
+                    "max_model_calls",
+                    "max_tokens",
+                    "breaker_failure_threshold",
+                ),
+                ">= 1",
+                lambda v: v >= 1,
+            ),
+            (
+                (
+                    "max_plan_repairs",
+                    "max_replans",
+                    "model_max_retries",
+                    "tool_max_retries",
+                    "max_identical_plans",
+                    "max_cost_usd",
+                    "tenant_daily_cost_cap_usd",
+                    "retry_initial_s",
+                    "breaker_cooldown_s",
+                ),
+                ">= 0",
+                lambda v: v >= 0,
+            ),
+            (
+                ("tool_timeout_s", "model_timeout_s", "max_wall_clock_s", "retry_max_s"),
+                "> 0",
+                lambda v: v > 0,
+            ),
+            (("budget_warn_fraction",), "in (0, 1]", lambda v: 0 < v <= 1),
+        )
+        for names, bound, holds in checks:
+            for name in names:
+                # `not holds` also refuses NaN, which every comparison answers False.
+                if not holds(getattr(self, name)):
+                    raise ConfigError(f"{_named(name)} must be {bound}, got {getattr(self, name)}.")
 
     @property
     def approval_limit(self) -> Decimal:
@@ -359,3 +366,12 @@ class Context:
     def amount_tolerance_abs(self) -> Decimal:
         """`amount_tolerance` as a Decimal."""
         return _decimal("amount_tolerance", self.amount_tolerance)
+
+
+def _named(setting: str) -> str:
+    """``setting`` as an error names it: with its environment variable, when it has one."""
+    env = _ENV_OF.get(setting)
+    return f"{setting} ({env})" if env else setting
+
+
+_ENV_OF = {f.name: f.metadata["env"] for f in fields(Context) if "env" in f.metadata}

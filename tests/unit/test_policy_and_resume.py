@@ -125,6 +125,42 @@ def test_context_rejects_bad_currency_settings(fields: dict[str, str], message: 
         Context(**fields)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PAYABLES_MAX_STEPS", "0", r"max_steps \(PAYABLES_MAX_STEPS\) must be >= 1, got 0"),
+        (
+            "PAYABLES_BREAKER_FAILURES",
+            "0",
+            r"breaker_failure_threshold \(PAYABLES_BREAKER_FAILURES\) must be >= 1",
+        ),
+        ("PAYABLES_MAX_COST_USD", "nan", r"max_cost_usd \(PAYABLES_MAX_COST_USD\) must be >= 0"),
+        (
+            "PAYABLES_BUDGET_WARN_FRACTION",
+            "1.5",
+            r"budget_warn_fraction \(PAYABLES_BUDGET_WARN_FRACTION\) must be in \(0, 1\]",
+        ),
+        (
+            "PAYABLES_APPROVAL_THRESHOLD",
+            "-1",
+            r"approval_threshold \(PAYABLES_APPROVAL_THRESHOLD\) must be a finite number >= 0",
+        ),
+    ],
+)
+def test_a_bad_setting_from_the_environment_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    # The operator set a variable, not a field: the error must say which one to change.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message):
+        Context()
+
+
+def test_a_bad_setting_without_a_variable_is_named_alone() -> None:
+    with pytest.raises(ConfigError, match=r"^max_replans must be >= 0, got -1\.$"):
+        Context(max_replans=-1)
+
+
 def test_fx_rates_are_in_the_approval_currency() -> None:
     run = Context(approval_currency="EUR", fx_rates=" USD = 0.5 , ")
     assert run.in_approval_currency(Decimal("10"), "USD") == Decimal("5.0")
