@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
@@ -29,7 +30,7 @@ from runtime.errors import BadInput, ConfigError, NotFound, PayablesError, shown
 from runtime.logs import configure_logging
 from runtime.replay import ReplayResult, replay_dead_letter
 from runtime.settings import DEFAULT_RETENTION_DAYS, MAX_RETENTION_DAYS, PROJECT_ROOT, Settings
-from state.approvals import REVIEWER_ROLES
+from state.approvals import REVIEWER_ROLES, ReviewerIn
 from state.audit import VerifyReport, audit_tenants, format_time, timeline, verify_chain
 from state.db import Database, database_uri, default_database, migrate, redact_uri, schema_status
 from state.deadletters import get_dead_letter, list_dead_letters
@@ -467,6 +468,17 @@ def resume(
         _fail(
             f"--role must be one of {', '.join(sorted(REVIEWER_ROLES))}, got {shown(role)} "
             "(a server token's reviewer role signs as approver).",
+            2,
+        )
+    try:
+        ReviewerIn(id=reviewer, role=role)
+    except ValidationError:
+        # Checked here, not only in the resume value, so the message names the flag
+        # instead of the resume JSON the flags are turned into.
+        given = f"'{shown(reviewer)}'" if reviewer else "nothing"
+        _fail(
+            "--reviewer must be your reviewer id: one word of up to 128 printable characters, "
+            f"such as --reviewer ana.lee; got {given}.",
             2,
         )
 

@@ -116,3 +116,15 @@ def test_resume_names_the_roles_a_reviewer_can_sign_as(cli_env: dict[str, str]) 
     assert proc.returncode == 2, explain(proc)
     text = " ".join(proc.stderr.split())
     assert "--role must be one of approver, clerk, controller, got reviewer" in text, text
+
+
+@pytest.mark.parametrize("reviewer", ["", "ana lee", "ana\x1b[2J"])
+def test_resume_names_the_reviewer_flag_for_a_bad_id(
+    cli_env: dict[str, str], reviewer: str
+) -> None:
+    # The flag the reviewer typed is what to fix, not the resume JSON it becomes.
+    proc = payables(cli_env, "resume", "t-any", "--approve", "--reviewer", reviewer)
+    assert proc.returncode == 2, explain(proc)
+    text = " ".join(proc.stderr.split())
+    assert "--reviewer must be your reviewer id" in text, text
+    assert "Malformed resume" not in text, text
