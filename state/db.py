@@ -482,10 +482,15 @@ class Database:
         return pool
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
-        """Borrow a connection (autocommit; open a transaction explicitly to group writes)."""
+    async def connection(
+        self, wait_s: float | None = None
+    ) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        """Borrow a connection (autocommit; open a transaction explicitly to group writes).
+
+        ``wait_s`` bounds the wait for one, in seconds; by default the pool's (30 s).
+        """
         pool = await self.pool()
-        async with pool.connection() as conn:
+        async with pool.connection(timeout=wait_s) as conn:
             yield conn
 
     async def _lock_pool(self) -> AsyncConnectionPool[Any]:

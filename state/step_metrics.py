@@ -43,6 +43,10 @@ FLUSH_DELAY_S = 0.5
 FLUSH_ROWS = 256
 """Rows that make the buffer write at once."""
 
+FLUSH_CONNECT_TIMEOUT_S = 5.0
+"""Longest a flush waits for a pooled connection. Shorter than the pool's 30 s: with
+Postgres down, a process exiting would wait that out for rows nothing depends on."""
+
 
 @dataclass(frozen=True)
 class StepMetric:
@@ -201,7 +205,7 @@ class _Buffer:
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         try:
-            async with database.connection() as conn:
+            async with database.connection(wait_s=FLUSH_CONNECT_TIMEOUT_S) as conn:
                 await conn.execute(_INSERT_MANY, columns)
         except Exception as exc:
             log.warning(

@@ -280,12 +280,12 @@ class _GatedCall:
     async def attempt(self, spec: ToolSpec[Any, Any], validated: dict[str, Any]) -> _Attempt:
         """One attempt: refused by an open breaker, or one transaction under the timeout.
 
-        A retry first checks the run's thread lock (`state.db.ThreadLock`): a backend that
-        fails because Postgres went away has usually taken the lock with it, and a run that
-        lost its lock stops (`ThreadLockLost`) rather than wait out its tool's retries.
+        Each attempt first checks the run's thread lock (`state.db.ThreadLock`; no round
+        trip): when Postgres went away it has usually taken the lock with it, and a run that
+        lost its lock stops (`ThreadLockLost`) rather than wait out its tool's timeout and
+        retries for a connection.
         """
-        if self.made:
-            check_held_thread_lock(self.thread_id)
+        check_held_thread_lock(self.thread_id)
         self.made += 1
         fault = self.gate.faults.draw("tool", spec.name)
         breaker = self.gate.breaker(spec.name, self.run)

@@ -166,3 +166,44 @@ def test_postgres_going_away_mid_run_pays_once_and_keeps_the_approval(
         )
         == 1
     )
+
+
+def test_a_run_stops_soon_when_postgres_stops_under_it(
+    restart_env: dict[str, str], private_postgres: PrivatePostgres
+) -> None:
+    """The lock's connection dies with the server: the run stops at its next check, and
+    exiting does not wait out the pool's 30 s for statistics rows nothing depends on.
+
+    It took 43 s: the payment's first attempt waited its 10 s timeout for a connection
+    (only retries checked the lock), then closing waited 30 s to flush ``step_metrics``.
+    """
+    db_uri = private_postgres.uri
+    thread = "pg-stopped"
+    view = payables_json(
+        restart_env, "run", "Pay INV-1001", "--user", "clerk-ana", "--thread", thread
+    )
+    assert view["status"] == "interrupted"
+
+    with start(
+        {**restart_env, "PAYABLES_FAILPOINTS": "sleep:before:executor:2"},
+        "resume",
+        thread,
+        *APPROVE,
+        "--json",
+    ) as child:
+        child.wait_for("failpoint before:executor: sleeping")
+        private_postgres.stop()
+        stopped = time.monotonic()
+        resumed = child.finish()
+        took = time.monotonic() - stopped
+
+    assert resumed.returncode == 1, explain(resumed)
+    assert "lock was lost" in resumed.stderr, explain(resumed)
+    assert "schedule_payment attempt" not in resumed.stderr, explain(resumed)
+    # A bound far from both sides: about 7 s here now, 43 s before; not a speed target.
+    assert took < 25, f"took {took:.1f}s to exit\n{explain(resumed)}"
+
+    private_postgres.start()
+    done = payables_json(restart_env, "continue", thread)
+    assert done["status"] == "completed", done["reason"]
+    assert count(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1

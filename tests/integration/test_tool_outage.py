@@ -629,10 +629,43 @@ async def test_a_reject_after_the_run_went_read_only_keeps_it_escalated(
     assert "Rejected by ctl-1 (controller): not during an outage" in view["reason"]
 
 
-async def test_a_run_that_lost_its_thread_lock_stops_instead_of_retrying_the_tool(
+class RestartingBackend(FlakyBackend):
+    """A Postgres restart during the call: its own backend and the thread lock's both end."""
+
+    async def __call__(self, ctx: CallContext, args: LookupArgs) -> LookupResult:
+        if self.calls < self.failures:
+            await ctx.conn.execute(TERMINATE_THREAD_LOCKS, (THREAD_LOCK_CLASS,))
+        return await super().__call__(ctx, args)
+
+
+TERMINATE_THREAD_LOCKS = (
+    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+    " AND classid = %s::oid AND objsubid = 2"
+)
+
+
+async def test_a_run_that_lost_its_thread_lock_mid_call_stops_instead_of_retrying(
     database: Database,
 ) -> None:
-    backend = FlakyBackend(failures=2)
+    backend = RestartingBackend(failures=2)
+    gate = ToolGate(
+        database, ToolRegistry([*AP_TOOLS, lookup_tool(backend)]), breakers=BreakerBoard()
+    )
+    lock = ThreadLock(database, "t-outage")
+    assert await lock.take()
+    async with lock.held():
+        run = Context(tool_max_retries=2, retry_initial_s=0.01, retry_max_s=0.01)
+        with pytest.raises(ThreadLockLost, match="t-outage's lock was lost"):
+            await gate.call(**call_args("lookup_status", {"invoice_id": "INV-1002"}, run))
+    assert backend.calls == 1  # the first attempt failed; no retry ran
+
+
+async def test_a_run_whose_thread_lock_died_before_a_call_makes_no_attempt(
+    database: Database,
+) -> None:
+    # Not even a first attempt: with Postgres gone it would wait out its timeout for a
+    # connection before the retry's check could stop the run.
+    backend = FlakyBackend(failures=0)
     gate = ToolGate(
         database, ToolRegistry([*AP_TOOLS, lookup_tool(backend)]), breakers=BreakerBoard()
     )
@@ -640,12 +673,8 @@ async def test_a_run_that_lost_its_thread_lock_stops_instead_of_retrying_the_too
     assert await lock.take()
     async with lock.held():
         async with database.connection() as conn:  # as a Postgres restart ends the lock
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-                " AND classid = %s::oid AND objsubid = 2",
-                (THREAD_LOCK_CLASS,),
-            )
+            await conn.execute(TERMINATE_THREAD_LOCKS, (THREAD_LOCK_CLASS,))
         run = Context(tool_max_retries=2, retry_initial_s=0.01, retry_max_s=0.01)
         with pytest.raises(ThreadLockLost, match="t-outage's lock was lost"):
             await gate.call(**call_args("lookup_status", {"invoice_id": "INV-1002"}, run))
-    assert backend.calls == 1  # the first attempt failed; no retry ran
+    assert backend.calls == 0
