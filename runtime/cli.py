@@ -19,9 +19,10 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 
 from evals.cli import register as register_eval_commands
 from guards.redaction import redact, redact_text
@@ -529,20 +530,56 @@ def threads(
     if as_json:
         _print_json({"threads": rows})
         return
-    # Whole ids, however narrow the terminal: `show`, `resume` and `audit show` take them.
+    out.print(threads_listing(rows, out.width))
+
+
+def threads_listing(rows: list[dict[str, Any]], width: int) -> RenderableType:
+    """The `payables threads` table, or where it does not fit in ``width``, two lines a run.
+
+    Thread ids stay whole either way (`show`, `resume` and `audit show` take them). A table
+    squeezed into 80 columns wrapped every other cell to a word per line, four letters wide.
+    """
     widest = max((len(row["thread_id"]) for row in rows), default=6)
-    thread = Column("thread", no_wrap=True, min_width=widest)
-    table = Table(thread, "status", "route", "requester", "request", "updated")
+    table = Table(
+        Column("thread", no_wrap=True, min_width=widest),
+        Column("status", no_wrap=True),
+        Column("route", no_wrap=True),
+        Column("requester", no_wrap=True),
+        Column("request", min_width=30),
+        Column("updated", no_wrap=True),
+    )
     for row in rows:
         table.add_row(
-            row["thread_id"],
+            escape(row["thread_id"]),
             row["status"],
             row["route"] or "-",
-            row["requester"],
+            escape(row["requester"]),
             escape(clip(row["request"], 60)),
-            row["updated_at"].strftime("%Y-%m-%d %H:%M"),
+            _updated(row),
         )
-    out.print(table)
+    # The table when every column but the request keeps its width, and the request has 30.
+    if Console(width=10_000).measure(table).minimum <= width:
+        return table
+    # First line: what to act on (id, status, and when, if it fits); second, indented: what
+    # the run is.
+    status_width = max(len("status"), *(len(row["status"]) for row in rows))
+    when_first = widest + status_width + len("  ") * 2 + len(_updated(rows[0])) <= width
+    heading = f"{'thread':<{widest}}  {'status':<{status_width}}"
+    lines = [Text(heading + ("  updated" if when_first else ""), style="bold")]
+    for row in rows:
+        first = f"{row['thread_id']:<{widest}}  {row['status']:<{status_width}}"
+        about = [row["route"] or "not yet routed", row["requester"], row["request"]]
+        if when_first:
+            first += f"  {_updated(row)}"
+        else:
+            about.insert(0, _updated(row))
+        lines.append(Text(first.rstrip()))
+        lines.append(Text("  " + clip(" · ".join(about), max(width - 2, 20)), no_wrap=True))
+    return Group(*lines)
+
+
+def _updated(row: dict[str, Any]) -> str:
+    return str(row["updated_at"].strftime("%Y-%m-%d %H:%M"))
 
 
 @app.command()
