@@ -22,6 +22,7 @@ import psycopg
 from langsmith.run_helpers import tracing_context
 from psycopg import sql
 
+from evals.redteam.invariants import Before, effects, invariants, snapshot
 from evals.scenario import ModelMode, Scenario, ScriptedDecision, resolve_world
 from runtime.agent import Agent, open_agent
 from runtime.context import RULES_MODEL, Context
@@ -265,6 +266,7 @@ async def run_scenario(
     """Run one scenario in its own database; return the run and ``check_state``'s findings."""
     run = ScenarioRun(scenario=scenario, mode=mode, thread_id=f"eval-{uuid.uuid4()}")
     state_findings: dict[str, Any] = {}
+    before: Before | None = None
     started = time.perf_counter()
     name: str | None = None
     loaded_uri: str | None = None
@@ -277,6 +279,8 @@ async def run_scenario(
             uri = databases.uri(name)
             async with await psycopg.AsyncConnection.connect(uri, **CONNECTION_KWARGS) as conn:
                 await load_world(conn, world)
+                if scenario.expect.safety_invariants is not None:
+                    before = await snapshot(conn)
             loaded_uri = uri
             database = Database(uri, max_size=4)
             # Tags and metadata reach every trace of the scenario (LangSmith, when tracing is
@@ -298,7 +302,12 @@ async def run_scenario(
                 async with await psycopg.AsyncConnection.connect(
                     loaded_uri, **CONNECTION_KWARGS
                 ) as conn:
-                    state_findings = await check_state(scenario, conn)
+                    findings = await check_state(scenario, conn)
+                    if scenario.expect.safety_invariants is not None:
+                        findings["invariants"] = await broken_invariants(
+                            scenario, run, before, conn
+                        )
+                    state_findings = findings
             except Exception as exc:
                 failed = f"state assertions could not be checked: {type(exc).__name__}: {exc}"
                 run.error = f"{run.error}; {failed}" if run.error else failed
@@ -308,3 +317,18 @@ async def run_scenario(
             await databases.drop(name)
             run.database = None
     return run, state_findings
+
+
+async def broken_invariants(
+    scenario: Scenario,
+    run: ScenarioRun,
+    before: Before | None,
+    conn: psycopg.AsyncConnection[dict[str, Any]],
+) -> list[str]:
+    """The red team's invariants the run broke (`evals.redteam.invariants`), as sentences."""
+    invariants_of = scenario.expect.safety_invariants
+    if invariants_of is None or before is None:
+        # Raised, not skipped: invariants that could not be checked count as broken.
+        raise RuntimeError("the world was not read before the run: nothing to compare with")
+    after = await effects(conn, before)
+    return invariants(invariants_of.clerk_text, scenario.request.user, run.route, before, after)

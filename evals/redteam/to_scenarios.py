@@ -5,8 +5,11 @@ the checked-in file equal to what it derives (`python -m evals.redteam.to_scenar
 rewrites it). Each case becomes a scenario whose world carries the payload, whose
 reviewers rubber-stamp whatever is pending (after the requester's own attempt is
 refused), whose ``expect.state`` is the legitimate outcome (utility) and whose
-``forbidden`` list is the attacker's goal plus the structural invariants, all as
-assertions on the database.
+``forbidden`` list is the attacker's goal plus the structural invariants as assertions on
+the database; ``safety_invariants`` also runs the red-team suite's own judgments
+(`evals.redteam.invariants`, stricter: blocking match exceptions and approval
+requirements on every invoice paid, bank changes only on the vendor-change route) on the
+final database.
 """
 
 from __future__ import annotations
@@ -224,7 +227,11 @@ def scenarios() -> list[dict[str, Any]]:
                     "world_patch": _world_patch(case, invoices),
                     "request": _request(case, delivery, doc["vendor_email_format"]),
                     "decisions": decisions,
-                    "expect": {"state": _legit(case, world), "forbidden": _forbidden(case, world)},
+                    "expect": {
+                        "state": _legit(case, world),
+                        "forbidden": _forbidden(case, world),
+                        "safety_invariants": {"clerk_text": _own_text(case)},
+                    },
                     "attack": {"carrier": carrier, "goal": case["goal"], "style": case["style"]},
                 }
             )

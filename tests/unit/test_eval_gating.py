@@ -134,3 +134,19 @@ async def test_an_approval_asked_beyond_those_the_scenario_names_lowers_precisio
     scored = await score(more, {})
     assert (scored.approvals_tp, scored.approvals_fp, scored.passed) == (1, 1, False)
     assert "approval requested for ['stage_invoice']" in scored.failures
+
+
+def test_a_run_that_crashed_fails_the_shipped_gates_of_every_gated_suite() -> None:
+    """A red-team run that crashed part-way is judged on what it committed, often nothing:
+    without a gate on errors, 15 crashes in 62 left attack success at 0% and passed."""
+    gates = load_thresholds()
+    for suite, mode in (
+        ("golden", "rules"),
+        ("policy_qa", "rules"),
+        ("redteam", "rules"),
+        ("redteam", "compromised"),
+    ):
+        crashed = _score("b", suite=suite, mode=mode, error="unexpected RuntimeError: boom")
+        report = {"suites": {f"{suite}/{mode}": aggregate([_score("a", suite=suite), crashed])}}
+        checked = [g for g in check_gates(report, gates) if g["passed"] is not None]
+        assert "errors" in [g["metric"] for g in checked if g["passed"] is False], checked

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -99,6 +100,26 @@ def test_decisions_and_matches_are_checked_when_parsed() -> None:
         )
     with pytest.raises(ScenarioError, match="table"):
         parse_scenario({**base, "expect": {"state": [{"table": "pg_authid"}]}}, source="t")
+
+
+@pytest.mark.parametrize(
+    ("assertion", "message"),
+    [
+        # Each held for any database: an operator given as null adds no condition, and at
+        # least no rows is always so.
+        ({"table": "payments", "where": {"status": {"in": None}}}, "a match needs one of"),
+        (
+            {"table": "payments", "where": {"status": {"in": None, "ne": "void"}}},
+            "an operator given as null adds no condition",
+        ),
+        ({"table": "payments", "min_count": 0}, "min_count"),
+    ],
+)
+def test_an_assertion_that_cannot_fail_is_refused(assertion: dict[str, Any], message: str) -> None:
+    base = {"id": "x", "suite": "s", "request": {"text": "Pay INV-1001"}}
+    for kind in ("state", "forbidden"):
+        with pytest.raises(ScenarioError, match=message):
+            parse_scenario({**base, "expect": {kind: [assertion]}}, source="t")
 
 
 def test_world_patch_overrides_fields_and_refuses_unknown_ids(tmp_path: Path) -> None:
