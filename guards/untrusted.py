@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from guards.redaction import redact_text
 from guards.visible import visible_with_origins
 
 # A tag as read: "<", any spaces, an optional "/", the name (any case).
@@ -99,3 +100,18 @@ def wrap_result(tool: str, result: dict[str, Any] | None, source: str) -> dict[s
         for container, key, label in _paths(wrapped, path):
             container[key] = wrap(container[key], f"{source} {label}")
     return wrapped
+
+
+def mask_untrusted(tool: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``result`` whose third-party strings have accounts, cards and secrets masked.
+
+    Vendors print their full bank account on every invoice ("Remit to: ... IBAN DE89...").
+    A tool result is kept in the run's state, which the server API, Studio and the models
+    read, so the account must not be in it: nothing the agent does needs it whole (a bank
+    change takes its account from the clerk's own words, a payment from the vendor master).
+    """
+    masked = copy.deepcopy(result)
+    for path in UNTRUSTED_FIELDS.get(tool, ()):
+        for container, key, _ in _paths(masked, path):
+            container[key] = redact_text(container[key])
+    return masked

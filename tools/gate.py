@@ -46,6 +46,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_
 from tenacity.wait import wait_exponential_jitter
 
 from guards.redaction import mask_account, redact
+from guards.untrusted import mask_untrusted
 from runtime import failpoints
 from runtime.breakers import BREAKERS, BreakerAdmission, BreakerBoard, BreakerState, CircuitBreaker
 from runtime.context import Context
@@ -482,7 +483,9 @@ class _GatedCall:
             raise self.refused(
                 spec, validated, failure.code, failure.message, hint=failure.hint
             ) from failure
-        payload = spec.result_model.model_validate(result).model_dump(mode="json")
+        payload = mask_untrusted(
+            tool, spec.result_model.model_validate(result).model_dump(mode="json")
+        )
         if key is not None:
             await conn.execute(
                 "INSERT INTO tool_calls (idempotency_key, thread_id, step_id, tool,"

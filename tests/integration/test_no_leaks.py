@@ -59,6 +59,9 @@ async def test_accounts_and_secrets_never_leave(
         views += await sign_as_two_controllers(agent, change["thread_id"])
         views.append(await agent.view(change["thread_id"]))
         views.append({"approvals": await agent.pending_everywhere()})
+        # What the server API and Studio return for the thread (and the models read): the
+        # invoice's document text prints the vendor's full account.
+        paid_state = await agent.graph.aget_state(agent.config(paid["thread_id"]))
         async with database.connection() as conn:
             cur = await conn.execute("SELECT request, summary FROM runs")
             listed = [dict(r) for r in await cur.fetchall()]
@@ -73,6 +76,7 @@ async def test_accounts_and_secrets_never_leave(
         "cli views": repr(views),
         "run listing": repr(await list_runs(database)),
         "logs": "\n".join(r.getMessage() for r in caplog.records),
+        "invoice thread state": repr(paid_state.values),
         "traces": traces,
     }
     assert listed  # the index itself keeps the clerk's words for the bank-change rule
@@ -82,3 +86,4 @@ async def test_accounts_and_secrets_never_leave(
     # The scan is meaningful only if the data was there, masked.
     assert "INV-1001" in channels["traces"] and "****4811" in channels["traces"]
     assert "****4811" in channels["cli views"]
+    assert "Remit to: Rhein Handelsbank AG, IBAN ****3000" in channels["invoice thread state"]
