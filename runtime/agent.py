@@ -851,7 +851,18 @@ class Agent:
         rows = await list_runs(self.database, status="interrupted", limit=None)
         found = []
         for row in rows:
-            view = await self.view(row["thread_id"])
+            try:
+                view = await self.view(row["thread_id"])
+            except NotFound:
+                # Deleted through the server API (or a thread-less server run): the index
+                # still says interrupted, but no approval is left to answer. One such thread
+                # must not hide every other thread's approvals.
+                log.warning(
+                    "thread %s is interrupted in the run index but has no checkpoint (deleted "
+                    "through the server API?); it has no approval to answer",
+                    row["thread_id"],
+                )
+                continue
             for approval in view["pending_approvals"]:
                 found.append(
                     {

@@ -128,3 +128,21 @@ def test_resume_names_the_reviewer_flag_for_a_bad_id(
     text = " ".join(proc.stderr.split())
     assert "--reviewer must be your reviewer id" in text, text
     assert "Malformed resume" not in text, text
+
+
+async def test_approvals_lists_the_others_when_an_interrupted_thread_was_deleted(
+    cli_env: dict[str, str], db_uri: str, database: Database
+) -> None:
+    # A thread deleted through the server API keeps its run index row: `payables approvals`
+    # ended with "No thread ..." and listed nothing.
+    async with open_agent(database=database) as agent:
+        kept = await agent.start("Pay INV-1001", user="clerk-ana")
+        gone = await agent.start("Pay INV-1002", user="clerk-ana")
+    assert kept["status"] == gone["status"] == "interrupted"
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
+            conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (gone["thread_id"],))
+    listed = payables(cli_env, "approvals", "--json")
+    assert listed.returncode == 0, explain(listed)
+    assert kept["thread_id"] in listed.stdout and gone["thread_id"] not in listed.stdout
+    assert f"thread {gone['thread_id']} is interrupted in the run index" in listed.stderr
