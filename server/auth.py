@@ -492,6 +492,16 @@ async def create_run(
             f"A {who.role} may only resume a pending approval, not start or continue runs."
         )
     run_input = kwargs.get("input")
+    if run_input is not None and not isinstance(run_input, Mapping):
+        # The graph would fail on it after the run was accepted (a traceback in the server
+        # log, with the request text in it), not say what to send.
+        raise Auth.exceptions.HTTPException(
+            status_code=422,
+            detail=(
+                f"input must be an object, got {type(run_input).__name__}: send "
+                '{"request": "Validate INV-1001", "user": "<your identity>"}.'
+            ),
+        )
     if run_input is not None and (problem := unstorable_input(run_input)):
         raise Auth.exceptions.HTTPException(status_code=422, detail=problem)
     if isinstance(run_input, Mapping) and run_input.get("user") != who.identity:

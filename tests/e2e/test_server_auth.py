@@ -767,3 +767,9 @@ async def test_input_postgres_cannot_store_is_refused_before_anything_is_written
             text = await refused(ana.runs.wait(thread_id, GRAPH_ID, input=run_input), 422)
             assert field in text and "NUL" in text, text
             assert await footprint(module_db, thread_id) == before
+        for not_an_object in ("Change V-002 bank account to GB33BUKB20201555555555", [1, 2]):
+            thread_id = (await ana.threads.create())["thread_id"]
+            before = await footprint(module_db, thread_id)
+            text = await refused(ana.runs.wait(thread_id, GRAPH_ID, input=not_an_object), 422)
+            assert "input must be an object" in text and "request" in text, text
+            assert await footprint(module_db, thread_id) == before
