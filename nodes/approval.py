@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -522,12 +523,19 @@ def validated_edits(
 
 
 def _within_the_invoice(tool: str, args: Mapping[str, Any], evidence: Mapping[str, Any]) -> None:
-    """Refuse an edited payment the gate would refuse: another currency, or over the total.
+    """Refuse an edited payment the gate would refuse: dated, priced or totalled wrong.
 
-    The invoice the reviewer was shown (``evidence``) says both; the payment tool checks
+    A date before today, another currency than the invoice's, or more than its total. The
+    invoice the reviewer was shown (``evidence``) says the last two; the payment tool checks
     them again against the database when it runs. Refused here, the reviewer hears it at
     once, and no decision is recorded nor approval raised for a payment that cannot be made.
     """
+    pay_on = args.get("pay_on")
+    if isinstance(pay_on, str) and _before_today(pay_on):
+        raise ResumeError(
+            f"An edited {tool} cannot be paid on {pay_on}, before today ({date.today()}); "
+            "give a date from today on, or leave pay_on as it was."
+        )
     invoice = evidence.get("invoice")
     if not isinstance(invoice, Mapping) or "amount" not in args or "currency" not in args:
         return
@@ -542,3 +550,11 @@ def _within_the_invoice(tool: str, args: Mapping[str, Any], evidence: Mapping[st
             f"An edited {tool} of {args['amount']} {args['currency']} exceeds the total of "
             f"{invoice.get('invoice_id', 'the invoice')}, {total}; pay at most the total."
         )
+
+
+def _before_today(day: str) -> bool:
+    """Whether ``day`` (ISO) is before today; a malformed one is left to the tool's schema."""
+    try:
+        return date.fromisoformat(day) < date.today()
+    except ValueError:
+        return False

@@ -269,7 +269,11 @@ class SchedulePaymentArgs(ToolArgs):
     )
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 currency of the invoice.")
     pay_on: date | None = Field(
-        default=None, description="Payment date; default: the due date, or 30 days from today."
+        default=None,
+        description=(
+            "Payment date, today or later; default: the due date (today once it has passed), "
+            "or 30 days from today."
+        ),
     )
 
 
@@ -664,6 +668,16 @@ async def flag_exception(ctx: CallContext, args: FlagExceptionArgs) -> Exception
     )
 
 
+def _default_pay_on(due: date | None, today: date) -> date:
+    """When to pay by default: the due date (policy PAY-TERMS-1: not earlier).
+
+    Today once the due date has passed; in 30 days when the invoice states none.
+    """
+    if due is None:
+        return today + timedelta(days=30)
+    return max(due, today)
+
+
 async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> PaymentScheduled:
     """Schedule payment of a staged invoice. The payee is always the vendor master account."""
     if not _names_invoice(await _clerk_words(ctx), args.invoice_id):
@@ -699,7 +713,16 @@ async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> Payme
             f"Amount {args.amount} exceeds the invoice total {invoice.total}.",
         )
     assert ctx.idempotency_key is not None
-    pay_on = args.pay_on or invoice.due_date or (date.today() + timedelta(days=30))
+    today = date.today()
+    if args.pay_on is not None and args.pay_on < today:
+        raise ToolFailure(
+            "pay_on_in_past",
+            f"pay_on {args.pay_on} is before today ({today}); a payment is not scheduled in the "
+            "past.",
+            hint="Leave pay_on out (the due date, or today when that has passed), or give a "
+            "date from today on.",
+        )
+    pay_on = args.pay_on or _default_pay_on(invoice.due_date, today)
     payment_id = "PAY-" + ctx.idempotency_key[-12:].upper()
     approved_by = json.dumps([{"id": r.id, "role": r.role} for r in ctx.approvers])
     try:  # the refusal this raises rolls the gate's transaction back: no savepoint needed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
 from runtime.agent import open_agent
@@ -55,6 +57,7 @@ async def test_edit_cannot_send_a_vendor_email_to_another_vendor(database: Datab
     [
         ({"amount": "999999.00"}, "exceeds the total of INV-1001"),
         ({"currency": "EUR"}, "must be in the invoice's currency USD, not EUR"),
+        ({"pay_on": "1999-01-01"}, "cannot be paid on 1999-01-01, before today"),
     ],
 )
 async def test_edit_the_payment_tool_would_refuse_is_refused_before_anything_is_recorded(
@@ -87,6 +90,20 @@ async def test_edit_of_amount_is_paid_as_edited(database: Database) -> None:
     assert done["status"] == "completed"
     assert done["result"]["invoices"]["INV-1001"]["payment"]["amount"] == "100.50"
     assert done["result"]["decisions"][0]["decision"] == "edit"
+
+
+async def test_an_overdue_invoice_is_paid_from_today_not_on_its_past_due_date(
+    database: Database,
+) -> None:
+    # INV-1001 fell due on 2026-03-02; a payment was scheduled for that day, long gone.
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Validate INV-1001 and pay it if it matches", user="clerk-ana")
+        done = await agent.resume(
+            view["thread_id"], {"decisions": [{"type": "approve"}], "reviewer": REVIEWER}
+        )
+    assert done["status"] == "completed", done["reason"]
+    pay_on = date.fromisoformat(done["result"]["invoices"]["INV-1001"]["payment"]["pay_on"])
+    assert pay_on >= date.today() > date(2026, 3, 2)
 
 
 async def test_loading_a_world_forgets_old_threads(database: Database) -> None:
