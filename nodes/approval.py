@@ -33,6 +33,7 @@ from nodes.safety import step_taint
 from runtime.context import Context
 from runtime.errors import ResumeError, shown
 from state.approvals import (
+    ANSWERS_REQUEST,
     ActionRequest,
     ApprovalRequest,
     DecisionType,
@@ -289,6 +290,7 @@ def make_approval(deps: NodeDeps) -> Node:
         while True:
             value = interrupt(payload)
             try:
+                value = answering(value, asked.key)
                 if verified is not None:
                     value = with_verified_reviewer(value, verified, request)
                 resume = parse_resume(value, request)
@@ -436,6 +438,24 @@ async def recorded_decisions(
 # legacy "approver" is the issue's "reviewer"; an admin operates the service and signs as an
 # approver, never as the controller dual control needs.
 TOKEN_ROLES = {"reviewer": "approver", "controller": "controller", "admin": "approver"}
+
+
+def answering(value: Any, request_key: str) -> Any:
+    """The resume ``value`` without its binding; `ResumeError` if bound to another request.
+
+    A server run waits in a queue: a resume accepted for one request can arrive after
+    another run on the thread changed it (an edit, a first signature of two). Applied to the
+    request as it is now, "approve" would sign arguments its reviewer never saw.
+    """
+    if not isinstance(value, Mapping) or ANSWERS_REQUEST not in value:
+        return value
+    if value[ANSWERS_REQUEST] != request_key:
+        raise ResumeError(
+            "This answer was sent for an earlier version of this approval request, which "
+            "changed before the answer arrived (it was edited, or another reviewer signed "
+            "it); it was not recorded. Read the request as it is now and answer again."
+        )
+    return {key: item for key, item in value.items() if key != ANSWERS_REQUEST}
 
 
 def verified_reviewer(configurable: Mapping[str, Any]) -> dict[str, str] | None:

@@ -43,6 +43,7 @@ from langgraph_sdk import Auth
 from psycopg.rows import dict_row
 
 from guards.input_checks import unstorable_reason
+from state.approvals import ANSWERS_REQUEST
 
 ROLES = ("clerk", "reviewer", "controller", "admin")
 Role = Literal["clerk", "reviewer", "controller", "admin"]
@@ -485,7 +486,9 @@ async def create_run(
             raise _forbidden("Only a resume of a pending approval is allowed (no goto, no update).")
         if thread_id is None:
             raise _forbidden("A resume names the thread whose approval it answers.")
-        run_tenant(kwargs, await check_resume(who, str(thread_id)))
+        tenant, request_key = await check_resume(who, str(thread_id))
+        run_tenant(kwargs, tenant)
+        bind_resume(command, request_key)
         return visible_threads(who)
     if who.role not in ("clerk", "admin"):
         raise _forbidden(
@@ -605,8 +608,31 @@ async def check_unused_thread(who: Identity, thread_id: str) -> None:
         )
 
 
-async def check_resume(who: Identity, thread_id: str) -> str:
-    """The thread's tenant; raise 403 unless ``who`` may answer its pending approval.
+def bind_resume(command: dict[str, Any], request_key: str) -> None:
+    """Bind the resume answer in ``command`` to the approval request it was sent for.
+
+    The run waits in the server's queue behind any other run on the thread. Should one of
+    those change the request first (an edit, a first signature of two), the approval node
+    refuses this answer (`nodes.approval.answering`) instead of applying "approve" to
+    arguments the reviewer never saw. The key is set here, over anything the caller sent.
+    Answers keyed by interrupt id (the inbox's) are bound one by one; anything else is
+    left for the node to refuse as malformed.
+    """
+    resume = command.get("resume")
+    if not isinstance(resume, Mapping) or not resume:
+        return
+    if "decisions" not in resume and all(isinstance(v, Mapping) for v in resume.values()):
+        command["resume"] = {
+            key: {**answer, ANSWERS_REQUEST: request_key} for key, answer in resume.items()
+        }
+    else:
+        command["resume"] = {**resume, ANSWERS_REQUEST: request_key}
+
+
+async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
+    """The thread's tenant and its pending approval request's key (its audit event's).
+
+    Raises 403 unless ``who`` may answer that request.
 
     A thread of another tenant gets the refusal a thread that does not exist gets: nothing
     of its state reaches a caller who may not read it. A thread whose answer already
@@ -622,7 +648,7 @@ async def check_resume(who: Identity, thread_id: str) -> str:
         )
         run = await cur.fetchone()
         cur = await conn.execute(
-            "SELECT seq, payload FROM audit_events WHERE thread_id = %s"
+            "SELECT seq, payload, event_key FROM audit_events WHERE thread_id = %s"
             " AND kind = 'approval_requested' ORDER BY seq DESC LIMIT 1",
             (thread_id,),
         )
@@ -671,4 +697,4 @@ async def check_resume(who: Identity, thread_id: str) -> str:
                 f"{requirement.get('tool')} needs a {needed}'s signature and only one more "
                 f"approver is required; a {who.role} cannot give it."
             )
-    return str(run["tenant"])
+    return str(run["tenant"]), str(asked["event_key"])

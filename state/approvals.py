@@ -21,6 +21,12 @@ from runtime.errors import ResumeError, shown
 DecisionType = Literal["approve", "edit", "reject"]
 REVIEWER_ROLES = ("clerk", "approver", "controller")
 
+ANSWERS_REQUEST = "answers_request"
+"""The field of a resume value naming the approval request it answers (the request's audit
+event key). The LangGraph server sets it when it accepts a reviewer's resume
+(`server.auth.bind_resume`); the approval node refuses an answer bound to another request
+(`nodes.approval.answering`) and drops the field before the value is parsed."""
+
 
 class ActionRequest(TypedDict):
     """One proposed call awaiting a decision."""

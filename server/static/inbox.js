@@ -194,6 +194,7 @@
       if (next && next.value && next.value.error) showError(`Decision refused: ${next.value.error}`);
       else if (next && !counted(interrupt, next)) showError(`Decision not recorded on thread ${thread.thread_id}: the approval changed before it arrived (another reviewer answered it). It is shown again as it is now; decide again.`);
       else if (next) showNotice(`Decision recorded on thread ${thread.thread_id}; it waits for another approval.`);
+      else if (!decidedByMe(interrupt, result)) showError(`Decision not recorded on thread ${thread.thread_id}: another reviewer answered this approval first, and the thread is ${text(result && result.status)}.`);
       else showNotice(`Decision recorded; thread ${thread.thread_id} is ${text(result && result.status)}.`);
     } catch (err) {
       showError(err.message);
@@ -213,6 +214,16 @@
     const ids = (value) => ((value && value.steps) || []).map((s) => s.step_id).join(",");
     if (ids(next.value) !== ids(answered.value)) return true;
     return ((next.value && next.value.steps) || []).some((s) => (s.approved_by || []).some((a) => a.id === me.identity));
+  }
+
+  // Whether a run that ended without a new interrupt holds this reviewer's decision on the
+  // answered steps. A resume queued behind another reviewer's answer finds the run already
+  // finished: LangGraph runs nothing and answers with the final state, without an error.
+  // The run's answer holds the channels it wrote; its `result` lists every decision.
+  function decidedByMe(answered, result) {
+    const steps = new Set(((answered.value && answered.value.steps) || []).map((s) => s.step_id));
+    const decisions = (result && result.result && result.result.decisions) || [];
+    return decisions.some((d) => d.reviewer_id === me.identity && steps.has(d.step_id));
   }
 
   async function pendingInterrupts(thread) {

@@ -192,6 +192,46 @@ async def test_a_recorded_first_signature_is_reported_as_recorded(page: Page, ap
     await expect(page.locator("#error")).to_be_hidden()
 
 
+@pytest.mark.parametrize(
+    ("decided_by", "banner", "text"),
+    [
+        # Two reviewers at once: the other's answer finished the run before this one ran.
+        ("rev-2", "#error", "not recorded"),
+        ("ctl-1", "#notice", "Decision recorded"),
+    ],
+)
+async def test_a_run_that_finished_says_whose_decision_finished_it(
+    page: Page, api: FakeApi, decided_by: str, banner: str, text: str
+) -> None:
+    pending = interrupt("e" * 32, 22)
+    thread_id = api.add_thread(22, pending)
+    await sign_in(page)
+    card = page.locator(f'article.approval[data-thread="{thread_id}"]')
+    await expect(card).to_be_visible(timeout=TIMEOUT_MS)
+    api.threads[0]["interrupts"] = {}
+    api.threads[0]["status"] = "idle"
+    # As the server answers a resumed run: the channels it wrote, the decisions in `result`.
+    api.run_results[thread_id] = {
+        "status": "completed",
+        "result": {
+            "decisions": [
+                {
+                    "step_id": "s3",
+                    "tool": "schedule_payment",
+                    "decision": "approve",
+                    "reviewer_id": decided_by,
+                    "reviewer_role": "controller",
+                    "reason": "",
+                    "args": {},
+                }
+            ]
+        },
+    }
+    await card.locator("button.send").click()
+    await expect(page.locator(banner)).to_contain_text(text, timeout=TIMEOUT_MS)
+    await expect(page.locator(banner)).to_contain_text(thread_id)
+
+
 async def test_every_pending_approval_is_listed_beyond_one_page_of_search(
     page: Page, api: FakeApi
 ) -> None:

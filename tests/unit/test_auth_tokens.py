@@ -17,6 +17,7 @@ from runtime.errors import ResumeError
 from server.auth import (
     AuthConfigError,
     Identity,
+    bind_resume,
     create_run,
     jwt_settings,
     resume_extras,
@@ -410,3 +411,17 @@ def test_the_requesters_own_controller_signature_does_not_stand_in_for_one() -> 
     )
     with pytest.raises(ResumeError, match="controller's signature"):
         with_verified_reviewer({}, approver, by_requester)
+
+
+def test_a_resume_is_bound_to_the_request_it_answers_over_what_the_caller_sent() -> None:
+    answer = {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1"}}
+    plain = {"resume": {**answer, "answers_request": "forged"}}
+    bind_resume(plain, "k1")
+    assert plain["resume"] == {**answer, "answers_request": "k1"}
+    keyed = {"resume": {"a" * 32: answer}}  # the inbox answers by interrupt id
+    bind_resume(keyed, "k1")
+    assert keyed["resume"] == {"a" * 32: {**answer, "answers_request": "k1"}}
+    for malformed in (None, [], "approve"):  # left for the approval node to refuse
+        command: dict[str, object] = {"resume": malformed}
+        bind_resume(command, "k1")
+        assert command["resume"] == malformed

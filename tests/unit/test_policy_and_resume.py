@@ -294,3 +294,14 @@ def test_model_prices_from_the_environment_add_to_the_list_prices(
     monkeypatch.setenv("PAYABLES_MODEL_PRICES", '{"local": [0, 0.5]}')
     prices = Context().model_prices
     assert prices["local"] == (0.0, 0.5) and "gpt-4o-mini" in prices
+
+
+def test_an_answer_bound_to_another_request_is_refused_and_the_binding_dropped() -> None:
+    from nodes.approval import answering
+    from state.approvals import ANSWERS_REQUEST
+
+    answer = {"decisions": [{"type": "approve"}], "reviewer": {"id": "ctl-2"}}
+    assert answering(answer, "k2") is answer  # the CLI binds nothing
+    assert answering({**answer, ANSWERS_REQUEST: "k2"}, "k2") == answer
+    with pytest.raises(ResumeError, match="earlier version of this approval request"):
+        answering({**answer, ANSWERS_REQUEST: "k1"}, "k2")
