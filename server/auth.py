@@ -482,6 +482,18 @@ async def create_run(
     if command is not None:
         if who.role == "clerk":
             raise _forbidden("A clerk cannot resume or steer a run; a reviewer answers approvals.")
+        if (
+            isinstance(command, Mapping)
+            and command.get("resume") is None
+            and _resume_value({**command, "resume": True})
+        ):
+            raise Auth.exceptions.HTTPException(
+                status_code=422,
+                detail=(
+                    "command.resume is missing: send the answer, such as "
+                    '{"resume": {"decisions": [{"type": "approve"}]}}.'
+                ),
+            )
         if not _resume_value(command) or kwargs.get("input") is not None:
             raise _forbidden("Only a resume of a pending approval is allowed (no goto, no update).")
         if thread_id is None:
@@ -685,6 +697,12 @@ async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
     role = APPROVAL_ROLES.get(who.role, "")
     requester = run["requester"]
     for requirement in asked["payload"].get("requirements", []):
+        if any(a.get("id") == who.identity for a in requirement.get("approved_by", [])):
+            raise _forbidden(
+                f"{who.identity} already approved {requirement.get('tool')} on thread "
+                f"{thread_id}; the same reviewer counts once, so the next signature must come "
+                "from a different reviewer."
+            )
         needed = requirement.get("required_role")
         if not needed or role == needed:
             continue

@@ -517,6 +517,12 @@ async def test_second_signature_above_dual_control_must_be_a_controller(
         )
     async with sdk(server, token_for("admin")) as admin:
         await refused(admin.runs.wait(thread_id, GRAPH_ID, command=resume), 403)
+    async with sdk(server, token_for("rev-1")) as rev1:
+        # Signed already: told so, not that an approver cannot give a controller's signature.
+        again = await refused(rev1.runs.wait(thread_id, GRAPH_ID, command=resume), 403)
+        assert "rev-1 already approved schedule_payment" in again, again
+        missing = await refused(rev1.runs.wait(thread_id, GRAPH_ID, command={"resume": None}), 422)
+        assert "command.resume is missing" in missing, missing
     assert await footprint(module_db, thread_id) == before
     async with sdk(server, token_for("ctl-1")) as controller:
         await controller.runs.wait(thread_id, GRAPH_ID, command=resume)
