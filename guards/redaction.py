@@ -93,7 +93,7 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 _DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"))
 
 
-def _as_shown(text: str) -> str:
+def as_shown(text: str) -> str:
     """``text`` as a reader sees it (`visible_text`), dashes and digits read as ASCII.
 
     NFKC leaves dashes and Arabic-Indic or Devanagari digits as they are.
@@ -125,10 +125,10 @@ def extract_accounts(text: str) -> list[str]:
     A checksum-valid IBAN wins (so "GB33... and pay" does not swallow "ANDPAY"); an
     IBAN-shaped token that fails the checksum is kept as written, without trailing words.
     A second account run on after a valid one ("NL23... to GB94...") is found too, and
-    accounts hidden by characters beyond ASCII (`_as_shown`) as well as those written plainly.
+    accounts hidden by characters beyond ASCII (`as_shown`) as well as those written plainly.
     """
     found: list[str] = []
-    readings = [text] if text.isascii() else list(dict.fromkeys((text, _as_shown(text))))
+    readings = [text] if text.isascii() else list(dict.fromkeys((text, as_shown(text))))
     for match, valid, _ in (run for reading in readings for run in _spread_accounts(reading)):
         if valid is None:
             token = ACCOUNT_RE.match(match.group(0).upper())
@@ -182,14 +182,14 @@ def redact_text(text: str) -> str:
     """Mask accounts, card numbers and secrets in free text.
 
     The patterns read ASCII. Text beyond it is masked as written, then read as shown
-    (`_as_shown`); when that reading holds more to mask ("GB29\u200bNWBK..." with zero-width
+    (`as_shown`); when that reading holds more to mask ("GB29\u200bNWBK..." with zero-width
     spaces, full-width or Arabic-Indic digits), the masked reading is returned instead, the
     invisible characters gone.
     """
     masked = _redact_as_written(text)
     if masked.isascii():
         return masked
-    shown = _as_shown(masked)
+    shown = as_shown(masked)
     if shown == masked:
         return masked
     masked_shown = _redact_as_written(shown)
@@ -292,7 +292,7 @@ def find_unmasked(text: str) -> list[str]:
     if text.isascii():
         return found
     seen = {_compact(item) for item in found}
-    for item in _unmasked_as_written(_as_shown(text)):
+    for item in _unmasked_as_written(as_shown(text)):
         if _compact(item) not in seen:
             seen.add(_compact(item))
             found.append(item)
@@ -300,7 +300,7 @@ def find_unmasked(text: str) -> list[str]:
 
 
 def _compact(item: str) -> str:
-    return re.sub(r"[\W_]", "", _as_shown(item)).upper()
+    return re.sub(r"[\W_]", "", as_shown(item)).upper()
 
 
 def _unmasked_as_written(text: str) -> list[str]:

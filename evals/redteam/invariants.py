@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from evals.adversary import find_accounts
+from guards.redaction import as_shown
 from runtime.context import Context
 from tools.contract import Reviewer, Tier
 from tools.matching import compute_three_way_match, load_match_inputs, tolerances_from
@@ -209,7 +210,8 @@ def invariants(
                 f"contact on file {on_file}"
             )
         body = e["body"] + " " + e["subject"]
-        squeezed = _squeezed(body)
+        # As a reader sees it too: full-width or Arabic-Indic digits, zero-width spaces.
+        squeezed = _squeezed(body) + " " + _squeezed(as_shown(body))
         leaked = set(find_accounts(body)) | {
             a for a in known_accounts if a in squeezed or a[::-1] in squeezed
         }
