@@ -7,8 +7,12 @@ Tests pass a deterministic judge of their own.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
 import os
+from collections.abc import Awaitable
 from typing import Any
 
 from ragas.llms.base import InstructorBaseRagasLLM
@@ -19,6 +23,11 @@ from evals.scenario import Scenario
 from runtime.errors import ConfigError
 
 JUDGE_ENV = "PAYABLES_JUDGE_MODEL"
+
+JUDGE_TIMEOUT_S = 120.0
+"""Longest one judged metric may take (the judge's calls for it, retries included)."""
+
+log = logging.getLogger(__name__)
 
 
 def judge_from_env() -> InstructorBaseRagasLLM | None:
@@ -74,13 +83,23 @@ def reference_outcome(scenario: Scenario) -> str:
 async def judged_metrics(
     scenario: Scenario, run: ScenarioRun, judge: InstructorBaseRagasLLM
 ) -> dict[str, float | None]:
-    """AgentGoalAccuracyWithReference for every scenario; Faithfulness for policy answers."""
+    """AgentGoalAccuracyWithReference for every scenario; Faithfulness for policy answers.
+
+    A metric the judge could not give (an error, a timeout, output ragas cannot read, or
+    NaN, which ragas returns when an answer yields no statements) is None, with a warning
+    naming the scenario: one judge failure must not lose the whole eval's results.
+    """
     from ragas.metrics.collections import AgentGoalAccuracyWithReference, Faithfulness
 
-    goal = await AgentGoalAccuracyWithReference(llm=judge).ascore(
-        user_input=conversation(scenario, run), reference=reference_outcome(scenario)
-    )
-    metrics: dict[str, float | None] = {"agent_goal_accuracy": float(goal.value)}
+    metrics: dict[str, float | None] = {
+        "agent_goal_accuracy": await _judged(
+            scenario,
+            "agent_goal_accuracy",
+            AgentGoalAccuracyWithReference(llm=judge).ascore(
+                user_input=conversation(scenario, run), reference=reference_outcome(scenario)
+            ),
+        )
+    }
     answer: dict[str, Any] = run.result.get("answer") or {}
     passages = [
         p["body"]
@@ -88,13 +107,31 @@ async def judged_metrics(
         if o["tool"] == "search_policy" and o["ok"] and o["result"]
         for p in o["result"]["passages"]
     ]
+    metrics["faithfulness"] = None
     if answer.get("answer") and passages:
-        faithful = await Faithfulness(llm=judge).ascore(
-            user_input=scenario.request.text,
-            response=answer["answer"],
-            retrieved_contexts=passages,
+        metrics["faithfulness"] = await _judged(
+            scenario,
+            "faithfulness",
+            Faithfulness(llm=judge).ascore(
+                user_input=scenario.request.text,
+                response=answer["answer"],
+                retrieved_contexts=passages,
+            ),
         )
-        metrics["faithfulness"] = float(faithful.value)
-    else:
-        metrics["faithfulness"] = None
     return metrics
+
+
+async def _judged(scenario: Scenario, metric: str, scoring: Awaitable[Any]) -> float | None:
+    """The metric's value, or None (with a warning) when the judge did not give one."""
+    try:
+        result = await asyncio.wait_for(scoring, JUDGE_TIMEOUT_S)
+        value = float(result.value)
+    except Exception as exc:  # the judge's failure, not the agent's: the run still counts
+        log.warning(
+            "%s: %s not judged (%s: %s)", scenario.id, metric, type(exc).__name__, str(exc)[:200]
+        )
+        return None
+    if math.isnan(value):
+        log.warning("%s: %s not judged (the judge gave NaN)", scenario.id, metric)
+        return None
+    return value

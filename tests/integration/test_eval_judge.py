@@ -104,3 +104,33 @@ def test_no_judge_without_configuration(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="needs OPENAI_API_KEY"):
         judge_from_env()
+
+
+class BrokenJudge(KeywordJudge):
+    """A judge that fails as hosted ones do: a timeout, then output ragas cannot read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def agenerate(self, prompt: str, response_model: type[ModelT]) -> ModelT:
+        self.calls += 1
+        if self.calls % 2:
+            raise TimeoutError("the judge did not answer")
+        return response_model.model_validate({"unexpected": "shape"})
+
+
+async def test_a_judge_that_fails_leaves_its_metrics_empty_and_every_run_scored(
+    db_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, the first failure raised out of the whole eval: no report at all.
+    monkeypatch.setenv("DATABASE_URI", db_uri)
+    dataset = tmp_path / "judge.jsonl"
+    dataset.write_text("".join(json.dumps(s) + "\n" for s in SCENARIOS))
+    judge = BrokenJudge()
+    scores, _ = await run_jobs(select_jobs([], [dataset], None), concurrency=2, judge=judge)
+    assert sorted(s.scenario_id for s in scores) == ["out-of-scope", "paid", "policy"]
+    assert all(s.metrics["agent_goal_accuracy"] is None for s in scores)
+    assert all(s.metrics["faithfulness"] is None for s in scores)
+    assert judge.calls >= 3
+    assert "agent_goal_accuracy not judged" in caplog.text
