@@ -249,7 +249,7 @@ async def ragas_tool_metrics(
 
 
 async def ragas_context_metrics(scenario: Scenario, run: ScenarioRun) -> dict[str, float | None]:
-    """Retrieval precision and recall by passage id, for policy questions."""
+    """Precision and recall of the passages the answer cites, by id, for policy questions."""
     reference = scenario.expect.cited_passages
     if not reference:
         return {"context_precision": None, "context_recall": None}
@@ -261,16 +261,12 @@ async def ragas_context_metrics(scenario: Scenario, run: ScenarioRun) -> dict[st
         warnings.simplefilter("ignore", DeprecationWarning)
         from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
 
+    # The passages the answer rests on are those it cites: an answer citing nothing used no
+    # context, whatever the search returned (counting the search gave it full recall).
     cited = list(run.result.get("answer", {}).get("citations", []))
-    retrieved = cited or [
-        p["passage_id"]
-        for o in run.outcomes
-        if o["tool"] == "search_policy" and o["ok"] and o["result"]
-        for p in o["result"]["passages"]
-    ]
-    if not retrieved:
+    if not cited:
         return {"context_precision": 0.0, "context_recall": 0.0}
-    sample = SingleTurnSample(retrieved_context_ids=retrieved, reference_context_ids=reference)
+    sample = SingleTurnSample(retrieved_context_ids=cited, reference_context_ids=reference)
     precision = await IDBasedContextPrecision().single_turn_ascore(sample)
     recall = await IDBasedContextRecall().single_turn_ascore(sample)
     return {"context_precision": float(precision), "context_recall": float(recall)}

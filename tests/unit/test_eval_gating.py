@@ -150,3 +150,35 @@ def test_a_run_that_crashed_fails_the_shipped_gates_of_every_gated_suite() -> No
         report = {"suites": {f"{suite}/{mode}": aggregate([_score("a", suite=suite), crashed])}}
         checked = [g for g in check_gates(report, gates) if g["passed"] is not None]
         assert "errors" in [g["metric"] for g in checked if g["passed"] is False], checked
+
+
+async def test_an_answer_citing_nothing_has_no_context_recall_whatever_was_searched() -> None:
+    """The search found the passage; the answer cited none of it. Recall counted the search
+    results and gave 1.0, so the context recall gate could not see uncited answers."""
+    scenario = parse_scenario(
+        {
+            "id": "s",
+            "suite": "policy_qa",
+            "request": {"text": "What is our price variance tolerance?"},
+            "expect": {"cited_passages": ["AP-TOL-1"]},
+        },
+        source="test",
+    )
+    searched = {
+        "step_id": "p1s1",
+        "tool": "search_policy",
+        "ok": True,
+        "result": {"passages": [{"passage_id": "AP-TOL-1", "body": "2%"}]},
+    }
+    uncited = ScenarioRun(
+        scenario, "rules", "t", outcomes=[searched], result={"answer": {"answer": "2%"}}
+    )
+    assert (await score(uncited, {})).metrics["context_recall"] == 0.0
+    cited = ScenarioRun(
+        scenario,
+        "rules",
+        "t",
+        outcomes=[searched],
+        result={"answer": {"answer": "2%", "citations": ["AP-TOL-1"]}},
+    )
+    assert (await score(cited, {})).metrics["context_recall"] == 1.0
