@@ -288,6 +288,15 @@ async def create_thread(
     who = caller(ctx)
     if who.role not in ("clerk", "admin"):
         raise _forbidden(f"A {who.role} cannot start threads; a clerk starts them.")
+    if "if_exists" not in value and who.role != "admin":
+        # `POST /threads/{id}/copy` asks this handler for its new thread with the id alone
+        # (langgraph-api 0.16; a create sends its metadata and `if_exists` too). A copy of a
+        # thread paused for approval is a second request for the same payment whose audit
+        # trail starts at the approval: no request, route or plan on record.
+        raise _forbidden(
+            "Copying a thread is for admins: a copy of a paused request would ask for the "
+            "same approval again with no record of the request. Start a new thread instead."
+        )
     metadata = value.setdefault("metadata", {})
     metadata["owner"] = who.identity
     metadata["tenant"] = who.tenant

@@ -434,6 +434,19 @@ async def test_reviewer_cannot_start_threads_or_runs(server: str, module_db: str
     assert await thread_count(server) == threads
 
 
+async def test_a_clerk_cannot_copy_a_thread_paused_for_approval(
+    server: str, module_db: str
+) -> None:
+    """A copy asked for the same payment's approval again, and its audit trail began at the
+    approval: no request, route or plan on record."""
+    thread_id, _ = await start_until_interrupt(server, "ana", "Pay INV-1045")
+    before = await footprint(module_db)
+    async with sdk(server, token_for("ana")) as ana:
+        text = await refused(ana.threads.copy(thread_id), 403)
+        assert "Copying a thread is for admins" in text, text
+    assert await footprint(module_db) == before
+
+
 async def test_clerk_and_requester_cannot_resume_and_reviewer_only_resumes(
     server: str, module_db: str
 ) -> None:
