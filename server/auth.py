@@ -516,6 +516,17 @@ async def create_run(
             f"A {who.role} may only resume a pending approval, not start or continue runs."
         )
     run_input = kwargs.get("input")
+    if who.role != "admin" and (thread_id is None or kwargs.get("temporary")):
+        # A thread-less run's thread is deleted when the run ends (on_completion "delete",
+        # the default), also when it ends paused for approval: the run index would list a
+        # request nobody can answer.
+        raise Auth.exceptions.HTTPException(
+            status_code=422,
+            detail=(
+                "A request runs on a thread that stays: its approval waits there. Create a "
+                "thread (POST /threads) and start the run on it."
+            ),
+        )
     if run_input is not None and not isinstance(run_input, Mapping):
         # The graph would fail on it after the run was accepted (a traceback in the server
         # log, with the request text in it), not say what to send.

@@ -434,6 +434,18 @@ async def test_reviewer_cannot_start_threads_or_runs(server: str, module_db: str
     assert await thread_count(server) == threads
 
 
+async def test_a_clerk_request_needs_a_thread_that_stays(server: str, module_db: str) -> None:
+    """A thread-less run's thread is deleted when the run ends, paused or not: the run index
+    then listed an approval nobody could answer, and `payables approvals` failed on it."""
+    request = {"request": "Pay INV-1005", "user": "clerk-ana"}
+    before, threads = await footprint(module_db), await thread_count(server)
+    async with sdk(server, token_for("ana")) as ana:
+        text = await refused(ana.runs.wait(None, GRAPH_ID, input=request), 422)
+        assert "Create a thread" in text, text
+    assert await footprint(module_db) == before
+    assert await thread_count(server) == threads
+
+
 async def test_a_clerk_cannot_copy_a_thread_paused_for_approval(
     server: str, module_db: str
 ) -> None:
