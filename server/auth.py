@@ -32,6 +32,7 @@ import hmac
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -640,6 +641,11 @@ async def check_unused_thread(who: Identity, thread_id: str) -> None:
         )
 
 
+# How LangGraph tells a resume keyed by interrupt id from a single answer (its Pregel loop
+# reads a dict whose every key is an xxh3-128 hex digest as a map of answers).
+_INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def bind_resume(command: dict[str, Any], request_key: str) -> None:
     """Bind the resume answer in ``command`` to the approval request it was sent for.
 
@@ -653,9 +659,10 @@ def bind_resume(command: dict[str, Any], request_key: str) -> None:
     resume = command.get("resume")
     if not isinstance(resume, Mapping) or not resume:
         return
-    if "decisions" not in resume and all(isinstance(v, Mapping) for v in resume.values()):
+    if all(isinstance(k, str) and _INTERRUPT_ID.fullmatch(k) for k in resume):
         command["resume"] = {
-            key: {**answer, ANSWERS_REQUEST: request_key} for key, answer in resume.items()
+            key: {**answer, ANSWERS_REQUEST: request_key} if isinstance(answer, Mapping) else answer
+            for key, answer in resume.items()
         }
     else:
         command["resume"] = {**resume, ANSWERS_REQUEST: request_key}

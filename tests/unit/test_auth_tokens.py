@@ -421,6 +421,10 @@ def test_a_resume_is_bound_to_the_request_it_answers_over_what_the_caller_sent()
     keyed = {"resume": {"a" * 32: answer}}  # the inbox answers by interrupt id
     bind_resume(keyed, "k1")
     assert keyed["resume"] == {"a" * 32: {**answer, "answers_request": "k1"}}
+    # Keys that are not interrupt ids make one answer, as LangGraph reads it.
+    single = {"resume": {"reviewer": {"id": "rev-1"}}}
+    bind_resume(single, "k1")
+    assert single["resume"] == {"reviewer": {"id": "rev-1"}, "answers_request": "k1"}
     for malformed in (None, [], "approve"):  # left for the approval node to refuse
         command: dict[str, object] = {"resume": malformed}
         bind_resume(command, "k1")
