@@ -21,10 +21,14 @@ pytestmark = [pytest.mark.integration]
 
 
 def kill_lock_holder(db_uri: str, thread_id: str) -> None:
-    """Terminate the backend holding ``thread_id``'s lock, as a Postgres restart would."""
+    """Terminate the backend holding ``thread_id``'s lock, as a Postgres restart would.
+
+    With a timeout, the call returns once the backend has exited: its goodbye is then
+    already in the lock connection's socket, where the run's check reads it.
+    """
     with psycopg.connect(db_uri, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory'"
             " AND granted AND classid = %s::oid"
             " AND objid = (hashtext(%s)::bigint & 4294967295)::oid AND objsubid = 2",
             (THREAD_LOCK_CLASS, thread_id),

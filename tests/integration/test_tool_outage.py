@@ -638,8 +638,10 @@ class RestartingBackend(FlakyBackend):
         return await super().__call__(ctx, args)
 
 
+# With a timeout, the call returns once the backend has exited, so its goodbye ("terminating
+# connection due to administrator command") is already in the lock connection's socket.
 TERMINATE_THREAD_LOCKS = (
-    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+    "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory'"
     " AND classid = %s::oid AND objsubid = 2"
 )
 
