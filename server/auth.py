@@ -724,12 +724,6 @@ async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
     role = APPROVAL_ROLES.get(who.role, "")
     requester = run["requester"]
     for requirement in asked["payload"].get("requirements", []):
-        if any(a.get("id") == who.identity for a in requirement.get("approved_by", [])):
-            raise _forbidden(
-                f"{who.identity} already approved {requirement.get('tool')} on thread "
-                f"{thread_id}; the same reviewer counts once, so the next signature must come "
-                "from a different reviewer."
-            )
         needed = requirement.get("required_role")
         if not needed or role == needed:
             continue
@@ -738,6 +732,13 @@ async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
             continue
         signed = {a.get("id") for a in approved_by if a.get("id") != requester}
         if len(signed) + 1 >= int(requirement.get("min_approvers", 1)):
+            if who.identity in signed:
+                # Said first: signing again is what they tried, whatever their role.
+                raise _forbidden(
+                    f"{who.identity} already approved {requirement.get('tool')} on thread "
+                    f"{thread_id}; the same reviewer counts once, so the last signature, a "
+                    f"{needed}'s, must come from another reviewer."
+                )
             raise _forbidden(
                 f"{requirement.get('tool')} needs a {needed}'s signature and only one more "
                 f"approver is required; a {who.role} cannot give it."
