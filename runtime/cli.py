@@ -558,7 +558,7 @@ def threads_listing(rows: list[dict[str, Any]], width: int) -> RenderableType:
             _updated(row),
         )
     # The table when every column but the request keeps its width, and the request has 30.
-    if Console(width=10_000).measure(table).minimum <= width:
+    if not rows or Console(width=10_000).measure(table).minimum <= width:
         return table
     # First line: what to act on (id, status, and when, if it fits); second, indented: what
     # the run is.

@@ -104,3 +104,10 @@ def test_threads_on_a_wide_terminal_are_a_table() -> None:
     assert any("What is our price variance tolerance for invoice matching?" in ln for ln in lines)
     assert any("t-[bold]odd" in line for line in lines)
     assert all(len(line) <= 200 for line in lines)
+
+
+def test_no_threads_is_an_empty_table_at_any_width() -> None:
+    for width in (40, 80, 200):
+        console = Console(file=io.StringIO(), width=width)
+        console.print(threads_listing([], width))
+        assert "thread" in console.file.getvalue()  # type: ignore[attr-defined]
