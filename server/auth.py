@@ -289,15 +289,6 @@ async def create_thread(
     who = caller(ctx)
     if who.role not in ("clerk", "admin"):
         raise _forbidden(f"A {who.role} cannot start threads; a clerk starts them.")
-    if "if_exists" not in value and who.role != "admin":
-        # `POST /threads/{id}/copy` asks this handler for its new thread with the id alone
-        # (langgraph-api 0.16; a create sends its metadata and `if_exists` too). A copy of a
-        # thread paused for approval is a second request for the same payment whose audit
-        # trail starts at the approval: no request, route or plan on record.
-        raise _forbidden(
-            "Copying a thread is for admins: a copy of a paused request would ask for the "
-            "same approval again with no record of the request. Start a new thread instead."
-        )
     metadata = value.setdefault("metadata", {})
     metadata["owner"] = who.identity
     metadata["tenant"] = who.tenant
@@ -517,6 +508,16 @@ async def create_run(
             f"A {who.role} may only resume a pending approval, not start or continue runs."
         )
     run_input = kwargs.get("input")
+    if run_input is None and who.role != "admin":
+        # A run with no input goes on from the thread's last checkpoint: finishing a run
+        # that stopped is an operator's job (an admin's run, or `payables continue`). On a
+        # copy of a thread paused for approval (`POST /threads/{id}/copy`, which auth sees
+        # only as a thread created) it asked for the same payment's approval again, with
+        # an audit trail starting at the approval: no request, route or plan on record.
+        raise _forbidden(
+            "A clerk's run carries a request (input); going on from a thread's last "
+            "checkpoint is for an admin (or `payables continue` on the CLI)."
+        )
     if who.role != "admin" and (thread_id is None or kwargs.get("temporary")):
         # A thread-less run's thread is deleted when the run ends (on_completion "delete",
         # the default), also when it ends paused for approval: the run index would list a

@@ -446,16 +446,19 @@ async def test_a_clerk_request_needs_a_thread_that_stays(server: str, module_db:
     assert await thread_count(server) == threads
 
 
-async def test_a_clerk_cannot_copy_a_thread_paused_for_approval(
+async def test_a_clerk_cannot_run_a_copy_of_a_thread_paused_for_approval(
     server: str, module_db: str
 ) -> None:
-    """A copy asked for the same payment's approval again, and its audit trail began at the
-    approval: no request, route or plan on record."""
+    """A copy, run on from its checkpoint, asked for the same payment's approval again, and
+    its audit trail began at the approval: no request, route or plan on record."""
     thread_id, _ = await start_until_interrupt(server, "ana", "Pay INV-1045")
-    before = await footprint(module_db)
     async with sdk(server, token_for("ana")) as ana:
-        text = await refused(ana.threads.copy(thread_id), 403)
-        assert "Copying a thread is for admins" in text, text
+        copy = (await ana.threads.copy(thread_id))["thread_id"]
+        before = await footprint(module_db)
+        text = await refused(ana.runs.wait(copy, GRAPH_ID, input=None), 403)
+        assert "going on from a thread's last checkpoint is for an admin" in text, text
+    async with sdk(server, token_for("rev-1")) as reviewer:
+        await refused(reviewer.runs.wait(copy, GRAPH_ID, command={"resume": approve()}), 403)
     assert await footprint(module_db) == before
 
 
