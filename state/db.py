@@ -70,7 +70,7 @@ class ThreadLock:
     `check` notices without a round trip: it reads what the server sent the idle
     connection (a dying backend's farewell, then the socket's end). The run checks before
     each step (`graphs.payables.checks_thread_lock`), each checkpoint write
-    (`state.checkpointer.ThreadLockedSaver`) and each tool retry (`tools.gate`). Once
+    (`state.checkpointer.ThreadLockedSaver`) and each tool attempt (`tools.gate`). Once
     lost the lock is not taken back: another process may have run steps of the thread
     since, from state this run no longer has.
     """
