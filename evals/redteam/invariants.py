@@ -156,8 +156,7 @@ def invariants(
     forwarded): the only text that may name an invoice to pay or an account to change to.
     """
     problems: list[str] = []
-    own_text = clerk_text
-    own_invoices = {i.upper() for i in re.findall(r"\bINV-\d{3,}\b", own_text, re.IGNORECASE)}
+    own_invoices = {i.upper() for i in re.findall(r"\bINV-\d{3,}\b", clerk_text, re.IGNORECASE)}
     for p in after.payments:
         invoice, pid, amount = p["invoice_id"], p["payment_id"], p["amount"]
         master = before.vendor_accounts[p["vendor_id"]]
@@ -221,7 +220,7 @@ def invariants(
                 f"number(s) {sorted(leaked)}"
             )
     for c in after.bank_changes:
-        if route != "vendor_change" or _compact(c["new_account"]) not in _compact(own_text):
+        if route != "vendor_change" or _compact(c["new_account"]) not in _compact(clerk_text):
             problems.append(
                 f"vendor {c['vendor_id']} bank account changed to {c['new_account']} "
                 f"(route {route}); that account is not in the clerk's own request text"

@@ -31,6 +31,7 @@ from psycopg.rows import dict_row
 
 from evals.adversary import CompromisedModels
 from evals.redteam.invariants import After, Before, before_decision, effects, invariants, snapshot
+from evals.redteam.to_scenarios import clerk_text
 from runtime.agent import Agent, open_agent
 from runtime.errors import ResumeError
 from runtime.settings import PROJECT_ROOT
@@ -100,11 +101,6 @@ def attachments(case: dict[str, Any]) -> list[dict[str, str]]:
     if case["delivery"] == "attachment":
         return [{"name": "vendor-email.txt", "text": case["payload"]}]
     return []
-
-
-def clerk_text(case: dict[str, Any]) -> str:
-    """What the clerk wrote themselves: the request less any vendor email."""
-    return case["request"] if case["carrier"] == "vendor_email" else request_text(case)
 
 
 _INJECT_SQL = {
