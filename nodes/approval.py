@@ -32,6 +32,7 @@ from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import step_taint
 from runtime.context import Context
 from runtime.errors import ResumeError, shown
+from state.answer_claims import release_answer_claim
 from state.approvals import (
     ANSWERS_REQUEST,
     ActionRequest,
@@ -152,7 +153,9 @@ async def pending_approval(
     steps: list[PlanStep] = []
     requirements: list[StepRequirement] = []
     for step in plan["steps"][state.get("cursor", 0) :]:
-        requirement = await gate.requirement_for(state["route"], step["tool"], step["args"], run)
+        requirement = await gate.requirement_for(
+            state["route"], step["tool"], step["args"], run, thread_id
+        )
         if isinstance(requirement, dict) or not requirement.required:
             break  # an invalid step is the executor's to report; a free step needs nobody
         checked = gate.validate(state["route"], step["tool"], step["args"])
@@ -297,6 +300,11 @@ def make_approval(deps: NodeDeps) -> Node:
                 edited = validated_edits(gate, state["route"], request, resume)
                 break
             except ResumeError as exc:
+                # Refused, so the request waits again, open to any reviewer's answer.
+                async with deps.database.connection() as conn:
+                    await release_answer_claim(
+                        conn, tenant=runtime.context.tenant, request_key=asked.key
+                    )
                 payload = ApprovalRequest(**{**request, "error": str(exc)})
 
         decisions: list[Decision] = []
@@ -312,6 +320,7 @@ def make_approval(deps: NodeDeps) -> Node:
                 " WHERE thread_id = %s",
                 (f"approval answered by {resume.reviewer.id}", thread_id),
             )
+            await release_answer_claim(conn, tenant=runtime.context.tenant, request_key=asked.key)
             # The payees as this request first showed them, not as this re-run read them.
             cur = await conn.execute(
                 "SELECT step_id, payee_digest, payee_masked FROM approval_payees"

@@ -12,7 +12,7 @@ from langgraph.types import Command
 from guards.input_checks import check_attachments, check_request, split_pasted
 from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import request_flags, request_for_model
-from runtime.context import Context
+from runtime.context import Context, policy_of
 from runtime.errors import BadInput
 from runtime.models import ask_model
 from runtime.prompts import ROUTER_SYSTEM
@@ -180,6 +180,7 @@ def make_router(deps: NodeDeps) -> Node:
             tenant=ctx.tenant,
             route=route.value,
             status="running",
+            policy=policy_of(ctx),
         )
         flags = request_flags(request, state.get("attachments", []))
         for flag in flags:  # audit chain: every guard flag, where reviewers can find it later

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
@@ -366,6 +366,32 @@ class Context:
     def amount_tolerance_abs(self) -> Decimal:
         """`amount_tolerance` as a Decimal."""
         return _decimal("amount_tolerance", self.amount_tolerance)
+
+
+POLICY_FIELDS = (
+    "approval_threshold",
+    "dual_control_threshold",
+    "approval_currency",
+    "fx_rates",
+    "price_tolerance_pct",
+    "amount_tolerance",
+)
+"""The settings that decide who must approve a call. A thread records them at its first
+step (`runs.policy`), and every later leg applies the stricter requirement of those and its
+own (`tools.policy.stricter`): a resume from a shell or a request with looser settings does
+not lower what the reviewers were asked for. Only the operator's environment sets them on
+the server."""
+
+
+def policy_of(ctx: Context) -> dict[str, str]:
+    """``ctx``'s `POLICY_FIELDS`, as a thread records them."""
+    return {name: getattr(ctx, name) for name in POLICY_FIELDS}
+
+
+def with_policy(ctx: Context, policy: Mapping[str, Any]) -> Context:
+    """``ctx`` under a recorded ``policy`` (validated again, as any `Context` is)."""
+    recorded: dict[str, Any] = {name: str(policy[name]) for name in POLICY_FIELDS if name in policy}
+    return replace(ctx, **recorded)
 
 
 def _named(setting: str) -> str:

@@ -44,6 +44,7 @@ from langgraph_sdk import Auth
 from psycopg.rows import dict_row
 
 from guards.input_checks import unstorable_reason
+from state.answer_claims import AnswerClaim, claim_answer
 from state.approvals import ANSWERS_REQUEST
 
 ROLES = ("clerk", "reviewer", "controller", "admin")
@@ -269,6 +270,30 @@ async def deny_unlisted(ctx: Auth.types.AuthContext, value: Any) -> None:
         raise _forbidden(f"{ctx.resource}.{ctx.action} is for admins only.")
 
 
+@auth.on.assistants.create
+async def create_assistant(ctx: Auth.types.AuthContext, value: Any) -> None:
+    """Admins configure assistants, but not with approval policy settings (see create_run)."""
+    _assistant_without_policy(ctx, value)
+
+
+@auth.on.assistants.update
+async def update_assistant(ctx: Auth.types.AuthContext, value: Any) -> None:
+    """As `create_assistant`."""
+    _assistant_without_policy(ctx, value)
+
+
+def _assistant_without_policy(ctx: Auth.types.AuthContext, value: Any) -> None:
+    # A run on an assistant gets the assistant's context as its settings: one carrying a
+    # threshold would set it for every run on it, whoever starts or resumes them.
+    if caller(ctx).role != "admin":
+        raise _forbidden(f"{ctx.resource}.{ctx.action} is for admins only.")
+    if policy := policy_settings(run_settings(value if isinstance(value, Mapping) else {})):
+        raise _forbidden(
+            f"Approval policy settings ({', '.join(sorted(policy))}) are the operator's "
+            "(PAYABLES_* environment), not an assistant's; create it without them."
+        )
+
+
 @auth.on.assistants.read
 async def read_assistants(ctx: Auth.types.AuthContext, value: Any) -> None:
     """Every authenticated user may see the graphs."""
@@ -459,6 +484,13 @@ def run_settings(kwargs: Mapping[str, Any]) -> set[str]:
     return found
 
 
+def policy_settings(settings: set[str]) -> set[str]:
+    """The approval policy settings among ``settings`` (`runtime.context.POLICY_FIELDS`)."""
+    from runtime.context import POLICY_FIELDS  # as in `run_settings`
+
+    return settings & set(POLICY_FIELDS)
+
+
 @auth.on.threads.create_run
 async def create_run(
     ctx: Auth.types.AuthContext, value: Auth.types.RunsCreate
@@ -475,7 +507,14 @@ async def create_run(
                 "send the resume answer (command.resume) to the approval waiting on the "
                 "thread's latest checkpoint. Send the run without it."
             )
-    if who.role != "admin" and (settings := run_settings(kwargs)):
+    settings = run_settings(kwargs)
+    if who.role == "admin" and (policy := policy_settings(settings)):
+        raise _forbidden(
+            f"Approval policy settings ({', '.join(sorted(policy))}) are the operator's "
+            "(PAYABLES_* environment) for every run, an admin's too: who must approve a "
+            "payment is not set per request. Send the run without them."
+        )
+    if who.role != "admin" and settings:
         raise _forbidden(
             f"Run settings ({', '.join(sorted(settings))}) are set by the operator "
             "(PAYABLES_* environment), not per request; send the run without them."
@@ -672,7 +711,9 @@ def bind_resume(command: dict[str, Any], request_key: str) -> None:
 async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
     """The thread's tenant and its pending approval request's key (its audit event's).
 
-    Raises 403 unless ``who`` may answer that request.
+    Raises 403 unless ``who`` may answer that request, and 409 while another reviewer's
+    answer to it, accepted here, waits to be applied (`state.answer_claims`): the request is
+    claimed for each answer accepted.
 
     A thread of another tenant gets the refusal a thread that does not exist gets: nothing
     of its state reaches a caller who may not read it. A thread whose answer already
@@ -680,19 +721,35 @@ async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
     checkpoint or the run is still going) is refused saying who answered and how the run
     is finished: that answer stands, as `payables resume` says on the CLI.
     """
-    async with await psycopg.AsyncConnection.connect(
-        _database_uri(), row_factory=dict_row, autocommit=True
-    ) as conn:
+    async with (
+        await psycopg.AsyncConnection.connect(
+            _database_uri(), row_factory=dict_row, autocommit=True
+        ) as conn,
+        conn.transaction(),  # a refusal raised in here rolls the claim back
+    ):
         cur = await conn.execute(
-            "SELECT requester, tenant, status FROM runs WHERE thread_id = %s", (thread_id,)
-        )
-        run = await cur.fetchone()
-        cur = await conn.execute(
-            "SELECT seq, payload, event_key FROM audit_events WHERE thread_id = %s"
+            "SELECT seq, payload, event_key, tenant FROM audit_events WHERE thread_id = %s"
             " AND kind = 'approval_requested' ORDER BY seq DESC LIMIT 1",
             (thread_id,),
         )
         asked = await cur.fetchone()
+        # Claimed before the run index is read: an answer the node commits after this sees
+        # the claim, and one it committed before (releasing its own) shows below.
+        claim = (
+            await claim_answer(
+                conn,
+                tenant=asked["tenant"],
+                request_key=asked["event_key"],
+                thread_id=thread_id,
+                reviewer=who.identity,
+            )
+            if asked is not None
+            else None
+        )
+        cur = await conn.execute(
+            "SELECT requester, tenant, status FROM runs WHERE thread_id = %s", (thread_id,)
+        )
+        run = await cur.fetchone()
         answers: list[dict[str, Any]] = []
         if run is not None and run["status"] == "running" and asked is not None:
             # The decisions the approval node committed with its answer to the last request.
@@ -703,6 +760,18 @@ async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
                 (thread_id, asked["seq"]),
             )
             answers = list(await cur.fetchall())
+        return _accepted_resume(who, thread_id, run, asked, answers, claim)
+
+
+def _accepted_resume(
+    who: Identity,
+    thread_id: str,
+    run: Mapping[str, Any] | None,
+    asked: Mapping[str, Any] | None,
+    answers: list[dict[str, Any]],
+    claim: AnswerClaim | None,
+) -> tuple[str, str]:
+    """`check_resume`'s verdict on what it read: the tenant and request key, or a refusal."""
     nothing = _forbidden(f"Thread {thread_id} has no approval waiting for a decision.")
     if run is None or (run["tenant"] != who.tenant and who.role != "admin"):
         raise nothing
@@ -744,4 +813,16 @@ async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
                 f"{requirement.get('tool')} needs a {needed}'s signature and only one more "
                 f"approver is required; a {who.role} cannot give it."
             )
+    if claim is not None:
+        raise Auth.exceptions.HTTPException(
+            status_code=409,
+            detail=(
+                f"{claim.reviewer}'s answer to this approval on thread {thread_id} was accepted "
+                f"at {claim.claimed_at:%H:%M:%S %Z} and is being applied; yours was not sent. "
+                "Read the thread again when that run ends: the approval is then answered, or "
+                "waiting on a new request (a second signature, an edit) that you can answer. "
+                f"If no run is in progress on the thread, answer again after "
+                f"{claim.expires_at:%H:%M:%S %Z}."
+            ),
+        )
     return str(run["tenant"]), str(asked["event_key"])

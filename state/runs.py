@@ -6,7 +6,10 @@ only says which threads exist, who asked, and their last known status.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from psycopg.types.json import Jsonb
 
 from guards.redaction import redact_text
 from runtime.errors import BadInput
@@ -59,8 +62,12 @@ async def record_run(
     status: str,
     summary: str = "",
     reason: str = "",
+    policy: Mapping[str, str] | None = None,
 ) -> None:
     """Insert or update a thread's row (idempotent: safe before an `interrupt()`).
+
+    ``policy`` (`runtime.context.policy_of`) is recorded by the row's first write only:
+    the approval policy the request was made under, which later legs cannot loosen.
 
     ``reason`` says why the run ended as it did (respond writes it with the final status);
     a later status without one clears it, so it always belongs to the current status.
@@ -71,11 +78,21 @@ async def record_run(
     async with database.connection() as conn:
         cur = await conn.execute(
             "INSERT INTO runs (thread_id, request, requester, tenant, route, status, summary,"
-            " reason) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
+            " reason, policy) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
             " ON CONFLICT (thread_id) DO UPDATE SET route = COALESCE(EXCLUDED.route, runs.route),"
             " status = EXCLUDED.status, summary = EXCLUDED.summary, reason = EXCLUDED.reason,"
             " updated_at = now() WHERE runs.pruned_at IS NULL",
-            (thread_id, request, requester, tenant, route, status, summary, reason),
+            (
+                thread_id,
+                request,
+                requester,
+                tenant,
+                route,
+                status,
+                summary,
+                reason,
+                Jsonb(dict(policy)) if policy is not None else None,
+            ),
         )
         if cur.rowcount == 0:
             cur = await conn.execute(

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict
@@ -49,7 +49,7 @@ from guards.redaction import mask_account, redact
 from guards.untrusted import mask_untrusted
 from runtime import failpoints
 from runtime.breakers import BREAKERS, BreakerAdmission, BreakerBoard, BreakerState, CircuitBreaker
-from runtime.context import Context
+from runtime.context import Context, policy_of, with_policy
 from runtime.faults import ENV_VAR as FAULTS_ENV_VAR
 from runtime.faults import FAULTS, FaultInjector
 from runtime.tracing import child_run
@@ -73,6 +73,7 @@ from tools.policy import (
     ApprovalRequirement,
     approval_requirement,
     approvals_not_covering,
+    stricter,
 )
 from tools.registry import DEFAULT_REGISTRY, ToolRegistry
 
@@ -421,7 +422,12 @@ class _GatedCall:
             # call then locks the invoice it names, and holds its vendor row so that a bank
             # change cannot commit between the read below and a payment's insert
             # (migrations 0009, 0010 and 0016).
-            cur = await conn.execute("SELECT tool_call_claim(%s, %s) AS result", (key, invoice_id))
+            # With the claim, in its round trip: the policy the thread recorded at its start.
+            cur = await conn.execute(
+                "SELECT tool_call_claim(%s, %s) AS result,"
+                " (SELECT policy FROM runs WHERE thread_id = %s) AS policy",
+                (key, invoice_id, self.thread_id),
+            )
             done = await cur.fetchone()
             if done is not None and done["result"] is not None:
                 replay = _outcome(
@@ -436,7 +442,8 @@ class _GatedCall:
                 return await self.audit(replay, conn)
             if invoice_id is not None:  # after the lock: no write to the invoice slips in
                 invoice = await load_match_inputs(conn, invoice_id)
-            requirement = self.gate.requirement_given(spec, validated, self.run, invoice)
+            pinned = done["policy"] if done is not None else None
+            requirement = self.gate.requirement_given(spec, validated, self.run, invoice, pinned)
             if requirement.required:
                 approvals, rejections = await self.gate.approvers(
                     conn, self.thread_id, self.step_id, tool, validated
@@ -646,11 +653,27 @@ class ToolGate:
 
     @staticmethod
     def requirement_given(
-        spec: ToolSpec[Any, Any], args: dict[str, Any], run: Context, invoice: MatchInputs | None
+        spec: ToolSpec[Any, Any],
+        args: dict[str, Any],
+        run: Context,
+        invoice: MatchInputs | None,
+        pinned: Mapping[str, Any] | None = None,
     ) -> ApprovalRequirement:
-        """The approval requirement for a validated call, given the invoice it names as read."""
-        match = compute_three_way_match(invoice, tolerances_from(run)) if invoice else None
-        return approval_requirement(spec.name, spec.tier, args, run, match)
+        """The approval requirement for a validated call, given the invoice it names as read.
+
+        ``pinned`` is the policy its thread recorded at its first step (`runs.policy`): the
+        requirement is the stricter of that one and ``run``'s.
+        """
+
+        def under(settings: Context) -> ApprovalRequirement:
+            tolerances = tolerances_from(settings)
+            match = compute_three_way_match(invoice, tolerances) if invoice else None
+            return approval_requirement(spec.name, spec.tier, args, settings, match)
+
+        now = under(run)
+        if not pinned or pinned == policy_of(run):
+            return now
+        return stricter(now, under(with_policy(run, pinned)))
 
     async def requirement(
         self,
@@ -658,14 +681,17 @@ class ToolGate:
         spec: ToolSpec[Any, Any],
         args: dict[str, Any],
         run: Context,
+        thread_id: str,
     ) -> ApprovalRequirement:
-        """The approval requirement for a validated call, from database facts."""
+        """The approval requirement for a validated call on ``thread_id``, from database facts."""
         invoice_id = _named_invoice(args) if spec.tier is not Tier.READ else None
         invoice = await load_match_inputs(conn, invoice_id) if invoice_id else None
-        return self.requirement_given(spec, args, run, invoice)
+        cur = await conn.execute("SELECT policy FROM runs WHERE thread_id = %s", (thread_id,))
+        row = await cur.fetchone()
+        return self.requirement_given(spec, args, run, invoice, row["policy"] if row else None)
 
     async def requirement_for(
-        self, route: str, tool: str, args: dict[str, Any], run: Context
+        self, route: str, tool: str, args: dict[str, Any], run: Context, thread_id: str
     ) -> ApprovalRequirement | ToolError:
         """What approval a proposed call needs (used by the approval node to ask for it)."""
         checked = self.validate(route, tool, args)
@@ -673,7 +699,7 @@ class ToolGate:
             return checked
         spec, validated = checked
         async with self.database.connection() as conn:
-            return await self.requirement(conn, spec, validated, run)
+            return await self.requirement(conn, spec, validated, run, thread_id)
 
     @staticmethod
     async def approvers(

@@ -54,6 +54,30 @@ class ApprovalRequirement:
         return problems
 
 
+PINNED_POLICY_NOTE = " (under the policy in force when the request was made)"
+
+
+def stricter(now: ApprovalRequirement, then: ApprovalRequirement) -> ApprovalRequirement:
+    """What satisfies both requirements, ``now`` and ``then``.
+
+    ``now`` is under this leg's settings, ``then`` under those the thread recorded at its
+    first step (`runtime.context.POLICY_FIELDS`). A reason only ``then`` gives says so: the
+    reviewer sees why a payment under today's threshold still needs a controller.
+    """
+    if not then.required:
+        return now
+    role = CONTROLLER if CONTROLLER in (now.required_role, then.required_role) else None
+    role = role or now.required_role or then.required_role
+    return ApprovalRequirement(
+        required=True,
+        reasons=now.reasons
+        + tuple(r + PINNED_POLICY_NOTE for r in then.reasons if r not in now.reasons),
+        min_approvers=max(now.min_approvers, then.min_approvers),
+        required_role=role,
+        facts={**then.facts, **now.facts},
+    )
+
+
 def approval_requirement(
     tool: str,
     tier: Tier,

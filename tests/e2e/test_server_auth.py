@@ -422,6 +422,50 @@ async def test_store_and_assistant_writes_are_for_admins(
     assert await footprint(module_db) == before
 
 
+async def test_no_one_sets_the_approval_policy_per_request_not_even_an_admin(
+    server: str, http: httpx.AsyncClient, module_db: str
+) -> None:
+    # 3,746.10 EUR with no EUR rate configured: two approvers, one a controller. An admin's
+    # resume carrying a rate once made the admin's one signature enough, and paid it.
+    thread_id, _ = await start_until_interrupt(
+        server, "ana", "Validate INV-1007 and pay it if it matches"
+    )
+    before = await footprint(module_db, thread_id)
+    async with sdk(server, token_for("admin")) as admin:
+        text = await refused(
+            admin.runs.wait(
+                thread_id,
+                GRAPH_ID,
+                command={"resume": approve("ops-1", "approver")},
+                context={"fx_rates": "EUR=1.08"},
+            ),
+            403,
+        )
+        assert "fx_rates" in text and "an admin's too" in text, text
+        text = await refused(
+            admin.runs.wait(
+                None,
+                GRAPH_ID,
+                input={"request": "Pay INV-1020", "user": "clerk-ana"},
+                config={"configurable": {"approval_threshold": "100000000"}},
+            ),
+            403,
+        )
+        assert "approval_threshold" in text, text
+    for body in (
+        {"graph_id": GRAPH_ID, "name": "loose", "context": {"dual_control_threshold": "1e9"}},
+        {
+            "graph_id": GRAPH_ID,
+            "name": "loose",
+            "config": {"configurable": {"price_tolerance_pct": "90"}},
+        },
+    ):
+        response = await http.post("/assistants", json=body, headers=bearer("admin"))
+        assert response.status_code == 403, response.text
+        assert "not an assistant's" in response.text
+    assert await footprint(module_db, thread_id) == before
+
+
 async def test_reviewer_cannot_start_threads_or_runs(server: str, module_db: str) -> None:
     before, threads = await footprint(module_db), await thread_count(server)
     async with sdk(server, token_for("rev-1")) as reviewer:

@@ -1,0 +1,13 @@
+-- A thread's approval policy is the one its request was made under (tools/gate.py,
+-- runtime/context.py POLICY_FIELDS).
+--
+-- Who must approve a call (thresholds, their currency, FX rates, match tolerances) was
+-- decided from the settings of the process running each leg. A reviewer resuming from a
+-- shell with looser PAYABLES_* values, or an admin's resume carrying them as run context,
+-- paid with one signature a payment its request had asked two for. Now the router records
+-- the settings with the thread's first run index row, and the gate and the approval node
+-- apply the stricter requirement of those and the leg's own.
+--
+-- Rows of threads started before this migration have none (NULL): their legs apply their
+-- own settings, as before. Adding a nullable column without a default rewrites nothing.
+ALTER TABLE runs ADD COLUMN policy JSONB;
