@@ -254,11 +254,13 @@ def db_status(as_json: JsonOpt = False) -> None:
     uri = _database_uri()
     status = _run(schema_status(uri))
     status["uri"] = redact_uri(uri)
-    status["embedded"] = Settings.from_env().database_uri is None
+    settings = Settings.from_env()
+    status["embedded"] = settings.database_uri is None
+    status["uri_from"] = settings.database_uri_from
     if as_json:
         _print_json(status)
         return
-    out.print(f"uri       {status['uri']} ({'embedded' if status['embedded'] else 'DATABASE_URI'})")
+    out.print(f"uri       {status['uri']} ({status['uri_from'] or 'embedded'})")
     out.print(f"server    PostgreSQL {status['server_version']}")
     out.print(f"applied   {', '.join(status['applied']) or '-'}")
     out.print(f"pending   {', '.join(status['pending']) or '-'}")

@@ -28,10 +28,14 @@ class Settings:
     database_uri: str | None
     """An explicit Postgres URI; None means use the embedded server.
 
-    `DATABASE_URI` wins, except that `langgraph dev` sets it to ``:memory:`` in its own
-    process (for its in-memory runtime) before importing the graph; then
-    `PAYABLES_DATABASE_URI` names our Postgres.
+    `PAYABLES_DATABASE_URI` wins, in every process: the CLI, `langgraph dev` and a
+    deployed server must all reach the one Postgres it names. Without it, `DATABASE_URI`,
+    except that `langgraph dev` sets that to ``:memory:`` in its own process (for its
+    in-memory runtime) before importing the graph, which means the embedded server.
     """
+
+    database_uri_from: str | None = None
+    """The variable `database_uri` came from, for messages (None: embedded)."""
 
     data_dir: Path
     """Where the embedded Postgres keeps its cluster (`PAYABLES_DATA_DIR`, default `.data/`)."""
@@ -72,11 +76,17 @@ class Settings:
                 f"{retention_days}."
             )
         data_dir = Path(os.environ.get("PAYABLES_DATA_DIR") or PROJECT_ROOT / ".data")
-        uri = os.environ.get("DATABASE_URI") or None
-        if uri == LANGGRAPH_DEV_PLACEHOLDER:
-            uri = os.environ.get("PAYABLES_DATABASE_URI") or None
+        uri_from: str | None = next(
+            (
+                name
+                for name in ("PAYABLES_DATABASE_URI", "DATABASE_URI")
+                if os.environ.get(name) not in (None, "", LANGGRAPH_DEV_PLACEHOLDER)
+            ),
+            None,
+        )
         return cls(
-            database_uri=uri,
+            database_uri=os.environ[uri_from] if uri_from else None,
+            database_uri_from=uri_from,
             data_dir=data_dir.resolve(),
             pool_max_size=pool_max_size,
             retention_days=retention_days,

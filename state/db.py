@@ -1,9 +1,9 @@
 """Where the database is, how to reach it, and how its schema gets there.
 
-`DATABASE_URI` selects any Postgres. Unset, an embedded PostgreSQL 16 (pgserver) starts on
-demand with its cluster under `.data/pg`; it stops when the last process using it exits.
-Under `langgraph dev`, which claims `DATABASE_URI` for itself, `PAYABLES_DATABASE_URI`
-names the Postgres (see `runtime.settings.Settings`).
+`PAYABLES_DATABASE_URI`, else `DATABASE_URI`, selects any Postgres (`langgraph dev` claims
+`DATABASE_URI` for itself; see `runtime.settings.Settings`). Unset, an embedded PostgreSQL 16
+(pgserver) starts on demand with its cluster under `.data/pg`; it stops when the last
+process using it exits.
 Migrations are versioned SQL files applied once under an advisory lock, together with the
 LangGraph checkpointer's own `setup()`, by `migrate()`; requests never run DDL.
 """
@@ -354,8 +354,8 @@ def unreachable(uri: str, exc: psycopg.OperationalError) -> DatabaseError:
     """The error for a Postgres that cannot be reached at ``uri``."""
     return DatabaseError(
         f"Cannot reach Postgres at {redact_uri(uri)}: {exc}. "
-        "Check DATABASE_URI (PAYABLES_DATABASE_URI under langgraph dev), or unset it to "
-        "use the embedded Postgres."
+        "Check PAYABLES_DATABASE_URI (else DATABASE_URI), or unset it to use the embedded "
+        "Postgres."
     )
 
 

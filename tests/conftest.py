@@ -106,6 +106,7 @@ async def database(db_uri: str) -> AsyncIterator[Database]:
 def cli_env(db_uri: str, tmp_path: Path) -> dict[str, str]:
     """Environment for running `payables` in a child process against the test database."""
     env = dict(os.environ)
+    env.pop("PAYABLES_DATABASE_URI", None)  # it would win over DATABASE_URI
     env["DATABASE_URI"] = db_uri
     env["PAYABLES_DATA_DIR"] = str(tmp_path / "unused-embedded")
     return env

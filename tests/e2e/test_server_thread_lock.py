@@ -74,7 +74,11 @@ def server(module_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture
 def cli_env(module_db: str, tmp_path: Path) -> dict[str, str]:
     """`payables` in a child process against the module's database, no failpoints."""
-    env = {k: v for k, v in os.environ.items() if k != "PAYABLES_FAILPOINTS"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PAYABLES_FAILPOINTS", "PAYABLES_DATABASE_URI")
+    }
     env["DATABASE_URI"] = module_db
     env["PAYABLES_DATA_DIR"] = str(tmp_path / "unused-embedded")
     return env

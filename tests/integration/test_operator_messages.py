@@ -6,6 +6,7 @@ thread `payables threads` lists, "already resolved" for a run that still has to 
 
 from __future__ import annotations
 
+import json
 import signal
 
 import psycopg
@@ -57,12 +58,28 @@ def test_prune_with_an_age_past_the_calendar_says_what_is_allowed(
         ("postgres:/localhost/payables", ("threads",), 2, "not a Postgres connection"),
     ],
 )
+@pytest.mark.parametrize("variable", ["DATABASE_URI", "PAYABLES_DATABASE_URI"])
 def test_a_bad_or_unreachable_database_uri_is_named(
-    cli_env: dict[str, str], uri: str, command: tuple[str, ...], code: int, says: str
+    cli_env: dict[str, str],
+    uri: str,
+    command: tuple[str, ...],
+    code: int,
+    says: str,
+    variable: str,
 ) -> None:
-    proc = payables({**cli_env, "DATABASE_URI": uri}, *command)
+    # PAYABLES_DATABASE_URI wins over a good DATABASE_URI: the CLI once ignored it outside
+    # `langgraph dev`, and `seed --discard-history` replaced the embedded database's world.
+    proc = payables({**cli_env, variable: uri}, *command)
     assert proc.returncode == code, explain(proc)
     assert "Traceback" not in proc.stderr and says in " ".join(proc.stderr.split()), explain(proc)
+
+
+def test_the_cli_uses_and_names_payables_database_uri(cli_env: dict[str, str], db_uri: str) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "DATABASE_URI"}
+    proc = payables({**env, "PAYABLES_DATABASE_URI": db_uri}, "db", "status", "--json")
+    assert proc.returncode == 0, explain(proc)
+    status = json.loads(proc.stdout)
+    assert (status["embedded"], status["uri_from"]) == (False, "PAYABLES_DATABASE_URI"), status
 
 
 @pytest.mark.parametrize("command", [("continue",), ("resume", *APPROVE)])
