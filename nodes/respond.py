@@ -235,7 +235,7 @@ def make_respond(deps: NodeDeps) -> Node:
         await record_run(
             deps.database,
             thread_id=current_thread_id(),
-            request=state["request"],
+            request=state.get("request", ""),
             requester=state.get("user") or "anonymous",
             tenant=ctx.tenant,
             route=state.get("route"),

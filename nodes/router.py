@@ -89,7 +89,7 @@ def make_router(deps: NodeDeps) -> Node:
         # What later nodes read instead of input they cannot use (respond records the
         # request in the run index).
         sanitized: dict[str, Any] = {}
-        if not isinstance(request, str):
+        if not isinstance(state.get("request"), str):  # not text, or none at all
             request = sanitized["request"] = ""
         if not verdict.ok and "attachments" in state:
             sanitized["attachments"] = []

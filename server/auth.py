@@ -578,6 +578,17 @@ async def create_run(
                 '{"request": "Validate INV-1001", "user": "<your identity>"}.'
             ),
         )
+    if isinstance(run_input, Mapping) and not (
+        isinstance(run_input.get("request"), str) and run_input["request"].strip()
+    ):
+        # Run, the graph refuses it, but the thread is then used up by a request nobody made.
+        raise Auth.exceptions.HTTPException(
+            status_code=422,
+            detail=(
+                "input.request must be the request's text, such as "
+                '{"request": "Validate INV-1001", "user": "<your identity>"}.'
+            ),
+        )
     if run_input is not None and (problem := unstorable_input(run_input)):
         raise Auth.exceptions.HTTPException(status_code=422, detail=problem)
     if isinstance(run_input, Mapping) and run_input.get("user") != who.identity:

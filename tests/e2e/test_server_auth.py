@@ -851,3 +851,13 @@ async def test_input_postgres_cannot_store_is_refused_before_anything_is_written
             text = await refused(ana.runs.wait(thread_id, GRAPH_ID, input=not_an_object), 422)
             assert "input must be an object" in text and "request" in text, text
             assert await footprint(module_db, thread_id) == before
+        # Once run: refused by the graph, which left the thread holding a request nobody made.
+        for without_request in ({"user": "clerk-ana"}, {"request": "  ", "user": "clerk-ana"}):
+            thread_id = (await ana.threads.create())["thread_id"]
+            before = await footprint(module_db, thread_id)
+            text = await refused(ana.runs.wait(thread_id, GRAPH_ID, input=without_request), 422)
+            assert "input.request must be the request's text" in text, text
+            assert await footprint(module_db, thread_id) == before
+            await ana.runs.wait(
+                thread_id, GRAPH_ID, input={"request": "Validate INV-1002", "user": "clerk-ana"}
+            )

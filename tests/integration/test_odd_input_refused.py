@@ -19,6 +19,8 @@ from state.db import Database
 pytestmark = pytest.mark.integration
 
 REQUEST = "Validate INV-1001 and pay it if it matches"
+MISSING = object()
+"""A key left out of the input."""
 
 ODD_INPUTS: dict[str, tuple[dict[str, Any], str]] = {
     "nested attachment text": (
@@ -40,13 +42,16 @@ ODD_INPUTS: dict[str, tuple[dict[str, Any], str]] = {
         "the limit is 100000",
     ),
     "request not text": ({"request": {"text": REQUEST}}, "request"),
+    # Once a KeyError in respond: the run failed, and so did every `continue` of it.
+    "no request": ({"request": MISSING}, "empty"),
 }
 
 
 @pytest.mark.parametrize("case", list(ODD_INPUTS))
 async def test_odd_input_is_refused_with_a_reason(database: Database, case: str) -> None:
     extra, said = ODD_INPUTS[case]
-    run_input = {"request": REQUEST, "user": "clerk-ana", **extra}
+    sent = {"request": REQUEST, "user": "clerk-ana", **extra}
+    run_input = {key: value for key, value in sent.items() if value is not MISSING}
     async with open_agent(database=database) as agent:
         thread = str(uuid.uuid4())
         out = await agent.graph.ainvoke(
