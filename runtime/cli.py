@@ -842,7 +842,8 @@ def demo(
         views = []
         async with open_agent() as agent:
             for index, item in enumerate(requests, start=1):
-                err.print(f"[dim]({index}/{len(requests)})[/] {escape(item['request'])}")
+                shown = escape(redact_text(item["request"]))  # accounts to their last four
+                err.print(f"[dim]({index}/{len(requests)})[/] {shown}")
                 view = await agent.start(item["request"], user=item.get("user", "clerk"))
                 err.print(f"    → {view['route']}: [bold]{view['status']}[/]")
                 views.append(view)
