@@ -88,6 +88,7 @@ Kind = Literal[
     "approval_requested",
     "decision",
     "outcome",
+    "world_replaced",  # a seed erased the agent's payments, bank changes or emails
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 HASH_VERSION = 1
@@ -954,6 +955,9 @@ def summarize(kind: str, p: Mapping[str, Any]) -> str:
         return text
     if kind == "outcome":
         return f"{p.get('status')}" + (f": {_short(p['reason'])}" if p.get("reason") else "")
+    if kind == "world_replaced":
+        erased = ", ".join(f"{n} {tool}" for tool, n in sorted(p.get("erased_calls", {}).items()))
+        return f"world replaced by {p.get('operator')}, erasing {erased or 'nothing'}"
     return _short(dict(p))
 
 

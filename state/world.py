@@ -6,7 +6,10 @@ from them (`payables world-schema`) and a test keeps the two in step.
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import socket
 import unicodedata
 from collections import Counter
 from datetime import date
@@ -27,6 +30,7 @@ from pydantic import (
 
 from runtime.errors import BadInput, WorldFileError, shown
 from runtime.settings import PROJECT_ROOT
+from state.audit import append_event, content_hash
 from state.db import THREAD_LOCK_CLASS
 
 SCHEMA_PATH = Path(__file__).parent / "world.schema.json"
@@ -335,8 +339,11 @@ _WORLD_TABLES = (
 # What the agent did that cannot be undone: the ledger rows of committed irreversible and
 # destructive calls (payments scheduled, bank details changed, emails sent).
 _AGENT_HISTORY = (
-    "SELECT tool, count(*) AS calls FROM tool_calls"
-    " WHERE tier IN ('irreversible', 'destructive') GROUP BY tool ORDER BY tool"
+    # Each call's tenant is its thread's (the router indexes a thread before any call).
+    "SELECT COALESCE(r.tenant, (SELECT a.tenant FROM audit_events AS a"
+    " WHERE a.thread_id = t.thread_id LIMIT 1), 'default') AS tenant, t.tool, count(*)"
+    " FROM tool_calls AS t LEFT JOIN runs AS r ON r.thread_id = t.thread_id"
+    " WHERE t.tier IN ('irreversible', 'destructive') GROUP BY 1, 2 ORDER BY 1, 2"
 )
 
 
@@ -354,9 +361,11 @@ async def load_world(
     """
     try:
         async with conn.transaction():
-            if protect_history:
-                await _refuse_erasing_history(conn)
+            erased = await _agent_history(conn)
+            if protect_history and erased:
+                _refuse_erasing_history(erased)
             await _replace_world(conn, world)
+            await _record_erased_history(conn, world, erased)
     except (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
         # Validation should catch every such problem first; if one slips through, the
         # transaction has rolled back and the user still gets a message, not a traceback.
@@ -385,15 +394,61 @@ _RUNS_IN_PROGRESS = (
 )
 
 
-async def _refuse_erasing_history(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _agent_history(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str, int]]:
+    """The committed irreversible and destructive calls: (tenant, tool, calls), sorted."""
     # The tables locked as the truncate would lock them (same order, so no new deadlock),
     # so a payment committing now is either counted here or waits for the new world.
     await conn.execute(f"LOCK TABLE {_WORLD_TABLES} IN ACCESS EXCLUSIVE MODE")
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(_AGENT_HISTORY)
-        history = [(str(tool), int(calls)) for tool, calls in await cur.fetchall()]
-    if history:
-        done = ", ".join(f"{calls} {tool}" for tool, calls in history)
+        return [
+            (str(tenant), str(tool), int(calls)) for tenant, tool, calls in await cur.fetchall()
+        ]
+
+
+async def _record_erased_history(
+    conn: psycopg.AsyncConnection[Any], world: World, history: list[tuple[str, str, int]]
+) -> None:
+    """Say in each tenant's audit chain what replacing the world erased of its agent's work.
+
+    The chain outlives worlds; without this row, the payments, bank changes and emails a
+    seed erases (`--discard-history`), with their ledger rows and approvals, left no trace
+    in it. Appended last in the seed's transaction (`state.audit`: append last), so the
+    erasure and its record commit together.
+    """
+    by_tenant: dict[str, dict[str, int]] = {}
+    for tenant, tool, calls in history:
+        by_tenant.setdefault(tenant, {})[tool] = calls
+    for tenant, erased in sorted(by_tenant.items()):
+        await append_event(
+            conn,
+            tenant=tenant,
+            thread_id=None,
+            kind="world_replaced",
+            payload={
+                "erased_calls": erased,
+                "world": shown(world.description, 200),
+                "world_digest": content_hash(world.model_dump(mode="json")),
+                "operator": _operator(),
+            },
+        )
+
+
+def _operator() -> str:
+    """Who seeded, as the operating system names them (the CLI has no other identity)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (a container's), nor in the env
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _refuse_erasing_history(history: list[tuple[str, str, int]]) -> None:
+    calls: Counter[str] = Counter()
+    for _, tool, count in history:
+        calls[tool] += count
+    if calls:
+        done = ", ".join(f"{count} {tool}" for tool, count in sorted(calls.items()))
         raise BadInput(
             f"The agent has already acted in the current world ({done}: committed calls that "
             "cannot be undone). Seeding would erase them with their payments and ledger "

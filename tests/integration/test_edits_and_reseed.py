@@ -9,6 +9,7 @@ import pytest
 from runtime.agent import open_agent
 from runtime.context import Context
 from runtime.errors import BadInput, NotFound, ResumeError
+from state.audit import verify_chain
 from state.db import Database
 from state.runs import ThreadReused, list_runs
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
@@ -175,3 +176,27 @@ async def test_a_world_is_not_replaced_under_a_run_in_progress(database: Databas
         async with database.connection() as conn:
             await load_world(conn, read_world(SAMPLE_WORLD_PATH))
         assert await list_runs(database) == []
+
+
+async def test_a_seed_that_erases_payments_says_so_in_the_audit_chain(database: Database) -> None:
+    """The chain outlives worlds. A seed erasing the agent's payments (`--discard-history`)
+    once left nothing in it: the payment's tool call row stayed, its payment was gone."""
+    async with open_agent(database=database) as agent:
+        view = await agent.start("Pay INV-1001", user="clerk-ana")
+        done = await agent.resume(
+            view["thread_id"], {"decisions": [{"type": "approve"}], "reviewer": REVIEWER}
+        )
+        assert done["status"] == "completed", done
+    async with database.connection() as conn:
+        await load_world(conn, read_world(SAMPLE_WORLD_PATH))
+        # A world with nothing of the agent's in it is replaced without a word.
+        await load_world(conn, read_world(SAMPLE_WORLD_PATH))
+        cur = await conn.execute(
+            "SELECT tenant, thread_id, payload FROM audit_events WHERE kind = 'world_replaced'"
+        )
+        [event] = await cur.fetchall()
+        report = await verify_chain(conn)
+    assert (event["tenant"], event["thread_id"]) == ("default", None)
+    assert event["payload"]["erased_calls"] == {"schedule_payment": 1}
+    assert "@" in event["payload"]["operator"] and len(event["payload"]["world_digest"]) == 64
+    assert report.ok, report.as_dict()
