@@ -64,6 +64,12 @@ def parse_faults(spec: str) -> tuple[FaultRule, ...]:
                 f"{ENV_VAR}: rule {item!r} has unknown {target} fault {kind!r}; "
                 f"use one of {', '.join(sorted(kinds))}."
             )
+        if target == "tool" and name not in ("*", "") and name not in _tool_names():
+            # A typo would rehearse nothing, silently: the outage never happens.
+            raise ConfigError(
+                f"{ENV_VAR}: rule {item!r} names no tool {name!r}; use * or one of "
+                f"{', '.join(_tool_names())}."
+            )
         try:
             probability = float(prob)
         except ValueError:
@@ -74,6 +80,12 @@ def parse_faults(spec: str) -> tuple[FaultRule, ...]:
             )
         rules.append(FaultRule(target, name or "*", kind, probability))
     return tuple(rules)
+
+
+def _tool_names() -> list[str]:
+    from tools.registry import DEFAULT_REGISTRY  # the tools import this module
+
+    return DEFAULT_REGISTRY.names()
 
 
 class FaultInjector:

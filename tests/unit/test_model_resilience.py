@@ -27,6 +27,7 @@ from runtime.breakers import BREAKERS, BreakerBoard, BreakerState
 from runtime.context import DEFAULT_MODEL_PRICES, Context
 from runtime.errors import ConfigError
 from runtime.faults import ENV_VAR as FAULTS_VAR
+from runtime.faults import parse_faults
 from runtime.models import (
     ModelAnswer,
     OpenAIModelProvider,
@@ -570,6 +571,12 @@ async def test_a_malformed_fault_rule_is_a_config_error_not_an_outage(
     with pytest.raises(ConfigError, match="unknown model fault 'meltdown'"):
         await ask(ScriptedModels(router=model), ctx())
     assert model.received == []
+
+
+def test_a_fault_rule_naming_no_tool_is_refused_not_a_silent_rehearsal() -> None:
+    with pytest.raises(ConfigError, match=r"names no tool 'schedule_paymnet'.*schedule_payment"):
+        parse_faults("tool:schedule_paymnet:error:1")
+    assert parse_faults("tool:*:timeout:0.5,tool:get_invoice:error:1")[1].name == "get_invoice"
 
 
 async def test_a_failure_outside_the_model_call_is_not_mistaken_for_an_outage(
