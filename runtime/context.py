@@ -23,7 +23,7 @@ RULES_MODEL = "rules"
 
 
 def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+    return os.environ.get(name) or default  # set but empty counts as unset, as for numbers
 
 
 def _model_default(role: str) -> str:
@@ -281,6 +281,11 @@ class Context:
 
         Each error names the setting and, for one read from the environment, its variable.
         """
+        if not self.tenant.strip():
+            raise ConfigError(
+                f"{_named('tenant')} must name a tenant, got {self.tenant!r}: every run, audit "
+                "chain and cost cap belongs to one. Set it, or unset it for 'default'."
+            )
         for name in (
             "approval_threshold",
             "dual_control_threshold",

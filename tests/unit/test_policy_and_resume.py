@@ -145,6 +145,8 @@ def test_context_rejects_bad_currency_settings(fields: dict[str, str], message: 
             "-1",
             r"approval_threshold \(PAYABLES_APPROVAL_THRESHOLD\) must be a finite number >= 0",
         ),
+        # Once a tenant named "" (its own audit chain, cost cap and run listing).
+        ("PAYABLES_TENANT", "  ", r"tenant \(PAYABLES_TENANT\) must name a tenant, got '  '"),
     ],
 )
 def test_a_bad_setting_from_the_environment_names_its_variable(
@@ -154,6 +156,18 @@ def test_a_bad_setting_from_the_environment_names_its_variable(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=message):
         Context()
+
+
+def test_an_empty_setting_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYABLES_TENANT", "")
+    monkeypatch.setenv("PAYABLES_APPROVAL_CURRENCY", "")
+    monkeypatch.setenv("PAYABLES_MAX_STEPS", "")
+    settings = Context()
+    assert (settings.tenant, settings.approval_currency, settings.max_steps) == (
+        "default",
+        "USD",
+        80,
+    )
 
 
 def test_a_bad_setting_without_a_variable_is_named_alone() -> None:
