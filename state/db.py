@@ -198,7 +198,15 @@ def embedded_uri(data_dir: Path) -> str:
     pgdata = data_dir / "pg"
     server = _embedded_servers.get(pgdata)
     if server is None:
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pgdata.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = "a file is there" if data_dir.is_file() else exc.strerror or str(exc)
+            raise ConfigError(
+                f"The embedded Postgres cannot keep its files in {data_dir} "
+                f"(PAYABLES_DATA_DIR): {why}. Point PAYABLES_DATA_DIR at a "
+                "folder you can write, or unset it for .data/ in the project."
+            ) from exc
         try:
             with warnings.catch_warnings():
                 # platformdirs warns that root has no XDG_RUNTIME_DIR; harmless here.

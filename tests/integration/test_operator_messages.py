@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -72,6 +73,23 @@ def test_a_bad_or_unreachable_database_uri_is_named(
     proc = payables({**cli_env, variable: uri}, *command)
     assert proc.returncode == code, explain(proc)
     assert "Traceback" not in proc.stderr and says in " ".join(proc.stderr.split()), explain(proc)
+
+
+@pytest.mark.parametrize("where", ["missing parent", "a file"])
+def test_an_unusable_data_dir_is_named_with_what_to_do(
+    cli_env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    if where == "a file":
+        data_dir = tmp_path / "data"
+        data_dir.write_text("not a folder")
+    else:
+        data_dir = Path("/proc/no-such-dir/data")
+    env = {k: v for k, v in cli_env.items() if k != "DATABASE_URI"}
+    proc = payables({**env, "PAYABLES_DATA_DIR": str(data_dir)}, "threads")
+    assert proc.returncode == 2, explain(proc)
+    text = " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr and "(PAYABLES_DATA_DIR)" in text, explain(proc)
+    assert "Point PAYABLES_DATA_DIR at a folder you can write" in text
 
 
 def test_the_cli_uses_and_names_payables_database_uri(cli_env: dict[str, str], db_uri: str) -> None:
