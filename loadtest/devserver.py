@@ -66,6 +66,7 @@ def dev_config(workdir: Path) -> Path:
             config[key]["path"] = _absolute(config[key]["path"])
     if "app" in config.get("http", {}):
         config["http"]["app"] = _absolute(config["http"]["app"])
+    # `env` stays relative: the server reads ``workdir``'s .env, never the developer's.
     path = workdir / "langgraph.json"
     path.write_text(json.dumps(config, indent=2))
     return path
