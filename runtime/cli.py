@@ -747,7 +747,10 @@ def audit_verify(
     as_json: JsonOpt = False,
     tenant: Annotated[str | None, typer.Option(help="Verify only this tenant's chain.")] = None,
 ) -> None:
-    """Recompute every hash and link; exit 1 at the first broken link of any chain."""
+    """Recompute every hash and link, and check every gated write and decision has its event.
+
+    Exit 1 at the first broken link of any chain, or at a record without its event.
+    """
 
     async def go() -> VerifyReport:
         async with _migrated_database() as database, database.connection() as conn:
@@ -776,6 +779,13 @@ def audit_verify(
             if chain.broken is not None:
                 b = chain.broken
                 out.print(f"  first broken link: seq {b.seq}, id {b.id}, {b.reason}: {b.detail}")
+        if report.unaudited:
+            out.print(
+                "[red]MISSING EVENTS[/]: records committed with an audit event that the chain "
+                "no longer holds (its newest rows dropped, or all of them):"
+            )
+            for u in report.unaudited:
+                out.print(f"  {u.table} on thread {escape(u.thread_id)}: {escape(u.detail)}")
     if not report.ok:
         raise typer.Exit(1)
 

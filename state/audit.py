@@ -760,15 +760,26 @@ class ChainReport:
 
 
 @dataclass(frozen=True)
+class Unaudited:
+    """A committed record of the agent's that its tenant's chain has no event for."""
+
+    table: Literal["tool_calls", "approval_decisions"]
+    thread_id: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     """The result of `verify_chain`."""
 
     chains: list[ChainReport] = field(default_factory=list)
+    unaudited: list[Unaudited] = field(default_factory=list)
+    """Ledger rows and decisions with no event (the newest rows dropped, or all of them)."""
 
     @property
     def ok(self) -> bool:
-        """True when every chain verified."""
-        return all(c.broken is None for c in self.chains)
+        """True when every chain verified and every record has its event."""
+        return all(c.broken is None for c in self.chains) and not self.unaudited
 
     @property
     def first_broken(self) -> BrokenLink | None:
@@ -788,6 +799,7 @@ class VerifyReport:
             "rows": self.rows,
             "first_broken": asdict(broken) if broken else None,
             "chains": [asdict(c) for c in self.chains],
+            "unaudited": [asdict(u) for u in self.unaudited],
         }
 
 
@@ -797,9 +809,49 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
     Each row must follow its predecessor (``seq`` + 1, inserted after it, linking to its
     hash) and hash to its stored hash; a chain's report names the first row that does not.
     Rows stream through a server-side cursor, so memory does not grow with the chain.
+
+    Then the records the chain vouches for: every ledger row of a gated write
+    (``tool_calls``) and every reviewer decision must have its event, which commits with it
+    (`append_event` in the same transaction). A chain cut short, or emptied, with its
+    triggers disabled still links and hashes; these records name what it lost (limit:
+    `UNAUDITED_SHOWN`).
     """
     tenants = await audit_tenants(conn) if tenant is None else [tenant]
-    return VerifyReport(chains=[await _verify_tenant(conn, t) for t in tenants])
+    return VerifyReport(
+        chains=[await _verify_tenant(conn, t) for t in tenants],
+        unaudited=await _unaudited(conn, tenant),
+    )
+
+
+UNAUDITED_SHOWN = 20
+"""How many records without an event `verify_chain` names (it stops looking there)."""
+
+# Each record's thread is its tenant's (the run index); a record of a thread with no run
+# index row (pruned rows keep theirs) is checked under any tenant.
+_UNAUDITED_SQL = (
+    "SELECT 'tool_calls' AS record, t.thread_id, t.tool || ' at step ' || t.step_id"
+    " || ' (key ' || left(t.idempotency_key, 12) || '...)' AS detail, t.created_at AS at"
+    " FROM tool_calls AS t LEFT JOIN runs AS r ON r.thread_id = t.thread_id"
+    " WHERE (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) AND NOT EXISTS ("
+    " SELECT 1 FROM audit_events AS a WHERE a.thread_id = t.thread_id AND a.kind = 'tool_call'"
+    " AND a.payload->>'idempotency_key' = t.idempotency_key"
+    " AND (%(tenant)s::text IS NULL OR a.tenant = %(tenant)s))"
+    " UNION ALL"
+    " SELECT 'approval_decisions', d.thread_id, d.reviewer_id || ' ' || d.decision || ' '"
+    " || d.tool || ' at step ' || d.step_id, d.created_at"
+    " FROM approval_decisions AS d LEFT JOIN runs AS r ON r.thread_id = d.thread_id"
+    " WHERE (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) AND NOT EXISTS ("
+    " SELECT 1 FROM audit_events AS a WHERE a.thread_id = d.thread_id AND a.kind = 'decision'"
+    " AND a.payload->>'step_id' = d.step_id AND a.payload->>'reviewer_id' = d.reviewer_id"
+    " AND (%(tenant)s::text IS NULL OR a.tenant = %(tenant)s))"
+    " ORDER BY at LIMIT %(limit)s"
+)
+
+
+async def _unaudited(conn: Conn, tenant: str | None) -> list[Unaudited]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(_UNAUDITED_SQL, {"tenant": tenant, "limit": UNAUDITED_SHOWN})
+    return [Unaudited(r["record"], r["thread_id"], r["detail"]) for r in await cur.fetchall()]
 
 
 async def audit_tenants(conn: Conn) -> list[str]:

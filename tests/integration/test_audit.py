@@ -356,6 +356,38 @@ async def test_tampering_is_found_at_the_first_broken_link(
     assert globex.broken is None and globex.rows == 6
 
 
+@pytest.mark.parametrize("cut", ["newest rows", "every row"])
+async def test_a_chain_cut_short_still_links_but_its_lost_events_are_found(
+    database: Database, db_uri: str, cut: str
+) -> None:
+    """With the trigger off, dropping the newest rows (or all) leaves a chain that links and
+    hashes. The ledger and the decisions, which commit with their events, say what is gone."""
+    async with open_agent(database=database) as agent:
+        thread = await approved_payment(agent)
+    rows = await audit_rows(database, thread)
+    decision = next(r for r in rows if r["kind"] == "decision")
+    after = decision["seq"] if cut == "newest rows" else 0
+    await tamper(
+        db_uri, ("DELETE FROM audit_events WHERE tenant = %s AND seq >= %s", ("default", after))
+    )
+    async with database.connection() as conn:
+        report = await verify_chain(conn)
+        other_tenant = await verify_chain(conn, "acme")
+    assert all(c.broken is None for c in report.chains), report.as_dict()
+    assert not report.ok
+    lost = {(u.table, u.thread_id, u.detail.split(" at step")[0]) for u in report.unaudited}
+    assert {
+        ("tool_calls", thread, "schedule_payment"),
+        ("approval_decisions", thread, "rev-1 approve schedule_payment"),
+    } <= lost, lost
+    if not after:  # every gated write of the run is named
+        async with database.connection() as conn:
+            cur = await conn.execute("SELECT tool FROM tool_calls WHERE thread_id = %s", (thread,))
+            ledger = {("tool_calls", thread, r["tool"]) for r in await cur.fetchall()}
+        assert ledger <= lost and len(ledger) >= 2, (ledger, lost)
+    assert other_tenant.unaudited == []
+
+
 async def test_audit_rows_cannot_be_updated_deleted_or_truncated(database: Database) -> None:
     await synthetic_chain(database, "acme", n=3)
     async with database.connection() as conn:
@@ -685,3 +717,7 @@ def test_cli_audit_verify_and_show(db_uri: str, cli_env: dict[str, str]) -> None
     text = payables(cli_env, "audit", "verify")
     assert text.returncode == 1
     assert f"seq {decision['seq']}, id {decision['id']}, edited" in text.stdout
+    # The decision's event now names ctl-9: rev-1's decision on record has no event.
+    assert "MISSING EVENTS" in text.stdout
+    assert f"approval_decisions on thread {thread}: rev-1 approve schedule_payment" in text.stdout
+    assert json.loads(broken.stdout)["unaudited"][0]["table"] == "approval_decisions"
