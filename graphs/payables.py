@@ -127,8 +127,12 @@ STATE_WRITE_LOCK_WAIT_S = 1.0
 """How long an admin's direct state write waits for the thread's lock before its 409."""
 
 
-class ThreadBusy(PayablesError):
-    """Another process held the thread's lock for longer than a server run waits for it."""
+class ThreadBusy(PayablesError, TimeoutError):
+    """Another process held the thread's lock for longer than a server run waits for it.
+
+    A `TimeoutError` too: the LangGraph server tells the caller the message of only a few
+    exception types (`langgraph_api.serde`), and "An internal error occurred" otherwise.
+    """
 
 
 @asynccontextmanager

@@ -177,6 +177,25 @@ async def test_a_server_run_waits_for_a_thread_a_payables_run_holds(
     assert await approvals_asked(module_db, thread_id) == 1
 
 
+async def test_a_server_run_that_waits_too_long_for_the_thread_says_why(
+    server: str, module_db: str
+) -> None:
+    """Before, the caller read only "An internal error occurred" (the server's mask)."""
+    async with clerk(server) as client, open_agent(database=Database(module_db)) as agent:
+        thread_id = (await client.threads.create())["thread_id"]
+        async with agent.thread_lock(thread_id, "busy"):
+            failed: Any = await client.runs.wait(
+                thread_id,
+                GRAPH_ID,
+                input={"request": REQUEST, "user": CLERK},
+                raise_error=False,
+            )
+    error = failed["__error__"]
+    assert error["error"] == "ThreadBusy", error
+    assert f"Thread {thread_id} is being run by another process" in error["message"], error
+    assert await run_status(module_db, thread_id) is None
+
+
 async def checkpoints(db_uri: str, thread_id: str) -> int:
     """How many checkpoints ``thread_id`` has."""
     async with await psycopg.AsyncConnection.connect(db_uri) as conn:
