@@ -530,13 +530,14 @@ class Agent:
         """Answer the thread's pending approval with ``value``; refuse anything else.
 
         Only one process resolves an interrupt: a rival that arrives while it runs is told
-        the approval is being resolved, one that arrives after is told it was resolved.
+        the thread is being run, one that arrives after is told it was resolved.
         """
         checked_id(thread_id, "thread id")
         if interrupt_id is not None:
             checked_id(interrupt_id, "interrupt id", ResumeError)
         busy = (
-            f"Thread {thread_id} is being resolved by another reviewer right now; "
+            f"Thread {thread_id} is being run by another process right now (another "
+            "reviewer's answer, a `payables continue`, or a server run); nothing was recorded. "
             f"`payables show {thread_id}` prints the outcome once it finishes."
         )
         async with self.thread_lock(thread_id, busy):

@@ -57,7 +57,7 @@ def test_a_resume_that_arrives_while_another_runs_is_refused(
         winner = first.finish()
 
     assert rival.returncode == 2, explain(rival)
-    assert "being resolved by another reviewer right now" in rival.stderr, explain(rival)
+    assert "being run by another process right now" in rival.stderr, explain(rival)
     assert "Traceback" not in rival.stderr, explain(rival)
     assert winner.returncode == 0, explain(winner)
     assert '"status": "completed"' in winner.stdout, explain(winner)
@@ -80,7 +80,7 @@ def test_two_resumes_started_together_pay_once(cli_env: dict[str, str], db_uri: 
     assert codes == [0, 2], "\n".join(explain(proc) for proc in finished)
     loser = next(proc for proc in finished if proc.returncode == 2)
     assert (
-        "being resolved by another reviewer right now" in loser.stderr
+        "being run by another process right now" in loser.stderr
         or "it was already resolved" in loser.stderr
     ), explain(loser)
     assert "Traceback" not in loser.stderr, explain(loser)
