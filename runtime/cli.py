@@ -346,6 +346,16 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a request to completion or to its next approval."""
+    try:
+        ReviewerIn(id=user, role="clerk")  # a requester's id has a reviewer id's shape
+    except ValidationError:
+        # Once recorded as "anonymous": a request nobody on record made.
+        given = f"'{shown(user)}'" if user else "nothing"
+        _fail(
+            "--user must be who is asking: one word of up to 128 printable characters, such "
+            f"as --user clerk-ana; got {given}.",
+            2,
+        )
     attachments = [_read_attachment(path) for path in attach or []]
     if len(attachments) > MAX_ATTACHMENTS:
         _fail(f"At most {MAX_ATTACHMENTS} attachments per request, got {len(attachments)}.", 2)

@@ -165,6 +165,17 @@ def test_resume_names_the_reviewer_flag_for_a_bad_id(
     assert "Malformed resume" not in text, text
 
 
+@pytest.mark.parametrize("user", ["", "ana lee"])
+def test_run_names_the_user_flag_for_a_bad_id(
+    cli_env: dict[str, str], db_uri: str, user: str
+) -> None:
+    # An empty --user was recorded as "anonymous": a request nobody on record made.
+    proc = payables(cli_env, "run", "Validate INV-1002", "--user", user)
+    assert proc.returncode == 2, explain(proc)
+    assert "--user must be who is asking" in " ".join(proc.stderr.split()), explain(proc)
+    assert scalar(db_uri, "SELECT count(*) FROM runs") == 0
+
+
 async def test_approvals_lists_the_others_when_an_interrupted_thread_was_deleted(
     cli_env: dict[str, str], db_uri: str, database: Database
 ) -> None:
