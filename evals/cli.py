@@ -90,6 +90,9 @@ def eval_command(
 
     if model is not None and model not in MODEL_MODES:
         _fail(f"--model must be one of {', '.join(MODEL_MODES)}, got {model!r}.", 2)
+    if thresholds != THRESHOLDS_PATH and not gate:
+        # It was read only with --gate: a file given alone went unchecked, exit 0.
+        _fail(f"--thresholds {thresholds} names the gates that --gate checks; add --gate.", 2)
     mode: ModelMode | None = model  # type: ignore[assignment]
     suites = list(suite or ([] if dataset else DEFAULT_SUITES))
     try:

@@ -167,6 +167,12 @@ def test_cli_names_a_bad_dataset(cli_env: dict[str, str], tmp_path: Path) -> Non
     assert "bad.jsonl:1 is not a valid scenario" in proc.stderr
     proc = payables(cli_env, "eval", "--suite", "nope")
     assert proc.returncode == 2 and "No suite 'nope'" in proc.stderr
+    # A gates file without --gate was never read: a broken one passed, exit 0.
+    gates = tmp_path / "gates.json"
+    gates.write_text("{broken")
+    proc = payables(cli_env, "eval", "--dataset", str(bad), "--thresholds", str(gates))
+    assert proc.returncode == 2, explain(proc)
+    assert "names the gates that --gate checks; add --gate" in " ".join(proc.stderr.split())
 
 
 def test_cli_refuses_an_unreadable_earlier_report_before_running(
