@@ -277,8 +277,12 @@ class World(_Strict):
                     "never exceeds the total of the invoice it pays"
                 )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError(_PROBLEMS_SEP.join(problems))
         return self
+
+
+_PROBLEMS_SEP = "\n"
+"""Between the cross-reference problems in one error: `parse_world` lists each on its own."""
 
 
 def world_json_schema() -> dict[str, Any]:
@@ -295,13 +299,23 @@ def parse_world(data: Any, *, source: str = "world") -> World:
         return World.model_validate(data)
     except ValidationError as exc:
         lines = []
-        for err in exc.errors(include_url=False):
+        errors = exc.errors(include_url=False)
+        for err in errors:
             where = shown(".".join(str(p) for p in err["loc"])) or "(top level)"
-            lines.append(f"  - {where}: {shown(err['msg'], 2000)}")
+            message = str(err["msg"])
+            if err["type"] == "value_error" and not err["loc"]:  # the cross-reference check
+                message = message.removeprefix("Value error, ")
+            for problem in message.split(_PROBLEMS_SEP):
+                lines.append(f"  - {where}: {shown(problem, 2000)}")
+        # Ids and references are checked once every record is well formed (pydantic runs
+        # the model's own check last), so fixing these can bring more to light.
+        cross_checked = any(e["type"] == "value_error" and not e["loc"] for e in errors)
+        later = "" if cross_checked else " Ids and references are checked once these are fixed."
         raise WorldFileError(
             f"{source} is not a valid world ({len(lines)} problem(s)):\n"
             + "\n".join(lines)
             + f"\nThe format is documented in {SCHEMA_PATH.relative_to(PROJECT_ROOT)}."
+            + later
         ) from exc
 
 
