@@ -193,6 +193,25 @@ CONNECTION_KWARGS: dict[str, Any] = {
 }
 
 
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop the processes that died without saying so from pgserver's list of users.
+
+    pgserver stops the cluster when the last process on its list (``.handle_pids.json``)
+    exits, at `atexit`. One killed by a signal (a `langgraph dev` worker stopped with
+    SIGTERM, a `kill -9`) never leaves the list, so no later process was ever the last and
+    Postgres ran on after every command. Under pgserver's own inter-process lock.
+    """
+    from pgserver.postgres_server import PostgresServer
+    from pgserver.utils import DiskList, process_is_running
+
+    with PostgresServer._lock:
+        handles = DiskList(pgdata / ".handle_pids.json")
+        pids = handles.get()
+        alive = [pid for pid in pids if process_is_running(pid)]
+        if alive != pids:
+            handles.put(alive)
+
+
 def embedded_uri(data_dir: Path) -> str:
     """Start (or join) the embedded Postgres whose cluster lives in ``data_dir / "pg"``."""
     pgdata = data_dir / "pg"
@@ -213,6 +232,7 @@ def embedded_uri(data_dir: Path) -> str:
                 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
                 from pgserver import get_server  # type: ignore[attr-defined]  # lazy import
 
+                _forget_dead_handles(pgdata)
                 server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # pgserver raises bare Exceptions on start failures
             raise DatabaseError(

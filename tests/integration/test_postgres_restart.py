@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -24,7 +26,7 @@ import pytest
 from runtime.settings import PROJECT_ROOT
 from state.db import CONNECTION_KWARGS, migrate
 from state.world import SAMPLE_WORLD_PATH, load_world, read_world
-from tests.cli import explain, payables_json
+from tests.cli import explain, payables, payables_json
 from tests.integration.test_crash_recovery import APPROVE, count
 from tests.running import start
 
@@ -207,3 +209,39 @@ def test_a_run_stops_soon_when_postgres_stops_under_it(
     done = payables_json(restart_env, "continue", thread)
     assert done["status"] == "completed", done["reason"]
     assert count(db_uri, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'") == 1
+
+
+def test_the_embedded_postgres_stops_after_a_user_that_was_killed(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """pgserver stops the cluster when its last user exits. A user killed by a signal (a
+    `langgraph dev` worker on SIGTERM) stayed on its list, and Postgres ran on forever."""
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in cli_env.items() if k not in ("DATABASE_URI", "PAYABLES_DATABASE_URI")}
+    env["PAYABLES_DATA_DIR"] = str(data_dir)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from state.db import embedded_uri;"
+            " embedded_uri(Path(sys.argv[1])); print('up', flush=True); time.sleep(600)",
+            str(data_dir),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+    finally:
+        holder.kill()
+        holder.wait()
+    postmaster = data_dir / "pg" / "postmaster.pid"
+    assert postmaster.exists()
+    proc = payables(env, "db", "status")
+    assert proc.returncode == 0, explain(proc)
+    deadline = time.monotonic() + 30
+    while postmaster.exists():
+        assert time.monotonic() < deadline, "the embedded Postgres is still running"
+        time.sleep(0.2)
