@@ -29,23 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.agent import Agent, RunFailed, RunStopped
-from runtime.context import Context
+from runtime.context import POLICY_FIELDS, Context
 from runtime.errors import BadInput, PayablesError
 from state.deadletters import DeadLetterOutcome, claim_dead_letter
 from state.graph_state import Attachment, pending_steps
 from state.retention import pruned_run
 
-REPLAYED_CONTEXT_FIELDS = (
-    "approval_threshold",
-    "dual_control_threshold",
-    # The thresholds are stated in this currency, and invoices in others are converted at
-    # these rates: without them, the same thresholds would mean other amounts.
-    "approval_currency",
-    "fx_rates",
-    "price_tolerance_pct",
-    "amount_tolerance",
-)
-"""Context fields a replay keeps from the failed run (the tenant always comes along)."""
+REPLAYED_CONTEXT_FIELDS = POLICY_FIELDS
+"""Context fields a replay keeps from the failed run (the tenant always comes along): the
+approval policy, whose thresholds mean other amounts without their currency and rates."""
 
 
 class ReplayFailed(PayablesError):
