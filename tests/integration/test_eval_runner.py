@@ -152,8 +152,10 @@ def test_cli_writes_reports_compares_and_gates(cli_env: dict[str, str], tmp_path
     markdown = (out / "eval-report.md").read_text()
     assert "expects-the-impossible" in markdown and "## smoke/rules" in markdown
 
+    # Without --gate the named gates are checked and reported; a failed one fails nothing.
     second = payables(cli_env, *args, "--upload")
     assert second.returncode == 0, explain(second)
+    assert "gates: 0/1 passed" in second.stdout, explain(second)
     assert "no LANGSMITH_API_KEY is set" in second.stderr
     assert (out / "eval-report.previous.json").is_file()
     assert "Compared with the previous report" in (out / "eval-report.md").read_text()
@@ -170,9 +172,10 @@ def test_cli_names_a_bad_dataset(cli_env: dict[str, str], tmp_path: Path) -> Non
     # A gates file without --gate was never read: a broken one passed, exit 0.
     gates = tmp_path / "gates.json"
     gates.write_text("{broken")
-    proc = payables(cli_env, "eval", "--dataset", str(bad), "--thresholds", str(gates))
+    dataset = write_dataset(tmp_path / "smoke.jsonl", PAY)
+    proc = payables(cli_env, "eval", "--dataset", str(dataset), "--thresholds", str(gates))
     assert proc.returncode == 2, explain(proc)
-    assert "names the gates that --gate checks; add --gate" in " ".join(proc.stderr.split())
+    assert f"Cannot read the gates file {gates}" in " ".join(proc.stderr.split())
 
 
 def test_cli_refuses_an_unreadable_earlier_report_before_running(
