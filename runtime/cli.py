@@ -346,16 +346,8 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a request to completion or to its next approval."""
-    try:
-        ReviewerIn(id=user, role="clerk")  # a requester's id has a reviewer id's shape
-    except ValidationError:
-        # Once recorded as "anonymous": a request nobody on record made.
-        given = f"'{shown(user)}'" if user else "nothing"
-        _fail(
-            "--user must be who is asking: one word of up to 128 printable characters, such "
-            f"as --user clerk-ana; got {given}.",
-            2,
-        )
+    # A requester's id has a reviewer id's shape; an empty one was recorded as "anonymous".
+    _check_person_flag("--user", user, "who is asking", "clerk-ana")
     attachments = [_read_attachment(path) for path in attach or []]
     if len(attachments) > MAX_ATTACHMENTS:
         _fail(f"At most {MAX_ATTACHMENTS} attachments per request, got {len(attachments)}.", 2)
@@ -368,6 +360,19 @@ def run(
     _print_json(view) if as_json else _print_view(view)
     if view["status"] == "failed":
         raise typer.Exit(1)
+
+
+def _check_person_flag(flag: str, value: str, what: str, example: str) -> None:
+    """Exit 2 naming ``flag`` unless ``value`` is a person's id (`ReviewerIn`'s shape)."""
+    try:
+        ReviewerIn(id=value, role="clerk")
+    except ValidationError:
+        given = f"'{shown(value)}'" if value else "nothing"
+        _fail(
+            f"{flag} must be {what}: one word of up to 128 printable characters, such as "
+            f"{flag} {example}; got {given}.",
+            2,
+        )
 
 
 MAX_ATTACHMENTS = 5
@@ -483,17 +488,9 @@ def resume(
             "(a server token's reviewer role signs as approver).",
             2,
         )
-    try:
-        ReviewerIn(id=reviewer, role=role)
-    except ValidationError:
-        # Checked here, not only in the resume value, so the message names the flag
-        # instead of the resume JSON the flags are turned into.
-        given = f"'{shown(reviewer)}'" if reviewer else "nothing"
-        _fail(
-            "--reviewer must be your reviewer id: one word of up to 128 printable characters, "
-            f"such as --reviewer ana.lee; got {given}.",
-            2,
-        )
+    # Checked here, not only in the resume value, so the message names the flag instead of
+    # the resume JSON the flags are turned into.
+    _check_person_flag("--reviewer", reviewer, "your reviewer id", "ana.lee")
 
     async def go() -> dict[str, Any]:
         async with open_agent() as agent:

@@ -288,10 +288,7 @@ def _assistant_without_policy(ctx: Auth.types.AuthContext, value: Any) -> None:
     if caller(ctx).role != "admin":
         raise _forbidden(f"{ctx.resource}.{ctx.action} is for admins only.")
     if policy := policy_settings(run_settings(value if isinstance(value, Mapping) else {})):
-        raise _forbidden(
-            f"Approval policy settings ({', '.join(sorted(policy))}) are the operator's "
-            "(PAYABLES_* environment), not an assistant's; create it without them."
-        )
+        raise _policy_refused(policy, "not an assistant's; create it without them.")
 
 
 @auth.on.assistants.read
@@ -491,6 +488,14 @@ def policy_settings(settings: set[str]) -> set[str]:
     return settings & set(POLICY_FIELDS)
 
 
+def _policy_refused(policy: set[str], why: str) -> Auth.exceptions.HTTPException:
+    """The 403 for approval policy settings sent with a request: they are the operator's."""
+    return _forbidden(
+        f"Approval policy settings ({', '.join(sorted(policy))}) are the operator's "
+        f"(PAYABLES_* environment), {why}"
+    )
+
+
 @auth.on.threads.create_run
 async def create_run(
     ctx: Auth.types.AuthContext, value: Auth.types.RunsCreate
@@ -509,10 +514,10 @@ async def create_run(
             )
     settings = run_settings(kwargs)
     if who.role == "admin" and (policy := policy_settings(settings)):
-        raise _forbidden(
-            f"Approval policy settings ({', '.join(sorted(policy))}) are the operator's "
-            "(PAYABLES_* environment) for every run, an admin's too: who must approve a "
-            "payment is not set per request. Send the run without them."
+        raise _policy_refused(
+            policy,
+            "for every run, an admin's too: who must approve a payment is not set per "
+            "request. Send the run without them.",
         )
     if who.role != "admin" and settings:
         raise _forbidden(

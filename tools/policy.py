@@ -66,8 +66,8 @@ def stricter(now: ApprovalRequirement, then: ApprovalRequirement) -> ApprovalReq
     """
     if not then.required:
         return now
-    role = CONTROLLER if CONTROLLER in (now.required_role, then.required_role) else None
-    role = role or now.required_role or then.required_role
+    roles = (now.required_role, then.required_role)
+    role = CONTROLLER if CONTROLLER in roles else now.required_role or then.required_role
     return ApprovalRequirement(
         required=True,
         reasons=now.reasons
