@@ -13,7 +13,6 @@ from guards.input_checks import check_attachments, check_request, split_pasted
 from nodes.deps import Node, NodeDeps, current_thread_id
 from nodes.safety import request_flags, request_for_model
 from runtime.context import Context, policy_of
-from runtime.errors import BadInput
 from runtime.models import ask_model
 from runtime.prompts import ROUTER_SYSTEM
 from runtime.rules_model import (
@@ -25,7 +24,7 @@ from runtime.rules_model import (
 )
 from runtime.tracing import annotate_run
 from state.audit import guard_flag_event, record, request_received_event, route_event
-from state.graph_state import AgentState, Entities, appended
+from state.graph_state import AgentState, Entities, appended, request_already_held
 from state.routes import TOOL_ROUTES, Route
 from state.runs import record_run
 
@@ -75,10 +74,7 @@ def make_router(deps: NodeDeps) -> Node:
             # thread that already holds a request (a server client sending a second one).
             # Run there, it would skip the cost cap's admission and mix the two requests'
             # plans, approvals and run index row.
-            raise BadInput(
-                f"Thread {thread_id} already holds a request ({state['route']}); a thread is "
-                "one request's. Start the new request on a new thread."
-            )
+            raise request_already_held(thread_id, state["route"])
         # A server client's input reaches this node as sent: anything but text, and
         # attachments other than a short list of {name, text}, are refused here, before
         # any check, prompt or record reads them.

@@ -11,8 +11,13 @@ class PayablesError(Exception):
     """Base class for every error this project raises on purpose."""
 
 
-class BadInput(PayablesError):
-    """The caller sent something we cannot act on (CLI exit code 2)."""
+class BadInput(PayablesError, ValueError):
+    """The caller sent something we cannot act on (CLI exit code 2).
+
+    A `ValueError` too: the LangGraph server tells a caller the message of only a few
+    exception types (`langgraph_api.serde`) and "An internal error occurred" for the rest,
+    which would hide what to do from the one person who can do it.
+    """
 
 
 class ConfigError(BadInput):

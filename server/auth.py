@@ -311,6 +311,9 @@ async def create_thread(
     who = caller(ctx)
     if who.role not in ("clerk", "admin"):
         raise _forbidden(f"A {who.role} cannot start threads; a clerk starts them.")
+    thread_id = value.get("thread_id")
+    if thread_id is not None and who.role != "admin":
+        await check_thread_id_free(who, str(thread_id))
     metadata = value.setdefault("metadata", {})
     metadata["owner"] = who.identity
     metadata["tenant"] = who.tenant
@@ -661,35 +664,71 @@ def _database_uri() -> str:
     return database_uri()
 
 
-async def _run_index_row(thread_id: str) -> dict[str, Any] | None:
-    """The thread's run index row (requester and tenant), or None: no request on it yet."""
+async def _thread_use(thread_id: str) -> tuple[dict[str, Any] | None, bool]:
+    """The thread's run index row and whether the agent's checkpoints hold anything of it.
+
+    The row holds requester and tenant; None: no request routed on the thread yet.
+    """
     async with await psycopg.AsyncConnection.connect(
         _database_uri(), row_factory=dict_row, autocommit=True
     ) as conn:
         cur = await conn.execute(
-            "SELECT requester, tenant FROM runs WHERE thread_id = %s", (thread_id,)
+            "SELECT r.requester, r.tenant,"
+            " EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = %(id)s) AS checkpointed"
+            " FROM (SELECT 1) AS one LEFT JOIN runs AS r ON r.thread_id = %(id)s",
+            {"id": thread_id},
         )
-        return await cur.fetchone()
+        row = await cur.fetchone()
+    assert row is not None  # the outer join always answers one row
+    run = None if row["requester"] is None else {k: row[k] for k in ("requester", "tenant")}
+    return run, bool(row["checkpointed"])
+
+
+def _someone_elses(who: Identity, run: Mapping[str, Any] | None) -> bool:
+    """Whether the run index row ``run`` records another requester's request than ``who``'s."""
+    return run is not None and (run["requester"], run["tenant"]) != (who.identity, who.tenant)
 
 
 async def thread_tenant(thread_id: str) -> str | None:
     """The tenant the run index records for ``thread_id`` (None: no request on it yet)."""
-    run = await _run_index_row(thread_id)
+    run, _ = await _thread_use(thread_id)
     return None if run is None else str(run["tenant"])
 
 
+async def check_thread_id_free(who: Identity, thread_id: str) -> None:
+    """Raise 409 if a thread created under ``thread_id`` would take over the agent's records.
+
+    The server's list of threads and the agent's records are kept apart: a `payables run`
+    thread is on no server list, and a `langgraph dev` started in another directory has
+    lost its list. Created on the server under such an id, a thread named its creator its
+    owner, who then read the request (a bank account typed for a change, another tenant's)
+    and could run on it. The requester the run index records may register their own.
+    """
+    run, checkpointed = await _thread_use(thread_id)
+    if _someone_elses(who, run) or (run is None and checkpointed):
+        raise Auth.exceptions.HTTPException(
+            status_code=409,
+            detail=f"Thread id {thread_id} is already in use. Create the thread without a "
+            "thread_id and the server chooses a new one.",
+        )
+
+
 async def check_unused_thread(who: Identity, thread_id: str) -> None:
-    """Raise 409 if ``thread_id`` is the caller's and already holds a request.
+    """Raise 409 if ``thread_id`` already holds a request, 404 if it is someone else's.
 
     Each thread is one request's: new input on a used thread would merge into its state
     (the request text replaced under the old plan, approvals and run index row) and skip the
-    cost cap's admission; the router refuses it too, after the input is written. A thread
-    the caller cannot see is left to the read filter's 404, which says nothing of it.
+    cost cap's admission; the saver and the router refuse it too, before the input is saved.
+    A thread that has checkpoints and no run index row yet holds a request still on its way
+    to the router (sent twice, say). Another requester's thread gets the 404 an unknown
+    thread gets, whatever the server's list says of its owner (see `check_thread_id_free`).
     """
-    run = await _run_index_row(thread_id)
-    if run is None:
-        return
-    if who.role == "admin" or (run["requester"], run["tenant"]) == (who.identity, who.tenant):
+    run, checkpointed = await _thread_use(thread_id)
+    if who.role != "admin" and _someone_elses(who, run):
+        raise Auth.exceptions.HTTPException(
+            status_code=404, detail="Thread or assistant not found."
+        )
+    if run is not None or checkpointed:
         raise Auth.exceptions.HTTPException(
             status_code=409,
             detail=f"Thread {thread_id} already holds a request; a thread is one request's. "

@@ -11,14 +11,24 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from state.db import check_held_thread_lock, default_database, migrate
+from state.graph_state import request_already_held
 
 
 class ThreadLockedSaver(AsyncPostgresSaver):
-    """An `AsyncPostgresSaver` that writes nothing more for a run whose thread lock died.
+    """An `AsyncPostgresSaver` that saves no new request over the one a thread holds.
+
+    Nor anything more for a run whose thread lock died.
 
     The graph's steps check the lock as they start (`graphs.payables.checks_thread_lock`);
     a step that was running when the lock died still ends in a checkpoint write, which
     would land beside (or after) the checkpoints of a process that took the thread over.
+
+    New input is saved as a checkpoint of its own before the router, which refuses it on a
+    routed thread, runs. Saved, it would have become the thread's latest checkpoint: on a
+    thread paused for approval, the approval was gone and every answer ran the router
+    again, which refused again. The server admits a second request while the first is
+    still queued (its router has not written the run index row `server.auth` checks), so
+    this is where it is refused with nothing written.
     """
 
     async def aput(
@@ -28,8 +38,12 @@ class ThreadLockedSaver(AsyncPostgresSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        """Check the run's thread lock, then save the checkpoint."""
-        check_held_thread_lock(config["configurable"].get("thread_id"))
+        """Check the run's thread lock and that new input starts a request, then save."""
+        thread_id = config["configurable"].get("thread_id")
+        check_held_thread_lock(thread_id)
+        route = checkpoint["channel_values"].get("route")
+        if metadata.get("source") == "input" and route:
+            raise request_already_held(thread_id, str(route))
         return await super().aput(config, checkpoint, metadata, new_versions)
 
     async def aput_writes(

@@ -58,8 +58,11 @@ async def try_thread_lock(conn: psycopg.AsyncConnection[Any], thread_id: str) ->
     return row is not None and bool(row["locked"])
 
 
-class ThreadLockLost(DatabaseError):
-    """The connection holding a run's thread lock died, so another process may run it now."""
+class ThreadLockLost(DatabaseError, RuntimeError):
+    """The connection holding a run's thread lock died, so another process may run it now.
+
+    A `RuntimeError` too, so the LangGraph server passes its message on (see `BadInput`).
+    """
 
 
 class ThreadLock:

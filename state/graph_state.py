@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, NotRequired, Self, TypedDict
 from langgraph.channels import BinaryOperatorAggregate, DeltaChannel
 from langgraph.types import StateSnapshot
 
+from runtime.errors import BadInput
 from tools.gate import ToolOutcome
 
 
@@ -35,6 +36,19 @@ def pending_steps(snapshot: StateSnapshot) -> tuple[str, ...]:
     finished, and `payables continue` finishes it.
     """
     return tuple(task.name for task in snapshot.tasks)
+
+
+def request_already_held(thread_id: str | None, route: str) -> BadInput:
+    """The refusal of new input on a thread that holds a routed request.
+
+    A thread is one request's: run there, new input would mix the two requests' plans,
+    approvals and run index row, skip the cost cap's admission and, on a thread paused for
+    approval, replace the pending approval with a request that cannot run.
+    """
+    return BadInput(
+        f"Thread {thread_id} already holds a request ({route}); a thread is one request's. "
+        "Start the new request on a new thread."
+    )
 
 
 def appended(**channels: list[Any]) -> dict[str, list[Any]]:

@@ -29,6 +29,9 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
+from runtime.agent import open_agent
+from runtime.context import Context
+from state.db import Database
 from tests.cli import explain, payables
 from tests.databases import database_copy
 from tests.langgraph_server import langgraph_dev, server_env
@@ -290,6 +293,48 @@ async def test_a_second_request_on_a_used_thread_is_refused_before_it_is_written
             404,
         )
     assert await footprint(module_db, thread_id) == before
+
+
+async def test_a_thread_on_no_server_list_cannot_be_taken_over_under_its_id(
+    server: str, module_db: str
+) -> None:
+    """A `payables run` thread (acme's bank change, run here in process as the CLI runs it)
+    is on no server list, nor is a server's thread once its list is lost. Created on the
+    server under its id, such a thread named its creator its owner: clerk-ben, of another
+    tenant, read acme's request with the account in full, and his run on it (stopped by
+    ``interrupt_before`` before the router could refuse it) replaced the pending approval."""
+    account = "NL02ABNA0123456789"
+    async with open_agent(database=Database(module_db)) as agent:
+        change = await agent.start(
+            f"Change the bank account of vendor V-006 to {account}, per their signed letter",
+            user="clerk-acme",
+            context=Context(tenant="acme"),
+        )
+        assert change["status"] == "interrupted", change["reason"]
+        thread_id = change["thread_id"]
+        before = await footprint(module_db, thread_id)
+        async with sdk(server, token_for("ben")) as ben:
+            text = await refused(ben.threads.create(thread_id=thread_id, graph_id=GRAPH_ID), 409)
+            assert f"Thread id {thread_id} is already in use" in text, text
+            await refused(
+                ben.runs.wait(
+                    thread_id,
+                    GRAPH_ID,
+                    input={"request": "Validate INV-1004", "user": "clerk-ben"},
+                    if_not_exists="create",
+                    interrupt_before=["router"],
+                ),
+                404,
+            )
+            await refused(ben.threads.get_state(thread_id), 404)
+        assert await footprint(module_db, thread_id) == before
+        assert len(await agent.pending(thread_id)) == 1
+    # The requester the run index records may put their own thread on the server's list.
+    async with sdk(server, token_for("acme-clerk")) as owner:
+        await owner.threads.create(thread_id=thread_id, graph_id=GRAPH_ID)
+        state = await owner.threads.get_state(thread_id)
+    assert state["values"]["user"] == "clerk-acme", state
+    assert [i["value"]["requester"] for i in state["interrupts"]] == ["clerk-acme"], state
 
 
 async def test_clerk_sees_and_runs_only_own_threads(server: str, module_db: str) -> None:

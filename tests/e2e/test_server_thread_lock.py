@@ -30,7 +30,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from runtime.agent import open_agent
-from state.db import Database
+from state.db import THREAD_LOCK_CLASS, Database
 from tests.cli import explain, payables
 from tests.databases import database_copy
 from tests.langgraph_server import langgraph_dev, server_env
@@ -246,3 +246,65 @@ async def test_a_seed_forgets_a_paused_server_thread_and_its_approval_cannot_be_
     assert "no approval waiting" in refused.value.response.text
     assert await run_status(module_db, thread_id) is None
     assert await approvals_asked(module_db, thread_id) == 1  # the audit chain outlives worlds
+
+
+async def test_a_server_run_whose_thread_lock_is_lost_stops_saying_why(
+    server: str, module_db: str
+) -> None:
+    """The run's lock connection dies (as when Postgres restarts) while it stalls after the
+    router: its next step stops the run. The caller read "An internal error occurred" (the
+    server's mask) until `ThreadLockLost` became a `RuntimeError` too."""
+    async with clerk(server) as client:
+        thread_id, run_id = await in_flight(client, module_db)
+        async with await psycopg.AsyncConnection.connect(module_db, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND classid = %s AND objid = ((hashtext(%s)::bigint + 4294967296)"
+                " %% 4294967296)::oid AND objsubid = 2 AND granted",
+                (THREAD_LOCK_CLASS, thread_id),
+            )
+            assert [row[0] for row in await cur.fetchall()] == [True]
+        failed: Any = await client.runs.join(thread_id, run_id)
+    error = failed["__error__"]
+    assert error["error"] == "ThreadLockLost", error
+    assert f"Thread {thread_id}'s lock was lost" in error["message"], error
+    assert await approvals_asked(module_db, thread_id) == 0
+
+
+async def test_a_second_request_queued_behind_the_first_leaves_its_approval_answerable(
+    server: str, module_db: str
+) -> None:
+    """A double submit: two requests sent to a new thread at once. Both pass admission,
+    which finds no run index row yet, and the second (the server queues it by default)
+    runs once the first has paused for approval. Its input was saved as the thread's
+    latest checkpoint before the router refused it: the approval was gone, and each
+    reviewer's answer ran the router again, which refused again. Its caller read "An
+    internal error occurred" (the server's mask of `BadInput`)."""
+    async with clerk(server) as client, open_agent(database=Database(module_db)) as agent:
+        thread_id = (await client.threads.create())["thread_id"]
+        async with agent.thread_lock(thread_id, "busy"):  # both queue: neither has run yet
+            first = await client.runs.create(
+                thread_id, GRAPH_ID, input={"request": REQUEST, "user": CLERK}
+            )
+            second = await client.runs.create(
+                thread_id, GRAPH_ID, input={"request": "Validate INV-1002", "user": CLERK}
+            )
+        paused: Any = await client.runs.join(thread_id, first["run_id"])
+        assert paused.get("__interrupt__"), paused
+        refused: Any = await client.runs.join(thread_id, second["run_id"])
+        error = refused["__error__"]
+        assert error["error"] == "BadInput", error
+        assert f"Thread {thread_id} already holds a request" in error["message"], error
+        assert "Start the new request on a new thread" in error["message"], error
+        state = await client.threads.get_state(thread_id)
+        assert state["values"]["request"] == REQUEST, state["values"]
+        [waiting] = state["interrupts"]
+    async with clerk(server, "rev-1") as reviewer:
+        answered: Any = await reviewer.runs.wait(
+            thread_id,
+            GRAPH_ID,
+            command={"resume": {waiting["id"]: {"decisions": [{"type": "approve"}]}}},
+        )
+    assert answered["status"] == "completed", answered
+    assert await approvals_asked(module_db, thread_id) == 1
+    assert await run_status(module_db, thread_id) == "completed"
