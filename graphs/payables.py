@@ -36,6 +36,7 @@ from runtime.context import Context
 from runtime.errors import PayablesError
 from runtime.logs import redact_process_logs
 from runtime.tracing import redact_process_traces
+from state.answer_claims import release_claims_of
 from state.db import Database, ThreadLock, check_held_thread_lock, default_database
 from state.graph_state import AgentState, InputState, OutputState
 
@@ -159,6 +160,21 @@ async def server_run_lock(
         yield
 
 
+async def _release_answers_undelivered(thread_id: str, runtime: ServerRuntime[Any]) -> None:
+    """Free the approval requests a reviewer's answer claimed, as the answer's run ends.
+
+    The approval node releases the claim of an answer it takes; a run cancelled before it
+    got there, or whose answer named an interrupt no longer pending (LangGraph drops it),
+    held the request from other reviewers until the claim expired.
+    """
+    user = runtime.user
+    fields = user.dict() if user is not None and callable(getattr(user, "dict", None)) else {}
+    if fields.get("role") in (None, "clerk"):  # clerks answer nothing, so claim nothing
+        return
+    async with default_database().connection() as conn:
+        await release_claims_of(conn, thread_id=thread_id, reviewer=str(fields["identity"]))
+
+
 @asynccontextmanager
 async def served_graph(
     config: RunnableConfig, runtime: ServerRuntime[Any]
@@ -179,7 +195,10 @@ async def served_graph(
         return
     if runtime.execution_runtime is not None:
         async with server_run_lock(default_database(), str(thread_id)):
-            yield graph
+            try:
+                yield graph
+            finally:
+                await _release_answers_undelivered(str(thread_id), runtime)
         return
     try:
         async with server_run_lock(

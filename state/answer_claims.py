@@ -7,8 +7,10 @@ a changed request (and was refused only then). Now the server's auth handler cla
 request for the first answer it accepts (`claim_answer`, in the transaction that checks the
 resume), and refuses the second at once, naming whose answer is being applied. The approval
 node releases the claim with the answer it made, recorded or refused
-(`release_answer_claim`). A claim whose run never reached the node (cancelled, or the
-process died first) stops counting after `ANSWER_CLAIM_TTL`.
+(`release_answer_claim`). A run that ends without the node taking its answer (cancelled, or
+sent for an interrupt no longer pending, which LangGraph drops without a word) releases its
+reviewer's claims on the thread as it ends (`release_claims_of`, from the served graph); a
+claim whose process died first stops counting after `ANSWER_CLAIM_TTL`.
 
 The CLI's `payables resume` runs the graph in its own process and claims nothing: it holds
 the thread's lock while it runs, and its answer releases a server claim like any other.
@@ -24,7 +26,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 ANSWER_CLAIM_TTL = timedelta(minutes=2)
-"""How long an accepted answer holds its request before its run reaches the approval node.
+"""How long an accepted answer holds its request if its process dies before its run ends.
 A resume's run waits for a free worker and behind the runs on its thread, and those are
 few: other reviewers' answers to the request are refused while it is claimed, and a clerk
 cannot start another run on a thread that holds a request."""
@@ -95,4 +97,19 @@ async def release_answer_claim(
     await conn.execute(
         "DELETE FROM answer_claims WHERE tenant = %s AND request_key = %s",
         (tenant, request_key),
+    )
+
+
+async def release_claims_of(
+    conn: psycopg.AsyncConnection[Any], *, thread_id: str, reviewer: str
+) -> None:
+    """Release what ``reviewer``'s answers claim on ``thread_id``: their run has ended.
+
+    What the approval node took is already released; this frees a request whose answer the
+    run never delivered to it. A second answer of the same reviewer still queued loses its
+    claim too and is bound to its request like any other (`server.auth.bind_resume`).
+    """
+    await conn.execute(
+        "DELETE FROM answer_claims WHERE thread_id = %s AND reviewer = %s",
+        (thread_id, reviewer),
     )

@@ -245,9 +245,10 @@ async def test_a_refused_answer_frees_the_request_for_other_reviewers(
     assert await decided_by(module_db, thread_id) == [("ctl-2", "approve")]
 
 
-async def test_an_answer_whose_run_never_reached_the_approval_holds_it_until_expiry(
+async def test_an_answer_whose_run_is_cancelled_frees_the_request_as_the_run_ends(
     server: str, module_db: str
 ) -> None:
+    """Before, the cancelled answer held the request from other reviewers for 2 minutes."""
     thread_id, _ = await paused_thread(server, "Validate INV-1014 and pay it if it matches")
     async with as_user(server, "rev-1") as first, as_user(server, "ctl-2") as second:
         lost = await first.runs.create(thread_id, GRAPH_ID, command={"resume": answer("approve")})
@@ -255,9 +256,49 @@ async def test_an_answer_whose_run_never_reached_the_approval_holds_it_until_exp
         async with as_user(server, "ops") as operator:  # a stuck run, cancelled by ops
             await operator.runs.cancel(thread_id, lost["run_id"], wait=True)
         assert (await first.threads.get(thread_id))["status"] == "interrupted"
+        answered: Any = await second.runs.wait(
+            thread_id, GRAPH_ID, command={"resume": answer("approve")}
+        )
+    assert answered["status"] == "completed", answered
+    assert await decided_by(module_db, thread_id) == [("ctl-2", "approve")]
+
+
+async def test_an_answer_to_an_interrupt_no_longer_pending_frees_the_request(
+    server: str, module_db: str
+) -> None:
+    """An answer keyed by an interrupt id that is not pending (a card read before the request
+    changed, or a made-up id) is dropped by LangGraph: the run pauses at the same approval
+    and its reviewer's claim, which the approval node never saw, held the request from
+    every other reviewer for 2 minutes; sent again and again, for good."""
+    thread_id, _ = await paused_thread(server, "Validate INV-1015 and pay it if it matches")
+    stale = {"0" * 32: answer("approve")}
+    async with as_user(server, "rev-1") as first, as_user(server, "ctl-2") as second:
+        dropped: Any = await first.runs.wait(thread_id, GRAPH_ID, command={"resume": stale})
+        assert dropped["__interrupt__"], dropped
+        answered: Any = await second.runs.wait(
+            thread_id, GRAPH_ID, command={"resume": answer("approve")}
+        )
+    assert answered["status"] == "completed", answered
+    assert await decided_by(module_db, thread_id) == [("ctl-2", "approve")]
+
+
+async def test_a_claim_left_by_a_process_that_died_holds_the_request_until_expiry(
+    server: str, module_db: str
+) -> None:
+    thread_id, _ = await paused_thread(server, "Validate INV-1003 and pay it if it matches")
+    async with await psycopg.AsyncConnection.connect(module_db, autocommit=True) as conn:
+        # What rev-1's accepted answer leaves when its server process dies before the run ends.
+        await conn.execute(
+            "INSERT INTO answer_claims (tenant, request_key, thread_id, reviewer)"
+            " SELECT tenant, event_key, thread_id, 'rev-1' FROM audit_events"
+            " WHERE thread_id = %s AND kind = 'approval_requested'",
+            (thread_id,),
+        )
+    async with as_user(server, "ctl-2") as second:
         detail = await conflict(
             second.runs.create(thread_id, GRAPH_ID, command={"resume": answer("approve")})
         )
+        assert detail.startswith("rev-1's answer"), detail
         assert "If no run is in progress on the thread, answer again after" in detail, detail
         # Two minutes on (the claim's expiry, `ANSWER_CLAIM_TTL`), the request is free.
         async with await psycopg.AsyncConnection.connect(module_db, autocommit=True) as conn:
