@@ -168,11 +168,10 @@ async def _release_answers_undelivered(thread_id: str, runtime: ServerRuntime[An
     held the request from other reviewers until the claim expired.
     """
     user = runtime.user
-    fields = user.dict() if user is not None and callable(getattr(user, "dict", None)) else {}
-    if fields.get("role") in (None, "clerk"):  # clerks answer nothing, so claim nothing
-        return
+    if user is None or "role" not in user or user["role"] == "clerk":
+        return  # no authentication, or a clerk: they answer nothing, so claim nothing
     async with default_database().connection() as conn:
-        await release_claims_of(conn, thread_id=thread_id, reviewer=str(fields["identity"]))
+        await release_claims_of(conn, thread_id=thread_id, reviewer=user.identity)
 
 
 @asynccontextmanager
