@@ -85,11 +85,13 @@ def eval_command(
     from evals.report import (
         build_report,
         check_gates,
+        check_writable,
         earlier_baseline,
         gate_failures,
         load_thresholds,
         write_reports,
     )
+    from evals.runner import provider_for
     from evals.suite import run_jobs, select_jobs
 
     if model is not None and model not in MODEL_MODES:
@@ -102,6 +104,9 @@ def eval_command(
         # reported, and only --gate makes a failed one fail the command.
         gates = load_thresholds(thresholds) if gate or thresholds != THRESHOLDS_PATH else None
         earlier_baseline(out)
+        if any(job.mode == "llm" for job in jobs):
+            provider_for("llm")  # no chat model configured: refused once, before any run
+        check_writable(out)
     except BadInput as exc:
         _fail(str(exc), 2)
         return

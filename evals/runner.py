@@ -57,6 +57,8 @@ class ScenarioRun:
     refusals: list[str] = field(default_factory=list)
     """Decisions the agent refused (expected or not), with its reason."""
     usage: dict[str, Any] = field(default_factory=dict)
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    """The guard flags the run raised (suspected injection, PII), as reviewers see them."""
     wall_s: float = 0.0
     error: str | None = None
     """Set when the run itself failed (a bug, or a bad scenario): the scenario fails."""
@@ -245,6 +247,7 @@ async def _drive(agent: Agent, scenario: Scenario, run: ScenarioRun, context: Co
     run.result = view["result"] or {}
     run.summary = view["summary"]
     run.reason = view["reason"]
+    run.flags = [dict(f) for f in view["flags"]]
     snapshot = await agent.graph.aget_state(agent.config(run.thread_id))
     run.outcomes = [dict(o) for o in snapshot.values.get("outcomes", [])]
     run.usage = dict(snapshot.values.get("usage", {}))

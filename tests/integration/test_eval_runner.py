@@ -192,6 +192,34 @@ def test_cli_refuses_an_unreadable_earlier_report_before_running(
     assert (out / "eval-report.json").read_text() == "{truncated"
 
 
+def test_cli_refuses_a_report_directory_it_cannot_write_before_running(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Before, every scenario ran and the results were lost to a traceback at the end."""
+    dataset = write_dataset(tmp_path / "smoke.jsonl", PAY)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = payables(cli_env, "eval", "--dataset", str(dataset), "--out", str(blocker / "reports"))
+    assert proc.returncode == 2, explain(proc)
+    assert f"Cannot write the eval reports to {blocker / 'reports'}" in proc.stderr, explain(proc)
+    assert "Pass an --out directory you can write to" in proc.stderr, explain(proc)
+    assert "smoke/rules" not in proc.stderr + proc.stdout  # nothing ran
+
+
+def test_cli_refuses_llm_mode_without_a_model_once_before_running(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Before, each scenario failed on the same missing key, the command exited 0, and the
+    report of those failures replaced the last one."""
+    dataset = write_dataset(tmp_path / "smoke.jsonl", PAY)
+    out = tmp_path / "reports"
+    proc = payables(cli_env, "eval", "--dataset", str(dataset), "--model", "llm", "--out", str(out))
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr.count("--model llm needs a chat model") == 1, explain(proc)
+    assert "smoke/llm" not in proc.stderr + proc.stdout
+    assert not out.exists()
+
+
 def test_a_gated_run_that_no_gate_applies_to_fails(cli_env: dict[str, str], tmp_path: Path) -> None:
     """`--gate` with every gate skipped (their suites or modes did not run) checked nothing."""
     dataset = write_dataset(tmp_path / "smoke.jsonl", PAY)
