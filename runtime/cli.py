@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -352,9 +353,19 @@ def run(
     if len(attachments) > MAX_ATTACHMENTS:
         _fail(f"At most {MAX_ATTACHMENTS} attachments per request, got {len(attachments)}.", 2)
 
+    # Named before anything runs: a process killed before the request reached the run
+    # index (its first step records it) left a thread no `payables threads` lists.
+    try:
+        thread_id = checked_id(thread, "thread id") if thread else str(uuid.uuid4())
+    except BadInput as exc:
+        _fail(str(exc), 2)
+    err.print(f"thread {thread_id}", highlight=False)
+
     async def go() -> dict[str, Any]:
         async with open_agent() as agent:
-            return await agent.start(request, user=user, thread_id=thread, attachments=attachments)
+            return await agent.start(
+                request, user=user, thread_id=thread_id, attachments=attachments
+            )
 
     view = _run(go())
     _print_json(view) if as_json else _print_view(view)

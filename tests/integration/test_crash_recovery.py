@@ -6,6 +6,8 @@ flush, no final checkpoint. The database is the judge of what happened.
 
 from __future__ import annotations
 
+import re
+import signal
 from typing import Any
 
 import psycopg
@@ -88,6 +90,23 @@ def test_kill_in_the_verifier_then_continue_loses_nothing(
         )
         == 1
     )
+
+
+def test_a_run_killed_before_its_first_step_named_its_thread_so_continue_finishes_it(
+    cli_env: dict[str, str], db_uri: str
+) -> None:
+    """The run index row is written by the first step: a run killed before it is on no
+    list, and without --thread its id was never shown. It is now, before anything runs."""
+    proc = payables(
+        {**cli_env, "PAYABLES_FAILPOINTS": "before:router"},
+        "run", "Validate INV-1003", "--user", "clerk-ana",
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, explain(proc)
+    [thread] = re.findall(r"^thread ([0-9a-f-]{36})$", proc.stderr, re.MULTILINE)
+    assert count(db_uri, "SELECT count(*) FROM runs WHERE thread_id = %s", thread) == 0
+    done = payables_json(cli_env, "continue", thread)
+    assert done["status"] == "completed", done["reason"]
+    assert done["result"]["invoices"]["INV-1003"]["actions"] == ["staged"]
 
 
 def test_kill_before_the_approval_request_loses_nothing(
