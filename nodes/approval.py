@@ -16,6 +16,7 @@ reviewer looked is caught by the gate, which refuses to pay another account.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +44,12 @@ from state.approvals import (
     StepRequirement,
     parse_resume,
 )
-from state.audit import approval_requested_event, decision_event, record
+from state.audit import (
+    answer_refused_event,
+    approval_requested_event,
+    decision_event,
+    record,
+)
 from state.db import Database
 from state.graph_state import AgentState, Decision, Plan, PlanStep
 from state.runs import record_run
@@ -290,7 +296,7 @@ def make_approval(deps: NodeDeps) -> Node:
 
         payload = request
         verified = verified_reviewer(get_config().get("configurable", {}))
-        while True:
+        for refused in itertools.count(1):
             value = interrupt(payload)
             try:
                 value = answering(value, asked.key)
@@ -300,11 +306,21 @@ def make_approval(deps: NodeDeps) -> Node:
                 edited = validated_edits(gate, state["route"], request, resume)
                 break
             except ResumeError as exc:
-                # Refused, so the request waits again, open to any reviewer's answer.
-                async with deps.database.connection() as conn:
+                # Refused, so the request waits again, open to any reviewer's answer. The
+                # attempt is on record: a requester approving their own request is what a
+                # segregation-of-duties review looks for.
+                async with deps.database.connection() as conn, conn.transaction():
                     await release_answer_claim(
                         conn, tenant=runtime.context.tenant, request_key=asked.key
                     )
+                    refusal = answer_refused_event(
+                        thread_id,
+                        request_key=asked.key,
+                        reviewer=verified or answering_reviewer(value),
+                        reason=str(exc),
+                        attempt=str(refused),
+                    )
+                    await record(conn, runtime.context.tenant, thread_id, refusal)
                 payload = ApprovalRequest(**{**request, "error": str(exc)})
 
         decisions: list[Decision] = []
@@ -465,6 +481,16 @@ def answering(value: Any, request_key: str) -> Any:
             "it); it was not recorded. Read the request as it is now and answer again."
         )
     return {key: item for key, item in value.items() if key != ANSWERS_REQUEST}
+
+
+def answering_reviewer(value: Any) -> Mapping[str, Any]:
+    """Whom an answer names as its reviewer (the CLI's ``--reviewer``), or ``{}``."""
+    answers = value.values() if isinstance(value, Mapping) else ()
+    for answer in (value, *answers):
+        reviewer = answer.get("reviewer") if isinstance(answer, Mapping) else None
+        if isinstance(reviewer, Mapping):
+            return reviewer
+    return {}
 
 
 def verified_reviewer(configurable: Mapping[str, Any]) -> dict[str, str] | None:

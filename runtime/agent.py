@@ -49,13 +49,14 @@ from langsmith import Client
 from graphs.payables import TRANSIENT_DB_RETRY, build_graph, is_transient_db_error
 from guards.input_checks import unstorable_reason
 from guards.redaction import redact, redact_text
-from nodes.approval import decision_rows, validated_edits
+from nodes.approval import answering_reviewer, decision_rows, validated_edits
 from nodes.deps import NodeDeps
 from runtime.context import Context
 from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
 from state.approvals import ApprovalRequest, ResumeIn, parse_resume
+from state.audit import answer_refused_event, record
 from state.checkpointer import ThreadLockedSaver
 from state.db import (
     Database,
@@ -566,20 +567,25 @@ class Agent:
                         "it was already resolved or never existed."
                     )
             target = interrupts[0]
-            resume = parse_resume(value, target.value)
             run = await self._run_index_row(thread_id)
-            answered = await self._answered_before(thread_id, run, target.value, resume)
-            if answered is not None:
-                raise ResumeError(
-                    f"Thread {thread_id}'s approval was already answered ({answered}) before "
-                    "this answer arrived, and the run stopped before it went on; this answer "
-                    f"was not recorded. `payables continue {thread_id}` finishes the run (it "
-                    "asks again if an approval is still missing)."
-                )
+            try:
+                resume = parse_resume(value, target.value)
+                answered = await self._answered_before(thread_id, run, target.value, resume)
+                if answered is not None:
+                    raise ResumeError(
+                        f"Thread {thread_id}'s approval was already answered ({answered}) "
+                        "before this answer arrived, and the run stopped before it went on; "
+                        f"this answer was not recorded. `payables continue {thread_id}` "
+                        "finishes the run (it asks again if an approval is still missing)."
+                    )
+                # Refuse here what the approval node would refuse, so the caller gets an
+                # error (exit 2) instead of a run that pauses again with an error in its
+                # payload.
+                validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
+            except ResumeError as exc:
+                await self._record_refused_answer(thread_id, value, str(exc))
+                raise
             context = context or _context_of(run)
-            # Refuse here what the approval node would refuse, so the caller gets an error
-            # (exit 2) instead of a run that pauses again with an error in its payload.
-            validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
             output = await self._drive(
                 thread_id,
                 Command(resume={target.id: value}),
@@ -590,6 +596,29 @@ class Agent:
                 durability=AFTER_APPROVAL_DURABILITY,
             )
             return await self.view_after(thread_id, output)
+
+    async def _record_refused_answer(self, thread_id: str, value: Any, reason: str) -> None:
+        """Put a refused answer in the thread's audit chain (`answer_refused`).
+
+        As the approval step and the server do: the attempt stays on record.
+        """
+        async with self.database.connection() as conn:
+            cur = await conn.execute(
+                "SELECT tenant, event_key FROM audit_events WHERE thread_id = %s"
+                " AND kind = 'approval_requested' ORDER BY seq DESC LIMIT 1",
+                (thread_id,),
+            )
+            asked = await cur.fetchone()
+            if asked is None:  # a request asked before the chain recorded requests
+                return
+            event = answer_refused_event(
+                thread_id,
+                request_key=asked["event_key"],
+                reviewer=answering_reviewer(value),
+                reason=reason,
+                attempt=str(uuid.uuid4()),
+            )
+            await record(conn, asked["tenant"], thread_id, event)
 
     async def continue_run(
         self,

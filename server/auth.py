@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from psycopg.rows import dict_row
 from guards.input_checks import unstorable_reason
 from state.answer_claims import AnswerClaim, claim_answer
 from state.approvals import ANSWERS_REQUEST
+from state.audit import answer_refused_event, record
 
 ROLES = ("clerk", "reviewer", "controller", "admin")
 Role = Literal["clerk", "reviewer", "controller", "admin"]
@@ -763,6 +765,14 @@ def bind_resume(command: dict[str, Any], request_key: str) -> None:
         command["resume"] = {**resume, ANSWERS_REQUEST: request_key}
 
 
+class AnswerRefused(Auth.exceptions.HTTPException):
+    """A 403 for an answer to an approval request the caller may see, and that request."""
+
+    def __init__(self, detail: str, asked: Mapping[str, Any]) -> None:
+        super().__init__(status_code=403, detail=detail)
+        self.asked = asked
+
+
 async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
     """The thread's tenant and its pending approval request's key (its audit event's).
 
@@ -775,7 +785,31 @@ async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
     committed (the run index says running since, because the process died before the
     checkpoint or the run is still going) is refused saying who answered and how the run
     is finished: that answer stands, as `payables resume` says on the CLI.
+
+    Each 403 for a request the caller may see (their own request, a role that cannot sign,
+    a second signature of theirs) is recorded in the thread's audit chain
+    (`answer_refused`), after the check's transaction, and the claim it took, roll back.
     """
+    try:
+        return await _checked_resume(who, thread_id)
+    except AnswerRefused as refusal:
+        asked = refusal.asked
+        event = answer_refused_event(
+            thread_id,
+            request_key=asked["event_key"],
+            reviewer={"id": who.identity, "role": APPROVAL_ROLES.get(who.role, who.role)},
+            reason=str(refusal.detail),
+            attempt=str(uuid.uuid4()),
+        )
+        async with await psycopg.AsyncConnection.connect(
+            _database_uri(), row_factory=dict_row, autocommit=True
+        ) as conn:
+            await record(conn, asked["tenant"], thread_id, event)
+        raise
+
+
+async def _checked_resume(who: Identity, thread_id: str) -> tuple[str, str]:
+    """`check_resume` less the record of its refusals."""
     async with (
         await psycopg.AsyncConnection.connect(
             _database_uri(), row_factory=dict_row, autocommit=True
@@ -815,7 +849,19 @@ async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
                 (thread_id, asked["seq"]),
             )
             answers = list(await cur.fetchall())
-        return _accepted_resume(who, thread_id, run, asked, answers, claim)
+        try:
+            return _accepted_resume(who, thread_id, run, asked, answers, claim)
+        except Auth.exceptions.HTTPException as refusal:
+            # "No approval waiting" is also what a thread the caller may not see gets.
+            if refusal.status_code != 403 or refusal.detail == _no_approval(thread_id):
+                raise
+            assert asked is not None  # any other refusal read the request
+            raise AnswerRefused(str(refusal.detail), asked) from None
+
+
+def _no_approval(thread_id: str) -> str:
+    """The refusal a thread with no approval waiting gets, and one the caller may not see."""
+    return f"Thread {thread_id} has no approval waiting for a decision."
 
 
 def _accepted_resume(
@@ -827,7 +873,7 @@ def _accepted_resume(
     claim: AnswerClaim | None,
 ) -> tuple[str, str]:
     """`check_resume`'s verdict on what it read: the tenant and request key, or a refusal."""
-    nothing = _forbidden(f"Thread {thread_id} has no approval waiting for a decision.")
+    nothing = _forbidden(_no_approval(thread_id))
     if run is None or (run["tenant"] != who.tenant and who.role != "admin"):
         raise nothing
     if answers:

@@ -89,6 +89,7 @@ Kind = Literal[
     "decision",
     "outcome",
     "world_replaced",  # a seed erased the agent's payments, bank changes or emails
+    "answer_refused",  # an answer to an approval was refused (self-approval, role, stale)
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 HASH_VERSION = 1
@@ -714,6 +715,28 @@ def decision_event(
     )
 
 
+def answer_refused_event(
+    thread_id: str, *, request_key: str, reviewer: Mapping[str, Any], reason: str, attempt: str
+) -> Event:
+    """An answer to the approval request ``request_key`` that was refused, and why.
+
+    ``reviewer`` is who answered as far as it is known (the server's verified user, or
+    whom the answer names on the CLI). ``attempt`` tells refusals apart: the approval
+    step's count of answers it refused to this request, so its re-run records each once,
+    or the server's id for the HTTP request it refused.
+    """
+    return Event(
+        "answer_refused",
+        {
+            "request_key": request_key,
+            "reviewer_id": str(reviewer.get("id", "?")),
+            "reviewer_role": str(reviewer.get("role", "")),
+            "reason": reason,
+        },
+        f"{thread_id}:{request_key}:answer_refused:{attempt}",
+    )
+
+
 def guard_flag_event(thread_id: str, flag: Mapping[str, Any]) -> Event:
     """A guard's flag (suspected injection, PII, taint), keyed by its masked content."""
     return Event("guard_flag", dict(flag), f"{thread_id}:guard_flag:{masked_digest(flag)}")
@@ -1007,6 +1030,9 @@ def summarize(kind: str, p: Mapping[str, Any]) -> str:
         return text
     if kind == "outcome":
         return f"{p.get('status')}" + (f": {_short(p['reason'])}" if p.get("reason") else "")
+    if kind == "answer_refused":
+        role = f" ({p['reviewer_role']})" if p.get("reviewer_role") else ""
+        return f"{p.get('reviewer_id')}{role} refused: {_short(p.get('reason', ''), 100)}"
     if kind == "world_replaced":
         erased = ", ".join(f"{n} {tool}" for tool, n in sorted(p.get("erased_calls", {}).items()))
         return f"world replaced by {p.get('operator')}, erasing {erased or 'nothing'}"

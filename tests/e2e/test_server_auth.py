@@ -146,6 +146,17 @@ async def footprint(db_uri: str, thread_id: str | None = None) -> dict[str, int]
     return counts
 
 
+async def answers_refused(db_uri: str, thread_id: str) -> list[tuple[str, str]]:
+    """(reviewer, role) of each refused answer the audit chain holds for ``thread_id``."""
+    async with await psycopg.AsyncConnection.connect(db_uri) as conn:
+        cur = await conn.execute(
+            "SELECT payload->>'reviewer_id', payload->>'reviewer_role' FROM audit_events"
+            " WHERE thread_id = %s AND kind = 'answer_refused' ORDER BY seq",
+            (thread_id,),
+        )
+        return [(r[0], r[1]) for r in await cur.fetchall()]
+
+
 async def thread_count(url: str) -> int:
     """How many threads the server holds (as admin, who sees all)."""
     async with sdk(url, token_for("admin")) as admin:
@@ -569,6 +580,9 @@ async def test_clerk_and_requester_cannot_resume_and_reviewer_only_resumes(
         assert "cannot decide" in await refused(
             requester.runs.wait(thread_id, GRAPH_ID, command=resume), 403
         )
+    # The requester's attempt to decide her own request is on record, and only it.
+    assert await answers_refused(module_db, thread_id) == [("clerk-ana", "approver")]
+    before["audit_events"] += 1
     async with sdk(server, token_for("rev-1")) as reviewer:
         # A reviewer answers the interrupt, nothing else: no goto, no state update, no input.
         await refused(reviewer.runs.wait(thread_id, GRAPH_ID, command={"goto": "executor"}), 403)
@@ -640,6 +654,14 @@ async def test_second_signature_above_dual_control_must_be_a_controller(
         assert "rev-1 already approved schedule_payment" in again, again
         missing = await refused(rev1.runs.wait(thread_id, GRAPH_ID, command={"resume": None}), 422)
         assert "command.resume is missing" in missing, missing
+    # Each refused attempt at the signature is on record (the malformed answer was refused
+    # before it was an answer to anything).
+    assert await answers_refused(module_db, thread_id) == [
+        ("rev-2", "approver"),
+        ("ops-1", "approver"),
+        ("rev-1", "approver"),
+    ]
+    before["audit_events"] += 3
     assert await footprint(module_db, thread_id) == before
     async with sdk(server, token_for("ctl-1")) as controller:
         await controller.runs.wait(thread_id, GRAPH_ID, command=resume)
@@ -766,6 +788,10 @@ async def test_a_resume_after_an_answer_recorded_before_a_crash_says_who_answere
         text = await refused(other_tenant.runs.wait(thread_id, GRAPH_ID, command=resume), 403)
     assert "rev-1" not in text and "answered" not in text, text
     assert "no approval waiting" in text, text
+    # rev-2's answer is on record as refused; the other tenant's reviewer learnt nothing,
+    # and nothing is recorded in a chain of a tenant they may not see.
+    assert await answers_refused(module_db, thread_id) == [("rev-2", "approver")]
+    before["audit_events"] += 1
     assert await footprint(module_db, thread_id) == before
 
     # An admin of another tenant finishes it, as the thread's tenant: the run's audit rows

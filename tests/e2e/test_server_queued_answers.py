@@ -243,6 +243,14 @@ async def test_a_refused_answer_frees_the_request_for_other_reviewers(
         )
     assert answered["status"] == "completed", answered
     assert await decided_by(module_db, thread_id) == [("ctl-2", "approve")]
+    # The refusal is on record once, though the approval step ran again for ctl-2's answer.
+    refused_answers = await scalar(
+        module_db,
+        "SELECT array_agg(payload->>'reviewer_id') FROM audit_events"
+        " WHERE thread_id = %s AND kind = 'answer_refused'",
+        thread_id,
+    )
+    assert refused_answers == ["rev-1"]
 
 
 async def test_an_answer_whose_run_is_cancelled_frees_the_request_as_the_run_ends(

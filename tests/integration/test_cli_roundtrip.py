@@ -283,6 +283,19 @@ def test_requester_cannot_approve_own_request(cli_env: dict[str, str], db_uri: s
         cli_env, "resume", thread, "--reviewer", "clerk-ana", "--role", "controller", "--approve"
     )
     assert "clerk-ana made this request" in stderr
+    # Refused, and on record: the attempt is what a segregation-of-duties review looks for.
+    with psycopg.connect(db_uri) as conn:
+        refused = conn.execute(
+            "SELECT payload->>'reviewer_id', payload->>'reviewer_role', payload->>'reason'"
+            " FROM audit_events WHERE thread_id = %s AND kind = 'answer_refused'",
+            (thread,),
+        ).fetchall()
+    assert [(who, role) for who, role, _ in refused] == [("clerk-ana", "controller")], refused
+    assert "clerk-ana made this request and cannot also approve" in refused[0][2]
+    events = payables_json(cli_env, "audit", "show", thread)["events"]
+    [shown] = [e for e in events if e["kind"] == "answer_refused"]
+    assert shown["summary"].startswith("clerk-ana (controller) refused: clerk-ana made this")
+    assert payables(cli_env, "audit", "verify").returncode == 0
     assert decisions_for(db_uri, thread) == []
     assert payments_for(db_uri, "INV-1001") == []
     assert checkpoint_count(db_uri, thread) == before
