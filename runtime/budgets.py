@@ -12,7 +12,9 @@
   when there is no plan yet, so nothing to salvage) and a ``budget_exhausted`` reason;
 - gives the node a `runtime.usage.Meter` holding what is left of the run's model-call,
   token and cost budgets (cost also capped by the tenant's allowance left today), which
-  `runtime.models` consults before every call.
+  `runtime.models` consults before every call, and which counts each call on the thread
+  in the database as it starts (`state.costs.start_model_call`): a step killed after its
+  calls, whose usage never reached the state, cannot spend the call budget again.
 
 After the node it adds one step, the node's model usage and its time to the run's
 ``usage`` (after respond, the run's whole usage goes into its result too); records the
@@ -57,7 +59,7 @@ from langsmith.run_helpers import get_current_run_tree
 from nodes.deps import Node, current_thread_id
 from runtime.context import Context
 from runtime.usage import Meter, metering
-from state.costs import TenantDay, admit_run, spent_today
+from state.costs import TenantDay, admit_run, spent_today, start_model_call
 from state.db import Database
 from state.graph_state import AgentState, Plan, Usage, add_usage, phase_outcomes
 from state.runs import reused_after_seed, reused_thread
@@ -516,6 +518,7 @@ def guard_node(
                 return stopped
 
         meter = meter_for(usage, ctx, today, stopped=bool(state.get("budget_stop")))
+        meter.start_call = functools.partial(start_model_call, db, thread_id, ctx.max_model_calls)
         started_at = datetime.now(UTC)
         started = monotonic()
 

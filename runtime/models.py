@@ -506,13 +506,25 @@ def _attempt(
     breaker = _breaker(name, context)
 
     async def attempt(messages: list[Any]) -> StructuredReply:
-        refusal = current_meter().refusal()
+        meter = current_meter()
+        refusal = meter.refusal()
         if refusal is not None:
             raise _Refused(refusal, budget=True)
         admission = breaker.admit()
         if admission is BreakerAdmission.REFUSED:
             raise _Refused(f"circuit open (retry in {breaker.retry_after_s():.0f}s)", budget=False)
         trial = admission is BreakerAdmission.TRIAL
+        if meter.start_call is not None:
+            try:
+                refusal = await meter.start_call()
+            except BaseException:
+                if trial:
+                    breaker.release_trial()
+                raise
+            if refusal is not None:
+                if trial:
+                    breaker.release_trial()
+                raise _Refused(refusal, budget=True)
         fault = FAULTS.draw("model", name)
         reply: StructuredReply | None = None
         try:

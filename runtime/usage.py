@@ -9,7 +9,7 @@ still within the run's budget. The guard then adds the meter's totals to the run
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -31,6 +31,10 @@ class Meter:
     cost_usd: float = 0.0
     models: dict[str, int] = field(default_factory=dict)
     """Calls per model name."""
+    start_call: Callable[[], Awaitable[str | None]] | None = None
+    """Counts a call where it outlives the process, as the call starts: why it may not
+    start (the thread's calls started, crashed attempts included, reached the budget), or
+    None. Unset outside the budget guard."""
 
     def refusal(self) -> str | None:
         """Why no further model call may be made in this run, or None if one may."""

@@ -202,3 +202,30 @@ async def add_spend(
         row = await cur.fetchone()
     assert row is not None
     return _tenant_day(tenant, row)
+
+
+async def start_model_call(database: Database, thread_id: str, budget: int) -> str | None:
+    """Count a model call of ``thread_id`` as it starts; why it may not start, or None.
+
+    The count outlives the process, unlike the run's ``usage``, which a step adds to only
+    when it returns: a step killed after its calls (a crash loop, each restart continuing
+    the thread) would otherwise spend the budget again on every restart. A refused call is
+    counted too; it is not made, and every later one is refused as well.
+    """
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "INSERT INTO model_calls_started (thread_id, calls) VALUES (%s, 1)"
+            " ON CONFLICT (thread_id) DO UPDATE"
+            " SET calls = model_calls_started.calls + 1, updated_at = now()"
+            " RETURNING calls",
+            (thread_id,),
+        )
+        row = await cur.fetchone()
+    assert row is not None  # an upsert with RETURNING always answers
+    started = int(row["calls"])
+    if started <= budget:
+        return None
+    return (
+        f"model-call budget exhausted ({started - 1} calls started on this thread, those of "
+        f"attempts that never finished included; the budget is {budget})"
+    )

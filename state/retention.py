@@ -213,6 +213,9 @@ async def _prune_thread(
         # Admission matters only while the thread can run again; a pruned one never does.
         await conn.execute("DELETE FROM run_admissions WHERE thread_id = %s", (thread.thread_id,))
         await conn.execute("DELETE FROM answer_claims WHERE thread_id = %s", (thread.thread_id,))
+        await conn.execute(
+            "DELETE FROM model_calls_started WHERE thread_id = %s", (thread.thread_id,)
+        )
 
 
 async def _reason_to_keep(

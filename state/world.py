@@ -343,7 +343,8 @@ def read_world(path: Path) -> World:
 # Never audit_events: the audit chain outlives worlds (and its trigger refuses TRUNCATE).
 _WORLD_TABLES = (
     "checkpoints, checkpoint_blobs, checkpoint_writes, runs, run_admissions, dead_letters, "
-    "answer_claims, approval_decisions, approval_payees, tool_calls, step_metrics, "
+    "answer_claims, model_calls_started, approval_decisions, approval_payees, tool_calls, "
+    "step_metrics, "
     "vendor_bank_changes, email_outbox, invoice_exceptions, "
     "payments, invoice_lines, invoices, receipt_lines, goods_receipts, po_lines, "
     "purchase_orders, policy_passages, policy_documents, vendors"
