@@ -34,7 +34,7 @@ class UnusableModel(BaseHTTPRequestHandler):
     requests = 0
     lock = threading.Lock()
 
-    def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         with UnusableModel.lock:
             UnusableModel.requests += 1
@@ -60,7 +60,7 @@ class UnusableModel(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the API's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
