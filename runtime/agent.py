@@ -56,7 +56,7 @@ from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
 from state.approvals import ApprovalRequest, ResumeIn, parse_resume
-from state.audit import answer_refused_event, record
+from state.audit import record_refused_answer
 from state.checkpointer import ThreadLockedSaver
 from state.db import (
     Database,
@@ -583,7 +583,11 @@ class Agent:
                 # payload.
                 validated_edits(self.gate, snapshot.values.get("route") or "", target.value, resume)
             except ResumeError as exc:
-                await self._record_refused_answer(thread_id, value, str(exc))
+                # As the approval step and the server do: the attempt stays on record.
+                async with self.database.connection() as conn:
+                    await record_refused_answer(
+                        conn, thread_id, reviewer=answering_reviewer(value), reason=str(exc)
+                    )
                 raise
             context = context or _context_of(run)
             output = await self._drive(
@@ -596,29 +600,6 @@ class Agent:
                 durability=AFTER_APPROVAL_DURABILITY,
             )
             return await self.view_after(thread_id, output)
-
-    async def _record_refused_answer(self, thread_id: str, value: Any, reason: str) -> None:
-        """Put a refused answer in the thread's audit chain (`answer_refused`).
-
-        As the approval step and the server do: the attempt stays on record.
-        """
-        async with self.database.connection() as conn:
-            cur = await conn.execute(
-                "SELECT tenant, event_key FROM audit_events WHERE thread_id = %s"
-                " AND kind = 'approval_requested' ORDER BY seq DESC LIMIT 1",
-                (thread_id,),
-            )
-            asked = await cur.fetchone()
-            if asked is None:  # a request asked before the chain recorded requests
-                return
-            event = answer_refused_event(
-                thread_id,
-                request_key=asked["event_key"],
-                reviewer=answering_reviewer(value),
-                reason=reason,
-                attempt=str(uuid.uuid4()),
-            )
-            await record(conn, asked["tenant"], thread_id, event)
 
     async def continue_run(
         self,

@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from psycopg.rows import dict_row
 from guards.input_checks import unstorable_reason
 from state.answer_claims import AnswerClaim, claim_answer
 from state.approvals import ANSWERS_REQUEST
-from state.audit import answer_refused_event, record
+from state.audit import record_refused_answer
 
 ROLES = ("clerk", "reviewer", "controller", "admin")
 Role = Literal["clerk", "reviewer", "controller", "admin"]
@@ -766,11 +765,10 @@ def bind_resume(command: dict[str, Any], request_key: str) -> None:
 
 
 class AnswerRefused(Auth.exceptions.HTTPException):
-    """A 403 for an answer to an approval request the caller may see, and that request."""
+    """A 403 for an answer to an approval request the caller may see (recorded as refused)."""
 
-    def __init__(self, detail: str, asked: Mapping[str, Any]) -> None:
+    def __init__(self, detail: str) -> None:
         super().__init__(status_code=403, detail=detail)
-        self.asked = asked
 
 
 async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
@@ -793,18 +791,15 @@ async def check_resume(who: Identity, thread_id: str) -> tuple[str, str]:
     try:
         return await _checked_resume(who, thread_id)
     except AnswerRefused as refusal:
-        asked = refusal.asked
-        event = answer_refused_event(
-            thread_id,
-            request_key=asked["event_key"],
-            reviewer={"id": who.identity, "role": APPROVAL_ROLES.get(who.role, who.role)},
-            reason=str(refusal.detail),
-            attempt=str(uuid.uuid4()),
-        )
         async with await psycopg.AsyncConnection.connect(
             _database_uri(), row_factory=dict_row, autocommit=True
         ) as conn:
-            await record(conn, asked["tenant"], thread_id, event)
+            await record_refused_answer(
+                conn,
+                thread_id,
+                reviewer={"id": who.identity, "role": APPROVAL_ROLES.get(who.role, who.role)},
+                reason=str(refusal.detail),
+            )
         raise
 
 
@@ -855,8 +850,7 @@ async def _checked_resume(who: Identity, thread_id: str) -> tuple[str, str]:
             # "No approval waiting" is also what a thread the caller may not see gets.
             if refusal.status_code != 403 or refusal.detail == _no_approval(thread_id):
                 raise
-            assert asked is not None  # any other refusal read the request
-            raise AnswerRefused(str(refusal.detail), asked) from None
+            raise AnswerRefused(str(refusal.detail)) from None
 
 
 def _no_approval(thread_id: str) -> str:

@@ -64,6 +64,7 @@ import hashlib
 import json
 import math
 import re
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -735,6 +736,34 @@ def answer_refused_event(
         },
         f"{thread_id}:{request_key}:answer_refused:{attempt}",
     )
+
+
+async def record_refused_answer(
+    conn: Conn, thread_id: str, *, reviewer: Mapping[str, Any], reason: str
+) -> None:
+    """Record an answer refused before it reached the approval step (`answer_refused`).
+
+    Refused by the CLI's checks or the server's admission; recorded against the thread's
+    latest approval request, in its tenant's chain. A thread with no request on record
+    (asked before the chain recorded requests) records nothing: there is no request to tie
+    the refusal to.
+    """
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT tenant, event_key FROM audit_events WHERE thread_id = %s"
+        " AND kind = 'approval_requested' ORDER BY seq DESC LIMIT 1",
+        (thread_id,),
+    )
+    asked = await cur.fetchone()
+    if asked is None:
+        return
+    event = answer_refused_event(
+        thread_id,
+        request_key=asked["event_key"],
+        reviewer=reviewer,
+        reason=reason,
+        attempt=str(uuid.uuid4()),
+    )
+    await record(conn, asked["tenant"], thread_id, event)
 
 
 def guard_flag_event(thread_id: str, flag: Mapping[str, Any]) -> Event:
