@@ -10,6 +10,7 @@ and tests call `build_graph(checkpointer=...)`.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,11 +37,13 @@ from runtime.context import Context
 from runtime.errors import PayablesError
 from runtime.logs import redact_process_logs
 from runtime.tracing import redact_process_traces
-from state.answer_claims import release_claims_of
+from state.answer_claims import ANSWER_CLAIM_TTL, release_claims_of
 from state.db import Database, ThreadLock, check_held_thread_lock, default_database
 from state.graph_state import AgentState, InputState, OutputState
 
 GRAPH_NAME = "payables"
+
+log = logging.getLogger(__name__)
 
 
 def is_transient_db_error(exc: Exception) -> bool:
@@ -170,8 +173,18 @@ async def _release_answers_undelivered(thread_id: str, runtime: ServerRuntime[An
     user = runtime.user
     if user is None or "role" not in user or user["role"] == "clerk":
         return  # no authentication, or a clerk: they answer nothing, so claim nothing
-    async with default_database().connection() as conn:
-        await release_claims_of(conn, thread_id=thread_id, reviewer=user.identity)
+    try:
+        async with default_database().connection() as conn:
+            await release_claims_of(conn, thread_id=thread_id, reviewer=user.identity)
+    except psycopg.Error as exc:
+        # Raised here it would replace the run's own outcome; the claim still expires.
+        log.warning(
+            "could not release %s's answer claims on thread %s (they expire in %s): %r",
+            user.identity,
+            thread_id,
+            ANSWER_CLAIM_TTL,
+            exc,
+        )
 
 
 @asynccontextmanager

@@ -26,9 +26,9 @@ class ThreadLockedSaver(AsyncPostgresSaver):
     New input is saved as a checkpoint of its own before the router, which refuses it on a
     routed thread, runs. Saved, it would have become the thread's latest checkpoint: on a
     thread paused for approval, the approval was gone and every answer ran the router
-    again, which refused again. The server admits a second request while the first is
-    still queued (its router has not written the run index row `server.auth` checks), so
-    this is where it is refused with nothing written.
+    again, which refused again. The server admits a second request sent while the first
+    still waits in its queue (nothing of the first is saved yet for `server.auth` to see),
+    so this is where it is refused with nothing written.
     """
 
     async def aput(
