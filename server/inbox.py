@@ -5,9 +5,13 @@ they are served to anyone by `StaticInbox`, a middleware that answers before rou
 therefore before the server's authentication. Everything that carries data needs the
 reviewer's bearer token: ``/inbox/api/me`` (who the token belongs to) is a custom route
 behind the server's `authenticate` handler (``enable_custom_route_auth`` in
-`langgraph.json`), and the pending approvals, their evidence and the decisions go through
-the standard LangGraph API (threads search, thread state, runs with ``command.resume``),
-where the resource rules of `server/auth.py` decide who may see and resume what.
+`langgraph.json`), and so is ``/inbox/api/pending``: the threads whose approval waits, as
+the agent's run index says, among those the token may see. The server's own thread status
+is no guide: a thread answered by `payables resume` stays ``interrupted`` there (its card
+could only be refused), and one whose second, refused request failed shows ``error`` while
+its approval still waits. Their evidence and the decisions go through the standard
+LangGraph API (thread state, runs with ``command.resume``), where the resource rules of
+`server/auth.py` decide again who may see and resume what.
 
 Every response of the page carries a Content-Security-Policy that allows only this origin:
 the inbox works without, and cannot load, any external asset.
@@ -73,26 +77,60 @@ class StaticInbox:
 
 async def me(request: Request) -> Response:
     """Who the bearer token belongs to: identity, role and tenant, as `authenticate` said."""
-    if "user" not in request.scope:
-        # Only when langgraph.json wires no auth: then there is nobody to name.
-        return JSONResponse(
-            {"detail": "This server has no authentication configured; the inbox needs it."},
-            status_code=503,
-            headers=SECURITY_HEADERS,
-        )
-    user = request.user
-    fields = user.dict() if callable(getattr(user, "dict", None)) else {}
+    who = _who(request)
+    if who is None:  # only when langgraph.json wires no auth: then there is nobody to name
+        return JSONResponse(_NO_AUTH, status_code=503, headers=SECURITY_HEADERS)
+    identity, role, tenant = who
     return JSONResponse(
-        {
-            "identity": user.identity,
-            "role": fields.get("role"),
-            "tenant": fields.get("tenant"),
-        },
-        headers=SECURITY_HEADERS,
+        {"identity": identity, "role": role, "tenant": tenant}, headers=SECURITY_HEADERS
     )
 
 
+def _who(request: Request) -> tuple[str, str | None, str | None] | None:
+    """The caller's identity, role and tenant, as `authenticate` said (None: no auth)."""
+    if "user" not in request.scope:
+        return None
+    user = request.user
+    fields = user.dict() if callable(getattr(user, "dict", None)) else {}
+    return user.identity, fields.get("role"), fields.get("tenant")
+
+
+_NO_AUTH = {"detail": "This server has no authentication configured; the inbox needs it."}
+
+
+async def pending(request: Request) -> Response:
+    """The threads awaiting an approval that the token may see, oldest request first.
+
+    Visibility as `server.auth.visible_threads` has it: a clerk their own requests, a
+    reviewer or controller their tenant's, an admin every tenant's.
+    """
+    who = _who(request)
+    if who is None:
+        return JSONResponse(_NO_AUTH, status_code=503, headers=SECURITY_HEADERS)
+    identity, role, tenant = who
+    from state.db import default_database  # the agent's database, opened on first use
+
+    async with default_database().connection() as conn:
+        cur = await conn.execute(
+            "SELECT thread_id FROM runs WHERE status = 'interrupted'"
+            " AND (%(admin)s OR tenant = %(tenant)s)"
+            " AND (NOT %(clerk)s OR requester = %(identity)s)"
+            " ORDER BY created_at, thread_id",
+            {
+                "admin": role == "admin",
+                "clerk": role == "clerk",
+                "tenant": tenant,
+                "identity": identity,
+            },
+        )
+        threads = [row["thread_id"] for row in await cur.fetchall()]
+    return JSONResponse({"threads": threads}, headers=SECURITY_HEADERS)
+
+
 app = Starlette(
-    routes=[Route("/inbox/api/me", me, methods=["GET"])],
+    routes=[
+        Route("/inbox/api/me", me, methods=["GET"]),
+        Route("/inbox/api/pending", pending, methods=["GET"]),
+    ],
     middleware=[Middleware(StaticInbox)],
 )

@@ -5,7 +5,6 @@
   // 2 s to an hour: a timer longer than 2^31-1 ms (or infinite) fires at once, again and again.
   const REFRESH_S = Math.min(3600, Math.max(2, Number(new URLSearchParams(location.search).get("refresh")) || 5));
   const TOKEN_KEY = "payables-inbox-token";
-  const SEARCH_PAGE = 100;
   const IDENTITY_ARGS = ["invoice_id", "vendor_id"]; // an edit may not change these
   const ROLE_FOR_RESUME = { reviewer: "approver", controller: "controller", admin: "approver", clerk: "clerk" };
   const $ = (id) => document.getElementById(id);
@@ -227,26 +226,23 @@
   }
 
   async function pendingInterrupts(thread) {
-    let interrupts = Object.values(thread.interrupts || {}).flat();
-    if (!interrupts.length) {
-      const state = await api(`/threads/${encodeURIComponent(thread.thread_id)}/state`);
-      interrupts = state.interrupts || [];
+    let state;
+    try {
+      state = await api(`/threads/${encodeURIComponent(thread.thread_id)}/state`);
+    } catch (err) {
+      // Waiting in the run index but unknown to this server (a `payables run` thread) or
+      // gone since the list was read: nothing here to answer.
+      if (err.status === 404) return [];
+      throw err;
     }
-    return interrupts.filter((i) => i.value && Array.isArray(i.value.action_requests));
+    return (state.interrupts || []).filter((i) => i.value && Array.isArray(i.value.action_requests));
   }
 
-  // Every interrupted thread the token may see: the search answers a page at a time.
+  // Every thread whose approval waits, as the agent's run index says, that the token may
+  // see. The server's thread status is no guide: `payables resume` answers without it.
   async function interruptedThreads() {
-    const found = new Map();
-    for (let offset = 0; ; offset += SEARCH_PAGE) {
-      const page = await api("/threads/search", {
-        method: "POST",
-        body: JSON.stringify({ status: "interrupted", limit: SEARCH_PAGE, offset, sort_by: "created_at", sort_order: "asc" }),
-      });
-      // A thread that left the list between two pages shifts the next one: ids stay unique.
-      for (const thread of page) found.set(thread.thread_id, thread);
-      if (page.length < SEARCH_PAGE) return [...found.values()];
-    }
+    const found = await api("/inbox/api/pending");
+    return (found.threads || []).map((id) => ({ thread_id: id, metadata: { graph_id: "payables" } }));
   }
 
   async function refresh() {

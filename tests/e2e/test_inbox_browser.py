@@ -25,6 +25,7 @@ from playwright.async_api import Browser, Page, expect
 
 from loadtest.devserver import dev_server
 from runtime.settings import PROJECT_ROOT
+from tests.cli import explain, payables
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +123,24 @@ def test_page_is_public_and_data_needs_a_token(server: str) -> None:
     status, _, body = _get(f"{server}/inbox/api/me", REVIEWER)
     assert status == 200
     assert json.loads(body) == {"identity": "rev-1", "role": "reviewer", "tenant": "default"}
+
+
+async def test_the_inbox_lists_what_the_run_index_says_waits(
+    server: str, cli_env: dict[str, str]
+) -> None:
+    """The page listed the threads the server calls interrupted. A thread answered with
+    `payables resume` stays interrupted there (the server never saw that run), so its card
+    stayed, and answering it could only be refused."""
+    thread_id, _ = await _start_paused_run(server)
+    assert _get(f"{server}/inbox/api/pending")[0] == 401
+    status, _, body = _get(f"{server}/inbox/api/pending", REVIEWER)
+    assert status == 200 and json.loads(body) == {"threads": [thread_id]}
+    answered = payables(cli_env, "resume", thread_id, "--approve", "--reviewer", "rev-1")
+    assert answered.returncode == 0, explain(answered)
+    async with get_client(url=server, api_key=None, headers=_bearer(REVIEWER)) as client:
+        assert (await client.threads.get(thread_id))["status"] == "interrupted"
+    status, _, body = _get(f"{server}/inbox/api/pending", REVIEWER)
+    assert status == 200 and json.loads(body) == {"threads": []}
 
 
 async def test_reviewer_approves_paused_run_and_thread_completes(
