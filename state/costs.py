@@ -226,6 +226,6 @@ async def start_model_call(database: Database, thread_id: str, budget: int) -> s
     if started <= budget:
         return None
     return (
-        f"model-call budget exhausted ({started - 1} calls started on this thread, those of "
-        f"attempts that never finished included; the budget is {budget})"
+        f"model-call budget exhausted ({budget}/{budget} calls started on this thread, those "
+        "of attempts that never finished included)"
     )
