@@ -724,7 +724,7 @@ def answer_refused_event(
     ``reviewer`` is who answered as far as it is known (the server's verified user, or
     whom the answer names on the CLI). ``attempt`` tells refusals apart: the approval
     step's count of answers it refused to this request, so its re-run records each once,
-    or the server's id for the HTTP request it refused.
+    or a new id for each refusal made before the step (`record_refused_answer`).
     """
     return Event(
         "answer_refused",
