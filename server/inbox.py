@@ -20,6 +20,7 @@ the inbox works without, and cannot load, any external asset.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -27,6 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from server.auth import Role
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Path served -> (file in STATIC_DIR, media type).
@@ -101,27 +105,26 @@ _NO_AUTH = {"detail": "This server has no authentication configured; the inbox n
 async def pending(request: Request) -> Response:
     """The threads awaiting an approval that the token may see, oldest request first.
 
-    Visibility as `server.auth.visible_threads` has it: a clerk their own requests, a
-    reviewer or controller their tenant's, an admin every tenant's.
+    Seen as `server.auth.visible_threads` scopes the server's threads (a clerk their own
+    requests, a reviewer or controller their tenant's, an admin every tenant's), applied to
+    the run index, whose requester is the thread's owner.
     """
     who = _who(request)
     if who is None:
         return JSONResponse(_NO_AUTH, status_code=503, headers=SECURITY_HEADERS)
-    identity, role, tenant = who
-    from state.db import default_database  # the agent's database, opened on first use
+    # Imported on first use: the agent's settings, database and auth rules.
+    from server.auth import Identity, visible_threads
+    from state.db import default_database
 
+    identity, role, tenant = who
+    scope = visible_threads(Identity(identity, cast("Role", role), str(tenant))) or {}
     async with default_database().connection() as conn:
         cur = await conn.execute(
             "SELECT thread_id FROM runs WHERE status = 'interrupted'"
-            " AND (%(admin)s OR tenant = %(tenant)s)"
-            " AND (NOT %(clerk)s OR requester = %(identity)s)"
+            " AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)"
+            " AND (%(owner)s::text IS NULL OR requester = %(owner)s)"
             " ORDER BY created_at, thread_id",
-            {
-                "admin": role == "admin",
-                "clerk": role == "clerk",
-                "tenant": tenant,
-                "identity": identity,
-            },
+            {"tenant": scope.get("tenant"), "owner": scope.get("owner")},
         )
         threads = [row["thread_id"] for row in await cur.fetchall()]
     return JSONResponse({"threads": threads}, headers=SECURITY_HEADERS)
