@@ -46,7 +46,7 @@ from psycopg.rows import dict_row
 from guards.input_checks import unstorable_reason
 from state.answer_claims import AnswerClaim, claim_answer
 from state.approvals import ANSWERS_REQUEST
-from state.audit import record_refused_answer
+from state.audit import latest_approval_request, record_refused_answer
 
 ROLES = ("clerk", "reviewer", "controller", "admin")
 Role = Literal["clerk", "reviewer", "controller", "admin"]
@@ -811,12 +811,7 @@ async def _checked_resume(who: Identity, thread_id: str) -> tuple[str, str]:
         ) as conn,
         conn.transaction(),  # a refusal raised in here rolls the claim back
     ):
-        cur = await conn.execute(
-            "SELECT seq, payload, event_key, tenant FROM audit_events WHERE thread_id = %s"
-            " AND kind = 'approval_requested' ORDER BY seq DESC LIMIT 1",
-            (thread_id,),
-        )
-        asked = await cur.fetchone()
+        asked = await latest_approval_request(conn, thread_id)
         # Claimed before the run index is read: an answer the node commits after this sees
         # the claim, and one it committed before (releasing its own) shows below.
         claim = (

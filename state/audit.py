@@ -738,6 +738,19 @@ def answer_refused_event(
     )
 
 
+async def latest_approval_request(conn: Conn, thread_id: str) -> dict[str, Any] | None:
+    """The thread's latest ``approval_requested`` event (seq, payload, event_key, tenant).
+
+    None for a thread with no request on record.
+    """
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT seq, payload, event_key, tenant FROM audit_events WHERE thread_id = %s"
+        " AND kind = 'approval_requested' ORDER BY seq DESC LIMIT 1",
+        (thread_id,),
+    )
+    return await cur.fetchone()
+
+
 async def record_refused_answer(
     conn: Conn, thread_id: str, *, reviewer: Mapping[str, Any], reason: str
 ) -> None:
@@ -748,12 +761,7 @@ async def record_refused_answer(
     (asked before the chain recorded requests) records nothing: there is no request to tie
     the refusal to.
     """
-    cur = await conn.cursor(row_factory=dict_row).execute(
-        "SELECT tenant, event_key FROM audit_events WHERE thread_id = %s"
-        " AND kind = 'approval_requested' ORDER BY seq DESC LIMIT 1",
-        (thread_id,),
-    )
-    asked = await cur.fetchone()
+    asked = await latest_approval_request(conn, thread_id)
     if asked is None:
         return
     event = answer_refused_event(
