@@ -365,14 +365,9 @@ async def _invoice_row(
     return row
 
 
-async def _clerk_words(ctx: CallContext) -> str:
-    """The requester's own words for this thread (pasted text excluded).
-
-    Read from the run index the router wrote, not from graph state, so a forged state or
-    plan cannot put words in the clerk's mouth.
-    """
-    run = await _one(ctx.conn, "SELECT request FROM runs WHERE thread_id = %s", (ctx.thread_id,))
-    own_words, _ = split_pasted(run["request"]) if run else ("", [])
+def _clerk_words(ctx: CallContext) -> str:
+    """The requester's own words for this thread (`CallContext.request`, pasted text excluded)."""
+    own_words, _ = split_pasted(ctx.request)
     return own_words
 
 
@@ -619,7 +614,13 @@ def _locked_invoice(ctx: CallContext, invoice_id: str) -> MatchInputs:
 
 
 async def stage_invoice(ctx: CallContext, args: StageInvoiceArgs) -> InvoiceStatusChange:
-    """Mark a matched invoice as staged for payment (reversible)."""
+    """Mark a matched invoice as staged for payment (reversible), if the clerk named it."""
+    if not _names_invoice(_clerk_words(ctx), args.invoice_id):
+        raise ToolFailure(
+            "invoice_not_requested",
+            f"{args.invoice_id} is not one of the invoices the clerk asked about.",
+            hint="Only invoices named in the request are staged; start a new request for others.",
+        )
     inputs = _locked_invoice(ctx, args.invoice_id)
     status = inputs.invoice.status
     if status == "staged":
@@ -680,7 +681,7 @@ def _default_pay_on(due: date | None, today: date) -> date:
 
 async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> PaymentScheduled:
     """Schedule payment of a staged invoice. The payee is always the vendor master account."""
-    if not _names_invoice(await _clerk_words(ctx), args.invoice_id):
+    if not _names_invoice(_clerk_words(ctx), args.invoice_id):
         raise ToolFailure(
             "invoice_not_requested",
             f"{args.invoice_id} is not one of the invoices the clerk asked to pay.",
@@ -809,7 +810,7 @@ async def update_vendor_bank_account(
         raise ToolFailure("vendor_not_found", f"No vendor {args.vendor_id!r} exists.")
     if vendor["remit_bank_account"] == args.new_account:
         raise ToolFailure("no_change", "That account is already the vendor master account.")
-    if not _names_account(await _clerk_words(ctx), args.new_account):
+    if not _names_account(_clerk_words(ctx), args.new_account):
         raise ToolFailure(
             "account_not_from_requester",
             "The new account is not one the clerk gave, whole, in the request. Bank details "

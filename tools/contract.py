@@ -126,6 +126,11 @@ class CallContext:
     """For a write whose arguments name an ``invoice_id``: that invoice's match inputs, read
     after the gate locked its row in this transaction (None when no such invoice exists).
     Handlers that change an invoice decide on this read rather than reading it again."""
+    request: str = ""
+    """For a write: the thread's request as the run index recorded it (the router wrote it
+    from the requester's input), read with the gate's claim. Not graph state, so a forged
+    state or plan cannot put words in the clerk's mouth. Empty for a read, and for a thread
+    the run index does not know."""
 
 
 ArgsT = TypeVar("ArgsT", bound=ToolArgs)

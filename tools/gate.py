@@ -416,17 +416,20 @@ class _GatedCall:
             await asyncio.sleep(math.inf)
         invoice: MatchInputs | None = None
         approvers: tuple[Reviewer, ...] = ()
+        request = ""
         if key is not None:  # every write is keyed (`Tier.needs_idempotency_key`)
             invoice_id = _named_invoice(validated)
             # Racing callers with the same key queue here until the first commits; a new
             # call then locks the invoice it names, and holds its vendor row so that a bank
             # change cannot commit between the read below and a payment's insert
             # (migrations 0009, 0010 and 0016).
-            # With the claim, in its round trip: the policy the thread recorded at its start.
+            # With the claim, in its round trip: the policy the thread recorded at its start,
+            # and the request the clerk wrote (`CallContext.request`).
             cur = await conn.execute(
                 "SELECT tool_call_claim(%s, %s) AS result,"
-                " (SELECT policy FROM runs WHERE thread_id = %s) AS policy",
-                (key, invoice_id, self.thread_id),
+                " (SELECT policy FROM runs WHERE thread_id = %s) AS policy,"
+                " (SELECT request FROM runs WHERE thread_id = %s) AS request",
+                (key, invoice_id, self.thread_id, self.thread_id),
             )
             done = await cur.fetchone()
             if done is not None and done["result"] is not None:
@@ -443,6 +446,7 @@ class _GatedCall:
             if invoice_id is not None:  # after the lock: no write to the invoice slips in
                 invoice = await load_match_inputs(conn, invoice_id)
             pinned = done["policy"] if done is not None else None
+            request = (done["request"] if done is not None else None) or ""
             requirement = self.gate.requirement_given(spec, validated, self.run, invoice, pinned)
             if requirement.required:
                 approvals, rejections = await self.gate.approvers(
@@ -481,6 +485,7 @@ class _GatedCall:
             idempotency_key=key,
             approvers=approvers,
             invoice=invoice,
+            request=request,
         )
         try:
             result = await spec.handler(ctx, spec.args_model.model_validate(validated))

@@ -588,6 +588,12 @@ async def test_the_gate_audits_in_the_side_effects_transaction(
     # When the audit row cannot be written, the side effect does not commit either.
     import tools.gate
 
+    async with database.connection() as conn:
+        await conn.execute(
+            "INSERT INTO runs (thread_id, request, requester, tenant, status)"
+            " VALUES ('t-gate', 'Validate INV-1002', 'clerk-ana', 'default', 'running')"
+        )
+
     real_record = tools.gate.record
 
     async def failing_record(

@@ -96,6 +96,15 @@ async def clerk_call(
     )
 
 
+async def clerk_asked(conn: psycopg.AsyncConnection[Any], request: str) -> None:
+    """Thread ``t`` is a clerk's run asking ``request`` (its run index row)."""
+    await conn.execute(
+        "INSERT INTO runs (thread_id, request, requester, tenant, status)"
+        " VALUES ('t', %s, 'clerk', 'default', 'running')",
+        (request,),
+    )
+
+
 async def count(database: Database, sql: str) -> int:
     async with database.connection() as conn:
         cur = await conn.execute(sql)
@@ -127,6 +136,8 @@ async def test_same_key_replays_instead_of_writing_again(database: Database) -> 
 
 async def test_racing_calls_with_one_key_write_once(database: Database) -> None:
     gate = ToolGate(database)
+    async with database.connection() as conn:
+        await clerk_asked(conn, "Validate INV-1001")
     args = {"invoice_id": "INV-1001"}
     outcomes = await asyncio.gather(
         *(clerk_call(gate, "stage_invoice", args, step_id="p2s1") for _ in range(5))
@@ -150,10 +161,7 @@ async def test_irreversible_call_without_approval_is_refused(database: Database)
 async def pay_request_for_a_staged_invoice(conn: psycopg.AsyncConnection[Any]) -> None:
     """INV-1001 staged, and thread t a clerk's run asking to pay it (the run index row)."""
     await conn.execute("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'")
-    await conn.execute(
-        "INSERT INTO runs (thread_id, request, requester, tenant, status)"
-        " VALUES ('t', 'Pay INV-1001', 'clerk', 'default', 'running')"
-    )
+    await clerk_asked(conn, "Pay INV-1001")
 
 
 async def test_approval_is_bound_to_the_exact_args(database: Database) -> None:
@@ -246,6 +254,8 @@ async def test_a_reject_at_a_step_stops_it_whatever_approvals_are_on_record(
 
 
 async def test_business_failure_is_structured_and_changes_nothing(database: Database) -> None:
+    async with database.connection() as conn:
+        await clerk_asked(conn, "Validate INV-1019")
     outcome = await clerk_call(
         ToolGate(database), "stage_invoice", {"invoice_id": "INV-1019"}, step_id="p2s1"
     )

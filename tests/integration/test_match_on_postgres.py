@@ -20,6 +20,13 @@ PO_2006_LINES = [(1, 1, "2", "920.00", "1840.00"), (2, 2, "3", "640.00", "1920.0
 
 
 async def call(database: Database, tool: str, invoice_id: str, step_id: str) -> ToolOutcome:
+    """``tool`` on ``invoice_id`` through the gate, on a clerk's thread that asked about it."""
+    async with database.connection() as conn:
+        await conn.execute(
+            "INSERT INTO runs (thread_id, request, requester, tenant, status)"
+            " VALUES ('t', %s, 'clerk', 'default', 'running') ON CONFLICT DO NOTHING",
+            (f"Validate {invoice_id}",),
+        )
     return await ToolGate(database).call(
         thread_id="t",
         step_id=step_id,
@@ -103,4 +110,4 @@ async def test_a_line_billed_at_ten_times_its_quantity_and_price_is_not_staged(
     found = await match_codes(database, "INV-1098")
     assert found == {"verdict": "exception", "codes": {"line_amount_mismatch"}}
     staged = await call(database, "stage_invoice", "INV-1098", "p2s1")
-    assert staged["error"] is not None
+    assert staged["error"] is not None and staged["error"]["code"] == "match_exceptions"

@@ -234,13 +234,14 @@ PAYMENTS = "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'"
 
 async def stage_and_approve(database: Database, run: Context) -> None:
     gate = ToolGate(database, breakers=BreakerBoard())
-    staged = await gate.call(**call_args("stage_invoice", {"invoice_id": "INV-1001"}, run, "p1s1"))
-    assert staged["ok"], staged["error"]
     async with database.connection() as conn:
         await conn.execute(
             "INSERT INTO runs (thread_id, request, requester, tenant, status)"
             " VALUES ('t-outage', 'Pay INV-1001', 'clerk-ana', 'default', 'running')"
         )
+    staged = await gate.call(**call_args("stage_invoice", {"invoice_id": "INV-1001"}, run, "p1s1"))
+    assert staged["ok"], staged["error"]
+    async with database.connection() as conn:
         validated = gate.validate("invoice_processing", "schedule_payment", PAY)
         assert isinstance(validated, tuple)
         await grant(
