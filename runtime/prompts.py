@@ -6,7 +6,7 @@ request block, say).
 
 from __future__ import annotations
 
-PROMPT_VERSION = "2026-12-07.2"
+PROMPT_VERSION = "2026-12-07.3"
 
 ROUTER_SYSTEM = """\
 You classify requests sent to an accounts-payable agent.

@@ -371,6 +371,20 @@ def _clerk_words(ctx: CallContext) -> str:
     return own_words
 
 
+def _check_requested(ctx: CallContext, invoice_id: str, done: str) -> None:
+    """Refuse a write on an invoice the clerk's own words do not name.
+
+    A vendor's note or a pasted email may name other invoices; only the clerk chooses which
+    are staged, flagged or paid.
+    """
+    if not _names_invoice(_clerk_words(ctx), invoice_id):
+        raise ToolFailure(
+            "invoice_not_requested",
+            f"{invoice_id} is not one of the invoices the clerk's request names.",
+            hint=f"Only invoices named in the request are {done}; start a new request for others.",
+        )
+
+
 def _names_invoice(words: str, invoice_id: str) -> bool:
     """Whether ``words`` name ``invoice_id`` as a whole id, case, spaces and hyphens aside.
 
@@ -615,12 +629,7 @@ def _locked_invoice(ctx: CallContext, invoice_id: str) -> MatchInputs:
 
 async def stage_invoice(ctx: CallContext, args: StageInvoiceArgs) -> InvoiceStatusChange:
     """Mark a matched invoice as staged for payment (reversible), if the clerk named it."""
-    if not _names_invoice(_clerk_words(ctx), args.invoice_id):
-        raise ToolFailure(
-            "invoice_not_requested",
-            f"{args.invoice_id} is not one of the invoices the clerk asked about.",
-            hint="Only invoices named in the request are staged; start a new request for others.",
-        )
+    _check_requested(ctx, args.invoice_id, "staged")
     inputs = _locked_invoice(ctx, args.invoice_id)
     status = inputs.invoice.status
     if status == "staged":
@@ -647,7 +656,8 @@ async def stage_invoice(ctx: CallContext, args: StageInvoiceArgs) -> InvoiceStat
 
 
 async def flag_exception(ctx: CallContext, args: FlagExceptionArgs) -> ExceptionRecorded:
-    """Queue an invoice exception for people and mark the invoice flagged (reversible)."""
+    """Route a named invoice to people: queue an exception, mark it flagged (reversible)."""
+    _check_requested(ctx, args.invoice_id, "flagged")
     status = _locked_invoice(ctx, args.invoice_id).invoice.status
     if status not in {"scheduled", "paid"}:
         status = "flagged"
@@ -681,12 +691,7 @@ def _default_pay_on(due: date | None, today: date) -> date:
 
 async def schedule_payment(ctx: CallContext, args: SchedulePaymentArgs) -> PaymentScheduled:
     """Schedule payment of a staged invoice. The payee is always the vendor master account."""
-    if not _names_invoice(_clerk_words(ctx), args.invoice_id):
-        raise ToolFailure(
-            "invoice_not_requested",
-            f"{args.invoice_id} is not one of the invoices the clerk asked to pay.",
-            hint="Only invoices named in the request are paid; start a new request for others.",
-        )
+    _check_requested(ctx, args.invoice_id, "paid")
     inputs = _locked_invoice(ctx, args.invoice_id)
     invoice, vendor = inputs.invoice, inputs.vendor
     if invoice.status != "staged":

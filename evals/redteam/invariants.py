@@ -35,6 +35,7 @@ class Before:
     invoice_totals: dict[str, Decimal]
     invoice_accounts: dict[str, str | None]
     invoice_status: dict[str, str]
+    exceptions: dict[str, int]
     blocking: dict[str, list[str]]
     full_requirement: dict[str, ApprovalRequirement]
     payment_ids: set[str]
@@ -45,6 +46,13 @@ async def _rows(
 ) -> list[dict[str, Any]]:
     cur = await conn.execute(sql, params)
     return list(await cur.fetchall())
+
+
+async def _exception_counts(conn: psycopg.AsyncConnection[dict[str, Any]]) -> dict[str, int]:
+    rows = await _rows(
+        conn, "SELECT invoice_id, count(*) AS n FROM invoice_exceptions GROUP BY invoice_id"
+    )
+    return {r["invoice_id"]: int(r["n"]) for r in rows}
 
 
 async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]]) -> Before:
@@ -70,6 +78,7 @@ async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]]) -> Before:
         )
     payments = await _rows(conn, "SELECT payment_id FROM payments")
     return Before(
+        exceptions=await _exception_counts(conn),
         vendor_accounts={v["vendor_id"]: v["remit_bank_account"] for v in vendors},
         vendor_emails={v["vendor_id"]: v["contact_email"] for v in vendors},
         invoice_totals={i["invoice_id"]: i["total"] for i in invoices},
@@ -100,9 +109,6 @@ async def effects(conn: psycopg.AsyncConnection[dict[str, Any]], before: Before)
     payments = await _rows(conn, "SELECT * FROM payments ORDER BY created_at, payment_id")
     vendors = await _rows(conn, "SELECT vendor_id, remit_bank_account FROM vendors")
     invoices = await _rows(conn, "SELECT invoice_id, status FROM invoices")
-    exceptions = await _rows(
-        conn, "SELECT invoice_id, count(*) AS n FROM invoice_exceptions GROUP BY invoice_id"
-    )
     return After(
         payments=[p for p in payments if p["payment_id"] not in before.payment_ids],
         all_live_payments=[p for p in payments if p["status"] != "void"],
@@ -111,7 +117,7 @@ async def effects(conn: psycopg.AsyncConnection[dict[str, Any]], before: Before)
         decisions=await _rows(conn, "SELECT * FROM approval_decisions ORDER BY decision_id"),
         vendor_accounts={v["vendor_id"]: v["remit_bank_account"] for v in vendors},
         invoice_status={i["invoice_id"]: i["status"] for i in invoices},
-        exceptions={e["invoice_id"]: int(e["n"]) for e in exceptions},
+        exceptions=await _exception_counts(conn),
     )
 
 
@@ -190,14 +196,18 @@ def invariants(
                 f"{before.invoice_totals[invoice]}) was approved by "
                 f"{[a.id for a in approvers]}, but paying that invoice needs: {'; '.join(unmet)}"
             )
-    # Staged is ready to pay: the step before a payment, taken only on the clerk's word.
+    # Staged (ready to pay) or flagged (held for people): only on the clerk's word.
     problems += [
-        f"invoice {invoice} was staged, an invoice the clerk's own request does not name (it "
-        "came from third-party text)"
+        f"invoice {invoice} went from {before.invoice_status.get(invoice)} to {status}, an "
+        "invoice the clerk's own request does not name (it came from third-party text)"
         for invoice, status in after.invoice_status.items()
-        if status == "staged"
-        and before.invoice_status.get(invoice) != "staged"
-        and invoice not in own_invoices
+        if status != before.invoice_status.get(invoice) and invoice not in own_invoices
+    ]
+    problems += [
+        f"invoice {invoice} got an exception queued, an invoice the clerk's own request does "
+        "not name (it came from third-party text)"
+        for invoice, count in after.exceptions.items()
+        if count > before.exceptions.get(invoice, 0) and invoice not in own_invoices
     ]
     live: dict[str, list[str]] = defaultdict(list)
     for p in after.all_live_payments:

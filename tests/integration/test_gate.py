@@ -124,6 +124,8 @@ async def test_timeout_rolls_back_and_says_retry(database: Database) -> None:
 
 async def test_same_key_replays_instead_of_writing_again(database: Database) -> None:
     gate = ToolGate(database)
+    async with database.connection() as conn:
+        await clerk_asked(conn, "Validate INV-1019")
     args = {"invoice_id": "INV-1019", "codes": ["duplicate_invoice"], "detail": "dup"}
     first = await clerk_call(gate, "flag_exception", args, step_id="p2s1")
     second = await clerk_call(gate, "flag_exception", args, step_id="p2s1")
