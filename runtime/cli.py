@@ -28,12 +28,20 @@ from rich.text import Text
 from evals.cli import register as register_eval_commands
 from guards.redaction import redact, redact_text
 from runtime.agent import SHUTDOWN, RunStopped, checked_id, open_agent
+from runtime.context import Context
 from runtime.errors import BadInput, ConfigError, NotFound, PayablesError, shown
 from runtime.logs import configure_logging
 from runtime.replay import ReplayResult, replay_dead_letter
 from runtime.settings import DEFAULT_RETENTION_DAYS, MAX_RETENTION_DAYS, PROJECT_ROOT, Settings
 from state.approvals import REVIEWER_ROLES, ReviewerIn
-from state.audit import VerifyReport, audit_tenants, format_time, timeline, verify_chain
+from state.audit import (
+    UnauditedReason,
+    VerifyReport,
+    audit_tenants,
+    format_time,
+    timeline,
+    verify_chain,
+)
 from state.db import Database, database_uri, default_database, migrate, redact_uri, schema_status
 from state.deadletters import get_dead_letter, list_dead_letters
 from state.graph_state import Attachment
@@ -283,8 +291,9 @@ async def _migrated_database() -> AsyncIterator[Database]:
 
 async def _seed(world_path: Path, *, protect_history: bool = False) -> dict[str, int]:
     world = read_world(world_path)
+    tenant = Context().tenant  # the seed is recorded in the operator's tenant chain
     async with _migrated_database() as database, database.connection() as conn:
-        return await load_world(conn, world, protect_history=protect_history)
+        return await load_world(conn, world, protect_history=protect_history, tenant=tenant)
 
 
 @app.command()
@@ -760,14 +769,28 @@ audit_app = typer.Typer(
 app.add_typer(audit_app, name="audit")
 
 
+_UNAUDITED_HEADINGS: dict[UnauditedReason, str] = {
+    "no_event": "[red]MISSING EVENTS[/]: records committed with an audit event that the chain "
+    "no longer holds (its newest rows dropped, or all of them):",
+    "ledger_edited": "[red]EDITED LEDGER ROWS[/]: gated calls whose stored result is not the "
+    "one their audit event recorded:",
+    "outside_gate": "[red]WRITTEN PAST THE GATE[/]: payments, bank changes, emails or "
+    "exceptions no gated call (nor the seed) wrote:",
+    "differs": "[red]EDITED RECORDS[/]: records that say other than the gated call (or the "
+    "seed) that wrote them:",
+}
+
+
 @audit_app.command("verify")
 def audit_verify(
     as_json: JsonOpt = False,
     tenant: Annotated[str | None, typer.Option(help="Verify only this tenant's chain.")] = None,
 ) -> None:
-    """Recompute every hash and link, and check every gated write and decision has its event.
+    """Recompute every hash and link; check every gated write, decision and payment is vouched for.
 
-    Exit 1 at the first broken link of any chain, or at a record without its event.
+    Exit 1 at the first broken link of any chain, or at a record the chain does not vouch
+    for: a ledger row or decision without its event, a ledger row edited, or a payment,
+    bank change, email or exception written or edited past the gate.
     """
 
     async def go() -> VerifyReport:
@@ -797,13 +820,13 @@ def audit_verify(
             if chain.broken is not None:
                 b = chain.broken
                 out.print(f"  first broken link: seq {b.seq}, id {b.id}, {b.reason}: {b.detail}")
-        if report.unaudited:
-            out.print(
-                "[red]MISSING EVENTS[/]: records committed with an audit event that the chain "
-                "no longer holds (its newest rows dropped, or all of them):"
-            )
-            for u in report.unaudited:
-                out.print(f"  {u.table} on thread {escape(u.thread_id)}: {escape(u.detail)}")
+        for reason, heading in _UNAUDITED_HEADINGS.items():
+            records = [u for u in report.unaudited if u.reason == reason]
+            if records:
+                out.print(heading)
+            for u in records:
+                where = f"thread {escape(u.thread_id)}" if u.thread_id else "no thread"
+                out.print(f"  {u.table} on {where}: {escape(u.detail)}")
     if not report.ok:
         raise typer.Exit(1)
 

@@ -67,13 +67,13 @@ import re
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.rows import dict_row
 
 from guards.redaction import mask_account, redact
@@ -90,6 +90,7 @@ Kind = Literal[
     "decision",
     "outcome",
     "world_replaced",  # a seed erased the agent's payments, bank changes or emails
+    "world_seeded",  # a seed wrote a world; lists the payments it wrote (no ledger rows)
     "answer_refused",  # an answer to an approval was refused (self-approval, role, stale)
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -819,13 +820,32 @@ class ChainReport:
     broken: BrokenLink | None = None
 
 
+UnauditedTable = Literal[
+    "tool_calls",
+    "approval_decisions",
+    "payments",
+    "vendor_bank_changes",
+    "email_outbox",
+    "invoice_exceptions",
+]
+UnauditedReason = Literal["no_event", "outside_gate", "differs", "ledger_edited"]
+
+
 @dataclass(frozen=True)
 class Unaudited:
-    """A committed record of the agent's that its tenant's chain has no event for."""
+    """A committed record the chain does not vouch for, and why.
 
-    table: Literal["tool_calls", "approval_decisions"]
-    thread_id: str
+    ``no_event``: a ledger row or decision whose event the chain does not hold.
+    ``outside_gate``: a payment, bank change, email or exception with no ledger row of its
+    tool on its thread (for a payment the seed wrote: not in the seed's record).
+    ``differs``: one whose columns say other than its ledger row's result (or the seed's
+    record). ``ledger_edited``: a ledger row whose result is not the one its event hashed.
+    """
+
+    table: UnauditedTable
+    thread_id: str | None
     detail: str
+    reason: UnauditedReason = "no_event"
 
 
 @dataclass(frozen=True)
@@ -834,7 +854,7 @@ class VerifyReport:
 
     chains: list[ChainReport] = field(default_factory=list)
     unaudited: list[Unaudited] = field(default_factory=list)
-    """Ledger rows and decisions with no event (the newest rows dropped, or all of them)."""
+    """Records the chain does not vouch for: events missing, writes past the gate, edits."""
 
     @property
     def ok(self) -> bool:
@@ -870,24 +890,35 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
     hash) and hash to its stored hash; a chain's report names the first row that does not.
     Rows stream through a server-side cursor, so memory does not grow with the chain.
 
-    Then the records the chain vouches for: every ledger row of a gated write
-    (``tool_calls``) and every reviewer decision must have its event, which commits with it
-    (`append_event` in the same transaction). A chain cut short, or emptied, with its
-    triggers disabled still links and hashes; these records name what it lost (limit:
-    `UNAUDITED_SHOWN`).
+    Then the records the chain vouches for, directly or through the gate's ledger:
+
+    - every ledger row of a gated write (``tool_calls``) and every reviewer decision must
+      have its event, which commits with it (`append_event` in the same transaction), and
+      each ledger row's result must be the one its event hashed;
+    - every payment, bank change, email and exception must have a ledger row of its tool,
+      on its thread, whose result says the same (a payment the seed wrote instead: the
+      latest seed's ``world_seeded`` record).
+
+    A chain cut short, or emptied, with its triggers disabled still links and hashes; the
+    first check names what it lost. The others name records written or edited past the
+    gate. At most `UNAUDITED_SHOWN` records are named in all.
     """
     tenants = await audit_tenants(conn) if tenant is None else [tenant]
-    return VerifyReport(
-        chains=[await _verify_tenant(conn, t) for t in tenants],
-        unaudited=await _unaudited(conn, tenant),
-    )
+    chains = [await _verify_tenant(conn, t) for t in tenants]
+    unaudited = await _unaudited(conn, tenant)
+    for check in (_edited_ledger_rows, _records_past_the_gate):
+        if len(unaudited) >= UNAUDITED_SHOWN:
+            break
+        unaudited += await check(conn, tenant, UNAUDITED_SHOWN - len(unaudited))
+    return VerifyReport(chains=chains, unaudited=unaudited)
 
 
 UNAUDITED_SHOWN = 20
-"""How many records without an event `verify_chain` names (it stops looking there)."""
+"""How many records the chain does not vouch for `verify_chain` names (it stops there)."""
 
 # Each record's thread is its tenant's (the run index); a record of a thread with no run
-# index row (pruned rows keep theirs) is checked under any tenant.
+# index row (a seeded payment; pruned runs keep theirs) is checked only when no tenant is
+# named.
 _UNAUDITED_SQL = (
     "SELECT 'tool_calls' AS record, t.thread_id, t.tool || ' at step ' || t.step_id"
     " || ' (key ' || left(t.idempotency_key, 12) || '...)' AS detail, t.created_at AS at"
@@ -912,6 +943,198 @@ async def _unaudited(conn: Conn, tenant: str | None) -> list[Unaudited]:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(_UNAUDITED_SQL, {"tenant": tenant, "limit": UNAUDITED_SHOWN})
     return [Unaudited(r["record"], r["thread_id"], r["detail"]) for r in await cur.fetchall()]
+
+
+# The result the first successful (not replayed) event of each ledger row hashed; a ledger
+# row without one is `_UNAUDITED_SQL`'s.
+_LEDGER_WITH_HASH_SQL = (
+    "SELECT t.thread_id, t.step_id, t.tool, t.result, (SELECT a.payload->>'result_hash'"
+    " FROM audit_events AS a WHERE a.thread_id = t.thread_id AND a.kind = 'tool_call'"
+    " AND a.payload->>'idempotency_key' = t.idempotency_key AND a.payload->>'ok' = 'true'"
+    " AND a.payload->>'replayed' = 'false'"
+    " AND (%(tenant)s::text IS NULL OR a.tenant = %(tenant)s) ORDER BY a.id LIMIT 1)"
+    " AS result_hash FROM tool_calls AS t LEFT JOIN runs AS r ON r.thread_id = t.thread_id"
+    " WHERE (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) ORDER BY t.created_at"
+)
+
+
+async def _edited_ledger_rows(conn: Conn, tenant: str | None, limit: int) -> list[Unaudited]:
+    found: list[Unaudited] = []
+    async with (
+        conn.transaction(),
+        conn.cursor(name=f"audit_ledger_{id(conn)}", row_factory=dict_row) as cur,
+    ):
+        await cur.execute(_LEDGER_WITH_HASH_SQL, {"tenant": tenant})
+        async for row in cur:
+            if row["result_hash"] is None or content_hash(row["result"]) == row["result_hash"]:
+                continue
+            found.append(
+                Unaudited(
+                    "tool_calls",
+                    row["thread_id"],
+                    f"{row['tool']} at step {row['step_id']}: its result is not the one its "
+                    "event recorded",
+                    "ledger_edited",
+                )
+            )
+            if len(found) >= limit:
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class _GatedRecord:
+    """A table only a gated tool writes, and what its ledger result says of each row."""
+
+    table: UnauditedTable
+    tool: str
+    name: Callable[[Mapping[str, Any]], str]
+    said: Callable[[Mapping[str, Any]], dict[str, Any]]
+    """The row's columns as its tool's result (`tools.ap`) states them."""
+
+
+def _masked(account: str) -> str:
+    return mask_account(account) or ""
+
+
+_GATED_RECORDS = (
+    _GatedRecord(
+        "payments",
+        "schedule_payment",
+        lambda r: f"payment {r['payment_id']} of {r['invoice_id']} ({r['amount']} {r['currency']})",
+        lambda r: {
+            "payment_id": r["payment_id"],
+            "invoice_id": r["invoice_id"],
+            "vendor_id": r["vendor_id"],
+            "amount": str(r["amount"]),
+            "currency": r["currency"],
+            "pay_on": str(r["pay_on"]),
+            "payee_account_masked": _masked(r["payee_account"]),
+        },
+    ),
+    _GatedRecord(
+        "vendor_bank_changes",
+        "update_vendor_bank_account",
+        lambda r: f"bank change {r['change_id']} of {r['vendor_id']}",
+        lambda r: {
+            "change_id": r["change_id"],
+            "vendor_id": r["vendor_id"],
+            "old_account_masked": _masked(r["old_account"]),
+            "new_account_masked": _masked(r["new_account"]),
+        },
+    ),
+    _GatedRecord(
+        "email_outbox",
+        "send_vendor_email",
+        lambda r: f"email {r['outbox_id']} to {r['vendor_id']}",
+        lambda r: {
+            "outbox_id": r["outbox_id"],
+            "vendor_id": r["vendor_id"],
+            "to_address": r["to_address"],
+            "subject": r["subject"],
+        },
+    ),
+    _GatedRecord(
+        "invoice_exceptions",
+        "flag_exception",
+        lambda r: f"exception {r['exception_id']} on {r['invoice_id']}",
+        lambda r: {
+            "exception_id": r["exception_id"],
+            "invoice_id": r["invoice_id"],
+            "codes": list(r["codes"]),
+        },
+    ),
+)
+
+
+def seeded_payment(payment: Mapping[str, Any]) -> dict[str, Any]:
+    """A payment the seed wrote as its ``world_seeded`` record lists it (no thread, no gate).
+
+    ``payment`` has the columns of ``payments``; the account is masked, as in every audit
+    payload.
+    """
+    said = _GATED_RECORDS[0].said(payment)
+    return {**said, "status": payment["status"]}
+
+
+_RECORDS_SQL = (
+    "SELECT e.*, t.tool AS ledger_tool, t.thread_id AS ledger_thread,"
+    " t.result AS ledger_result FROM {table} AS e"
+    " LEFT JOIN tool_calls AS t ON t.idempotency_key = e.idempotency_key"
+    " LEFT JOIN runs AS r ON r.thread_id = e.thread_id"
+    " WHERE (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) ORDER BY e.created_at"
+)
+
+
+async def _seed_record(conn: Conn) -> dict[str, dict[str, Any]] | None:
+    """The payments the latest seed wrote, by id; None when no seed recorded them.
+
+    Worlds seeded by releases before the record (migration 0026) have none: their seeded
+    payments are taken as they are.
+    """
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT payload FROM audit_events WHERE kind = 'world_seeded' ORDER BY id DESC LIMIT 1"
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return {p["payment_id"]: p for p in row["payload"].get("payments", [])}
+
+
+async def _records_past_the_gate(conn: Conn, tenant: str | None, limit: int) -> list[Unaudited]:
+    seeded = await _seed_record(conn)
+    found: list[Unaudited] = []
+    for record in _GATED_RECORDS:
+        async with (
+            conn.transaction(),
+            conn.cursor(name=f"audit_records_{id(conn)}", row_factory=dict_row) as cur,
+        ):
+            await cur.execute(
+                sql.SQL(_RECORDS_SQL).format(table=sql.Identifier(record.table)),
+                {"tenant": tenant},
+            )
+            async for row in cur:
+                problem = _record_problem(record, row, seeded)
+                if problem is None:
+                    continue
+                reason, detail = problem
+                found.append(
+                    Unaudited(
+                        record.table, row["thread_id"], f"{record.name(row)}: {detail}", reason
+                    )
+                )
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def _record_problem(
+    record: _GatedRecord, row: Mapping[str, Any], seeded: dict[str, dict[str, Any]] | None
+) -> tuple[UnauditedReason, str] | None:
+    if (
+        record.table == "payments"
+        and row["thread_id"] is None
+        and row["idempotency_key"] == f"seed:{row['payment_id']}"
+    ):
+        if seeded is None:
+            return None
+        listed = seeded.get(row["payment_id"])
+        if listed is None:
+            return "outside_gate", "not a payment the latest seed wrote, nor one the gate wrote"
+        return _difference(seeded_payment(row), listed, "the seed's record")
+    if row["ledger_tool"] != record.tool or row["ledger_thread"] != row["thread_id"]:
+        return "outside_gate", f"no {record.tool} ledger row on its thread has its key"
+    return _difference(record.said(row), row["ledger_result"], "its ledger row")
+
+
+def _difference(
+    actual: Mapping[str, Any], said: Mapping[str, Any], by: str
+) -> tuple[UnauditedReason, str] | None:
+    for key, value in actual.items():
+        if said.get(key) != value:
+            return "differs", f"{key} is {_short(value, 40)}, {by} says {_short(said.get(key), 40)}"
+    return None
 
 
 async def audit_tenants(conn: Conn) -> list[str]:
@@ -1073,6 +1296,11 @@ def summarize(kind: str, p: Mapping[str, Any]) -> str:
     if kind == "world_replaced":
         erased = ", ".join(f"{n} {tool}" for tool, n in sorted(p.get("erased_calls", {}).items()))
         return f"world replaced by {p.get('operator')}, erasing {erased or 'nothing'}"
+    if kind == "world_seeded":
+        return (
+            f"world seeded by {p.get('operator')}: {_short(p.get('world', ''), 60)}, "
+            f"{len(p.get('payments', []))} payment(s)"
+        )
     return _short(dict(p))
 
 

@@ -30,7 +30,7 @@ from pydantic import (
 
 from runtime.errors import BadInput, WorldFileError, shown
 from runtime.settings import PROJECT_ROOT
-from state.audit import append_event, content_hash
+from state.audit import append_event, content_hash, seeded_payment
 from state.db import THREAD_LOCK_CLASS
 
 SCHEMA_PATH = Path(__file__).parent / "world.schema.json"
@@ -363,9 +363,17 @@ _AGENT_HISTORY = (
 
 
 async def load_world(
-    conn: psycopg.AsyncConnection[Any], world: World, *, protect_history: bool = False
+    conn: psycopg.AsyncConnection[Any],
+    world: World,
+    *,
+    protect_history: bool = False,
+    tenant: str = "default",
 ) -> dict[str, int]:
     """Replace the AP world with ``world`` atomically; return row counts per kind.
+
+    The seed is recorded in ``tenant``'s audit chain (the seeding operator's): a
+    ``world_seeded`` event listing the payments it wrote, which `state.audit.verify_chain`
+    holds them to.
 
     Every thread (checkpoints and the run index) is forgotten with the old world. While a
     run is in progress, holding its thread's lock, nothing is replaced: `BadInput`. Runs
@@ -381,6 +389,7 @@ async def load_world(
                 _refuse_erasing_history(erased)
             await _replace_world(conn, world)
             await _record_erased_history(conn, world, erased)
+            await _record_seed(conn, world, tenant)
     except (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
         # Validation should catch every such problem first; if one slips through, the
         # transaction has rolled back and the user still gets a message, not a traceback.
@@ -447,6 +456,45 @@ async def _record_erased_history(
                 "operator": _operator(),
             },
         )
+
+
+async def _record_seed(conn: psycopg.AsyncConnection[Any], world: World, tenant: str) -> None:
+    """List the payments the seed wrote in ``tenant``'s chain, last in the seed's transaction.
+
+    They have no ledger row (no gate wrote them): this record is what `audit verify` holds
+    them to, so a payment given a ``seed:`` key later, or a seeded one edited, is found.
+    """
+    invoices = {i.invoice_id: i for i in world.invoices}
+    vendors = {v.vendor_id: v for v in world.vendors}
+    payments = []
+    for p in world.payments:
+        vendor_id = invoices[p.invoice_id].vendor_id
+        payments.append(
+            seeded_payment(
+                {
+                    "payment_id": p.payment_id,
+                    "invoice_id": p.invoice_id,
+                    "vendor_id": vendor_id,
+                    "amount": p.amount.quantize(Decimal("0.01")),
+                    "currency": p.currency,
+                    "pay_on": p.pay_on,
+                    "payee_account": vendors[vendor_id].remit_bank_account,
+                    "status": p.status,
+                }
+            )
+        )
+    await append_event(
+        conn,
+        tenant=tenant,
+        thread_id=None,
+        kind="world_seeded",
+        payload={
+            "world": shown(world.description, 200),
+            "world_digest": content_hash(world.model_dump(mode="json")),
+            "operator": _operator(),
+            "payments": payments,
+        },
+    )
 
 
 def _operator() -> str:

@@ -21,6 +21,8 @@ from runtime.context import Context
 from runtime.settings import PROJECT_ROOT
 from state.audit import (
     Appended,
+    ChainReport,
+    VerifyReport,
     append_event,
     content_hash,
     row_hash,
@@ -74,6 +76,11 @@ async def approved_bank_change(agent: Agent, request: str = CHANGE_REQUEST) -> s
     return thread
 
 
+def chain_of(report: VerifyReport, tenant: str) -> ChainReport:
+    """One tenant's chain in ``report`` (the seed's event makes a chain of its own)."""
+    return next(c for c in report.chains if c.tenant == tenant)
+
+
 async def synthetic_chain(database: Database, tenant: str, n: int = 6) -> list[Appended]:
     async with database.connection() as conn:
         return [
@@ -122,8 +129,11 @@ async def test_a_run_records_every_kind_in_order_with_an_intact_chain(
         "decision",
         "outcome",
     } <= set(kinds)
-    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))  # one tenant, one run
+    # One tenant, one run, after the template seed's event (seq 1).
+    assert [r["seq"] for r in rows] == list(range(2, len(rows) + 2))
     assert {r["tenant"] for r in rows} == {"default"}
+    first = (await audit_rows(database))[0]
+    assert (first["tenant"], first["seq"], first["kind"]) == ("default", 1, "world_seeded")
 
     calls = [
         (r["payload"]["tool"], r["payload"]["error_code"]) for r in rows if r["kind"] == "tool_call"
@@ -193,7 +203,7 @@ async def test_a_run_records_every_kind_in_order_with_an_intact_chain(
         assert paid["result_hash"] == content_hash(ledger["result"])
         report = await verify_chain(conn)
         events = await timeline(conn, thread)
-    assert report.ok and report.rows == len(rows)
+    assert report.ok and report.rows == len(rows) + 1  # + the template seed's event
     assert report.chains[0].head_hash == rows[-1]["hash"]
     assert [e["kind"] for e in events] == kinds
     assert "rev-1 (approver) approve" in events[kinds.index("decision")]["summary"]
@@ -388,6 +398,141 @@ async def test_a_chain_cut_short_still_links_but_its_lost_events_are_found(
     assert other_tenant.unaudited == []
 
 
+FORGED_ACCOUNT = "GB33BUKB20201555555555"
+_HAND_MADE_PAYMENT = (
+    "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency, payee_account,"
+    " pay_on, idempotency_key) VALUES ('PAY-X', 'INV-1002', 'V-002', 900, 'USD', %s,"
+    " current_date, %s)"
+)
+# (A trigger keeps payments within their invoice: an edit can only lower one.)
+_LOWER_INV_1001 = "UPDATE payments SET amount = amount - 100 WHERE invoice_id = 'INV-1001'"
+# Each: what is done past the gate, then the one record verify names: table, reason, text.
+_PAST_THE_GATE: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], str, str, str]] = {
+    "payment inserted": (
+        [(_HAND_MADE_PAYMENT, (FORGED_ACCOUNT, "hand-made"))],
+        "payments",
+        "outside_gate",
+        "payment PAY-X of INV-1002 (900.00 USD): no schedule_payment ledger row",
+    ),
+    "payment given a seed key": (
+        [(_HAND_MADE_PAYMENT, (FORGED_ACCOUNT, "seed:PAY-X"))],
+        "payments",
+        "outside_gate",
+        "payment PAY-X of INV-1002 (900.00 USD): not a payment the latest seed wrote",
+    ),
+    "approved payment redirected": (
+        [
+            (
+                "UPDATE payments SET payee_account = %s WHERE invoice_id = 'INV-1001'",
+                (FORGED_ACCOUNT,),
+            )
+        ],
+        "payments",
+        "differs",
+        "payee_account_masked is ****5555, its ledger row says ****",
+    ),
+    "approved payment lowered": (
+        [(_LOWER_INV_1001, ())],
+        "payments",
+        "differs",
+        "amount is ",
+    ),
+    "approved payment lowered, its ledger row too": (
+        [
+            (_LOWER_INV_1001, ()),
+            (
+                "UPDATE tool_calls SET result = jsonb_set(result, '{amount}', (SELECT"
+                " to_jsonb(amount::text) FROM payments WHERE invoice_id = 'INV-1001'))"
+                " WHERE tool = 'schedule_payment'",
+                (),
+            ),
+        ],
+        "tool_calls",
+        "ledger_edited",
+        "schedule_payment at step ",
+    ),
+    "seeded payment lowered": (
+        [("UPDATE payments SET amount = amount - 100 WHERE payment_id = 'PAY-0001'", ())],
+        "payments",
+        "differs",
+        "payment PAY-0001 of INV-1006 (3885.60 USD): amount is 3885.60, the seed's record"
+        " says 3985.60",
+    ),
+    "bank change inserted": (
+        [
+            (
+                "INSERT INTO vendor_bank_changes (vendor_id, old_account, new_account, reason,"
+                " idempotency_key) VALUES ('V-002', 'DE89370400440532013000', %s, 'call-back',"
+                " 'hand-made')",
+                (FORGED_ACCOUNT,),
+            )
+        ],
+        "vendor_bank_changes",
+        "outside_gate",
+        "of V-002: no update_vendor_bank_account ledger row",
+    ),
+    "email inserted": (
+        [
+            (
+                "INSERT INTO email_outbox (vendor_id, to_address, subject, body,"
+                " idempotency_key) VALUES ('V-002', 'ap@example.com', 'Pay now', '', 'hand-made')",
+                (),
+            )
+        ],
+        "email_outbox",
+        "outside_gate",
+        "to V-002: no send_vendor_email ledger row",
+    ),
+}
+
+
+@pytest.mark.parametrize("done", list(_PAST_THE_GATE))
+async def test_a_record_written_or_edited_past_the_gate_is_found(
+    database: Database, db_uri: str, done: str
+) -> None:
+    """The chain vouches for each payment, bank change and email through its ledger row
+    (or, for a seeded payment, the seed's record); one made or changed by hand is named."""
+    statements, table, reason, detail = _PAST_THE_GATE[done]
+    async with open_agent(database=database) as agent:
+        thread = await approved_payment(agent)
+    async with database.connection() as conn:
+        assert (await verify_chain(conn)).ok
+    await tamper(db_uri, *statements)
+    async with database.connection() as conn:
+        report = await verify_chain(conn)
+        only_default = await verify_chain(conn, "default")
+    assert all(c.broken is None for c in report.chains)  # the chain itself is intact
+    assert not report.ok
+    [found] = report.unaudited
+    assert (found.table, found.reason) == (table, reason), found
+    assert detail in found.detail, found
+    gated = table == "tool_calls" or "INV-1001" in done or "approved" in done
+    assert found.thread_id == (thread if gated else None)
+    # A tenant's verify covers its threads' records; a thread-less one only the full verify.
+    assert only_default.unaudited == ([found] if gated else [])
+
+
+async def test_a_seed_lists_its_payments_in_the_operators_chain(database: Database) -> None:
+    world = read_world(SAMPLE_WORLD_PATH)
+    async with database.connection() as conn:
+        await load_world(conn, world, tenant="acme")
+        cur = await conn.execute(
+            "SELECT seq, payload FROM audit_events WHERE tenant = 'acme' AND kind = 'world_seeded'"
+        )
+        [seed] = await cur.fetchall()
+        report = await verify_chain(conn)
+        events = await timeline(conn, "no-thread")  # the seed's event has no thread
+    assert seed["seq"] == 1
+    listed = seed["payload"]["payments"]
+    assert [(p["payment_id"], p["invoice_id"], p["amount"], p["status"]) for p in listed] == [
+        (p.payment_id, p.invoice_id, f"{p.amount:.2f}", p.status) for p in world.payments
+    ]
+    assert all(p["payee_account_masked"].startswith("****") for p in listed)
+    assert find_unmasked(json.dumps(seed["payload"])) == []
+    assert seed["payload"]["world_digest"] == content_hash(world.model_dump(mode="json"))
+    assert report.ok and events == []
+
+
 async def test_audit_rows_cannot_be_updated_deleted_or_truncated(database: Database) -> None:
     await synthetic_chain(database, "acme", n=3)
     async with database.connection() as conn:
@@ -410,10 +555,13 @@ async def test_audit_rows_cannot_be_updated_deleted_or_truncated(database: Datab
                     await conn.execute("DELETE FROM audit_events")
             finally:
                 await conn.execute("RESET session_replication_role")
-        # Reseeding the world forgets threads but never the audit chain.
+        # Reseeding the world forgets threads but never the audit chain, and records itself.
         await load_world(conn, read_world(SAMPLE_WORLD_PATH))
         report = await verify_chain(conn)
-    assert report.ok and report.rows == 3
+        cur = await conn.execute("SELECT kind FROM audit_events WHERE tenant = 'default'")
+        seeds = [r["kind"] for r in await cur.fetchall()]
+    assert report.ok and chain_of(report, "acme").rows == 3
+    assert seeds == ["world_seeded", "world_seeded"]  # the template's seed, then this one
 
 
 # --- concurrency and transactions ------------------------------------------------------
@@ -440,12 +588,13 @@ async def test_concurrent_appends_make_gapless_valid_chains(db_uri: str) -> None
     assert len({(a.id, a.seq, a.hash) for a in duplicates}) == 1
     async with await psycopg.AsyncConnection.connect(db_uri, **CONNECTION_KWARGS) as conn:
         cur = await conn.execute(
-            "SELECT tenant, array_agg(seq ORDER BY seq) AS seqs FROM audit_events GROUP BY tenant"
+            "SELECT tenant, array_agg(seq ORDER BY seq) AS seqs FROM audit_events"
+            " WHERE tenant <> 'default' GROUP BY tenant"  # default: the template seed's event
         )
         seqs = {r["tenant"]: r["seqs"] for r in await cur.fetchall()}
         report = await verify_chain(conn)
     assert seqs == {"acme": list(range(1, 26)), "globex": list(range(1, 13))}
-    assert report.ok and report.rows == 37
+    assert report.ok and chain_of(report, "acme").rows + chain_of(report, "globex").rows == 37
 
 
 APPEND_ELSEWHERE = """
@@ -503,12 +652,14 @@ async def test_an_append_from_another_process_is_followed_not_overwritten(
         await append_event(conn, tenant="acme", thread_id="t", kind="route", payload={"n": 1})
         await append_elsewhere(cli_env, ["other"], 1)
         third = await append_event(conn, tenant="acme", thread_id="t", kind="route", payload={})
-        cur = await conn.execute("SELECT seq, thread_id FROM audit_events ORDER BY seq")
+        cur = await conn.execute(
+            "SELECT seq, thread_id FROM audit_events WHERE tenant = 'acme' ORDER BY seq"
+        )
         rows = [(r["seq"], r["thread_id"]) for r in await cur.fetchall()]
         report = await verify_chain(conn)
     assert (third.seq, third.created) == (3, True)
     assert rows == [(1, "t"), (2, "other"), (3, "t")]
-    assert report.ok and report.rows == 3
+    assert report.ok and chain_of(report, "acme").rows == 3
 
 
 async def test_processes_appending_at_once_make_one_gapless_valid_chain(
@@ -518,12 +669,14 @@ async def test_processes_appending_at_once_make_one_gapless_valid_chain(
     # so guesses miss and are redone (again, then under the lock), never linked twice.
     await append_elsewhere(cli_env, ["p0", "p1", "p2"], 100)
     async with database.connection() as conn:
-        cur = await conn.execute("SELECT seq, thread_id FROM audit_events ORDER BY seq")
+        cur = await conn.execute(
+            "SELECT seq, thread_id FROM audit_events WHERE tenant = 'acme' ORDER BY seq"
+        )
         rows = [(r["seq"], r["thread_id"]) for r in await cur.fetchall()]
         report = await verify_chain(conn)
     assert [seq for seq, _ in rows] == list(range(1, 301))
     assert sorted({thread for _, thread in rows}) == ["p0", "p1", "p2"]
-    assert report.ok and report.rows == 300
+    assert report.ok and chain_of(report, "acme").rows == 300
 
 
 async def test_numbers_jsonb_spells_differently_still_hash_as_stored(database: Database) -> None:
@@ -537,7 +690,7 @@ async def test_numbers_jsonb_spells_differently_still_hash_as_stored(database: D
             )
             assert appended.seq == n + 1
         report = await verify_chain(conn)
-    assert report.ok and report.rows == len(payloads)
+    assert report.ok and chain_of(report, "acme").rows == len(payloads)
 
 
 async def test_an_append_in_a_rolled_back_transaction_leaves_no_gap(database: Database) -> None:
@@ -682,7 +835,7 @@ def test_cli_audit_verify_and_show(db_uri: str, cli_env: dict[str, str]) -> None
     intact = payables(cli_env, "audit", "verify", "--json")
     assert intact.returncode == 0, intact.stderr
     report = json.loads(intact.stdout)
-    assert report["ok"] is True and report["rows"] == len(rows)
+    assert report["ok"] is True and report["rows"] == len(rows) + 1  # + the seed's event
     assert report["first_broken"] is None
     assert payables(cli_env, "audit", "verify", "--tenant", "default").returncode == 0
     # A mistyped tenant is not an intact chain of 0 rows.
@@ -727,3 +880,21 @@ def test_cli_audit_verify_and_show(db_uri: str, cli_env: dict[str, str]) -> None
     assert "MISSING EVENTS" in text.stdout
     assert f"approval_decisions on thread {thread}: rev-1 approve schedule_payment" in text.stdout
     assert json.loads(broken.stdout)["unaudited"][0]["table"] == "approval_decisions"
+
+
+def test_cli_audit_verify_names_a_payment_written_past_the_gate(
+    db_uri: str, cli_env: dict[str, str]
+) -> None:
+    asyncio.run(tamper(db_uri, (_HAND_MADE_PAYMENT, (FORGED_ACCOUNT, "hand-made"))))
+    text = payables(cli_env, "audit", "verify")
+    assert text.returncode == 1, text.stderr
+    assert "tenant default: 1 rows, intact" in text.stdout
+    assert "WRITTEN PAST THE GATE" in text.stdout and "MISSING EVENTS" not in text.stdout
+    assert "payments on no thread: payment PAY-X of INV-1002" in text.stdout
+    assert FORGED_ACCOUNT not in text.stdout
+    [found] = json.loads(payables(cli_env, "audit", "verify", "--json").stdout)["unaudited"]
+    assert (found["table"], found["reason"], found["thread_id"]) == (
+        "payments",
+        "outside_gate",
+        None,
+    )

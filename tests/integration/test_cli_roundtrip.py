@@ -673,3 +673,6 @@ def test_demo_runs_the_sample_inbox(cli_env: dict[str, str], db_uri: str) -> Non
     for r in runs:
         if r["status"] == "interrupted":
             assert checkpoint_count(db_uri, r["thread_id"]) > 0
+    # Every exception, staging and refusal the inbox made is vouched for by the chain.
+    verified = payables(cli_env, "audit", "verify")
+    assert verified.returncode == 0, explain(verified)
