@@ -776,8 +776,8 @@ _UNAUDITED_HEADINGS: dict[UnauditedReason, str] = {
     "one their audit event recorded:",
     "outside_gate": "[red]WRITTEN PAST THE GATE[/]: payments, bank changes, emails or "
     "exceptions no gated call (nor the seed) wrote:",
-    "differs": "[red]EDITED RECORDS[/]: records that say other than the gated call (or the "
-    "seed) that wrote them:",
+    "differs": "[red]EDITED RECORDS[/]: decisions, payments, bank changes, emails or "
+    "exceptions that say other than their event, gated call or seed:",
 }
 
 

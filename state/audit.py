@@ -839,7 +839,8 @@ class Unaudited:
     ``outside_gate``: a payment, bank change, email or exception with no ledger row of its
     tool on its thread (for a payment the seed wrote: not in the seed's record).
     ``differs``: one whose columns say other than its ledger row's result (or the seed's
-    record). ``ledger_edited``: a ledger row whose result is not the one its event hashed.
+    record), or a decision other than its event. ``ledger_edited``: a ledger row whose
+    result is not the one its event hashed.
     """
 
     table: UnauditedTable
@@ -893,8 +894,10 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
     Then the records the chain vouches for, directly or through the gate's ledger:
 
     - every ledger row of a gated write (``tool_calls``) and every reviewer decision must
-      have its event, which commits with it (`append_event` in the same transaction), and
-      each ledger row's result must be the one its event hashed;
+      have its event, which commits with it (`append_event` in the same transaction); each
+      decision must be the one its event records (the gate reads the table: a reject
+      turned into an approval would pay), and each ledger row's result the one its event
+      hashed;
     - every payment, bank change, email and exception must have a ledger row of its tool,
       on its thread, whose result says the same (a payment the seed wrote instead: the
       latest seed's ``world_seeded`` record).
@@ -906,7 +909,7 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
     tenants = await audit_tenants(conn) if tenant is None else [tenant]
     chains = [await _verify_tenant(conn, t) for t in tenants]
     unaudited = await _unaudited(conn, tenant)
-    for check in (_edited_ledger_rows, _records_past_the_gate):
+    for check in (_edited_decisions, _edited_ledger_rows, _records_past_the_gate):
         if len(unaudited) >= UNAUDITED_SHOWN:
             break
         unaudited += await check(conn, tenant, UNAUDITED_SHOWN - len(unaudited))
@@ -943,6 +946,39 @@ async def _unaudited(conn: Conn, tenant: str | None) -> list[Unaudited]:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(_UNAUDITED_SQL, {"tenant": tenant, "limit": UNAUDITED_SHOWN})
     return [Unaudited(r["record"], r["thread_id"], r["detail"]) for r in await cur.fetchall()]
+
+
+# Decisions whose reviewer's event says another decision, role or tool (one with no event
+# at all is `_UNAUDITED_SQL`'s). A reviewer may decide a step again after an edit: any of
+# their events on the step that says the same vouches for the row.
+_EDITED_DECISIONS_SQL = (
+    "SELECT d.thread_id, d.reviewer_id || ' ' || d.decision || ' ' || d.tool || ' at step '"
+    " || d.step_id || ' as ' || d.reviewer_role || ': its event says ' || ("
+    " SELECT a.payload->>'decision' || ' ' || (a.payload->>'tool') || ' as '"
+    " || (a.payload->>'reviewer_role') FROM audit_events AS a WHERE a.thread_id = d.thread_id"
+    " AND a.kind = 'decision' AND a.payload->>'step_id' = d.step_id"
+    " AND a.payload->>'reviewer_id' = d.reviewer_id ORDER BY a.id DESC LIMIT 1) AS detail"
+    " FROM approval_decisions AS d LEFT JOIN runs AS r ON r.thread_id = d.thread_id"
+    " WHERE (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) AND EXISTS ("
+    " SELECT 1 FROM audit_events AS a WHERE a.thread_id = d.thread_id AND a.kind = 'decision'"
+    " AND a.payload->>'step_id' = d.step_id AND a.payload->>'reviewer_id' = d.reviewer_id"
+    " AND (%(tenant)s::text IS NULL OR a.tenant = %(tenant)s)) AND NOT EXISTS ("
+    " SELECT 1 FROM audit_events AS a WHERE a.thread_id = d.thread_id AND a.kind = 'decision'"
+    " AND a.payload->>'step_id' = d.step_id AND a.payload->>'reviewer_id' = d.reviewer_id"
+    " AND a.payload->>'decision' = d.decision AND a.payload->>'tool' = d.tool"
+    " AND a.payload->>'reviewer_role' = d.reviewer_role"
+    " AND (%(tenant)s::text IS NULL OR a.tenant = %(tenant)s))"
+    " ORDER BY d.created_at LIMIT %(limit)s"
+)
+
+
+async def _edited_decisions(conn: Conn, tenant: str | None, limit: int) -> list[Unaudited]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(_EDITED_DECISIONS_SQL, {"tenant": tenant, "limit": limit})
+    return [
+        Unaudited("approval_decisions", r["thread_id"], r["detail"], "differs")
+        for r in await cur.fetchall()
+    ]
 
 
 # The result the first successful (not replayed) event of each ledger row hashed; a ledger

@@ -458,6 +458,13 @@ _PAST_THE_GATE: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], str, str, str
         "payment PAY-0001 of INV-1006 (3885.60 USD): amount is 3885.60, the seed's record"
         " says 3985.60",
     ),
+    "approval turned into another reviewer role": (
+        [("UPDATE approval_decisions SET reviewer_role = 'controller'", ())],
+        "approval_decisions",
+        "differs",
+        "schedule_payment at step p2s2 as controller: its event says approve schedule_payment"
+        " as approver",
+    ),
     "bank change inserted": (
         [
             (
@@ -506,7 +513,7 @@ async def test_a_record_written_or_edited_past_the_gate_is_found(
     [found] = report.unaudited
     assert (found.table, found.reason) == (table, reason), found
     assert detail in found.detail, found
-    gated = table == "tool_calls" or "INV-1001" in done or "approved" in done
+    gated = table in {"tool_calls", "approval_decisions"} or "approve" in done
     assert found.thread_id == (thread if gated else None)
     # A tenant's verify covers its threads' records; a thread-less one only the full verify.
     assert only_default.unaudited == ([found] if gated else [])
