@@ -1033,20 +1033,24 @@ def _masked(account: str) -> str:
     return mask_account(account) or ""
 
 
+def _payment_said(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "payment_id": r["payment_id"],
+        "invoice_id": r["invoice_id"],
+        "vendor_id": r["vendor_id"],
+        "amount": str(r["amount"]),
+        "currency": r["currency"],
+        "pay_on": str(r["pay_on"]),
+        "payee_account_masked": _masked(r["payee_account"]),
+    }
+
+
 _GATED_RECORDS = (
     _GatedRecord(
         "payments",
         "schedule_payment",
         lambda r: f"payment {r['payment_id']} of {r['invoice_id']} ({r['amount']} {r['currency']})",
-        lambda r: {
-            "payment_id": r["payment_id"],
-            "invoice_id": r["invoice_id"],
-            "vendor_id": r["vendor_id"],
-            "amount": str(r["amount"]),
-            "currency": r["currency"],
-            "pay_on": str(r["pay_on"]),
-            "payee_account_masked": _masked(r["payee_account"]),
-        },
+        _payment_said,
     ),
     _GatedRecord(
         "vendor_bank_changes",
@@ -1089,8 +1093,7 @@ def seeded_payment(payment: Mapping[str, Any]) -> dict[str, Any]:
     ``payment`` has the columns of ``payments``; the account is masked, as in every audit
     payload.
     """
-    said = _GATED_RECORDS[0].said(payment)
-    return {**said, "status": payment["status"]}
+    return {**_payment_said(payment), "status": payment["status"]}
 
 
 _RECORDS_SQL = (
@@ -1169,7 +1172,8 @@ def _difference(
 ) -> tuple[UnauditedReason, str] | None:
     for key, value in actual.items():
         if said.get(key) != value:
-            return "differs", f"{key} is {_short(value, 40)}, {by} says {_short(said.get(key), 40)}"
+            shown, stated = redact(_short(value, 40)), redact(_short(said.get(key), 40))
+            return "differs", f"{key} is {shown}, {by} says {stated}"
     return None
 
 
