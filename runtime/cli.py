@@ -774,6 +774,9 @@ _UNAUDITED_HEADINGS: dict[UnauditedReason, str] = {
     "no longer holds (its newest rows dropped, or all of them):",
     "ledger_edited": "[red]EDITED LEDGER ROWS[/]: gated calls whose stored result is not the "
     "one their audit event recorded:",
+    "unapproved": "[red]NOT APPROVED AS DONE[/]: irreversible or destructive calls without the "
+    "approvals of their arguments they always need, or payments to another account than "
+    "their approvers were shown:",
     "outside_gate": "[red]WRITTEN PAST THE GATE[/]: payments, bank changes, emails or "
     "exceptions no gated call (nor the seed) wrote:",
     "differs": "[red]EDITED RECORDS[/]: decisions, payments, bank changes, emails or "

@@ -78,7 +78,7 @@ from psycopg.rows import dict_row
 
 from guards.redaction import mask_account, redact
 from state.db import Database
-from tools.contract import canonical_json
+from tools.contract import Tier, args_hash, canonical_json, payee_digest
 
 Kind = Literal[
     "request_received",
@@ -828,7 +828,7 @@ UnauditedTable = Literal[
     "email_outbox",
     "invoice_exceptions",
 ]
-UnauditedReason = Literal["no_event", "outside_gate", "differs", "ledger_edited"]
+UnauditedReason = Literal["no_event", "outside_gate", "differs", "ledger_edited", "unapproved"]
 
 
 @dataclass(frozen=True)
@@ -840,7 +840,9 @@ class Unaudited:
     tool on its thread (for a payment the seed wrote: not in the seed's record).
     ``differs``: one whose columns say other than its ledger row's result (or the seed's
     record), or a decision other than its event. ``ledger_edited``: a ledger row whose
-    result is not the one its event hashed.
+    result is not the one its event hashed. ``unapproved``: an irreversible or destructive
+    call without the approvals of its arguments it always needs, or a payment to another
+    account than its approvers were shown.
     """
 
     table: UnauditedTable
@@ -898,6 +900,10 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
       decision must be the one its event records (the gate reads the table: a reject
       turned into an approval would pay), and each ledger row's result the one its event
       hashed;
+    - every irreversible call must have an approval of its arguments on record, every
+      destructive one two reviewers' including a controller's (what the policy always
+      asks; thresholds that vary with settings are not judged again), and every payment
+      must pay the account its approvers were shown;
     - every payment, bank change, email and exception must have a ledger row of its tool,
       on its thread, whose result says the same (a payment the seed wrote instead: the
       latest seed's ``world_seeded`` record).
@@ -909,7 +915,12 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
     tenants = await audit_tenants(conn) if tenant is None else [tenant]
     chains = [await _verify_tenant(conn, t) for t in tenants]
     unaudited = await _unaudited(conn, tenant)
-    for check in (_edited_decisions, _edited_ledger_rows, _records_past_the_gate):
+    for check in (
+        _edited_decisions,
+        _edited_ledger_rows,
+        _unapproved_calls,
+        _records_past_the_gate,
+    ):
         if len(unaudited) >= UNAUDITED_SHOWN:
             break
         unaudited += await check(conn, tenant, UNAUDITED_SHOWN - len(unaudited))
@@ -1016,6 +1027,69 @@ async def _edited_ledger_rows(conn: Conn, tenant: str | None, limit: int) -> lis
             if len(found) >= limit:
                 break
     return found
+
+
+# Each approval-tier ledger row with the approvals recorded for its step, and the account
+# a payment paid.
+_APPROVED_CALLS_SQL = (
+    "SELECT t.thread_id, t.step_id, t.tool, t.tier, t.args, p.payment_id, p.payee_account,"
+    " COALESCE((SELECT jsonb_agg(jsonb_build_object('reviewer_id', d.reviewer_id,"
+    " 'reviewer_role', d.reviewer_role, 'args_hash', d.args_hash,"
+    " 'payee_digest', d.payee_digest, 'payee_masked', d.payee_masked) ORDER BY d.decision_id)"
+    " FROM approval_decisions AS d WHERE d.thread_id = t.thread_id AND d.step_id = t.step_id"
+    " AND d.tool = t.tool AND d.decision <> 'reject'), '[]'::jsonb) AS approvals"
+    " FROM tool_calls AS t LEFT JOIN payments AS p ON p.idempotency_key = t.idempotency_key"
+    " LEFT JOIN runs AS r ON r.thread_id = t.thread_id"
+    " WHERE t.tier IN ('irreversible', 'destructive')"
+    " AND (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) ORDER BY t.created_at"
+)
+_DUAL_CONTROL_ROLE = "controller"  # `tools.policy.CONTROLLER` (policy imports the runtime)
+
+
+async def _unapproved_calls(conn: Conn, tenant: str | None, limit: int) -> list[Unaudited]:
+    found: list[Unaudited] = []
+    async with (
+        conn.transaction(),
+        conn.cursor(name=f"audit_approved_{id(conn)}", row_factory=dict_row) as cur,
+    ):
+        await cur.execute(_APPROVED_CALLS_SQL, {"tenant": tenant})
+        async for row in cur:
+            problem = _approval_problem(row)
+            if problem is None:
+                continue
+            table, detail = problem
+            found.append(Unaudited(table, row["thread_id"], detail, "unapproved"))
+            if len(found) >= limit:
+                break
+    return found
+
+
+def _approval_problem(row: Mapping[str, Any]) -> tuple[UnauditedTable, str] | None:
+    call = f"{row['tool']} at step {row['step_id']}"
+    wanted = args_hash(row["tool"], row["args"])
+    approvals = [a for a in row["approvals"] if a["args_hash"] == wanted]
+    reviewers = {a["reviewer_id"] for a in approvals}
+    if not reviewers:
+        return "tool_calls", f"{call}: no approval of its arguments on record"
+    if row["tier"] == Tier.DESTRUCTIVE.value and (
+        len(reviewers) < 2 or not any(a["reviewer_role"] == _DUAL_CONTROL_ROLE for a in approvals)
+    ):
+        return "tool_calls", (
+            f"{call}: approved by {', '.join(sorted(reviewers))}; dual control needs two "
+            "reviewers, one a controller"
+        )
+    if row["payee_account"] is None:
+        return None
+    paid = payee_digest(row["payee_account"])
+    # An approval recorded before approvals carried the payee (digest NULL) says nothing.
+    other = [a for a in approvals if a["payee_digest"] not in (None, paid)]
+    if other:
+        shown = ", ".join(f"{a['reviewer_id']} was shown {a['payee_masked']}" for a in other)
+        return "payments", (
+            f"payment {row['payment_id']} of {call}: pays {_masked(row['payee_account'])}, "
+            f"not the account its approvers saw ({shown})"
+        )
+    return None
 
 
 @dataclass(frozen=True)

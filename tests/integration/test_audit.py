@@ -420,17 +420,6 @@ _PAST_THE_GATE: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], str, str, str
         "outside_gate",
         "payment PAY-X of INV-1002 (900.00 USD): not a payment the latest seed wrote",
     ),
-    "approved payment redirected": (
-        [
-            (
-                "UPDATE payments SET payee_account = %s WHERE invoice_id = 'INV-1001'",
-                (FORGED_ACCOUNT,),
-            )
-        ],
-        "payments",
-        "differs",
-        "payee_account_masked is ****5555, its ledger row says ****",
-    ),
     "approved payment lowered": (
         [(_LOWER_INV_1001, ())],
         "payments",
@@ -517,6 +506,78 @@ async def test_a_record_written_or_edited_past_the_gate_is_found(
     assert found.thread_id == (thread if gated else None)
     # A tenant's verify covers its threads' records; a thread-less one only the full verify.
     assert only_default.unaudited == ([found] if gated else [])
+
+
+SAME_LAST_FOUR = "GB82WEST12345698763000"  # like INV-1001's payee (V-001), ending in 3000
+_REDIRECT = "UPDATE payments SET payee_account = %s WHERE invoice_id = 'INV-1001'"
+# Each: what is done past the approval, then what verify names: table, reason, text.
+_PAST_THE_APPROVAL: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], list[tuple[str, ...]]]] = {
+    "payment redirected": (
+        [(_REDIRECT, (FORGED_ACCOUNT,))],
+        [
+            ("payments", "unapproved", "pays ****5555, not the account its approvers saw"),
+            ("payments", "differs", "payee_account_masked is ****5555, its ledger row says"),
+        ],
+    ),
+    "payment redirected to an account with the same last four": (
+        [(_REDIRECT, (SAME_LAST_FOUR,))],
+        [("payments", "unapproved", "pays ****3000, not the account its approvers saw (rev-1")],
+    ),
+    "approval deleted": (
+        [("DELETE FROM approval_decisions", ())],
+        [("tool_calls", "unapproved", "no approval of its arguments on record")],
+    ),
+    "approval moved to other arguments": (
+        [("UPDATE approval_decisions SET args_hash = md5(args_hash)", ())],
+        [("tool_calls", "unapproved", "no approval of its arguments on record")],
+    ),
+}
+
+
+@pytest.mark.parametrize("done", list(_PAST_THE_APPROVAL))
+async def test_a_payment_its_approvals_do_not_cover_is_found(
+    database: Database, db_uri: str, done: str
+) -> None:
+    """Approvals bind a payment's arguments and account; verify checks them again after."""
+    statements, expected = _PAST_THE_APPROVAL[done]
+    async with open_agent(database=database) as agent:
+        thread = await approved_payment(agent)
+    async with database.connection() as conn:
+        cur = await conn.execute("SELECT payee_account FROM payments WHERE invoice_id = 'INV-1001'")
+        paid = await cur.fetchone()
+    assert paid is not None and paid["payee_account"] != SAME_LAST_FOUR
+    assert paid["payee_account"][-4:] == SAME_LAST_FOUR[-4:]
+    await tamper(db_uri, *statements)
+    async with database.connection() as conn:
+        report = await verify_chain(conn)
+    assert all(c.broken is None for c in report.chains)
+    found = [(u.table, u.reason) for u in report.unaudited]
+    assert found == [(table, reason) for table, reason, _ in expected], report.unaudited
+    for u, (_, _, text) in zip(report.unaudited, expected, strict=True):
+        assert text in u.detail and u.thread_id == thread, u
+
+
+async def test_a_bank_change_without_dual_control_on_record_is_found(
+    database: Database, db_uri: str
+) -> None:
+    async with open_agent(database=database) as agent:
+        thread = await approved_bank_change(agent)
+    async with database.connection() as conn:
+        assert (await verify_chain(conn)).ok
+    # One controller's approval gone: the other alone is not dual control.
+    await tamper(
+        db_uri,
+        (
+            "DELETE FROM approval_decisions WHERE decision_id = (SELECT min(decision_id)"
+            " FROM approval_decisions WHERE thread_id = %s)",
+            (thread,),
+        ),
+    )
+    async with database.connection() as conn:
+        report = await verify_chain(conn)
+    [found] = report.unaudited
+    assert (found.table, found.reason, found.thread_id) == ("tool_calls", "unapproved", thread)
+    assert "dual control needs two reviewers, one a controller" in found.detail, found
 
 
 async def test_a_seed_lists_its_payments_in_the_operators_chain(database: Database) -> None:
