@@ -580,6 +580,36 @@ async def test_a_bank_change_without_dual_control_on_record_is_found(
     assert "dual control needs two reviewers, one a controller" in found.detail, found
 
 
+async def test_the_sample_inbox_approved_throughout_verifies(database: Database) -> None:
+    """Every gated tool, every approval path (controller, dual control): nothing flagged."""
+    inbox = json.loads((PROJECT_ROOT / "data" / "inbox.sample.json").read_text())
+    reviewers = [("rev-1", "approver"), ("ctl-1", "controller"), ("ctl-2", "controller")]
+    async with open_agent(database=database) as agent:
+        for item in inbox:
+            view = await agent.start(item["request"], user=item["user"])
+            for reviewer, role in reviewers * 2:  # a role a step cannot take is refused
+                if view["status"] != "interrupted":
+                    break
+                answer = [{"type": "approve"}] * len(view["pending_approvals"])
+                view = await agent.resume(
+                    view["thread_id"],
+                    {"decisions": answer, "reviewer": {"id": reviewer, "role": role}},
+                )
+            assert view["status"] in {"completed", "refused"}, view
+    async with database.connection() as conn:
+        cur = await conn.execute("SELECT DISTINCT tool FROM tool_calls")
+        tools = {r["tool"] for r in await cur.fetchall()}
+        report = await verify_chain(conn)
+    assert {
+        "schedule_payment",
+        "update_vendor_bank_account",
+        "send_vendor_email",
+        "flag_exception",
+        "stage_invoice",
+    } <= tools
+    assert report.ok, report.as_dict()
+
+
 async def test_a_seed_lists_its_payments_in_the_operators_chain(database: Database) -> None:
     world = read_world(SAMPLE_WORLD_PATH)
     async with database.connection() as conn:
