@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -1005,28 +1006,44 @@ _LEDGER_WITH_HASH_SQL = (
 )
 
 
-async def _edited_ledger_rows(conn: Conn, tenant: str | None, limit: int) -> list[Unaudited]:
+async def _found_in(
+    conn: Conn,
+    query: sql.Composed | str,
+    tenant: str | None,
+    problem: Callable[[dict[str, Any]], Unaudited | None],
+    limit: int,
+) -> list[Unaudited]:
+    """What ``problem`` finds in the rows of ``query``, up to ``limit``.
+
+    The rows stream through a server-side cursor, so memory does not grow with the table.
+    """
     found: list[Unaudited] = []
     async with (
         conn.transaction(),
-        conn.cursor(name=f"audit_ledger_{id(conn)}", row_factory=dict_row) as cur,
+        conn.cursor(name=f"audit_check_{id(conn)}", row_factory=dict_row) as cur,
     ):
-        await cur.execute(_LEDGER_WITH_HASH_SQL, {"tenant": tenant})
+        await cur.execute(query, {"tenant": tenant})
         async for row in cur:
-            if row["result_hash"] is None or content_hash(row["result"]) == row["result_hash"]:
-                continue
-            found.append(
-                Unaudited(
-                    "tool_calls",
-                    row["thread_id"],
-                    f"{row['tool']} at step {row['step_id']}: its result is not the one its "
-                    "event recorded",
-                    "ledger_edited",
-                )
-            )
-            if len(found) >= limit:
-                break
+            if (unaudited := problem(row)) is not None:
+                found.append(unaudited)
+                if len(found) >= limit:
+                    break
     return found
+
+
+async def _edited_ledger_rows(conn: Conn, tenant: str | None, limit: int) -> list[Unaudited]:
+    return await _found_in(conn, _LEDGER_WITH_HASH_SQL, tenant, _ledger_problem, limit)
+
+
+def _ledger_problem(row: Mapping[str, Any]) -> Unaudited | None:
+    if row["result_hash"] is None or content_hash(row["result"]) == row["result_hash"]:
+        return None
+    return Unaudited(
+        "tool_calls",
+        row["thread_id"],
+        f"{row['tool']} at step {row['step_id']}: its result is not the one its event recorded",
+        "ledger_edited",
+    )
 
 
 # Each approval-tier ledger row with the approvals recorded for its step, and the account
@@ -1047,47 +1064,52 @@ _DUAL_CONTROL_ROLE = "controller"  # `tools.policy.CONTROLLER` (policy imports t
 
 
 async def _unapproved_calls(conn: Conn, tenant: str | None, limit: int) -> list[Unaudited]:
-    found: list[Unaudited] = []
-    async with (
-        conn.transaction(),
-        conn.cursor(name=f"audit_approved_{id(conn)}", row_factory=dict_row) as cur,
-    ):
-        await cur.execute(_APPROVED_CALLS_SQL, {"tenant": tenant})
-        async for row in cur:
-            problem = _approval_problem(row)
-            if problem is None:
-                continue
-            table, detail = problem
-            found.append(Unaudited(table, row["thread_id"], detail, "unapproved"))
-            if len(found) >= limit:
-                break
-    return found
+    return await _found_in(conn, _APPROVED_CALLS_SQL, tenant, _approval_problem, limit)
 
 
-def _approval_problem(row: Mapping[str, Any]) -> tuple[UnauditedTable, str] | None:
+def _approval_problem(row: Mapping[str, Any]) -> Unaudited | None:
+    def unapproved(table: UnauditedTable, detail: str) -> Unaudited:
+        return Unaudited(table, row["thread_id"], detail, "unapproved")
+
     call = f"{row['tool']} at step {row['step_id']}"
     wanted = args_hash(row["tool"], row["args"])
     approvals = [a for a in row["approvals"] if a["args_hash"] == wanted]
     reviewers = {a["reviewer_id"] for a in approvals}
     if not reviewers:
-        return "tool_calls", f"{call}: no approval of its arguments on record"
+        return unapproved("tool_calls", f"{call}: no approval of its arguments on record")
     if row["tier"] == Tier.DESTRUCTIVE.value and (
         len(reviewers) < 2 or not any(a["reviewer_role"] == _DUAL_CONTROL_ROLE for a in approvals)
     ):
-        return "tool_calls", (
+        return unapproved(
+            "tool_calls",
             f"{call}: approved by {', '.join(sorted(reviewers))}; dual control needs two "
-            "reviewers, one a controller"
+            "reviewers, one a controller",
         )
     if row["payee_account"] is None:
         return None
     paid = payee_digest(row["payee_account"])
     # An approval recorded before approvals carried the payee (digest NULL) says nothing.
     other = [a for a in approvals if a["payee_digest"] not in (None, paid)]
+    if not other:
+        return None
+    shown = ", ".join(f"{a['reviewer_id']} was shown {a['payee_masked']}" for a in other)
+    return unapproved(
+        "payments",
+        f"payment {row['payment_id']} of {call}: pays {_masked(row['payee_account'])}, not "
+        f"the account its approvers saw ({shown})",
+    )
+    paid = payee_digest(row["payee_account"])
+    # An approval recorded before approvals carried the payee (digest NULL) says nothing.
+    other = [a for a in approvals if a["payee_digest"] not in (None, paid)]
     if other:
         shown = ", ".join(f"{a['reviewer_id']} was shown {a['payee_masked']}" for a in other)
-        return "payments", (
-            f"payment {row['payment_id']} of {call}: pays {_masked(row['payee_account'])}, "
-            f"not the account its approvers saw ({shown})"
+        return (
+            "payments",
+            row["thread_id"],
+            (
+                f"payment {row['payment_id']} of {call}: pays {_masked(row['payee_account'])}, "
+                f"not the account its approvers saw ({shown})"
+            ),
         )
     return None
 
@@ -1199,30 +1221,30 @@ async def _records_past_the_gate(conn: Conn, tenant: str | None, limit: int) -> 
     seeded = await _seed_record(conn)
     found: list[Unaudited] = []
     for record in _GATED_RECORDS:
-        async with (
-            conn.transaction(),
-            conn.cursor(name=f"audit_records_{id(conn)}", row_factory=dict_row) as cur,
-        ):
-            await cur.execute(
-                sql.SQL(_RECORDS_SQL).format(table=sql.Identifier(record.table)),
-                {"tenant": tenant},
-            )
-            async for row in cur:
-                problem = _record_problem(record, row, seeded)
-                if problem is None:
-                    continue
-                reason, detail = problem
-                found.append(
-                    Unaudited(
-                        record.table, row["thread_id"], f"{record.name(row)}: {detail}", reason
-                    )
-                )
-                if len(found) >= limit:
-                    return found
+        if len(found) >= limit:
+            break
+        query = sql.SQL(_RECORDS_SQL).format(table=sql.Identifier(record.table))
+        found += await _found_in(
+            conn,
+            query,
+            tenant,
+            functools.partial(_record_problem, record, seeded=seeded),
+            limit - len(found),
+        )
     return found
 
 
 def _record_problem(
+    record: _GatedRecord, row: Mapping[str, Any], *, seeded: dict[str, dict[str, Any]] | None
+) -> Unaudited | None:
+    problem = _record_difference(record, row, seeded)
+    if problem is None:
+        return None
+    reason, detail = problem
+    return Unaudited(record.table, row["thread_id"], f"{record.name(row)}: {detail}", reason)
+
+
+def _record_difference(
     record: _GatedRecord, row: Mapping[str, Any], seeded: dict[str, dict[str, Any]] | None
 ) -> tuple[UnauditedReason, str] | None:
     if (
