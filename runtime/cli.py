@@ -792,8 +792,9 @@ def audit_verify(
     """Recompute every hash and link; check every gated write, decision and payment is vouched for.
 
     Exit 1 at the first broken link of any chain, or at a record the chain does not vouch
-    for: a ledger row or decision without its event, a ledger row edited, or a payment,
-    bank change, email or exception written or edited past the gate.
+    for: a ledger row or decision without its event or unlike it, a call without the
+    approvals it always needs, a payment to an account its approvers were not shown, or a
+    payment, bank change, email or exception written or edited past the gate.
     """
 
     async def go() -> VerifyReport:
