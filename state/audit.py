@@ -1098,20 +1098,6 @@ def _approval_problem(row: Mapping[str, Any]) -> Unaudited | None:
         f"payment {row['payment_id']} of {call}: pays {_masked(row['payee_account'])}, not "
         f"the account its approvers saw ({shown})",
     )
-    paid = payee_digest(row["payee_account"])
-    # An approval recorded before approvals carried the payee (digest NULL) says nothing.
-    other = [a for a in approvals if a["payee_digest"] not in (None, paid)]
-    if other:
-        shown = ", ".join(f"{a['reviewer_id']} was shown {a['payee_masked']}" for a in other)
-        return (
-            "payments",
-            row["thread_id"],
-            (
-                f"payment {row['payment_id']} of {call}: pays {_masked(row['payee_account'])}, "
-                f"not the account its approvers saw ({shown})"
-            ),
-        )
-    return None
 
 
 @dataclass(frozen=True)
