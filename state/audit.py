@@ -1223,16 +1223,9 @@ async def _records_past_the_gate(conn: Conn, tenant: str | None, limit: int) -> 
 def _record_problem(
     record: _GatedRecord, row: Mapping[str, Any], *, seeded: dict[str, dict[str, Any]] | None
 ) -> Unaudited | None:
-    problem = _record_difference(record, row, seeded)
-    if problem is None:
-        return None
-    reason, detail = problem
-    return Unaudited(record.table, row["thread_id"], f"{record.name(row)}: {detail}", reason)
+    def found(reason: UnauditedReason, detail: str) -> Unaudited:
+        return Unaudited(record.table, row["thread_id"], f"{record.name(row)}: {detail}", reason)
 
-
-def _record_difference(
-    record: _GatedRecord, row: Mapping[str, Any], seeded: dict[str, dict[str, Any]] | None
-) -> tuple[UnauditedReason, str] | None:
     if (
         record.table == "payments"
         and row["thread_id"] is None
@@ -1242,20 +1235,23 @@ def _record_difference(
             return None
         listed = seeded.get(row["payment_id"])
         if listed is None:
-            return "outside_gate", "not a payment the latest seed wrote, nor one the gate wrote"
-        return _difference(seeded_payment(row), listed, "the seed's record")
-    if row["ledger_tool"] != record.tool or row["ledger_thread"] != row["thread_id"]:
-        return "outside_gate", f"no {record.tool} ledger row on its thread has its key"
-    return _difference(record.said(row), row["ledger_result"], "its ledger row")
+            return found(
+                "outside_gate", "not a payment the latest seed wrote, nor one the gate wrote"
+            )
+        detail = _difference(seeded_payment(row), listed, "the seed's record")
+    elif row["ledger_tool"] != record.tool or row["ledger_thread"] != row["thread_id"]:
+        return found("outside_gate", f"no {record.tool} ledger row on its thread has its key")
+    else:
+        detail = _difference(record.said(row), row["ledger_result"], "its ledger row")
+    return None if detail is None else found("differs", detail)
 
 
-def _difference(
-    actual: Mapping[str, Any], said: Mapping[str, Any], by: str
-) -> tuple[UnauditedReason, str] | None:
+def _difference(actual: Mapping[str, Any], said: Mapping[str, Any], by: str) -> str | None:
+    """The first column ``actual`` states otherwise than ``said`` (by ``by``), redacted."""
     for key, value in actual.items():
         if said.get(key) != value:
             shown, stated = redact(_short(value, 40)), redact(_short(said.get(key), 40))
-            return "differs", f"{key} is {shown}, {by} says {stated}"
+            return f"{key} is {shown}, {by} says {stated}"
     return None
 
 
