@@ -464,25 +464,7 @@ async def _record_seed(conn: psycopg.AsyncConnection[Any], world: World, tenant:
     They have no ledger row (no gate wrote them): this record is what `audit verify` holds
     them to, so a payment given a ``seed:`` key later, or a seeded one edited, is found.
     """
-    invoices = {i.invoice_id: i for i in world.invoices}
-    vendors = {v.vendor_id: v for v in world.vendors}
-    payments = []
-    for p in world.payments:
-        vendor_id = invoices[p.invoice_id].vendor_id
-        payments.append(
-            seeded_payment(
-                {
-                    "payment_id": p.payment_id,
-                    "invoice_id": p.invoice_id,
-                    "vendor_id": vendor_id,
-                    "amount": p.amount.quantize(Decimal("0.01")),
-                    "currency": p.currency,
-                    "pay_on": p.pay_on,
-                    "payee_account": vendors[vendor_id].remit_bank_account,
-                    "status": p.status,
-                }
-            )
-        )
+    payments = [seeded_payment(row) for row in _payment_rows(world)]
     await append_event(
         conn,
         tenant=tenant,
@@ -495,6 +477,30 @@ async def _record_seed(conn: psycopg.AsyncConnection[Any], world: World, tenant:
             "payments": payments,
         },
     )
+
+
+def _payment_rows(world: World) -> list[dict[str, Any]]:
+    """The ``payments`` rows the seed writes: each to its vendor's master account."""
+    invoices = {i.invoice_id: i for i in world.invoices}
+    vendors = {v.vendor_id: v for v in world.vendors}
+    rows = []
+    for p in world.payments:
+        vendor_id = invoices[p.invoice_id].vendor_id
+        rows.append(
+            {
+                "payment_id": p.payment_id,
+                "invoice_id": p.invoice_id,
+                "vendor_id": vendor_id,
+                # Two places, as the column stores it, so the seed's record lists it the same.
+                "amount": p.amount.quantize(Decimal("0.01")),
+                "currency": p.currency,
+                "payee_account": vendors[vendor_id].remit_bank_account,
+                "pay_on": p.pay_on,
+                "status": p.status,
+                "idempotency_key": f"seed:{p.payment_id}",
+            }
+        )
+    return rows
 
 
 def _operator() -> str:
@@ -625,26 +631,12 @@ async def _replace_world(conn: psycopg.AsyncConnection[Any], world: World) -> No
                 for ln in i.lines
             ],
         )
-        invoices = {i.invoice_id: i for i in world.invoices}
-        vendors = {v.vendor_id: v for v in world.vendors}
         await cur.executemany(
             "INSERT INTO payments (payment_id, invoice_id, vendor_id, amount, currency,"
-            " payee_account, pay_on, status, idempotency_key)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            [
-                (
-                    p.payment_id,
-                    p.invoice_id,
-                    invoices[p.invoice_id].vendor_id,
-                    p.amount,
-                    p.currency,
-                    vendors[invoices[p.invoice_id].vendor_id].remit_bank_account,
-                    p.pay_on,
-                    p.status,
-                    f"seed:{p.payment_id}",
-                )
-                for p in world.payments
-            ],
+            " payee_account, pay_on, status, idempotency_key) VALUES (%(payment_id)s,"
+            " %(invoice_id)s, %(vendor_id)s, %(amount)s, %(currency)s, %(payee_account)s,"
+            " %(pay_on)s, %(status)s, %(idempotency_key)s)",
+            _payment_rows(world),
         )
         await cur.executemany(
             "INSERT INTO policy_documents (doc_id, title) VALUES (%s,%s)",
