@@ -960,26 +960,22 @@ async def _unaudited(conn: Conn, tenant: str | None) -> list[Unaudited]:
     return [Unaudited(r["record"], r["thread_id"], r["detail"]) for r in await cur.fetchall()]
 
 
-# Decisions whose reviewer's event says another decision, role or tool (one with no event
-# at all is `_UNAUDITED_SQL`'s). A reviewer may decide a step again after an edit: any of
-# their events on the step that says the same vouches for the row.
+# Decisions whose reviewer's events on the step all say another decision, role or tool (one
+# with no event at all is `_UNAUDITED_SQL`'s). A reviewer may decide a step again after an
+# edit: any of their events on the step that says the same vouches for the row.
 _EDITED_DECISIONS_SQL = (
     "SELECT d.thread_id, d.reviewer_id || ' ' || d.decision || ' ' || d.tool || ' at step '"
-    " || d.step_id || ' as ' || d.reviewer_role || ': its event says ' || ("
-    " SELECT a.payload->>'decision' || ' ' || (a.payload->>'tool') || ' as '"
-    " || (a.payload->>'reviewer_role') FROM audit_events AS a WHERE a.thread_id = d.thread_id"
-    " AND a.kind = 'decision' AND a.payload->>'step_id' = d.step_id"
-    " AND a.payload->>'reviewer_id' = d.reviewer_id ORDER BY a.id DESC LIMIT 1) AS detail"
+    " || d.step_id || ' as ' || d.reviewer_role || ': its event says ' || e.latest AS detail"
     " FROM approval_decisions AS d LEFT JOIN runs AS r ON r.thread_id = d.thread_id"
-    " WHERE (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) AND EXISTS ("
-    " SELECT 1 FROM audit_events AS a WHERE a.thread_id = d.thread_id AND a.kind = 'decision'"
+    # An event missing a field says otherwise (false, not NULL); no event at all: NULL.
+    " CROSS JOIN LATERAL (SELECT bool_or(COALESCE(a.payload->>'decision' = d.decision"
+    " AND a.payload->>'tool' = d.tool AND a.payload->>'reviewer_role' = d.reviewer_role,"
+    " false)) AS matched, (array_agg(concat(a.payload->>'decision', ' ', a.payload->>'tool',"
+    " ' as ', a.payload->>'reviewer_role') ORDER BY a.id DESC))[1] AS latest"
+    " FROM audit_events AS a WHERE a.thread_id = d.thread_id AND a.kind = 'decision'"
     " AND a.payload->>'step_id' = d.step_id AND a.payload->>'reviewer_id' = d.reviewer_id"
-    " AND (%(tenant)s::text IS NULL OR a.tenant = %(tenant)s)) AND NOT EXISTS ("
-    " SELECT 1 FROM audit_events AS a WHERE a.thread_id = d.thread_id AND a.kind = 'decision'"
-    " AND a.payload->>'step_id' = d.step_id AND a.payload->>'reviewer_id' = d.reviewer_id"
-    " AND a.payload->>'decision' = d.decision AND a.payload->>'tool' = d.tool"
-    " AND a.payload->>'reviewer_role' = d.reviewer_role"
-    " AND (%(tenant)s::text IS NULL OR a.tenant = %(tenant)s))"
+    " AND (%(tenant)s::text IS NULL OR a.tenant = %(tenant)s)) AS e"
+    " WHERE (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) AND NOT e.matched"
     " ORDER BY d.created_at LIMIT %(limit)s"
 )
 
