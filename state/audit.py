@@ -80,6 +80,7 @@ from psycopg.rows import dict_row
 from guards.redaction import mask_account, redact
 from state.db import Database
 from tools.contract import Tier, args_hash, canonical_json, payee_digest
+from tools.policy import CONTROLLER
 
 Kind = Literal[
     "request_received",
@@ -1056,7 +1057,6 @@ _APPROVED_CALLS_SQL = (
     " WHERE t.tier IN ('irreversible', 'destructive')"
     " AND (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) ORDER BY t.created_at"
 )
-_DUAL_CONTROL_ROLE = "controller"  # `tools.policy.CONTROLLER` (policy imports the runtime)
 
 
 async def _unapproved_calls(conn: Conn, tenant: str | None, limit: int) -> list[Unaudited]:
@@ -1074,7 +1074,7 @@ def _approval_problem(row: Mapping[str, Any]) -> Unaudited | None:
     if not reviewers:
         return unapproved("tool_calls", f"{call}: no approval of its arguments on record")
     if row["tier"] == Tier.DESTRUCTIVE.value and (
-        len(reviewers) < 2 or not any(a["reviewer_role"] == _DUAL_CONTROL_ROLE for a in approvals)
+        len(reviewers) < 2 or not any(a["reviewer_role"] == CONTROLLER for a in approvals)
     ):
         return unapproved(
             "tool_calls",
