@@ -777,10 +777,10 @@ _UNAUDITED_HEADINGS: dict[UnauditedReason, str] = {
     "unapproved": "[red]NOT APPROVED AS DONE[/]: irreversible or destructive calls without the "
     "approvals of their arguments they always need, or payments to another account than "
     "their approvers were shown:",
-    "outside_gate": "[red]WRITTEN PAST THE GATE[/]: payments, bank changes, emails or "
-    "exceptions no gated call (nor the seed) wrote:",
-    "differs": "[red]EDITED RECORDS[/]: decisions, payments, bank changes, emails or "
-    "exceptions that say other than their event, gated call or seed:",
+    "outside_gate": "[red]WRITTEN PAST THE GATE[/]: payments, bank changes, emails, "
+    "exceptions, invoices or vendors no gated call (nor the seed) wrote:",
+    "differs": "[red]EDITED RECORDS[/]: decisions, payments, bank changes, emails, "
+    "exceptions, invoices or vendors that say other than their event, gated calls or seed:",
 }
 
 
@@ -794,7 +794,7 @@ def audit_verify(
     Exit 1 at the first broken link of any chain, or at a record the chain does not vouch
     for: a ledger row or decision without its event or unlike it, a call without the
     approvals it always needs, a payment to an account its approvers were not shown, or a
-    payment, bank change, email or exception written or edited past the gate.
+    payment, bank change, email, exception, invoice or vendor written or edited past the gate.
     """
 
     async def go() -> VerifyReport:

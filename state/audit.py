@@ -71,6 +71,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal, get_args
 
 import psycopg
@@ -92,7 +93,7 @@ Kind = Literal[
     "decision",
     "outcome",
     "world_replaced",  # a seed erased the agent's payments, bank changes or emails
-    "world_seeded",  # a seed wrote a world; lists the payments it wrote (no ledger rows)
+    "world_seeded",  # a seed wrote a world; lists its payments, invoices and vendors
     "answer_refused",  # an answer to an approval was refused (self-approval, role, stale)
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -829,6 +830,8 @@ UnauditedTable = Literal[
     "vendor_bank_changes",
     "email_outbox",
     "invoice_exceptions",
+    "invoices",
+    "vendors",
 ]
 UnauditedReason = Literal["no_event", "outside_gate", "differs", "ledger_edited", "unapproved"]
 
@@ -839,9 +842,11 @@ class Unaudited:
 
     ``no_event``: a ledger row or decision whose event the chain does not hold.
     ``outside_gate``: a payment, bank change, email or exception with no ledger row of its
-    tool on its thread (for a payment the seed wrote: not in the seed's record).
+    tool on its thread (for a payment the seed wrote: not in the seed's record), or an
+    invoice or vendor not in the seed's record.
     ``differs``: one whose columns say other than its ledger row's result (or the seed's
-    record), or a decision other than its event. ``ledger_edited``: a ledger row whose
+    record), a decision other than its event, or an invoice or vendor that the seed's record
+    and its gated calls do not account for. ``ledger_edited``: a ledger row whose
     result is not the one its event hashed. ``unapproved``: an irreversible or destructive
     call without the approvals of its arguments it always needs, or a payment to another
     account than its approvers were shown.
@@ -908,7 +913,11 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
       must pay the account its approvers were shown;
     - every payment, bank change, email and exception must have a ledger row of its tool,
       on its thread, whose result says the same (a payment the seed wrote instead: the
-      latest seed's ``world_seeded`` record).
+      latest seed's ``world_seeded`` record);
+    - every invoice and vendor must be in that record, with what no tool changes as it
+      says (an invoice's vendor, total and currency; a vendor's status), an invoice in a
+      status the seed or one of its gated calls left it in, and a vendor's account the
+      seed's (by its mask) or, after a gated bank change, the latest change's (in full).
 
     A chain cut short, or emptied, with its triggers disabled still links and hashes; the
     first check names what it lost. The others name records written or edited past the
@@ -1174,6 +1183,117 @@ def seeded_payment(payment: Mapping[str, Any]) -> dict[str, Any]:
     return {**_payment_said(payment), "status": payment["status"]}
 
 
+def seeded_invoice(invoice: Mapping[str, Any]) -> dict[str, Any]:
+    """An invoice as the seed's ``world_seeded`` record lists it.
+
+    That is what a payment to it is held to (vendor, total, currency), which no tool
+    changes, and its status, which only the gated calls that stage, flag and pay it change.
+    ``invoice`` has the columns of ``invoices``.
+    """
+    return {
+        "vendor_id": invoice["vendor_id"],
+        "total": f"{Decimal(invoice['total']):.2f}",
+        "currency": invoice["currency"].strip(),
+        "status": invoice["status"],
+    }
+
+
+def seeded_vendor(vendor: Mapping[str, Any]) -> dict[str, Any]:
+    """A vendor as the seed's ``world_seeded`` record lists it.
+
+    That is its remittance account, masked (gated bank changes replace it), and its status
+    (no tool changes it). ``vendor`` has the columns of ``vendors``.
+    """
+    return {
+        "remit_account_masked": _masked(vendor["remit_bank_account"]),
+        "status": vendor["status"],
+    }
+
+
+_STATUS_TOOLS = ("stage_invoice", "flag_exception", "schedule_payment")
+"""The gated tools that set an invoice's status; each result says the status it left."""
+
+# Each invoice with the statuses its gated calls left it in (only the full verify: invoices
+# have no thread, so no tenant).
+_INVOICES_SQL = (
+    "SELECT i.invoice_id, i.vendor_id, i.total, i.currency, i.status, g.statuses"
+    " FROM invoices AS i LEFT JOIN (SELECT t.args->>'invoice_id' AS invoice_id,"
+    " array_agg(DISTINCT t.result->>'status') AS statuses FROM tool_calls AS t"
+    f" WHERE t.tool IN {_STATUS_TOOLS!r} GROUP BY 1) AS g ON g.invoice_id = i.invoice_id"
+    " WHERE %(tenant)s::text IS NULL ORDER BY i.invoice_id"
+)
+
+
+def _invoice_problem(
+    seeded: Mapping[str, Mapping[str, Any]], row: Mapping[str, Any]
+) -> Unaudited | None:
+    def found(reason: UnauditedReason, detail: str) -> Unaudited:
+        return Unaudited("invoices", None, f"invoice {row['invoice_id']}: {detail}", reason)
+
+    listed = seeded.get(row["invoice_id"])
+    if listed is None:
+        return found("outside_gate", "not an invoice the latest seed wrote")
+    held_to = seeded_invoice(row)
+    del held_to["status"]
+    if (detail := _difference(held_to, listed, "the seed's record")) is not None:
+        return found("differs", detail)
+    gated = sorted(row["statuses"] or [])
+    # Order-free: any status one of its gated calls left it in (a call commits under the
+    # invoice's lock, but the ledger keeps no order among them).
+    if row["status"] in (gated or [listed["status"]]):
+        return None
+    said = (
+        f"its gated calls left it {' or '.join(gated)}"
+        if gated
+        else f"no gated call changed it, and the seed's record says {listed['status']}"
+    )
+    return found("differs", f"status is {row['status']}; {said}")
+
+
+# Each vendor with its bank changes in the order they were made (each holds the vendor's
+# row while it changes it), full accounts for the comparison only (only the full verify).
+_VENDORS_SQL = (
+    "SELECT v.vendor_id, v.remit_bank_account, v.status, c.changes FROM vendors AS v"
+    " LEFT JOIN (SELECT vendor_id, jsonb_agg(jsonb_build_object('change_id', change_id,"
+    " 'old', old_account, 'new', new_account) ORDER BY change_id) AS changes"
+    " FROM vendor_bank_changes GROUP BY vendor_id) AS c ON c.vendor_id = v.vendor_id"
+    " WHERE %(tenant)s::text IS NULL ORDER BY v.vendor_id"
+)
+
+
+def _vendor_problem(
+    seeded: Mapping[str, Mapping[str, Any]], row: Mapping[str, Any]
+) -> Unaudited | None:
+    def found(reason: UnauditedReason, detail: str) -> Unaudited:
+        return Unaudited("vendors", None, f"vendor {row['vendor_id']}: {detail}", reason)
+
+    listed = seeded.get(row["vendor_id"])
+    if listed is None:
+        return found("outside_gate", "not a vendor the latest seed wrote")
+    if row["status"] != listed["status"]:
+        return found(
+            "differs", f"status is {row['status']}, the seed's record says {listed['status']}"
+        )
+    # The account the seed wrote (by its mask), then each gated change's in turn (in full):
+    # a change that replaced another account, or an account no change left, was edited.
+    was = listed["remit_account_masked"]
+    exact: str | None = None
+    for change in row["changes"] or []:
+        follows = (change["old"] == exact) if exact is not None else (_masked(change["old"]) == was)
+        if not follows:
+            return found(
+                "differs",
+                f"bank change {change['change_id']} replaced {_masked(change['old'])}, but "
+                f"the account was {was} then",
+            )
+        exact, was = change["new"], _masked(change["new"])
+    account = row["remit_bank_account"]
+    if (account == exact) if exact is not None else (_masked(account) == was):
+        return None
+    by = "its latest gated bank change" if exact is not None else "the seed's record"
+    return found("differs", f"remittance account is {_masked(account)}, {by} says {was}")
+
+
 _RECORDS_SQL = (
     "SELECT e.*, t.tool AS ledger_tool, t.thread_id AS ledger_thread,"
     " t.result AS ledger_result FROM {table} AS e"
@@ -1183,24 +1303,28 @@ _RECORDS_SQL = (
 )
 
 
-async def _seed_record(conn: Conn) -> dict[str, dict[str, Any]] | None:
-    """The payments the latest seed wrote, by id; None when no seed recorded them.
+async def _seed_record(conn: Conn) -> dict[str, Any] | None:
+    """The latest seed's ``world_seeded`` payload; None when no seed recorded one.
 
     Worlds seeded by releases before the record (migration 0026) have none: their seeded
-    payments are taken as they are.
+    payments, invoices and vendors are taken as they are. A record of the release before it
+    listed invoices and vendors (no ``invoices`` or ``vendors`` key) leaves those unchecked.
     """
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "SELECT payload FROM audit_events WHERE kind = 'world_seeded' ORDER BY id DESC LIMIT 1"
     )
     row = await cur.fetchone()
-    if row is None:
-        return None
-    return {p["payment_id"]: p for p in row["payload"].get("payments", [])}
+    return None if row is None else dict(row["payload"])
 
 
 async def _records_past_the_gate(conn: Conn, tenant: str | None, limit: int) -> list[Unaudited]:
-    seeded = await _seed_record(conn)
+    record_of_seed = await _seed_record(conn)
+    seeded = (
+        None
+        if record_of_seed is None
+        else {p["payment_id"]: p for p in record_of_seed.get("payments", [])}
+    )
     found: list[Unaudited] = []
     for record in _GATED_RECORDS:
         if len(found) >= limit:
@@ -1212,6 +1336,16 @@ async def _records_past_the_gate(conn: Conn, tenant: str | None, limit: int) -> 
             tenant,
             functools.partial(_record_problem, record, seeded=seeded),
             limit - len(found),
+        )
+    for table, seeded_rows, problem in (
+        ("invoices", _INVOICES_SQL, _invoice_problem),
+        ("vendors", _VENDORS_SQL, _vendor_problem),
+    ):
+        listed = None if record_of_seed is None else record_of_seed.get(table)
+        if listed is None or len(found) >= limit:
+            continue
+        found += await _found_in(
+            conn, seeded_rows, tenant, functools.partial(problem, listed), limit - len(found)
         )
     return found
 
@@ -1413,6 +1547,7 @@ def summarize(kind: str, p: Mapping[str, Any]) -> str:
     if kind == "world_seeded":
         return (
             f"world seeded by {p.get('operator')}: {_short(p.get('world', ''), 60)}, "
+            f"{len(p.get('vendors', {}))} vendor(s), {len(p.get('invoices', {}))} invoice(s), "
             f"{len(p.get('payments', []))} payment(s)"
         )
     return _short(dict(p))

@@ -30,7 +30,7 @@ from pydantic import (
 
 from runtime.errors import BadInput, WorldFileError, shown
 from runtime.settings import PROJECT_ROOT
-from state.audit import append_event, content_hash, seeded_payment
+from state.audit import append_event, content_hash, seeded_invoice, seeded_payment, seeded_vendor
 from state.db import THREAD_LOCK_CLASS
 
 SCHEMA_PATH = Path(__file__).parent / "world.schema.json"
@@ -372,8 +372,8 @@ async def load_world(
     """Replace the AP world with ``world`` atomically; return row counts per kind.
 
     The seed is recorded in ``tenant``'s audit chain (the seeding operator's): a
-    ``world_seeded`` event listing the payments it wrote, which `state.audit.verify_chain`
-    holds them to.
+    ``world_seeded`` event listing the payments, invoices and vendors it wrote, which
+    `state.audit.verify_chain` holds them to.
 
     Every thread (checkpoints and the run index) is forgotten with the old world. While a
     run is in progress, holding its thread's lock, nothing is replaced: `BadInput`. Runs
@@ -459,12 +459,17 @@ async def _record_erased_history(
 
 
 async def _record_seed(conn: psycopg.AsyncConnection[Any], world: World, tenant: str) -> None:
-    """List the payments the seed wrote in ``tenant``'s chain, last in the seed's transaction.
+    """Record what the seed wrote in ``tenant``'s chain, last in the seed's transaction.
 
-    They have no ledger row (no gate wrote them): this record is what `audit verify` holds
-    them to, so a payment given a ``seed:`` key later, or a seeded one edited, is found.
+    Its payments have no ledger row (no gate wrote them): this record is what `audit
+    verify` holds them to, so a payment given a ``seed:`` key later, or a seeded one
+    edited, is found. Its invoices and vendors are listed with what only gated calls change
+    (an invoice's status, a vendor's account) and what nothing changes (an invoice's
+    vendor, total and currency; a vendor's status), so an edit of either is found too.
     """
     payments = [seeded_payment(row) for row in _payment_rows(world)]
+    invoices = {i.invoice_id: seeded_invoice(dict(i)) for i in world.invoices}
+    vendors = {v.vendor_id: seeded_vendor(dict(v)) for v in world.vendors}
     await append_event(
         conn,
         tenant=tenant,
@@ -475,6 +480,8 @@ async def _record_seed(conn: psycopg.AsyncConnection[Any], world: World, tenant:
             "world_digest": content_hash(world.model_dump(mode="json")),
             "operator": _operator(),
             "payments": payments,
+            "invoices": invoices,
+            "vendors": vendors,
         },
     )
 

@@ -404,6 +404,7 @@ _HAND_MADE_PAYMENT = (
     " pay_on, idempotency_key) VALUES ('PAY-X', 'INV-1002', 'V-002', 900, 'USD', %s,"
     " current_date, %s)"
 )
+_REMIT_TO = "UPDATE vendors SET remit_bank_account = %s WHERE vendor_id = %s"
 # (A trigger keeps payments within their invoice: an edit can only lower one.)
 _LOWER_INV_1001 = "UPDATE payments SET amount = amount - 100 WHERE invoice_id = 'INV-1001'"
 # Each: what is done past the gate, then the one record verify names: table, reason, text.
@@ -454,18 +455,76 @@ _PAST_THE_GATE: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], str, str, str
         "schedule_payment at step p2s2 as controller: its event says approve schedule_payment"
         " as approver",
     ),
+    # The vendor's account changed to match: only the change's missing ledger row gives it away.
     "bank change inserted": (
         [
             (
                 "INSERT INTO vendor_bank_changes (vendor_id, old_account, new_account, reason,"
-                " idempotency_key) VALUES ('V-002', 'DE89370400440532013000', %s, 'call-back',"
+                " idempotency_key) VALUES ('V-002', 'GB29NWBK60161331926819', %s, 'call-back',"
                 " 'hand-made')",
                 (FORGED_ACCOUNT,),
-            )
+            ),
+            (_REMIT_TO, (FORGED_ACCOUNT, "V-002")),
         ],
         "vendor_bank_changes",
         "outside_gate",
         "of V-002: no update_vendor_bank_account ledger row",
+    ),
+    "vendor's account changed": (
+        [(_REMIT_TO, (FORGED_ACCOUNT, "V-002"))],
+        "vendors",
+        "differs",
+        "vendor V-002: remittance account is ****5555, the seed's record says ****6819",
+    ),
+    "vendor blocked": (
+        [("UPDATE vendors SET status = 'blocked' WHERE vendor_id = 'V-003'", ())],
+        "vendors",
+        "differs",
+        "vendor V-003: status is blocked, the seed's record says active",
+    ),
+    "vendor inserted": (
+        [
+            (
+                "INSERT INTO vendors (vendor_id, name, remit_bank_account, contact_email,"
+                " currency) VALUES ('V-X', 'Shell Ltd', %s, 'x@example.com', 'USD')",
+                (FORGED_ACCOUNT,),
+            )
+        ],
+        "vendors",
+        "outside_gate",
+        "vendor V-X: not a vendor the latest seed wrote",
+    ),
+    "invoice marked paid": (
+        [("UPDATE invoices SET status = 'paid' WHERE invoice_id = 'INV-1002'", ())],
+        "invoices",
+        "differs",
+        "invoice INV-1002: status is paid; no gated call changed it, and the seed's record says"
+        " received",
+    ),
+    "paid invoice put back": (
+        [("UPDATE invoices SET status = 'received' WHERE invoice_id = 'INV-1001'", ())],
+        "invoices",
+        "differs",
+        "invoice INV-1001: status is received; its gated calls left it scheduled or staged",
+    ),
+    "invoice total raised": (
+        [("UPDATE invoices SET total = total + 100 WHERE invoice_id = 'INV-1002'", ())],
+        "invoices",
+        "differs",
+        "invoice INV-1002: total is ",
+    ),
+    "invoice inserted": (
+        [
+            (
+                "INSERT INTO invoices (invoice_id, vendor_id, invoice_number, invoice_date,"
+                " currency, subtotal, total) SELECT 'INV-X', vendor_id, 'X-1', invoice_date,"
+                " currency, subtotal, total FROM invoices WHERE invoice_id = 'INV-1002'",
+                (),
+            )
+        ],
+        "invoices",
+        "outside_gate",
+        "invoice INV-X: not an invoice the latest seed wrote",
     ),
     "email inserted": (
         [
@@ -487,7 +546,9 @@ async def test_a_record_written_or_edited_past_the_gate_is_found(
     database: Database, db_uri: str, done: str
 ) -> None:
     """The chain vouches for each payment, bank change and email through its ledger row
-    (or, for a seeded payment, the seed's record); one made or changed by hand is named."""
+    (or, for a seeded payment, the seed's record), and for each invoice and vendor through
+    the seed's record and the gated calls that change them; one made or changed by hand is
+    named."""
     statements, table, reason, detail = _PAST_THE_GATE[done]
     async with open_agent(database=database) as agent:
         thread = await approved_payment(agent)
@@ -580,6 +641,42 @@ async def test_a_bank_change_without_dual_control_on_record_is_found(
     assert "dual control needs two reviewers, one a controller" in found.detail, found
 
 
+# Each: whether V-006's account is set by hand before its gated change (or after it), the
+# account, and what verify says of the vendor.
+_AROUND_THE_BANK_CHANGE = {
+    "before the change": (
+        True,
+        FORGED_ACCOUNT,
+        "replaced ****5555, but the account was ****5678 then",
+    ),
+    "after it, to an account with the same last four": (
+        False,
+        "GB82WEST12345698764811",
+        "remittance account is ****4811, its latest gated bank change says ****4811",
+    ),
+}
+
+
+@pytest.mark.parametrize("when", list(_AROUND_THE_BANK_CHANGE))
+async def test_a_vendor_account_set_by_hand_around_its_gated_change_is_found(
+    database: Database, db_uri: str, when: str
+) -> None:
+    """A vendor's account is the seed's, then each gated change's in turn, compared in full
+    after a change (the change row holds the account): a hand-set one is named either side."""
+    before, account, detail = _AROUND_THE_BANK_CHANGE[when]
+    if before:
+        await tamper(db_uri, (_REMIT_TO, (account, "V-006")))
+    async with open_agent(database=database) as agent:
+        await approved_bank_change(agent)
+    if not before:
+        await tamper(db_uri, (_REMIT_TO, (account, "V-006")))
+    async with database.connection() as conn:
+        report = await verify_chain(conn)
+    [found] = report.unaudited
+    assert (found.table, found.reason, found.thread_id) == ("vendors", "differs", None), found
+    assert found.detail.startswith("vendor V-006: ") and detail in found.detail, found
+
+
 async def test_the_sample_inbox_approved_throughout_verifies(database: Database) -> None:
     """Every gated tool, every approval path (controller, dual control): nothing flagged."""
     inbox = json.loads((PROJECT_ROOT / "data" / "inbox.sample.json").read_text())
@@ -610,7 +707,7 @@ async def test_the_sample_inbox_approved_throughout_verifies(database: Database)
     assert report.ok, report.as_dict()
 
 
-async def test_a_seed_lists_its_payments_in_the_operators_chain(database: Database) -> None:
+async def test_a_seed_lists_what_it_wrote_in_the_operators_chain(database: Database) -> None:
     world = read_world(SAMPLE_WORLD_PATH)
     async with database.connection() as conn:
         await load_world(conn, world, tenant="acme")
@@ -626,6 +723,22 @@ async def test_a_seed_lists_its_payments_in_the_operators_chain(database: Databa
         (p.payment_id, p.invoice_id, f"{p.amount:.2f}", p.status) for p in world.payments
     ]
     assert all(p["payee_account_masked"].startswith("****") for p in listed)
+    assert seed["payload"]["invoices"] == {
+        i.invoice_id: {
+            "vendor_id": i.vendor_id,
+            "total": f"{i.total:.2f}",
+            "currency": i.currency,
+            "status": i.status,
+        }
+        for i in world.invoices
+    }
+    assert seed["payload"]["vendors"] == {
+        v.vendor_id: {
+            "remit_account_masked": "****" + v.remit_bank_account[-4:],
+            "status": v.status,
+        }
+        for v in world.vendors
+    }
     assert find_unmasked(json.dumps(seed["payload"])) == []
     assert seed["payload"]["world_digest"] == content_hash(world.model_dump(mode="json"))
     assert report.ok and events == []
