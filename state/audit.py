@@ -912,8 +912,8 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
       asks; thresholds that vary with settings are not judged again), and every payment
       must pay the account its approvers were shown;
     - every payment, bank change, email and exception must have a ledger row of its tool,
-      on its thread, whose result says the same (a payment the seed wrote instead: the
-      latest seed's ``world_seeded`` record);
+      on its thread, whose result says the same (an email's body: whose arguments do; a
+      payment the seed wrote instead: the latest seed's ``world_seeded`` record);
     - every invoice and vendor must be in that record, with what no tool changes as it
       says (an invoice's vendor, total and currency; a vendor's status), an invoice in a
       status the seed or one of its gated calls left it in, and a vendor's account the
@@ -1113,7 +1113,11 @@ class _GatedRecord:
     tool: str
     name: Callable[[Mapping[str, Any]], str]
     said: Callable[[Mapping[str, Any]], dict[str, Any]]
-    """The row's columns as its tool's result (`tools.ap`) states them."""
+    """The row's columns as its tool's result (`tools.ap`) states them, or its arguments do
+    (``from_args``)."""
+    from_args: tuple[str, ...] = ()
+    """Columns the call's arguments state and its result does not: the ledger keeps the
+    arguments its approvals bind (`_approval_problem`)."""
 
 
 def _masked(account: str) -> str:
@@ -1159,7 +1163,9 @@ _GATED_RECORDS = (
             "vendor_id": r["vendor_id"],
             "to_address": r["to_address"],
             "subject": r["subject"],
+            "body": r["body"],
         },
+        from_args=("body",),
     ),
     _GatedRecord(
         "invoice_exceptions",
@@ -1296,7 +1302,7 @@ def _vendor_problem(
 
 _RECORDS_SQL = (
     "SELECT e.*, t.tool AS ledger_tool, t.thread_id AS ledger_thread,"
-    " t.result AS ledger_result FROM {table} AS e"
+    " t.result AS ledger_result, t.args AS ledger_args FROM {table} AS e"
     " LEFT JOIN tool_calls AS t ON t.idempotency_key = e.idempotency_key"
     " LEFT JOIN runs AS r ON r.thread_id = e.thread_id"
     " WHERE (%(tenant)s::text IS NULL OR r.tenant = %(tenant)s) ORDER BY e.created_at"
@@ -1372,7 +1378,11 @@ def _record_problem(
     elif row["ledger_tool"] != record.tool or row["ledger_thread"] != row["thread_id"]:
         return found("outside_gate", f"no {record.tool} ledger row on its thread has its key")
     else:
-        detail = _difference(record.said(row), row["ledger_result"], "its ledger row")
+        ledger = {
+            **row["ledger_result"],
+            **{k: row["ledger_args"].get(k) for k in record.from_args},
+        }
+        detail = _difference(record.said(row), ledger, "its ledger row")
     return None if detail is None else found("differs", detail)
 
 

@@ -641,6 +641,21 @@ async def test_a_bank_change_without_dual_control_on_record_is_found(
     assert "dual control needs two reviewers, one a controller" in found.detail, found
 
 
+async def test_a_queued_email_rewritten_is_found(database: Database, db_uri: str) -> None:
+    """An email's body is in its call's arguments, which its approvals bind (its result
+    leaves the body out): a queued email rewritten by hand, new bank details say, is named."""
+    async with open_agent(database=database) as agent:
+        thread = await approved_bank_change(agent)
+    async with database.connection() as conn:
+        assert (await verify_chain(conn)).ok
+    await tamper(db_uri, ("UPDATE email_outbox SET body = %s", (f"Pay to {FORGED_ACCOUNT}",)))
+    async with database.connection() as conn:
+        report = await verify_chain(conn)
+    [found] = report.unaudited
+    assert (found.table, found.reason, found.thread_id) == ("email_outbox", "differs", thread)
+    assert "body is Pay to ****5555, its ledger row says " in found.detail, found
+
+
 # Each: whether V-006's account is set by hand before its gated change (or after it), the
 # account, and what verify says of the vendor.
 _AROUND_THE_BANK_CHANGE = {
