@@ -66,6 +66,7 @@ from nodes.deps import NodeDeps
 from runtime.agent import AFTER_APPROVAL_DURABILITY, START_DURABILITY, Agent, open_agent
 from runtime.context import Context
 from runtime.settings import PROJECT_ROOT
+from state.audit import verify_chain
 from state.db import CONNECTION_KWARGS, Database
 
 DURABILITY = {"start": START_DURABILITY, "resume": AFTER_APPROVAL_DURABILITY}
@@ -982,6 +983,32 @@ class Bench:
             "samples": samples,
         }
 
+    async def audit_verify(self) -> dict[str, Any]:
+        """`payables audit verify` over everything the bench's runs wrote, timed once.
+
+        Every run here went through the gate and its approvals, so verify must find the
+        chain and every record intact; anything it names is an error, not a figure.
+        """
+        async with self.database.connection() as conn:
+            cur = await conn.execute(
+                "SELECT (SELECT count(*) FROM audit_events) AS events,"
+                " (SELECT count(*) FROM tool_calls) AS ledger_rows,"
+                " (SELECT count(*) FROM invoices) AS invoices"
+            )
+            counts = await cur.fetchone()
+            started = time.process_time()
+            ms, report = await timed(lambda: verify_chain(conn))
+            cpu_ms = (time.process_time() - started) * 1000
+        assert counts is not None
+        if not report.ok:
+            raise RuntimeError(f"audit verify found the bench's records not intact: {report}")
+        return {
+            **counts,
+            "ms": ms,
+            "cpu_ms": cpu_ms,
+            "us_per_event": ms * 1000 / counts["events"] if counts["events"] else None,
+        }
+
 
 # --- the whole bench ----------------------------------------------------------------------
 
@@ -1018,6 +1045,8 @@ async def run_bench(
                 waiting = await bench.model_latency_throughput()
                 log("memory ...")
                 memory = await bench.memory()
+                log("audit verify ...")
+                audit = await bench.audit_verify()
         finally:
             await floor.close()
     report: dict[str, Any] = {
@@ -1041,6 +1070,7 @@ async def run_bench(
         "model_latency_throughput": waiting,
         "processes": processes,
         "memory": memory,
+        "audit_verify": audit,
     }
     report["targets"] = targets(report)
     return report

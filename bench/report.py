@@ -61,6 +61,7 @@ def format_report(report: dict[str, Any]) -> str:
     waiting = report["model_latency_throughput"]
     processes = report["processes"]
     memory = report["memory"]
+    audit = report["audit_verify"]
     lines = [
         f"payables bench, {report['started_at']} ({report['duration_s']:.0f} s)",
         f"  {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, "
@@ -245,6 +246,23 @@ def format_report(report: dict[str, Any]) -> str:
                     "-"
                     if memory["growth_kb_per_run"] is None
                     else f"{memory['growth_kb_per_run']:.2f} KiB/run (after the first sample)",
+                ),
+            ]
+        ),
+        "",
+        "Audit verify (everything the runs above wrote; process CPU)",
+        *_rows(
+            [
+                (
+                    "payables audit verify",
+                    f"{audit['events']} audit rows, {audit['ledger_rows']} ledger rows, "
+                    f"{audit['invoices']} invoices: {audit['ms'] / 1000:.2f} s "
+                    f"(CPU {audit['cpu_ms'] / 1000:.2f} s), "
+                    + (
+                        "-"
+                        if audit["us_per_event"] is None
+                        else f"{audit['us_per_event']:.0f} us per audit row"
+                    ),
                 ),
             ]
         ),

@@ -276,6 +276,9 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
     assert memory["peak_rss_mb"] >= memory["rss_mb_after"] > 0
     assert memory["growth_kb_per_run"] is not None
 
+    audit = report["audit_verify"]  # verify found everything intact, or the bench raised
+    assert audit["events"] > audit["ledger_rows"] > 0 and audit["ms"] > 0
+
     assert [t["target"] for t in report["targets"]] == [
         "agent / bare LangGraph <= 1.5x (invoice flow)",
         "checkpoint bytes per step bounded by a constant (5 -> 50 steps)",
@@ -295,6 +298,7 @@ async def test_quick_bench_produces_every_figure(server_uri: str, tmp_path: Path
         "Throughput with model latency",
         "Processes",
         "Memory",
+        "Audit verify",
         "Targets",
         "agent / bare",
         "agent / floor",
