@@ -641,12 +641,44 @@ async def test_a_bank_change_without_dual_control_on_record_is_found(
     assert "dual control needs two reviewers, one a controller" in found.detail, found
 
 
-async def test_a_queued_email_rewritten_is_found(database: Database, db_uri: str) -> None:
+EDITED_BODY = "Your new remittance account is on file. Reply to confirm."
+
+
+@pytest.mark.parametrize("edited", [False, True], ids=["as proposed", "as a reviewer edited it"])
+async def test_a_queued_email_rewritten_is_found(
+    database: Database, db_uri: str, edited: bool
+) -> None:
     """An email's body is in its call's arguments, which its approvals bind (its result
-    leaves the body out): a queued email rewritten by hand, new bank details say, is named."""
+    leaves the body out): a queued email rewritten by hand, new bank details say, is named.
+    One a reviewer edited is held to the body they approved."""
     async with open_agent(database=database) as agent:
-        thread = await approved_bank_change(agent)
+        if edited:
+            view = await agent.start(CHANGE_REQUEST, user="clerk-ana")
+            thread = str(view["thread_id"])
+            email = dict(view["pending_approvals"][1]["args"], body=EDITED_BODY)
+            edit = {"type": "edit", "edited_action": {"name": "send_vendor_email", "args": email}}
+            view = await agent.resume(
+                thread,
+                {
+                    "decisions": [{"type": "approve"}, edit],
+                    "reviewer": {"id": "ctl-1", "role": "controller"},
+                },
+            )
+            assert view["status"] == "interrupted", view  # dual control: a second controller
+            view = await agent.resume(
+                thread,
+                {
+                    "decisions": [{"type": "approve"}] * len(view["pending_approvals"]),
+                    "reviewer": {"id": "ctl-2", "role": "controller"},
+                },
+            )
+            assert view["status"] == "completed", view
+        else:
+            thread = await approved_bank_change(agent)
     async with database.connection() as conn:
+        cur = await conn.execute("SELECT body FROM email_outbox WHERE thread_id = %s", (thread,))
+        [queued] = await cur.fetchall()
+        assert (queued["body"] == EDITED_BODY) is edited
         assert (await verify_chain(conn)).ok
     await tamper(db_uri, ("UPDATE email_outbox SET body = %s", (f"Pay to {FORGED_ACCOUNT}",)))
     async with database.connection() as conn:
@@ -654,6 +686,7 @@ async def test_a_queued_email_rewritten_is_found(database: Database, db_uri: str
     [found] = report.unaudited
     assert (found.table, found.reason, found.thread_id) == ("email_outbox", "differs", thread)
     assert "body is Pay to ****5555, its ledger row says " in found.detail, found
+    assert ("its ledger row says Your new remittance" in found.detail) is edited, found
 
 
 # Each: whether V-006's account is set by hand before its gated change (or after it), the
