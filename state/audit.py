@@ -915,9 +915,10 @@ async def verify_chain(conn: Conn, tenant: str | None = None) -> VerifyReport:
       on its thread, whose result says the same (an email's body: whose arguments do; a
       payment the seed wrote instead: the latest seed's ``world_seeded`` record);
     - every invoice and vendor must be in that record, with what no tool changes as it
-      says (an invoice's vendor, total and currency; a vendor's status), an invoice in a
-      status the seed or one of its gated calls left it in, and a vendor's account the
-      seed's (by its mask) or, after a gated bank change, the latest change's (in full).
+      says (an invoice's vendor, total and currency; a vendor's status), an invoice in
+      the status its latest gated call left it in (the seed's if none did), and a vendor's
+      account the seed's (by its mask) or, after a gated bank change, the latest change's
+      (in full).
 
     A chain cut short, or emptied, with its triggers disabled still links and hashes; the
     first check names what it lost. The others name records written or edited past the
@@ -1219,14 +1220,20 @@ def seeded_vendor(vendor: Mapping[str, Any]) -> dict[str, Any]:
 _STATUS_TOOLS = ("stage_invoice", "flag_exception", "schedule_payment")
 """The gated tools that set an invoice's status; each result says the status it left."""
 
-# Each invoice with the statuses its gated calls left it in (only the full verify: invoices
-# have no thread, so no tenant).
+# Each invoice with the status its latest gated call left it in (only the full verify:
+# invoices have no thread, so no tenant). Latest by its event's id: the event is appended
+# in the call's transaction, under the invoice's lock (the gate's claim), so ids follow
+# the order the calls changed the invoice in. A call whose event is gone counts as the
+# earliest (`_UNAUDITED_SQL` names it).
 _INVOICES_SQL = (
-    "SELECT i.invoice_id, i.vendor_id, i.total, i.currency, i.status, g.statuses"
-    " FROM invoices AS i LEFT JOIN (SELECT t.args->>'invoice_id' AS invoice_id,"
-    " array_agg(DISTINCT t.result->>'status') AS statuses FROM tool_calls AS t"
-    f" WHERE t.tool IN {_STATUS_TOOLS!r} GROUP BY 1) AS g ON g.invoice_id = i.invoice_id"
-    " WHERE %(tenant)s::text IS NULL ORDER BY i.invoice_id"
+    "SELECT i.invoice_id, i.vendor_id, i.total, i.currency, i.status, g.tool AS last_tool,"
+    " g.status AS left_in FROM invoices AS i LEFT JOIN (SELECT DISTINCT ON"
+    " (t.args->>'invoice_id') t.args->>'invoice_id' AS invoice_id, t.tool,"
+    " t.result->>'status' AS status FROM tool_calls AS t CROSS JOIN LATERAL"
+    " (SELECT min(a.id) AS id FROM audit_events AS a WHERE a.thread_id = t.thread_id"
+    " AND a.kind = 'tool_call' AND a.payload->>'idempotency_key' = t.idempotency_key) AS e"
+    f" WHERE t.tool IN {_STATUS_TOOLS!r} ORDER BY t.args->>'invoice_id', e.id DESC NULLS LAST)"
+    " AS g ON g.invoice_id = i.invoice_id WHERE %(tenant)s::text IS NULL ORDER BY i.invoice_id"
 )
 
 
@@ -1243,16 +1250,14 @@ def _invoice_problem(
     del held_to["status"]
     if (detail := _difference(held_to, listed, "the seed's record")) is not None:
         return found("differs", detail)
-    gated = sorted(row["statuses"] or [])
-    # Order-free: any status one of its gated calls left it in (a call commits under the
-    # invoice's lock, but the ledger keeps no order among them).
-    if row["status"] in (gated or [listed["status"]]):
+    if row["last_tool"] is None:
+        if row["status"] == listed["status"]:
+            return None
+        said = f"no gated call changed it, and the seed's record says {listed['status']}"
+    elif row["status"] == row["left_in"]:
         return None
-    said = (
-        f"its gated calls left it {' or '.join(gated)}"
-        if gated
-        else f"no gated call changed it, and the seed's record says {listed['status']}"
-    )
+    else:
+        said = f"its latest gated call ({row['last_tool']}) left it {row['left_in']}"
     return found("differs", f"status is {row['status']}; {said}")
 
 

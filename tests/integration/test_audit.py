@@ -501,11 +501,20 @@ _PAST_THE_GATE: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], str, str, str
         "invoice INV-1002: status is paid; no gated call changed it, and the seed's record says"
         " received",
     ),
-    "paid invoice put back": (
+    "scheduled invoice put back": (
         [("UPDATE invoices SET status = 'received' WHERE invoice_id = 'INV-1001'", ())],
         "invoices",
         "differs",
-        "invoice INV-1001: status is received; its gated calls left it scheduled or staged",
+        "invoice INV-1001: status is received; its latest gated call (schedule_payment) left it"
+        " scheduled",
+    ),
+    # A status one of its earlier gated calls left it in is not enough: the latest call's.
+    "scheduled invoice put back to staged": (
+        [("UPDATE invoices SET status = 'staged' WHERE invoice_id = 'INV-1001'", ())],
+        "invoices",
+        "differs",
+        "invoice INV-1001: status is staged; its latest gated call (schedule_payment) left it"
+        " scheduled",
     ),
     "invoice total raised": (
         [("UPDATE invoices SET total = total + 100 WHERE invoice_id = 'INV-1002'", ())],
