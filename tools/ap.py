@@ -659,7 +659,9 @@ async def flag_exception(ctx: CallContext, args: FlagExceptionArgs) -> Exception
     """Route a named invoice to people: queue an exception, mark it flagged (reversible)."""
     _check_requested(ctx, args.invoice_id, "flagged")
     status = _locked_invoice(ctx, args.invoice_id).invoice.status
-    if status not in {"scheduled", "paid"}:
+    # Flagging routes an invoice to people; it never reopens one that was decided. A rejected
+    # invoice relabelled "flagged" could be staged, and paid, on the next request.
+    if status not in {"scheduled", "paid", "rejected"}:
         status = "flagged"
         await ctx.conn.execute(
             "UPDATE invoices SET status = 'flagged' WHERE invoice_id = %s", (args.invoice_id,)

@@ -30,6 +30,7 @@ BLOCKING = frozenset(
         "total_mismatch",
         "duplicate_invoice",
         "already_paid",
+        "invoice_rejected",
         "vendor_blocked",
     }
 )
@@ -227,6 +228,8 @@ def compute_three_way_match(inputs: MatchInputs, tol: Tolerances) -> MatchResult
     if inputs.live_payments or inv.status == "paid":
         paid = ", ".join(inputs.live_payments) or "a payment recorded on the invoice"
         add("already_paid", f"The invoice is already paid or scheduled ({paid}).")
+    if inv.status == "rejected":
+        add("invoice_rejected", "The invoice was rejected; a rejected invoice is not paid.")
     if inv.bank_account and inv.bank_account != inputs.vendor.remit_bank_account:
         add(
             "bank_account_mismatch",

@@ -421,6 +421,42 @@ async def test_a_rejected_invoice_cannot_be_staged(database: Database) -> None:
     )
 
 
+async def test_flagging_a_rejected_invoice_leaves_it_rejected(database: Database) -> None:
+    """Flagging routes an invoice to people; relabelled "flagged", a rejected one could be
+    staged, and paid, on the next request."""
+    await add_run(database, "Flag INV-1001 for review")
+    async with database.connection() as conn:
+        await conn.execute("UPDATE invoices SET status = 'rejected' WHERE invoice_id = 'INV-1001'")
+    args = {"invoice_id": "INV-1001", "codes": ["invoice_rejected"], "detail": "rejected"}
+    outcome = await clerk_call(database, "flag_exception", args)
+    assert outcome["error"] is None and outcome["result"]["status"] == "rejected", outcome
+    assert await scalar(database, "SELECT status FROM invoices WHERE invoice_id = 'INV-1001'") == (
+        "rejected"
+    )
+
+
+async def test_the_agent_asked_twice_never_pays_a_rejected_invoice(database: Database) -> None:
+    """The first request flags what stops the payment; the second finds it still rejected,
+    and a blocking exception of the match besides, whoever approves what."""
+    async with database.connection() as conn:
+        await conn.execute("UPDATE invoices SET status = 'rejected' WHERE invoice_id = 'INV-1001'")
+    async with open_agent(database=database) as agent:
+        for _ in range(2):
+            view = await agent.start("Pay INV-1001", user="clerk-ana")
+            while view["status"] == "interrupted":
+                answer = [{"type": "approve"}] * len(view["pending_approvals"])
+                view = await agent.resume(
+                    view["thread_id"], {"decisions": answer, "reviewer": CONTROLLER}
+                )
+            assert view["status"] != "interrupted"
+            assert await scalar(
+                database, "SELECT status FROM invoices WHERE invoice_id = 'INV-1001'"
+            ) == ("rejected")
+    assert await scalar(
+        database, "SELECT count(*) FROM payments WHERE invoice_id = 'INV-1001'"
+    ) == (0)
+
+
 async def test_a_second_payment_for_the_same_invoice_is_refused(database: Database) -> None:
     models = ScriptedModels(
         planner=ScriptedChatModel(

@@ -138,6 +138,10 @@ def test_already_paid_blocks() -> None:
     assert codes(compute_three_way_match(inputs(status="paid"), TOL)) == {"already_paid"}
 
 
+def test_a_rejected_invoice_blocks() -> None:
+    assert codes(compute_three_way_match(inputs(status="rejected"), TOL)) == {"invoice_rejected"}
+
+
 def test_bank_account_differing_from_master_needs_review_and_is_masked() -> None:
     result = compute_three_way_match(inputs(bank_account="GB33BUKB20201555555555"), TOL)
     assert result.verdict == "review"
