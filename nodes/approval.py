@@ -35,6 +35,7 @@ from runtime.context import Context
 from runtime.errors import ResumeError, shown
 from state.answer_claims import release_answer_claim
 from state.approvals import (
+    ANSWERED_BY,
     ANSWERS_REQUEST,
     ActionRequest,
     ApprovalRequest,
@@ -297,11 +298,15 @@ def make_approval(deps: NodeDeps) -> Node:
         payload = request
         verified = verified_reviewer(get_config().get("configurable", {}))
         for refused in itertools.count(1):
+            # Every answer this task was given, refused ones first, comes back here whenever
+            # it runs again, whoever's run that is: each is judged as the one who gave it.
             value = interrupt(payload)
+            judge = verified
             try:
+                value, judge = answered_by(value, verified)
                 value = answering(value, asked.key)
-                if verified is not None:
-                    value = with_verified_reviewer(value, verified, request)
+                if judge is not None:
+                    value = with_verified_reviewer(value, judge, request)
                 resume = parse_resume(value, request)
                 edited = validated_edits(gate, state["route"], request, resume)
                 break
@@ -316,7 +321,7 @@ def make_approval(deps: NodeDeps) -> Node:
                     refusal = answer_refused_event(
                         thread_id,
                         request_key=asked.key,
-                        reviewer=verified or answering_reviewer(value),
+                        reviewer=judge or answering_reviewer(value),
                         reason=str(exc),
                         attempt=str(refused),
                     )
@@ -481,6 +486,28 @@ def answering(value: Any, request_key: str) -> Any:
             "it); it was not recorded. Read the request as it is now and answer again."
         )
     return {key: item for key, item in value.items() if key != ANSWERS_REQUEST}
+
+
+def answered_by(value: Any, verified: dict[str, str] | None) -> tuple[Any, dict[str, str] | None]:
+    """The resume ``value`` without `ANSWERED_BY`, and the reviewer to judge it as.
+
+    That is the reviewer the server verified when it accepted the answer, or None for a
+    CLI answer (its body names its reviewer). An answer from before the field existed is
+    judged as ``verified``, the caller of the run at hand, as it was then.
+    """
+    if not isinstance(value, Mapping) or ANSWERED_BY not in value:
+        return value, verified
+    given = value[ANSWERED_BY]
+    rest = {key: item for key, item in value.items() if key != ANSWERED_BY}
+    if given is None:
+        return rest, None
+    if (
+        not isinstance(given, Mapping)
+        or not isinstance(given.get("id"), str)
+        or not isinstance(given.get("role"), str)
+    ):
+        raise ResumeError(f"Malformed resume: {ANSWERED_BY} names no reviewer ({shown(given)}).")
+    return rest, {"id": given["id"], "role": given["role"]}
 
 
 def answering_reviewer(value: Any) -> Mapping[str, Any]:

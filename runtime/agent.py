@@ -55,7 +55,7 @@ from runtime.context import Context
 from runtime.errors import BadInput, NotFound, PayablesError, ResumeError, shown
 from runtime.models import ModelProvider, OpenAIModelProvider
 from runtime.tracing import traced
-from state.approvals import ApprovalRequest, ResumeIn, parse_resume
+from state.approvals import ANSWERED_BY, ApprovalRequest, ResumeIn, parse_resume
 from state.audit import record_refused_answer
 from state.checkpointer import ThreadLockedSaver
 from state.db import (
@@ -590,6 +590,9 @@ class Agent:
                     )
                 raise
             context = context or _context_of(run)
+            # Judged as the reviewer its body names whenever the node reads it, also in a
+            # later run of someone else (`state.approvals.ANSWERED_BY`).
+            value = {**value, ANSWERED_BY: None}
             output = await self._drive(
                 thread_id,
                 Command(resume={target.id: value}),

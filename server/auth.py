@@ -45,7 +45,7 @@ from psycopg.rows import dict_row
 
 from guards.input_checks import unstorable_reason
 from state.answer_claims import AnswerClaim, claim_answer
-from state.approvals import ANSWERS_REQUEST
+from state.approvals import ANSWERED_BY, ANSWERS_REQUEST
 from state.audit import latest_approval_request, record_refused_answer
 
 ROLES = ("clerk", "reviewer", "controller", "admin")
@@ -549,7 +549,7 @@ async def create_run(
             raise _forbidden("A resume names the thread whose approval it answers.")
         tenant, request_key = await check_resume(who, str(thread_id))
         run_tenant(kwargs, tenant)
-        bind_resume(command, request_key)
+        bind_resume(command, request_key, who)
         return visible_threads(who)
     if who.role not in ("clerk", "admin"):
         raise _forbidden(
@@ -742,26 +742,31 @@ async def check_unused_thread(who: Identity, thread_id: str) -> None:
 _INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def bind_resume(command: dict[str, Any], request_key: str) -> None:
-    """Bind the resume answer in ``command`` to the approval request it was sent for.
+def bind_resume(command: dict[str, Any], request_key: str, who: Identity) -> None:
+    """Bind the resume answer in ``command`` to the request it answers and to ``who`` gave it.
 
     The run waits in the server's queue behind any other run on the thread. Should one of
     those change the request first (an edit, a first signature of two), the approval node
     refuses this answer (`nodes.approval.answering`) instead of applying "approve" to
-    arguments the reviewer never saw. The key is set here, over anything the caller sent.
-    Answers keyed by interrupt id (the inbox's) are bound one by one; anything else is
-    left for the node to refuse as malformed.
+    arguments the reviewer never saw. Whoever gave the answer is judged as its reviewer
+    whenever the node reads it, also in a later run of another caller. Both are set here,
+    over anything the caller sent. Answers keyed by interrupt id (the inbox's) are bound one
+    by one; anything else is left for the node to refuse as malformed.
     """
     resume = command.get("resume")
     if not isinstance(resume, Mapping) or not resume:
         return
+    binding = {
+        ANSWERS_REQUEST: request_key,
+        ANSWERED_BY: {"id": who.identity, "role": APPROVAL_ROLES.get(who.role, "")},
+    }
     if all(isinstance(k, str) and _INTERRUPT_ID.fullmatch(k) for k in resume):
         command["resume"] = {
-            key: {**answer, ANSWERS_REQUEST: request_key} if isinstance(answer, Mapping) else answer
+            key: {**answer, **binding} if isinstance(answer, Mapping) else answer
             for key, answer in resume.items()
         }
     else:
-        command["resume"] = {**resume, ANSWERS_REQUEST: request_key}
+        command["resume"] = {**resume, **binding}
 
 
 class AnswerRefused(Auth.exceptions.HTTPException):

@@ -27,6 +27,14 @@ event key). The LangGraph server sets it when it accepts a reviewer's resume
 (`server.auth.bind_resume`); the approval node refuses an answer bound to another request
 (`nodes.approval.answering`) and drops the field before the value is parsed."""
 
+ANSWERED_BY = "answered_by"
+"""The field of a resume value naming who gave it, set where it is delivered: the reviewer
+the LangGraph server verified (`server.auth.bind_resume`), or null for a CLI answer, whose
+reviewer is the one its body names. The approval node judges each answer as the one who
+gave it (`nodes.approval.answered_by`). LangGraph hands a node every answer its task was
+given, refused ones first, whenever it runs again; judged as the caller of the run at hand,
+a refused answer would be recorded as theirs."""
+
 
 class ActionRequest(TypedDict):
     """One proposed call awaiting a decision."""

@@ -12,7 +12,7 @@ import jwt
 import pytest
 from langgraph_sdk import Auth
 
-from nodes.approval import verified_reviewer, with_verified_reviewer
+from nodes.approval import answered_by, verified_reviewer, with_verified_reviewer
 from runtime.errors import ResumeError
 from server.auth import (
     AuthConfigError,
@@ -413,19 +413,36 @@ def test_the_requesters_own_controller_signature_does_not_stand_in_for_one() -> 
         with_verified_reviewer({}, approver, by_requester)
 
 
-def test_a_resume_is_bound_to_the_request_it_answers_over_what_the_caller_sent() -> None:
-    answer = {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-1"}}
-    plain = {"resume": {**answer, "answers_request": "forged"}}
-    bind_resume(plain, "k1")
-    assert plain["resume"] == {**answer, "answers_request": "k1"}
-    keyed = {"resume": {"a" * 32: answer}}  # the inbox answers by interrupt id
-    bind_resume(keyed, "k1")
-    assert keyed["resume"] == {"a" * 32: {**answer, "answers_request": "k1"}}
+def test_a_resume_is_bound_to_the_request_it_answers_and_its_giver_over_what_was_sent() -> None:
+    who = Identity("rev-1", "reviewer", "default")
+    answer = {"decisions": [{"type": "approve"}], "reviewer": {"id": "ctl-9"}}
+    binding = {"answers_request": "k1", "answered_by": {"id": "rev-1", "role": "approver"}}
+    forged = {"answers_request": "forged", "answered_by": {"id": "ctl-9", "role": "controller"}}
+    plain = {"resume": {**answer, **forged}}
+    bind_resume(plain, "k1", who)
+    assert plain["resume"] == {**answer, **binding}
+    keyed = {"resume": {"a" * 32: {**answer, **forged}}}  # the inbox answers by interrupt id
+    bind_resume(keyed, "k1", who)
+    assert keyed["resume"] == {"a" * 32: {**answer, **binding}}
     # Keys that are not interrupt ids make one answer, as LangGraph reads it.
     single = {"resume": {"reviewer": {"id": "rev-1"}}}
-    bind_resume(single, "k1")
-    assert single["resume"] == {"reviewer": {"id": "rev-1"}, "answers_request": "k1"}
+    bind_resume(single, "k1", who)
+    assert single["resume"] == {"reviewer": {"id": "rev-1"}, **binding}
     for malformed in (None, [], "approve"):  # left for the approval node to refuse
         command: dict[str, object] = {"resume": malformed}
-        bind_resume(command, "k1")
+        bind_resume(command, "k1", who)
         assert command["resume"] == malformed
+
+
+def test_an_answer_is_judged_as_the_one_who_gave_it() -> None:
+    """Server answers carry their verified giver, CLI answers none (their body names their
+    reviewer); only an answer from before the field is judged as the caller at hand."""
+    answer = {"decisions": [{"type": "approve"}], "reviewer": {"id": "rev-2"}}
+    caller = {"id": "rev-3", "role": "approver"}
+    giver = {"id": "ctl-1", "role": "controller"}
+    assert answered_by({**answer, "answered_by": giver}, caller) == (answer, giver)
+    assert answered_by({**answer, "answered_by": None}, caller) == (answer, None)
+    assert answered_by(answer, caller) == (answer, caller)
+    assert answered_by(answer, None) == (answer, None)
+    with pytest.raises(ResumeError, match="answered_by names no reviewer"):
+        answered_by({**answer, "answered_by": {"id": 7}}, caller)
