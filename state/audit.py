@@ -1237,14 +1237,18 @@ _INVOICES_SQL = (
 )
 
 
+def _seeded_record(
+    table: Literal["invoices", "vendors"], name: str
+) -> Callable[[UnauditedReason, str], Unaudited]:
+    """How a record the seed wrote, called ``name``, is named (it has no thread)."""
+    return lambda reason, detail: Unaudited(table, None, f"{name}: {detail}", reason)
+
+
 def _invoice_problem(
     seeded: Mapping[str, Mapping[str, Any]], row: Mapping[str, Any]
 ) -> Unaudited | None:
-    def found(reason: UnauditedReason, detail: str) -> Unaudited:
-        return Unaudited("invoices", None, f"invoice {row['invoice_id']}: {detail}", reason)
-
-    listed = seeded.get(row["invoice_id"])
-    if listed is None:
+    found = _seeded_record("invoices", f"invoice {row['invoice_id']}")
+    if (listed := seeded.get(row["invoice_id"])) is None:
         return found("outside_gate", "not an invoice the latest seed wrote")
     held_to = seeded_invoice(row)
     del held_to["status"]
@@ -1275,11 +1279,8 @@ _VENDORS_SQL = (
 def _vendor_problem(
     seeded: Mapping[str, Mapping[str, Any]], row: Mapping[str, Any]
 ) -> Unaudited | None:
-    def found(reason: UnauditedReason, detail: str) -> Unaudited:
-        return Unaudited("vendors", None, f"vendor {row['vendor_id']}: {detail}", reason)
-
-    listed = seeded.get(row["vendor_id"])
-    if listed is None:
+    found = _seeded_record("vendors", f"vendor {row['vendor_id']}")
+    if (listed := seeded.get(row["vendor_id"])) is None:
         return found("outside_gate", "not a vendor the latest seed wrote")
     if row["status"] != listed["status"]:
         return found(
