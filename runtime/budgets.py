@@ -20,10 +20,11 @@ After the node it adds one step, the node's model usage and its time to the run'
 ``usage`` (after respond, the run's whole usage goes into its result too); records the
 step (``step_metrics``, for `payables stats`) and charges its model cost to the tenant's
 day, in one statement when it spent any (`state.step_metrics`; a node
-that raised is recorded too, as failed, and its exception propagates). What an attempt
-that raised spent is not lost with its discarded update: the thread's next attempt (the
-graph's retry of the step) counts it against the budgets before it runs and its step adds
-it to ``usage``, and spend whose charge the database refused is charged with that step
+that raised, or whose run was cancelled, is recorded too, as failed, and its exception
+propagates). What such an attempt spent is not lost with its discarded update: the
+thread's next attempt (the graph's retry of the step, or a later run) counts it against
+the budgets before it runs and its step adds it to ``usage``, and spend whose charge the
+database refused is charged with that step, or with its stop when the guard stops it
 (`_FailedAttempts`). It records soft
 warnings when a budget reaches `Context.budget_warn_fraction`; and, after the planner,
 stops a planner that keeps producing the same plan (``loop_detected``). The tenant's
@@ -42,6 +43,7 @@ executor, which checks them before every call.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -513,6 +515,7 @@ def guard_node(
                 _mark_trace(["budget_exhausted"], {"budget_stop": exhausted})
                 stopped = _stop(state, exhausted, node=name)
                 if carry is not None:  # what the failed attempts spent goes on record now
+                    await _charge_before_stopping(db, ctx.tenant, thread_id, name, carry)
                     _FAILED_ATTEMPTS.settled(thread_id)
                     return _with_update(stopped, {"usage": carry.usage})
                 return stopped
@@ -547,12 +550,15 @@ def guard_node(
             if recorded and carry is not None:
                 carry.uncharged = Meter()  # charged with this step's row
             raise
-        except Exception:
-            # The models were called (and paid for) even if the node failed afterwards: the
-            # tenant is charged now, the run's usage at the thread's next completed step.
+        except (Exception, asyncio.CancelledError):
+            # The models were called (and paid for) even if the node failed afterwards, or
+            # its run was cancelled (a server run's client cancelled it, or sent another
+            # input in its place): the tenant is charged now, the run's usage at the
+            # thread's next completed step. Shielded: a second cancel does not stop the
+            # charge.
             elapsed = monotonic() - started
             _SPEND_SEEN.forget(thread_id)
-            charged = await _record_after_exception(db, step(elapsed, ok=False))
+            charged = await asyncio.shield(_record_after_exception(db, step(elapsed, ok=False)))
             _FAILED_ATTEMPTS.failed(thread_id, meter, elapsed, charged=charged)
             raise
         elapsed = monotonic() - started
@@ -609,6 +615,35 @@ def guard_node(
 
     _with_respond_destination(guarded, name, node)
     return guarded
+
+
+async def _charge_before_stopping(
+    database: Database, tenant: str, thread_id: str, node: str, carry: _Carry
+) -> None:
+    """Charge spend of failed attempts whose own row the database refused, as a stop ends them.
+
+    The step that follows them is where that spend is charged; when the guard stops that
+    step instead, the stop's row carries it (the node did not run: no time, ``ok``). A
+    failure to write it raises, so the graph retries the step and the charge with it.
+    """
+    spent = carry.uncharged
+    if not (spent.model_calls or spent.cost_usd or spent.input_tokens or spent.output_tokens):
+        return
+    await record_step(
+        database,
+        StepMetric(
+            thread_id=thread_id,
+            tenant=tenant,
+            node=node,
+            started_at=datetime.now(UTC),
+            duration_ms=0.0,
+            model_calls=spent.model_calls,
+            tokens=spent.input_tokens + spent.output_tokens,
+            cost_usd=spent.cost_usd,
+            ok=True,
+        ),
+    )
+    _SPEND_SEEN.forget(thread_id)
 
 
 async def _record_after_exception(database: Database, step: StepMetric) -> bool:

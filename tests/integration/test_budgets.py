@@ -7,6 +7,7 @@ in the result, the logs and the trace.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,7 +20,7 @@ from runtime.tracing import redacting_client
 from state.db import Database
 from tests.approvals import paid_first_and_asked_second, pay_then_ask_again
 from tests.billing import PRICES, billed, read_and_match, stage
-from tests.fakes import ScriptedChatModel, ScriptedModels, plan_reply
+from tests.fakes import ScriptedChatModel, ScriptedModels, Slow, plan_reply
 from tests.trace_capture import captured_text
 
 pytestmark = pytest.mark.integration
@@ -423,11 +424,8 @@ async def test_a_retried_node_cannot_spend_its_model_budget_again(
     assert float(today["cost_usd"]) == pytest.approx(0.8)
 
 
-async def test_spend_of_a_failed_attempt_that_could_not_be_recorded_is_charged_later(
-    database: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The failed attempt's row and charge are refused by the database; the retry that
-    succeeds charges them, so the tenant's day and the run's usage hold every call made."""
+async def refuse_rows_of_failed_steps(database: Database) -> None:
+    """The database refuses a failed step's row and charge (a full disk, say)."""
     async with database.connection() as conn:
         await conn.execute(
             "CREATE FUNCTION refuse_failed_steps() RETURNS trigger LANGUAGE plpgsql AS $$"
@@ -438,6 +436,24 @@ async def test_spend_of_a_failed_attempt_that_could_not_be_recorded_is_charged_l
             "CREATE TRIGGER refuse_failed_steps BEFORE INSERT ON step_metrics"
             " FOR EACH ROW EXECUTE FUNCTION refuse_failed_steps()"
         )
+
+
+async def tenant_day(database: Database, tenant: str) -> tuple[int, float]:
+    """The tenant's model calls and spend today."""
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT cost_usd, model_calls FROM tenant_daily_costs WHERE tenant = %s", (tenant,)
+        )
+        today = await cur.fetchone()
+    return (0, 0.0) if today is None else (today["model_calls"], float(today["cost_usd"]))
+
+
+async def test_spend_of_a_failed_attempt_that_could_not_be_recorded_is_charged_later(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed attempt's row and charge are refused by the database; the retry that
+    succeeds charges them, so the tenant's day and the run's usage hold every call made."""
+    await refuse_rows_of_failed_steps(database)
     monkeypatch.setattr("runtime.failpoints._flaky_hits", {})
     monkeypatch.setenv("PAYABLES_FAILPOINTS", "flaky:after:planner:1")
     planner = ScriptedChatModel([read_and_match("INV-1002"), read_and_match("INV-1002")])
@@ -449,11 +465,57 @@ async def test_spend_of_a_failed_attempt_that_could_not_be_recorded_is_charged_l
     assert view["status"] == "completed", view["reason"]
     calls = len(planner.received)
     assert calls == 3  # the failed attempt's, its retry's, the second phase's
-    async with database.connection() as conn:
-        cur = await conn.execute(
-            "SELECT cost_usd, model_calls FROM tenant_daily_costs WHERE tenant = 'acme'"
+    assert await tenant_day(database, "acme") == (usage["model_calls"], pytest.approx(0.8 * calls))
+    assert usage["model_calls"] == calls and usage["cost_usd"] == pytest.approx(0.8 * calls)
+
+
+async def test_spend_that_could_not_be_recorded_is_charged_when_the_retry_is_stopped(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step that follows a failed attempt charges what the database refused of it; when
+    the guard stops that step (the attempt used the call budget), the stop charges it."""
+    await refuse_rows_of_failed_steps(database)
+    monkeypatch.setattr("runtime.failpoints._flaky_hits", {})
+    monkeypatch.setenv("PAYABLES_FAILPOINTS", "flaky:after:planner:1")
+    planner = ScriptedChatModel([read_and_match("INV-1002") for _ in range(2)])
+    run = Context(tenant="acme", max_model_calls=1, model_prices=PRICES)
+    async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
+        view = await agent.start("Validate INV-1002", user="clerk-ana", context=run)
+        usage = (await state_of(agent, view["thread_id"]))["usage"]
+    assert len(planner.received) == 1
+    assert "budget_exhausted: model calls 1/1" in view["reason"]
+    assert usage["model_calls"] == 1 and usage["cost_usd"] == pytest.approx(0.8)
+    assert await tenant_day(database, "acme") == (1, pytest.approx(0.8))
+
+
+async def test_a_cancelled_step_charges_the_calls_it_paid_for(database: Database) -> None:
+    """A run cancelled during a model call (its server client cancelled it, or sent another
+    input in its place) after a paid one: the tenant is charged for the paid call, and the
+    thread's next step counts it in the run's usage."""
+    started = asyncio.Event()
+    planner = ScriptedChatModel(
+        [
+            billed(plan_reply(False, ("no_such_tool", {"invoice_id": "INV-1002"}))),  # repaired
+            Slow(60, read_and_match("INV-1002"), started=started),
+        ]
+    )
+    planner.script.extend([read_and_match("INV-1002"), stage("INV-1002")])  # after continue
+    run = Context(tenant="acme", model_prices=PRICES, max_cost_usd=4.0)
+    async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
+        task = asyncio.create_task(
+            agent.start("Validate INV-1002", user="clerk-ana", thread_id="cancelled", context=run)
         )
-        today = await cur.fetchone()
-    assert today is not None
-    assert today["model_calls"] == calls == usage["model_calls"]
-    assert float(today["cost_usd"]) == pytest.approx(0.8 * calls) == usage["cost_usd"]
+        await asyncio.wait_for(started.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(planner.received) == 2
+        # Both calls count (the one in flight was started); the paid one's cost is charged.
+        assert await tenant_day(database, "acme") == (2, pytest.approx(0.8))
+        view = await agent.continue_run("cancelled", context=run)
+        usage = (await state_of(agent, "cancelled"))["usage"]
+    assert view["status"] == "completed", view["reason"]
+    # The run's usage holds the cancelled attempt's calls too, as the tenant's day does.
+    calls, cost = await tenant_day(database, "acme")
+    assert (usage["model_calls"], usage["cost_usd"]) == (calls, pytest.approx(cost))
+    assert usage["model_calls"] == len(planner.received) == 4
