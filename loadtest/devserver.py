@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.settings import PROJECT_ROOT
+from runtime.tracing import TRACING_ENABLED_BY
 
 STARTUP_DEADLINE_S = 90.0
 SHUTDOWN_GRACE_S = 15.0
@@ -33,8 +34,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 OFFLINE_ENV = {
     "LANGGRAPH_CLI_NO_ANALYTICS": "1",
     "LANGGRAPH_NO_VERSION_CHECK": "true",
-    "LANGSMITH_TRACING": "false",
-    "LANGCHAIN_TRACING_V2": "false",
+    **{name: "false" for name in TRACING_ENABLED_BY},
 }
 
 

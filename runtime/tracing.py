@@ -1,6 +1,7 @@
 """LangSmith tracing that never ships an account number or a secret.
 
-Tracing is on when `LANGSMITH_TRACING` is true. Every run the CLI (or a test) starts goes
+Tracing is on when any of the variables langsmith reads says so (`TRACING_ENABLED_BY`).
+Every run the CLI (or a test) starts goes
 through a client whose anonymizer applies the same redaction as the
 output guard, because graph state holds what a clerk typed (a new bank account, say). On
 the LangGraph server, which traces through langsmith's process-wide client instead,
@@ -27,10 +28,27 @@ from guards.redaction import redact
 log = logging.getLogger(__name__)
 
 
+TRACING_ENABLED_BY = (
+    "LANGSMITH_TRACING_V2",
+    "LANGCHAIN_TRACING_V2",
+    "LANGSMITH_TRACING",
+    "LANGCHAIN_TRACING",
+)
+"""The variables langsmith reads to decide whether to trace (`langsmith.utils`)."""
+
+
 def tracing_enabled() -> bool:
-    """Whether the environment asks for LangSmith tracing."""
-    value = os.environ.get("LANGSMITH_TRACING") or os.environ.get("LANGCHAIN_TRACING_V2", "")
-    return value.strip().lower() in {"1", "true", "yes"}
+    """Whether the environment asks for LangSmith tracing: any of `TRACING_ENABLED_BY` does.
+
+    Any one, not langsmith's order of precedence, so that wherever langsmith traces, the
+    redacting client is in place: read as one variable first and another as a fallback,
+    ``LANGSMITH_TRACING=false`` with ``LANGCHAIN_TRACING_V2=true`` had langsmith tracing
+    and this saying no, and the process-wide client sent accounts as typed.
+    """
+    return any(
+        os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
+        for name in TRACING_ENABLED_BY
+    )
 
 
 def plain(value: Any) -> Any:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 
 # Before anything imports langsmith or langchain: tests never reach the network.
-os.environ["LANGSMITH_TRACING"] = "false"
+for _tracing in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING", "LANGSMITH_TRACING_V2"):
+    os.environ[_tracing] = "false"  # every variable langsmith reads (runtime.tracing)
 os.environ["LANGCHAIN_TRACING_V2"] = "false"
 os.environ["RAGAS_DO_NOT_TRACK"] = "true"
 os.environ["LANGGRAPH_CLI_NO_ANALYTICS"] = "1"

@@ -18,6 +18,7 @@ import pytest
 from langgraph_sdk import get_client
 
 from runtime.prompts import PROMPT_VERSION
+from runtime.tracing import TRACING_ENABLED_BY
 from tests.langgraph_server import langgraph_dev, server_env
 from tests.trace_capture import captured_runs, captured_text
 
@@ -47,18 +48,32 @@ async def _node_runs(thread_id: str, nodes: set[str]) -> list[dict[str, Any]]:
     raise AssertionError(f"node runs {sorted(nodes)} never arrived; captured: {seen}")
 
 
+# Each: the variables that turn tracing on (the others unset). langsmith reads the V2 names
+# first: with LANGSMITH_TRACING=false beside
+# LANGCHAIN_TRACING_V2=true it traced, and the server's client went unredacted.
+SWITCHED_ON_BY = {
+    "LANGSMITH_TRACING": {"LANGSMITH_TRACING": "true", "LANGCHAIN_TRACING_V2": "true"},
+    "LANGCHAIN_TRACING_V2 over LANGSMITH_TRACING=false": {
+        "LANGSMITH_TRACING": "false",
+        "LANGCHAIN_TRACING_V2": "true",
+    },
+}
+
+
+@pytest.mark.parametrize("switch", list(SWITCHED_ON_BY))
 async def test_server_traces_are_redacted_and_name_tenant_route_and_prompt_version(
-    cli_env: dict[str, str], db_uri: str, tmp_path: Path, trace_endpoint: str
+    cli_env: dict[str, str], db_uri: str, tmp_path: Path, trace_endpoint: str, switch: str
 ) -> None:
     env = server_env(
         cli_env,
         db_uri,
         PAYABLES_AUTH_TOKENS=json.dumps(TOKENS),
-        LANGSMITH_TRACING="true",
-        LANGCHAIN_TRACING_V2="true",
+        **SWITCHED_ON_BY[switch],
         LANGSMITH_ENDPOINT=trace_endpoint,
         LANGSMITH_PROJECT="payables-e2e",
     )
+    for unset in set(TRACING_ENABLED_BY) - set(SWITCHED_ON_BY[switch]):
+        del env[unset]
     with langgraph_dev(env, tmp_path) as url:
         async with get_client(
             url=url, api_key=None, timeout=60, headers={"Authorization": "Bearer clerk-ben-token"}
