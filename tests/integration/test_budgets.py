@@ -395,35 +395,6 @@ async def test_an_executor_stop_mid_phase_verifies_what_the_phase_did(
 # --- node attempts that raise (retried by the graph's RetryPolicy) ------------------------
 
 
-async def test_a_retried_node_cannot_spend_its_model_budget_again(
-    database: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The planner calls its model, then a transient database error fails the step, twice.
-
-    The graph retries the step; the calls the failed attempts made count against the run's
-    budget (their state update was discarded, their money was not), so the retry is
-    stopped by the budget it no longer has, and the run's usage says what was spent.
-    """
-    monkeypatch.setattr("runtime.failpoints._flaky_hits", {})
-    monkeypatch.setenv("PAYABLES_FAILPOINTS", "flaky:after:planner:2")
-    planner = ScriptedChatModel([read_and_match("INV-1002") for _ in range(3)])
-    run = Context(tenant="acme", max_model_calls=1, model_prices=PRICES)
-    async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
-        view = await agent.start("Validate INV-1002", user="clerk-ana", context=run)
-        usage = (await state_of(agent, view["thread_id"]))["usage"]
-    assert len(planner.received) == 1, "a retry made a model call past the budget"
-    assert view["status"] == "failed"  # no plan was made: nothing to salvage
-    assert "Stopped before the planner step (budget_exhausted: model calls 1/1)" in view["reason"]
-    assert usage["model_calls"] == 1 and usage["cost_usd"] == pytest.approx(0.8)
-    async with database.connection() as conn:
-        cur = await conn.execute(
-            "SELECT cost_usd, model_calls FROM tenant_daily_costs WHERE tenant = 'acme'"
-        )
-        today = await cur.fetchone()
-    assert today is not None and today["model_calls"] == 1
-    assert float(today["cost_usd"]) == pytest.approx(0.8)
-
-
 async def refuse_rows_of_failed_steps(database: Database) -> None:
     """The database refuses a failed step's row and charge (a full disk, say)."""
     async with database.connection() as conn:
@@ -469,21 +440,32 @@ async def test_spend_of_a_failed_attempt_that_could_not_be_recorded_is_charged_l
     assert usage["model_calls"] == calls and usage["cost_usd"] == pytest.approx(0.8 * calls)
 
 
-async def test_spend_that_could_not_be_recorded_is_charged_when_the_retry_is_stopped(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "refused", [False, True], ids=["charged as it failed", "its charge refused by the database"]
+)
+async def test_a_retried_node_cannot_spend_its_model_budget_again(
+    database: Database, monkeypatch: pytest.MonkeyPatch, refused: bool
 ) -> None:
-    """The step that follows a failed attempt charges what the database refused of it; when
-    the guard stops that step (the attempt used the call budget), the stop charges it."""
-    await refuse_rows_of_failed_steps(database)
+    """The planner calls its model, then a transient database error fails the step, twice.
+
+    The graph retries the step; the calls the failed attempts made count against the run's
+    budget (their state update was discarded, their money was not), so the retry is
+    stopped by the budget it no longer has, and the run's usage says what was spent. The
+    tenant's day holds it too: charged as the attempt failed, or, when the database refused
+    that, by the stop that follows.
+    """
+    if refused:
+        await refuse_rows_of_failed_steps(database)
     monkeypatch.setattr("runtime.failpoints._flaky_hits", {})
-    monkeypatch.setenv("PAYABLES_FAILPOINTS", "flaky:after:planner:1")
-    planner = ScriptedChatModel([read_and_match("INV-1002") for _ in range(2)])
+    monkeypatch.setenv("PAYABLES_FAILPOINTS", "flaky:after:planner:2")
+    planner = ScriptedChatModel([read_and_match("INV-1002") for _ in range(3)])
     run = Context(tenant="acme", max_model_calls=1, model_prices=PRICES)
     async with open_agent(models=ScriptedModels(planner=planner), database=database) as agent:
         view = await agent.start("Validate INV-1002", user="clerk-ana", context=run)
         usage = (await state_of(agent, view["thread_id"]))["usage"]
-    assert len(planner.received) == 1
-    assert "budget_exhausted: model calls 1/1" in view["reason"]
+    assert len(planner.received) == 1, "a retry made a model call past the budget"
+    assert view["status"] == "failed"  # no plan was made: nothing to salvage
+    assert "Stopped before the planner step (budget_exhausted: model calls 1/1)" in view["reason"]
     assert usage["model_calls"] == 1 and usage["cost_usd"] == pytest.approx(0.8)
     assert await tenant_day(database, "acme") == (1, pytest.approx(0.8))
 
