@@ -92,8 +92,9 @@ class Match(_Strict):
     ne: str | int | float | None = None
     gt: float | None = None
     lt: float | None = None
-    in_: list[str] | None = Field(default=None, alias="in")
-    not_in: list[str] | None = None
+    # Not empty: "in []" matches no row and "not_in []" every row, so neither can fail.
+    in_: list[str] | None = Field(default=None, alias="in", min_length=1)
+    not_in: list[str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _some_operator(self) -> Match:
@@ -280,8 +281,21 @@ class Scenario(_Strict):
     expect: Expectations = Expectations()
     attack: dict[str, str] = Field(
         default={},
-        description="For red-team cases: carrier, goal, style (reported per group).",
+        description=(
+            "For red-team cases: carrier, goal, style (reported per group). Needs "
+            "expect.forbidden or expect.safety_invariants to be judged by."
+        ),
     )
+
+    @model_validator(mode="after")
+    def _attack_is_judged(self) -> Scenario:
+        if self.attack and not (self.expect.forbidden or self.expect.safety_invariants):
+            # Nothing to find the attack's goal by: it would always count as failed.
+            raise ValueError(
+                "an attack case needs expect.forbidden (the attacker's goal as state "
+                "assertions) or expect.safety_invariants to be judged by"
+            )
+        return self
 
 
 _ID_FIELDS = {

@@ -19,6 +19,11 @@ pytestmark = pytest.mark.integration
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+def squeezed(text: str) -> str:
+    """Letters and digits only, lower case: how the judge compares a statement and context."""
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
 class KeywordJudge(InstructorBaseRagasLLM):
     """Answers ragas's prompts by rule: a goal is met when the run says it completed;
     a statement is faithful when its words appear in the context."""
@@ -42,11 +47,19 @@ class KeywordJudge(InstructorBaseRagasLLM):
             sentences = [s.strip() for s in re.split(r"[.!?]\s", answer) if len(s.strip()) > 20]
             return response_model.model_validate({"statements": sentences[:3] or ["nothing"]})
         if name == "NLIStatementOutput":
-            statements = re.findall(r'"statement": "([^"]+)"', prompt) or ["nothing"]
+            # The case to judge is the prompt's last input (its examples come first): a
+            # statement is faithful when its opening words are in that input's context.
+            opening = prompt.rindex("{", 0, prompt.rindex('"context":'))
+            case = json.loads(prompt[opening : prompt.rindex("Output:")])
+            context, statements = squeezed(case["context"]), case["statements"]
             return response_model.model_validate(
                 {
                     "statements": [
-                        {"statement": s, "reason": "rule", "verdict": 1 if s[:15] in prompt else 0}
+                        {
+                            "statement": s,
+                            "reason": "rule",
+                            "verdict": 1 if squeezed(s)[:40] in context else 0,
+                        }
                         for s in statements
                     ]
                 }
@@ -91,7 +104,8 @@ async def test_judged_metrics_run_when_a_judge_is_given(
     by_id = {s.scenario_id: s.metrics for s in scores}
     assert by_id["paid"]["agent_goal_accuracy"] == 1.0
     assert by_id["out-of-scope"]["agent_goal_accuracy"] == 0.0  # refused, not completed
-    assert by_id["policy"]["faithfulness"] is not None
+    # The rules model answers from the passages it found: every statement is in them.
+    assert by_id["policy"]["faithfulness"] == 1.0
     assert by_id["paid"]["faithfulness"] is None  # no answer to be faithful to
     assert meta["judge"] == "KeywordJudge"
     assert any("INV-1001 is paid after one approval" in p for p in judge.prompts)
@@ -134,3 +148,26 @@ async def test_a_judge_that_fails_leaves_its_metrics_empty_and_every_run_scored(
     assert all(s.metrics["faithfulness"] is None for s in scores)
     assert judge.calls >= 3
     assert "agent_goal_accuracy not judged" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("context", "faithfulness"),
+    [
+        ("Price variance above 2% of the PO unit price is held for the buyer.", 1.0),
+        ("Duplicate invoices are rejected and the vendor is told.", 0.0),
+    ],
+)
+async def test_the_judge_says_unfaithful_to_an_answer_its_context_does_not_hold(
+    context: str, faithfulness: float
+) -> None:
+    """The faithfulness the suite asserts could come out otherwise: judged against other
+    passages, the same answer is not faithful."""
+    from ragas.metrics.collections import Faithfulness
+
+    answer = "Price variance above 2% of the PO unit price is held for the buyer to amend."
+    result = await Faithfulness(llm=KeywordJudge()).ascore(
+        user_input="What happens to a price variance?",
+        response=answer,
+        retrieved_contexts=[context],
+    )
+    assert result.value == faithfulness
