@@ -528,17 +528,7 @@ def guard_node(
         def step(elapsed: float, *, ok: bool) -> StepMetric:
             # With the spend of earlier attempts whose own row the database refused.
             billed = _sum_meters(carry.uncharged, meter) if carry is not None else meter
-            return StepMetric(
-                thread_id=thread_id,
-                tenant=ctx.tenant,
-                node=name,
-                started_at=started_at,
-                duration_ms=elapsed * 1000,
-                model_calls=billed.model_calls,
-                tokens=billed.input_tokens + billed.output_tokens,
-                cost_usd=billed.cost_usd,
-                ok=ok,
-            )
+            return _step_metric(thread_id, ctx.tenant, name, started_at, elapsed, billed, ok=ok)
 
         try:
             with metering(meter):
@@ -626,24 +616,35 @@ async def _charge_before_stopping(
     step instead, the stop's row carries it (the node did not run: no time, ``ok``). A
     failure to write it raises, so the graph retries the step and the charge with it.
     """
-    spent = carry.uncharged
-    if not (spent.model_calls or spent.cost_usd or spent.input_tokens or spent.output_tokens):
+    stop = _step_metric(thread_id, tenant, node, datetime.now(UTC), 0.0, carry.uncharged, ok=True)
+    if not stop.spent:
         return
-    await record_step(
-        database,
-        StepMetric(
-            thread_id=thread_id,
-            tenant=tenant,
-            node=node,
-            started_at=datetime.now(UTC),
-            duration_ms=0.0,
-            model_calls=spent.model_calls,
-            tokens=spent.input_tokens + spent.output_tokens,
-            cost_usd=spent.cost_usd,
-            ok=True,
-        ),
-    )
+    await record_step(database, stop)
     _SPEND_SEEN.forget(thread_id)
+
+
+def _step_metric(
+    thread_id: str,
+    tenant: str,
+    node: str,
+    started_at: datetime,
+    elapsed: float,
+    billed: Meter,
+    *,
+    ok: bool,
+) -> StepMetric:
+    """The ``step_metrics`` row of a step that took ``elapsed`` seconds and spent ``billed``."""
+    return StepMetric(
+        thread_id=thread_id,
+        tenant=tenant,
+        node=node,
+        started_at=started_at,
+        duration_ms=elapsed * 1000,
+        model_calls=billed.model_calls,
+        tokens=billed.input_tokens + billed.output_tokens,
+        cost_usd=billed.cost_usd,
+        ok=ok,
+    )
 
 
 async def _record_after_exception(database: Database, step: StepMetric) -> bool:

@@ -1237,17 +1237,17 @@ _INVOICES_SQL = (
 )
 
 
-def _seeded_record(
-    table: Literal["invoices", "vendors"], name: str
+def _naming(
+    table: UnauditedTable, thread_id: str | None, name: str
 ) -> Callable[[UnauditedReason, str], Unaudited]:
-    """How a record the seed wrote, called ``name``, is named (it has no thread)."""
-    return lambda reason, detail: Unaudited(table, None, f"{name}: {detail}", reason)
+    """How verify names a record of ``table`` called ``name`` and what is wrong with it."""
+    return lambda reason, detail: Unaudited(table, thread_id, f"{name}: {detail}", reason)
 
 
 def _invoice_problem(
     seeded: Mapping[str, Mapping[str, Any]], row: Mapping[str, Any]
 ) -> Unaudited | None:
-    found = _seeded_record("invoices", f"invoice {row['invoice_id']}")
+    found = _naming("invoices", None, f"invoice {row['invoice_id']}")  # no thread
     if (listed := seeded.get(row["invoice_id"])) is None:
         return found("outside_gate", "not an invoice the latest seed wrote")
     held_to = seeded_invoice(row)
@@ -1279,7 +1279,7 @@ _VENDORS_SQL = (
 def _vendor_problem(
     seeded: Mapping[str, Mapping[str, Any]], row: Mapping[str, Any]
 ) -> Unaudited | None:
-    found = _seeded_record("vendors", f"vendor {row['vendor_id']}")
+    found = _naming("vendors", None, f"vendor {row['vendor_id']}")  # no thread
     if (listed := seeded.get(row["vendor_id"])) is None:
         return found("outside_gate", "not a vendor the latest seed wrote")
     if row["status"] != listed["status"]:
@@ -1349,7 +1349,7 @@ async def _records_past_the_gate(conn: Conn, tenant: str | None, limit: int) -> 
             functools.partial(_record_problem, record, seeded=seeded),
             limit - len(found),
         )
-    for table, seeded_rows, problem in (
+    for table, rows_sql, problem in (
         ("invoices", _INVOICES_SQL, _invoice_problem),
         ("vendors", _VENDORS_SQL, _vendor_problem),
     ):
@@ -1357,7 +1357,7 @@ async def _records_past_the_gate(conn: Conn, tenant: str | None, limit: int) -> 
         if listed is None or len(found) >= limit:
             continue
         found += await _found_in(
-            conn, seeded_rows, tenant, functools.partial(problem, listed), limit - len(found)
+            conn, rows_sql, tenant, functools.partial(problem, listed), limit - len(found)
         )
     return found
 
@@ -1365,9 +1365,7 @@ async def _records_past_the_gate(conn: Conn, tenant: str | None, limit: int) -> 
 def _record_problem(
     record: _GatedRecord, row: Mapping[str, Any], *, seeded: dict[str, dict[str, Any]] | None
 ) -> Unaudited | None:
-    def found(reason: UnauditedReason, detail: str) -> Unaudited:
-        return Unaudited(record.table, row["thread_id"], f"{record.name(row)}: {detail}", reason)
-
+    found = _naming(record.table, row["thread_id"], record.name(row))
     if (
         record.table == "payments"
         and row["thread_id"] is None
